@@ -1,0 +1,1 @@
+"""PruneLens core: models, data, attention, pruning, training, run store. No Streamlit here."""

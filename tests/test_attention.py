@@ -1,0 +1,170 @@
+"""Attention capture, Linformer's effective matrix, rollout and gradient rollout."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from core.attention import (attention_modules, attention_rollout, capture_attention,
+                            cls_attention, gradient_rollout, overlay, patch_heatmap,
+                            record_attention, rollout_map)
+from core.models import build_model
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture
+def vit():
+    torch.manual_seed(0)
+    return build_model("vit-tiny", num_classes=5)
+
+
+@pytest.fixture
+def lin():
+    torch.manual_seed(0)
+    return build_model("linformer-vit-tiny", num_classes=5)
+
+
+def test_capture_equals_explicit_softmax(vit):
+    x = torch.rand(2, 3, 32, 32)
+    maps = capture_attention(vit, x)
+    assert len(maps) == len(attention_modules(vit)) == 4
+    # independent: run the blocks by hand and form softmax(q kᵀ / √d) explicitly
+    with torch.no_grad():
+        t = vit.patch_embed((x - vit.pixel_mean) / vit.pixel_std)
+        t = torch.cat([vit.cls_token.expand(2, -1, -1), t], 1) + vit.pos_embed
+        for blk, a in zip(vit.blocks, maps):
+            h = blk.norm1(t)
+            H, d = blk.attn.num_heads, blk.attn.qk_dim
+            q, k, _ = blk.attn.qkv(h).split([H * d, H * d, H * blk.attn.v_dim], -1)
+            q = q.reshape(2, 65, H, d).permute(0, 2, 1, 3)
+            k = k.reshape(2, 65, H, d).permute(0, 2, 1, 3)
+            expected = torch.softmax(q @ k.transpose(-1, -2) / d ** 0.5, dim=-1)
+            assert a.shape == (2, H, 65, 65)
+            torch.testing.assert_close(a, expected, atol=1e-6, rtol=1e-5)
+            t = blk(t)
+
+
+def test_hooks_removed_and_mode_restored(vit):
+    vit.train()
+    before = hook_count(vit)
+    capture_attention(vit, torch.rand(1, 3, 32, 32))
+    assert hook_count(vit) == before and vit.training
+    with pytest.raises(RuntimeError):
+        capture_attention(vit, torch.rand(1, 3, 31, 31))  # the forward raises
+    assert hook_count(vit) == before and vit.training
+    with pytest.raises(RuntimeError):
+        gradient_rollout(vit, torch.rand(1, 4, 32, 32))
+    assert hook_count(vit) == before
+
+
+def test_linformer_effective_matrix_reproduces_output(lin):
+    """out = to_out(concat_h (P̄ Fᵀ)_h V_h) must equal the module's own output."""
+    x = torch.rand(2, 3, 32, 32)
+    inputs, outputs = [], []
+
+    def keep(_m, i, o) -> None:
+        inputs.append(i[0])
+        outputs.append(o)
+
+    handles = [m.register_forward_hook(keep) for m in attention_modules(lin)]
+    try:
+        eff = capture_attention(lin, x)
+        raw = capture_attention(lin, x, raw=True)
+        inputs, outputs = inputs[:4], outputs[:4]
+    finally:
+        for h in handles:
+            h.remove()
+    for attn, e, r, xin, out in zip(attention_modules(lin), eff, raw, inputs, outputs):
+        B, N, _ = xin.shape
+        H, dh = attn.heads, attn.dim_head
+        assert e.shape == (B, H, N, N) and r.shape == (B, H, N, attn.k)
+        torch.testing.assert_close(r.sum(-1), torch.ones(B, H, N))  # softmax over k keys
+        v = attn.to_v(xin).reshape(B, N, H, dh).transpose(1, 2)       # (B, H, N, dh)
+        mixed = (e @ v).transpose(1, 2).reshape(B, N, H * dh)
+        torch.testing.assert_close(attn.to_out(mixed), out, atol=1e-5, rtol=1e-4)
+    assert (torch.stack(eff) < 0).any()  # signed, unlike softmax attention
+
+
+def rollout_by_hand(maps: list[np.ndarray], discard: float = 0.0) -> np.ndarray:
+    """Abnar & Zuidema on one image, loops and numpy only. maps: (H, N, N) per layer."""
+    N = maps[0].shape[-1]
+    R = np.eye(N)
+    for a in maps:
+        a = np.abs(a).mean(0)
+        if discard:
+            flat = a.flatten().copy()
+            order = np.argsort(flat, kind="stable")[: int(flat.size * discard)]
+            keep = flat[0]
+            flat[order] = 0
+            flat[0] = keep
+            a = flat.reshape(N, N)
+        a = 0.5 * a + 0.5 * np.eye(N)
+        for i in range(N):
+            a[i] = a[i] / a[i].sum()
+        R = a @ R
+    return R
+
+
+@pytest.mark.parametrize("discard", [0.0, 0.6])
+def test_rollout_matches_hand_computation(discard):
+    g = torch.Generator().manual_seed(0)
+    maps = [torch.rand(1, 3, 6, 6, generator=g, dtype=torch.float64).softmax(-1)
+            for _ in range(3)]
+    got = attention_rollout(maps, discard_ratio=discard)[0].numpy()
+    np.testing.assert_allclose(got, rollout_by_hand([m[0].numpy() for m in maps], discard),
+                               rtol=1e-10)
+    np.testing.assert_allclose(got.sum(-1), np.ones(6), rtol=1e-10)
+
+
+def test_rollout_options_and_errors(vit, lin):
+    x = torch.rand(2, 3, 32, 32)
+    for model in (vit, lin):
+        maps = capture_attention(model, x)
+        for fusion in ("mean", "max", "min"):
+            r = attention_rollout(maps, head_fusion=fusion, discard_ratio=0.9)
+            assert r.shape == (2, 65, 65)
+            torch.testing.assert_close(r.sum(-1), torch.ones(2, 65))
+            assert (r >= 0).all()
+    with pytest.raises(ValueError, match="head_fusion"):
+        attention_rollout(maps, head_fusion="median")
+    with pytest.raises(ValueError, match="discard_ratio"):
+        attention_rollout(maps, discard_ratio=1.0)
+
+
+def test_gradient_rollout_matches_explicit(vit):
+    x = torch.rand(2, 3, 32, 32)
+    target = torch.tensor([1, 3])
+    got = gradient_rollout(vit, x, target=target)
+    # independent: keep the probabilities from record_attention, grads by autograd
+    vit.eval()
+    with record_attention(vit) as maps:
+        logits = vit(x)
+    grads = torch.autograd.grad(logits[[0, 1], target].sum(), maps)
+    fused = [(a * g).mean(1).clamp(min=0).detach().numpy() for a, g in zip(maps, grads)]
+    for b in range(2):
+        expected = rollout_by_hand([f[b][None] for f in fused])
+        np.testing.assert_allclose(got[b].numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert all(p.grad is None for p in vit.parameters())
+    assert gradient_rollout(build_model("linformer-vit-tiny", 5), x).shape == (2, 65, 65)
+
+
+def test_heatmap_and_overlay(vit):
+    x = torch.rand(1, 3, 32, 32)
+    maps = capture_attention(vit, x)
+    row = cls_attention(maps[-1])
+    assert row.shape == (1, 64)
+    heat = patch_heatmap(row, vit.grid_size, (32, 32))
+    assert heat.shape == (1, 32, 32) and heat.min() >= 0 and heat.max() <= 1
+    # nearest-cell check: the 4×4 pixel block of the arg-max patch is the hottest region
+    top = int(row[0].argmax())
+    r, c = divmod(top, 8)
+    assert heat[0, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4].mean() > heat[0].mean()
+    roll = rollout_map(attention_rollout(maps))
+    assert roll.shape == (1, 64)
+    img = overlay(x[0], heat[0])
+    assert img.shape == (32, 32, 3) and img.dtype == np.uint8
+    with pytest.raises(ValueError, match="does not fit grid"):
+        patch_heatmap(row, (7, 7), (32, 32))

@@ -1,0 +1,184 @@
+"""Models: presets, shapes, parameter counts, closed-form MACs, checkpoints."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.models import (BlockConfig, CheckpointError, LinformerLayerConfig, build_model,
+                         count_macs, list_models, load_model, load_weights, save_model)
+from core.models.linformer_vit import LinformerViT, with_layers
+from core.models.vit import VisionTransformer, with_blocks
+
+
+def vit_macs_closed_form(model: VisionTransformer) -> int:
+    """MACs of one image, by hand: patch conv, per block qkv / QKᵀ / AV / proj / MLP, head."""
+    c = model.config
+    N = model.patch_embed.num_patches
+    T = N + 1
+    D = c.embed_dim
+    macs = N * c.in_chans * c.patch_size ** 2 * D
+    for b in c.blocks:
+        H, dq, dv, h = b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden
+        macs += T * D * H * (2 * dq + dv)      # qkv
+        macs += H * T * T * dq                 # Q Kᵀ
+        macs += H * T * T * dv                 # A V
+        macs += T * H * dv * D                 # proj
+        macs += 2 * T * D * h                  # fc1, fc2
+    return macs + D * c.num_classes
+
+
+def linear_weights(model: nn.Module) -> int:
+    return sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
+
+
+def test_list_and_unknown_model():
+    names = list_models()
+    for n in ["vit-tiny", "deit-tiny", "deit-small", "deit-base", "linformer-vit-paper",
+              "linformer-vit-tiny"]:
+        assert n in names
+    with pytest.raises(ValueError, match="unknown model 'resnet'.*vit-tiny"):
+        build_model("resnet", 10)
+
+
+@pytest.mark.parametrize("name", ["vit-tiny", "linformer-vit-tiny"])
+def test_tiny_presets_forward(name):
+    torch.manual_seed(0)
+    m = build_model(name, num_classes=7)
+    assert m.input_shape == (3, 32, 32)
+    out = m(torch.rand(3, *m.input_shape))
+    assert out.shape == (3, 7)
+    assert torch.isfinite(out).all()
+
+
+def test_linformer_paper_matches_seed_000():
+    m = build_model("linformer-vit-paper", num_classes=38)
+    assert m.input_shape == (3, 224, 224)
+    assert m.config.seq_len == 50
+    assert linear_weights(m) == 2_757_376
+    attn = m.transformer.net.layers[0][0].fn
+    assert (attn.heads, attn.k, attn.seq_len) == (8, 64, 50)
+    assert len(m.transformer.net.layers) == 12
+    assert m(torch.rand(1, 3, 224, 224)).shape == (1, 38)
+
+
+@pytest.mark.parametrize("name,dim,heads", [("deit-tiny", 192, 3), ("deit-small", 384, 6)])
+def test_deit_presets(name, dim, heads):
+    m = build_model(name, num_classes=1000)
+    c = m.config
+    assert (c.embed_dim, c.depth, c.patch_size, c.img_size) == (dim, 12, 16, (224, 224))
+    assert all(b.num_heads == heads and b.mlp_hidden == 4 * dim for b in c.blocks)
+    assert m.pos_embed.shape == (1, 197, dim)
+
+
+def test_macs_closed_form_and_paper_figures():
+    m = build_model("vit-tiny", num_classes=6)
+    assert count_macs(m) == vit_macs_closed_form(m)
+    deit = build_model("deit-tiny", num_classes=1000)
+    assert count_macs(deit) == vit_macs_closed_form(deit)
+    assert round(count_macs(deit) / 1e9, 2) == 1.25  # the paper's "1.3 GFLOPs"
+
+
+def test_free_per_layer_sizes():
+    base = build_model("vit-tiny", num_classes=5)
+    blocks = [BlockConfig(4, 16, 16, 128), BlockConfig(2, 8, 12, 40),
+              BlockConfig(3, 5, 16, 64), BlockConfig(1, 16, 3, 10)]
+    m = VisionTransformer(with_blocks(base.config, blocks, embed_dim=48))
+    assert m(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+    assert m.blocks[1].attn.qkv.out_features == 2 * (2 * 8 + 12)
+    assert count_macs(m) == vit_macs_closed_form(m)
+    lin = build_model("linformer-vit-tiny", num_classes=5)
+    layers = [LinformerLayerConfig(4, 16, 256), LinformerLayerConfig(4, 8, 100),
+              LinformerLayerConfig(2, 8, 256), LinformerLayerConfig(4, 16, 30)]
+    lm = LinformerViT(with_layers(lin.config, layers))
+    assert lm(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+    assert lm.transformer.net.layers[1][0].fn.dim_head == 8
+    assert lm.transformer.net.layers[3][1].fn.w1.out_features == 30
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="not divisible by the patch size 4"):
+        build_model("vit-tiny", num_classes=5, img_size=30)
+    with pytest.raises(ValueError, match="not divisible by the patch size 32"):
+        build_model("linformer-vit-paper", num_classes=5, img_size=200)
+    with pytest.raises(ValueError, match="at least 2"):
+        build_model("vit-tiny", num_classes=1)
+
+
+TIMM_BLOCK_KEYS = ["norm1.weight", "norm1.bias", "attn.qkv.weight", "attn.qkv.bias",
+                   "attn.proj.weight", "attn.proj.bias", "norm2.weight", "norm2.bias",
+                   "mlp.fc1.weight", "mlp.fc1.bias", "mlp.fc2.weight", "mlp.fc2.bias"]
+
+
+def test_state_dict_uses_timm_names():
+    m = build_model("deit-tiny", num_classes=1000)
+    expected = {"cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                "norm.weight", "norm.bias", "head.weight", "head.bias"}
+    expected |= {f"blocks.{i}.{k}" for i in range(12) for k in TIMM_BLOCK_KEYS}
+    assert set(m.state_dict()) == expected
+    assert m.state_dict()["blocks.0.attn.qkv.weight"].shape == (576, 192)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_load_timm_format_weights(tmp_path, suffix):
+    torch.manual_seed(0)
+    src = build_model("vit-tiny", num_classes=6)
+    sd = {k: v.clone() for k, v in src.state_dict().items()}
+    path = tmp_path / f"w{suffix}"
+    if suffix == ".pth":
+        torch.save({"model": sd}, path)  # DeiT's release wraps the state dict in "model"
+    else:
+        from safetensors.torch import save_file
+        save_file(sd, str(path))
+    torch.manual_seed(1)
+    dst = build_model("vit-tiny", num_classes=6)
+    x = torch.rand(2, 3, 32, 32)
+    assert not torch.allclose(src(x), dst(x))
+    load_weights(dst, path)
+    assert torch.equal(src.eval()(x), dst.eval()(x))
+
+
+def test_checkpoint_errors(tmp_path):
+    tiny = build_model("vit-tiny", num_classes=6)
+    other = build_model("vit-tiny", num_classes=6, embed_dim=32, num_heads=2)
+    p = save_model(other, tmp_path / "other.safetensors")
+    with pytest.raises(CheckpointError, match=r"55 mis-shaped: blocks.0.attn.proj.bias: checkpoint \(32,\) vs model \(64,\)"):
+        load_weights(tiny, p)
+    lin = save_model(build_model("linformer-vit-tiny", 6), tmp_path / "lin.safetensors")
+    with pytest.raises(CheckpointError, match="missing keys.*unexpected keys"):
+        load_weights(tiny, lin)
+    bad = tmp_path / "corrupt.safetensors"
+    bad.write_bytes(b"\x00not a checkpoint" * 10)
+    with pytest.raises(CheckpointError, match="cannot read corrupt.safetensors"):
+        load_weights(tiny, bad)
+    pickled = tmp_path / "evil.pth"
+    torch.save({"model": tiny.state_dict(), "obj": nn.ReLU()}, pickled)  # a pickled module
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_weights(tiny, pickled)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_weights(tiny, tmp_path / "nope.safetensors")
+    # a checkpoint without PruneLens metadata cannot rebuild an architecture
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in tiny.state_dict().items()},
+              str(tmp_path / "plain.safetensors"))
+    with pytest.raises(CheckpointError, match="no PruneLens architecture"):
+        load_model(tmp_path / "plain.safetensors")
+    # exclude the head to fine-tune on another class count
+    six = save_model(tiny, tmp_path / "six.safetensors")
+    ten = build_model("vit-tiny", num_classes=10)
+    load_weights(ten, six, exclude=("head.",))
+    assert torch.equal(ten.patch_embed.proj.weight, tiny.patch_embed.proj.weight)
+
+
+@pytest.mark.parametrize("name", ["vit-tiny", "linformer-vit-tiny"])
+def test_save_load_roundtrip_keeps_custom_shapes(tmp_path, name):
+    torch.manual_seed(0)
+    m = build_model(name, num_classes=4).eval()
+    if name == "vit-tiny":
+        m = VisionTransformer(with_blocks(m.config, [BlockConfig(2, 6, 10, 33)] * 4,
+                                          embed_dim=40)).eval()
+    path = save_model(m, tmp_path / "m.safetensors")
+    back = load_model(path).eval()
+    assert type(back) is type(m) and back.config == m.config
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(m(x), back(x))
