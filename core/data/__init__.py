@@ -1,0 +1,74 @@
+"""Offline datasets for PruneLens: one factory, ``load_dataset(name, image_size, seed, **options)``.
+
+Sources (``list_datasets()``):
+
+- ``shapes``: procedural coloured shapes with object masks (default; options ``classes``,
+  ``num_train=6000``, ``num_val=1200``).
+- ``digits``: scikit-learn's bundled 8x8 handwritten digits (option ``val_fraction=0.2``).
+- ``folder``: one sub-folder per class on disk (options ``root``, ``val_fraction=0.2``).
+
+Every dataset yields ``(image, label)`` with ``image`` float32 ``(3, H, W)`` in ``[0, 1]`` (no
+normalisation: models do their own) and has ``classes``, ``targets`` and ``image_size``.
+``calibration_batch`` draws a class-balanced batch for data-driven pruning criteria.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+
+from torch.utils.data import Dataset
+
+from .common import calibration_batch, validate_image_size, validate_seed
+from .digits import DigitsDataset, make_digits
+from .folder import FolderDataset, make_folder
+from .shapes import SHAPE_CLASSES, ShapesDataset, make_shapes
+
+__all__ = [
+    "SHAPE_CLASSES",
+    "DigitsDataset",
+    "FolderDataset",
+    "ShapesDataset",
+    "calibration_batch",
+    "list_datasets",
+    "load_dataset",
+]
+
+_BUILDERS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
+    "shapes": make_shapes,
+    "digits": make_digits,
+    "folder": make_folder,
+}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by ``load_dataset``, the default (``shapes``) first."""
+    return list(_BUILDERS)
+
+
+def load_dataset(
+    name: str, image_size: int | tuple[int, int], seed: int = 0, **options: object
+) -> tuple[Dataset, Dataset]:
+    """Build the ``(train, val)`` datasets of source ``name``.
+
+    Args:
+        name: one of ``list_datasets()``.
+        image_size: ``S`` or ``(H, W)``, every side an int >= 8; images come out ``(3, H, W)``.
+        seed: makes generation (``shapes``) and the train/val split deterministic.
+        **options: source-specific keywords, see each ``make_*`` function.
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the known ones), bad ``image_size`` or
+            ``seed``, or a source-specific problem.
+        TypeError: an option the source does not take.
+    """
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(_BUILDERS)}")
+    size = validate_image_size(image_size)
+    seed = validate_seed(seed)
+    builder = _BUILDERS[name]
+    accepted = [p for p in inspect.signature(builder).parameters if p not in ("image_size", "seed")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise TypeError(f"dataset {name!r} takes options {accepted}; got unknown {unknown}")
+    return builder(image_size=size, seed=seed, **options)
