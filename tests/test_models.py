@@ -182,3 +182,30 @@ def test_save_load_roundtrip_keeps_custom_shapes(tmp_path, name):
     assert type(back) is type(m) and back.config == m.config
     x = torch.rand(2, 3, 32, 32)
     assert torch.equal(m(x), back(x))
+
+
+def test_save_model_bakes_masks_and_leaves_model_intact(tmp_path):
+    """A parametrized (masked) model saves mask ⊙ weight under timm's names, and stays usable."""
+    from torch.nn.utils import parametrize
+
+    class Mask(nn.Module):
+        def __init__(self, mask: torch.Tensor):
+            super().__init__()
+            self.register_buffer("mask", mask)
+
+        def forward(self, w: torch.Tensor) -> torch.Tensor:
+            return self.mask * w
+
+    torch.manual_seed(0)
+    m = build_model("vit-tiny", num_classes=4).eval()
+    lin = m.blocks[0].attn.qkv
+    mask = torch.rand_like(lin.weight) > 0.5
+    parametrize.register_parametrization(lin, "weight", Mask(mask))
+    x = torch.rand(2, 3, 32, 32)
+    before = m(x)
+    path = save_model(m, tmp_path / "masked.safetensors")
+    assert torch.equal(m(x), before)                      # the in-memory model still works
+    back = load_model(path).eval()
+    assert torch.equal(back.blocks[0].attn.qkv.weight, lin.weight)
+    assert (back.blocks[0].attn.qkv.weight[~mask] == 0).all()
+    torch.testing.assert_close(back(x), before)

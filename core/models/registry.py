@@ -7,7 +7,6 @@ metadata, so a physically shrunk model loads back with its new shapes.
 """
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Callable
@@ -16,7 +15,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
-from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from .linformer_vit import LinformerViT, LinformerViTConfig, linformer_vit_config
@@ -182,14 +180,22 @@ def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = 
 
 
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with parametrizations (pruning masks) baked in, on CPU, contiguous."""
-    if any(parametrize.is_parametrized(m) for m in model.modules()):
-        model = copy.deepcopy(model)
-        for m in model.modules():
-            if parametrize.is_parametrized(m):
-                for pname in list(m.parametrizations.keys()):
-                    parametrize.remove_parametrizations(m, pname, leave_parametrized=True)
-    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    """State dict with parametrizations (pruning masks) baked in, on CPU, contiguous.
+
+    ``X.parametrizations.weight.original`` becomes ``X.weight`` holding the parametrized value
+    (e.g. ``mask * original``); the parametrization's own buffers are dropped. The model itself
+    is not touched (a deepcopy + remove_parametrizations would edit the class it shares).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key:
+            path, rest = key.split(".parametrizations.", 1)
+            pname, tail = rest.split(".", 1)
+            if tail == "original":
+                out[f"{path}.{pname}"] = getattr(model.get_submodule(path), pname)
+            continue
+        out[key] = value
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
 def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None) -> Path:

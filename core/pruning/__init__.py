@@ -1,0 +1,34 @@
+"""Pruning: criteria that score weights, masks that zero them, and ``prune()`` that does both.
+
+Three separate steps (as ``torch.nn.utils.prune`` separates importance scores from masking):
+
+1. ``get_pruner(name, **options).score(model, images, labels) -> {key: scores}``, the registry
+   listing ``list_pruners()``: ``random``, ``magnitude``, ``snip``, ``attention-snip`` (seed
+   000), ``grasp``, ``synflow``. Keys are plain parameter names (``"head.weight"``), also on a
+   masked model, where ``named_parameters()`` says ``"head.parametrizations.weight.original"``.
+2. ``compute_masks(scores, sparsity, scope)`` → ``{key: bool tensor}`` (True = kept).
+3. ``apply_masks(model, masks)`` / ``remove_masks(model)``: parametrizations that keep pruned
+   weights at zero through training; ``core.models.save_model`` bakes them in.
+
+``prune(model, name, sparsity, images, labels, scope, **options)`` runs all three on a copy and
+returns a :class:`PruneResult` (pruned model, masks, scores, per-layer table).
+
+Extension point for structured pruning: subclass :class:`Pruner` with ``kind = "structured"``,
+register it with ``@register_pruner("snp")``, and override ``prune_model(model, sparsity,
+images, labels, scope) -> PruneResult`` to return the physically smaller model with
+``masks=None``; ``prune(model, "snp", ...)`` then dispatches to it by name.
+"""
+from .api import TABLE_COLUMNS, PruneResult, layer_saliency, prune
+from .base import (PrunableParam, Pruner, get_pruner, list_pruners, prunable_parameters,
+                   register_pruner)
+from .criteria import (AttentionSnipPruner, GraspPruner, MagnitudePruner, RandomPruner,
+                       SnipPruner, SynflowPruner)
+from .masks import (PruningMask, apply_masks, compute_masks, get_masks, layer_collapse,
+                    mask_sparsity, num_pruned, remove_masks)
+from . import snp  # noqa: E402,F401  (registers the structured pruners: snp, gm, l2-norm, ...)
+
+__all__ = ["AttentionSnipPruner", "GraspPruner", "MagnitudePruner", "PrunableParam",
+           "PruneResult", "Pruner", "PruningMask", "RandomPruner", "SnipPruner",
+           "SynflowPruner", "TABLE_COLUMNS", "apply_masks", "compute_masks", "get_masks",
+           "get_pruner", "layer_collapse", "layer_saliency", "list_pruners", "mask_sparsity",
+           "num_pruned", "prunable_parameters", "prune", "register_pruner", "remove_masks"]

@@ -1,0 +1,262 @@
+"""Pruner registry, the :class:`Pruner` base class and the prunable-parameter selection.
+
+A pruner is a small frozen dataclass in the style of Torch-Pruning's ``Importance``:
+hyper-parameters are its fields, ``score(model, images, labels)`` is its one scoring method and
+returns a keep-score per prunable entry (higher = more worth keeping). Turning scores into masks
+(:mod:`core.pruning.masks`) and applying them are separate steps; :meth:`Pruner.prune_model`
+chains them, and structured pruners override it (see :mod:`core.pruning.api`).
+
+**Parameter keys.** Scores and masks are keyed ``"<module name>.<attribute>"`` as in
+``model.named_parameters()`` of the *unmasked* model, e.g. ``"blocks.0.attn.qkv.weight"``.
+Once a module is parametrized (masked), ``named_parameters()`` calls that tensor
+``"blocks.0.attn.qkv.parametrizations.weight.original"``; PruneLens always uses the plain name,
+for masked and unmasked models alike, so masks computed on one apply to the other.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Callable, ClassVar, Iterator
+
+import torch
+from linformer.linformer import LinformerSelfAttention
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+_PRUNERS: dict[str, type["Pruner"]] = {}
+
+
+def register_pruner(name: str) -> Callable[[type["Pruner"]], type["Pruner"]]:
+    """Class decorator: make ``cls`` available as ``get_pruner(name)``."""
+    def deco(cls: type[Pruner]) -> type[Pruner]:
+        if name in _PRUNERS and _PRUNERS[name] is not cls:
+            raise ValueError(f"a pruner named {name!r} is already registered")
+        cls.name = name
+        _PRUNERS[name] = cls
+        return cls
+    return deco
+
+
+def list_pruners(kind: str | None = None) -> list[str]:
+    """Registered pruner names in registration order; ``kind`` filters (``"unstructured"``,
+    ``"structured"``)."""
+    return [n for n, c in _PRUNERS.items() if kind is None or c.kind == kind]
+
+
+def get_pruner(name: str, **options) -> "Pruner":
+    """Build pruner ``name`` with ``options`` (its fields). Unknown names or options raise
+    ValueError listing the known ones."""
+    if name not in _PRUNERS:
+        raise ValueError(f"unknown pruner {name!r}; known pruners: {', '.join(_PRUNERS)}")
+    cls = _PRUNERS[name]
+    known = [f.name for f in fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"pruner {name!r} takes options {known}; got unknown {unknown}")
+    return cls(**options)
+
+
+# ---------------------------------------------------------------------------- prunable set
+
+@dataclass(frozen=True)
+class PrunableParam:
+    """One prunable tensor: ``key`` (plain name), its ``module`` and attribute ``attr``.
+
+    ``param`` is the leaf ``nn.Parameter`` autograd sees (``...parametrizations.weight.original``
+    when masked); :meth:`value` is what the forward uses (mask applied).
+    """
+
+    key: str
+    module: nn.Module
+    attr: str
+    param: nn.Parameter
+
+    def value(self) -> Tensor:
+        return getattr(self.module, self.attr)
+
+
+def _leaf(module: nn.Module, attr: str) -> nn.Parameter:
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original
+    return getattr(module, attr)
+
+
+def prunable_parameters(model: nn.Module, exclude_head: bool = False,
+                        exclude_patch_embed: bool = False, include_linformer_proj: bool = False,
+                        ignored_layers: tuple[str, ...] = ()) -> list[PrunableParam]:
+    """The tensors a pruner scores, in module order.
+
+    Default: the ``weight`` of every ``nn.Linear`` and ``nn.Conv2d`` (seed 000's count: 2,757,376
+    on ``linformer-vit-paper`` with 38 classes); biases, norms, CLS/positions never.
+    ``exclude_head`` drops the module named ``head`` (else the last such layer);
+    ``exclude_patch_embed`` drops ``patch_embed.*`` (else the first layer);
+    ``include_linformer_proj`` adds each ``LinformerSelfAttention``'s ``proj_k``/``proj_v`` ((seq_len, k) each);
+    ``ignored_layers`` drops modules by name (a name also drops everything under it).
+    """
+    found: list[tuple[str, nn.Module, str]] = []
+    for mname, mod in model.named_modules():
+        if ".parametrizations." in f".{mname}.":
+            continue  # a parametrization's own submodules
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            found.append((mname, mod, "weight"))
+        elif include_linformer_proj and isinstance(mod, LinformerSelfAttention):
+            found.append((mname, mod, "proj_k"))
+            if not mod.share_kv:
+                found.append((mname, mod, "proj_v"))
+    if not found:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear / nn.Conv2d weights to prune")
+
+    def under(name: str, prefix: str) -> bool:
+        return name == prefix or name.startswith(prefix + ".")
+
+    names = [m for m, _, _ in found]
+    drop: set[str] = set()
+    if exclude_head:
+        drop |= {n for n in names if under(n, "head")} or {names[-1]}
+    if exclude_patch_embed:
+        drop |= {n for n in names if under(n, "patch_embed")} or {names[0]}
+    for prefix in ignored_layers:
+        drop |= {n for n in names if under(n, prefix)}
+    out = [PrunableParam(f"{m}.{a}" if m else a, mod, a, _leaf(mod, a))
+           for m, mod, a in found if m not in drop]
+    if not out:
+        raise ValueError("the options exclude every prunable layer")
+    return out
+
+
+# ---------------------------------------------------------------------------- checks
+
+def check_sparsity(sparsity: float) -> float:
+    """``sparsity`` as a float in [0, 1), else ValueError."""
+    try:
+        s = float(sparsity)
+    except (TypeError, ValueError):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
+    if not (math.isfinite(s) and 0.0 <= s < 1.0):
+        raise ValueError(f"sparsity must be a number in [0, 1), got {sparsity!r}")
+    return s
+
+
+def check_batch(model: nn.Module, images: Tensor | None, labels: Tensor | None,
+                needs_labels: bool = True) -> tuple[Tensor, Tensor | None]:
+    """Validate a calibration batch against the model; return it on the model's device.
+
+    images: float (B, C, H, W) matching ``model.input_shape`` when the model has one;
+    labels: integer (B,) in ``[0, model.num_classes)``.
+    """
+    if images is None:
+        raise ValueError("this criterion needs a calibration batch: pass images (and labels)")
+    if not isinstance(images, Tensor) or not images.is_floating_point():
+        raise ValueError(f"images must be a float tensor, got {getattr(images, 'dtype', images)!r}")
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and (images.ndim != 4 or tuple(images.shape[1:]) != tuple(shape)):
+        raise ValueError(f"images have shape {tuple(images.shape)}, the model expects "
+                         f"(B, {', '.join(map(str, shape))}) (wrong image size?)")
+    if images.shape[0] == 0:
+        raise ValueError("the calibration batch is empty")
+    device = _device(model)
+    images = images.to(device)
+    if labels is None:
+        if needs_labels:
+            raise ValueError("this criterion needs labels for the calibration images")
+        return images, None
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D integer tensor, got {labels.dtype} "
+                         f"of shape {tuple(labels.shape)}")
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+    num_classes = getattr(model, "num_classes", None)
+    if labels.numel() and (int(labels.min()) < 0 or
+                           (num_classes is not None and int(labels.max()) >= num_classes)):
+        raise ValueError(f"labels out of range: min {int(labels.min())}, max "
+                         f"{int(labels.max())}; the model has {num_classes} classes")
+    return images, labels.to(device=device, dtype=torch.long)
+
+
+def check_logits(logits: Tensor, labels: Tensor) -> None:
+    """Labels out of range of a model without ``num_classes`` are caught here."""
+    if logits.ndim != 2:
+        raise ValueError(f"the model returned logits of shape {tuple(logits.shape)}, "
+                         "expected (B, num_classes)")
+    if int(labels.max()) >= logits.shape[1]:
+        raise ValueError(f"labels out of range: max {int(labels.max())}, "
+                         f"the model has {logits.shape[1]} classes")
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+@contextmanager
+def scoring_state(model: nn.Module, params: list[nn.Parameter]) -> Iterator[None]:
+    """Eval mode (dropout off) and ``requires_grad`` on for ``params`` during the block; every
+    module's mode and every flag restored after, also on error. Gradients must be taken with
+    ``torch.autograd.grad`` so ``.grad`` stays untouched."""
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in params]
+    model.eval()
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)
+        for m, t in modes:
+            m.training = t
+
+
+# ---------------------------------------------------------------------------- base class
+
+@dataclass(frozen=True)
+class Pruner:
+    """Base of every criterion. Fields: the prunable-set options (see
+    :func:`prunable_parameters`); subclasses add their hyper-parameters.
+
+    Class attributes for the dashboard's teaching text: ``formula`` (LaTeX), ``explanation``
+    (one paragraph), ``needs_data`` (whether ``score`` reads the calibration batch),
+    ``kind`` (``"unstructured"``: masks; ``"structured"``: a smaller model).
+    """
+
+    name: ClassVar[str] = ""
+    kind: ClassVar[str] = "unstructured"
+    needs_data: ClassVar[bool] = True
+    formula: ClassVar[str] = ""
+    explanation: ClassVar[str] = ""
+
+    exclude_head: bool = False
+    exclude_patch_embed: bool = False
+    include_linformer_proj: bool = False
+    ignored_layers: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ignored_layers, str):
+            object.__setattr__(self, "ignored_layers", (self.ignored_layers,))
+        else:
+            object.__setattr__(self, "ignored_layers", tuple(self.ignored_layers))
+
+    @property
+    def options(self) -> dict:
+        """Field values (JSON-able), e.g. for a run's stored config."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def parameters(self, model: nn.Module) -> list[PrunableParam]:
+        return prunable_parameters(model, self.exclude_head, self.exclude_patch_embed,
+                                   self.include_linformer_proj, self.ignored_layers)
+
+    def score(self, model: nn.Module, images: Tensor | None = None,
+              labels: Tensor | None = None) -> dict[str, Tensor]:
+        """Keep-scores ``{key: tensor shaped like the parameter}``; the model is left as found."""
+        raise NotImplementedError
+
+    def prune_model(self, model: nn.Module, sparsity: float, images: Tensor | None = None,
+                    labels: Tensor | None = None, scope: str = "global"):
+        """Score, mask and apply to a deep copy → :class:`~core.pruning.api.PruneResult`.
+
+        Structured pruners override this to return a physically smaller model."""
+        from .api import mask_prune  # api imports base; avoid the cycle at import time
+        return mask_prune(self, model, sparsity, images, labels, scope)

@@ -1,0 +1,343 @@
+"""Unstructured foresight criteria: random, magnitude, SNIP, attention-SNIP (seed 000), GraSP,
+SynFlow. Formulas: ``shared/reference/ALGORITHMS.md``, "Unstructured foresight pruning".
+
+Every ``score`` returns keep-scores (higher = kept), one tensor per prunable parameter keyed by
+its plain name (see :mod:`core.pruning.base`). Gradients are taken with
+``torch.autograd.grad`` in eval mode (dropout off), so ``.grad``, modes, hooks and
+``requires_grad`` are as they were after the call; weights are never written (SynFlow works on
+a copy). On a masked model, ``w`` below is the masked weight: a pruned entry scores
+``|0 · ∂L/∂w| = 0`` (random scores excepted).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..attention import attention_modules
+from .base import (Pruner, check_batch, check_logits, check_sparsity, register_pruner,
+                   scoring_state)
+from .masks import compute_masks, get_masks, remove_masks
+
+
+def _normalise(scores: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Divide by the total over all layers (a mask-free change: makes scores comparable)."""
+    total = sum(float(s.sum()) for s in scores.values())
+    if total == 0 or not math.isfinite(total):
+        return scores
+    return {k: s / total for k, s in scores.items()}
+
+
+def _grads(leaves: list[nn.Parameter], loss: Tensor, create_graph: bool = False) -> list[Tensor]:
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True, create_graph=create_graph)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(leaves, grads)]
+
+
+@register_pruner("random")
+@dataclass(frozen=True)
+class RandomPruner(Pruner):
+    needs_data = False
+    formula = r"s_j \sim \mathcal{U}(0, 1)"
+    explanation = (
+        "Random pruning keeps a uniformly random subset of the weights. It is the baseline any "
+        "criterion has to beat: at moderate sparsity a randomly pruned network often trains "
+        "almost as well as a carefully pruned one, so the gap to random is what a criterion is "
+        "worth. The draw is seeded, so the same seed gives the same mask.")
+
+    seed: int = 0
+
+    def score(self, model, images=None, labels=None):
+        gen = torch.Generator().manual_seed(int(self.seed))
+        return {p.key: torch.rand(p.param.shape, generator=gen).to(p.param.device)
+                for p in self.parameters(model)}
+
+
+@register_pruner("magnitude")
+@dataclass(frozen=True)
+class MagnitudePruner(Pruner):
+    needs_data = False
+    formula = r"s_j = |w_j|"
+    explanation = (
+        "Magnitude pruning keeps the weights with the largest absolute value. It needs no data "
+        "and is the classic criterion for trained networks (Han et al. 2015). At "
+        "initialisation the magnitudes are just the random init, so it is close to random "
+        "within a layer; globally it favours layers initialised with a larger scale.")
+
+    def score(self, model, images=None, labels=None):
+        with torch.no_grad():
+            return {p.key: p.value().detach().abs().clone() for p in self.parameters(model)}
+
+
+@register_pruner("snip")
+@dataclass(frozen=True)
+class SnipPruner(Pruner):
+    formula = (r"s_j = \frac{|g_j|}{\sum_k |g_k|},\quad g_j = \left.\frac{\partial "
+               r"L(c \odot w)}{\partial c_j}\right|_{c=1} = w_j \frac{\partial L}{\partial w_j}")
+    explanation = (
+        "SNIP (Lee et al. 2019) asks how much the loss on one calibration batch would change "
+        "if a weight were removed: put a multiplicative gate c on every weight and take the "
+        "gradient of the loss with respect to the gates at c = 1, which is weight times "
+        "gradient. Weights whose removal changes the loss the least are pruned, once, at "
+        "initialisation, keeping the global top (1 - sparsity).")
+
+    def _loss(self, model: nn.Module, logits: Tensor, labels: Tensor,
+              outputs: list[Tensor]) -> Tensor:
+        return F.cross_entropy(logits, labels)
+
+    def _hook_modules(self, model: nn.Module) -> list[nn.Module]:
+        return []
+
+    def score(self, model, images=None, labels=None):
+        params = self.parameters(model)
+        images, labels = check_batch(model, images, labels)
+        leaves = [p.param for p in params]
+        outputs: list[Tensor] = []
+        handles = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out))
+                   for m in self._hook_modules(model)]
+        try:
+            with scoring_state(model, leaves):
+                logits = model(images)
+                check_logits(logits, labels)
+                grads = _grads(leaves, self._loss(model, logits, labels, outputs))
+        finally:
+            for h in handles:
+                h.remove()
+        with torch.no_grad():
+            return _normalise({p.key: (p.value() * g).abs() for p, g in zip(params, grads)})
+
+
+@register_pruner("attention-snip")
+@dataclass(frozen=True)
+class AttentionSnipPruner(SnipPruner):
+    """Seed 000's attention-aware SNIP: ``s = |w ⊙ ∂L'/∂w|``, ``L' = L + α Σ_j A_j + β O``.
+
+    ``A_j`` is the sum of every element of the output (B, N, C) of the j-th module of
+    :func:`core.attention.attention_modules` (ViT ``Attention`` after ``proj``, Linformer's
+    ``LinformerSelfAttention`` after ``to_out``); ``O`` the sum of the logits; ``α``
+    (``attention_weight``) and ``β`` (``output_weight``) are 1 in the paper. One backward of
+    L'. ``A_j`` cannot be the sum of the attention *probabilities*: each softmax row sums to 1,
+    so that sum is the constant B·H·N whatever the weights, and its gradient is 0 — the term
+    would change nothing. Scores are normalised by their total like SNIP's (no mask changes),
+    so with ``α = β = 0`` this is exactly ``snip``.
+    """
+
+    formula = (r"s_j = \left| w_j \frac{\partial L'}{\partial w_j} \right|,\quad "
+               r"L' = L(W) + \sum_{j} A_j + O")
+    explanation = (
+        "Attention-aware SNIP (seed 000) adds two terms to SNIP's loss before taking weight "
+        "times gradient: the sum of every attention layer's output and the sum of the network's "
+        "output. Weights that feed the attention layers and the logits strongly then score "
+        "higher, so pruning at 90% keeps the attention pathway alive instead of emptying it. "
+        "The attention probabilities themselves cannot serve: every softmax row sums to 1, so "
+        "their total never changes and has zero gradient.")
+
+    attention_weight: float = 1.0
+    output_weight: float = 1.0
+
+    def _hook_modules(self, model):
+        return attention_modules(model) if self.attention_weight != 0 else []
+
+    def _loss(self, model, logits, labels, outputs):
+        loss = F.cross_entropy(logits, labels)
+        if self.attention_weight != 0:
+            loss = loss + self.attention_weight * sum(o.sum() for o in outputs)
+        if self.output_weight != 0:
+            loss = loss + self.output_weight * logits.sum()
+        return loss
+
+
+@register_pruner("grasp")
+@dataclass(frozen=True)
+class GraspPruner(Pruner):
+    """GraSP (Wang et al. 2020): ``S = −θ ⊙ Hg``, logits divided by ``temperature``.
+
+    ``Hg`` by double backprop: ``g = ∂L/∂θ`` with a graph, ``z = g_stopᵀ g``,
+    ``∂z/∂θ = H g_stop`` (one forward, one backward with graph, one double backward; the
+    paper's code does two forwards of the same batch). GraSP removes the *highest* S (the
+    weights whose removal reduces the gradient norm least, or raises it), so the returned
+    keep-score is ``−S / (|ΣS| + 1e-10) = θ ⊙ Hg / (|ΣS| + 1e-10)``: signed, highest kept.
+    H and g are taken over the prunable parameters only, as in the paper's code.
+    """
+
+    formula = (r"S = -\theta \odot H g,\quad Hg = \frac{\partial}{\partial\theta}\left("
+               r"g_{\mathrm{stop}}^\top g(\theta)\right),\quad \text{remove the highest } "
+               r"\frac{S}{|\sum S| + \epsilon}")
+    explanation = (
+        "GraSP (Wang et al. 2020) keeps the weights that preserve gradient flow: it estimates, "
+        "with a Hessian-gradient product, how the squared gradient norm would change if each "
+        "weight were removed, and removes the weights whose removal reduces it least (or "
+        "increases it). Logits are softened by a temperature of 200 so the gradient does not "
+        "vanish at a confident initialisation. Scores are signed, unlike SNIP's.")
+
+    temperature: float = 200.0
+
+    def score(self, model, images=None, labels=None):
+        params = self.parameters(model)
+        images, labels = check_batch(model, images, labels)
+        leaves = [p.param for p in params]
+        with scoring_state(model, leaves):
+            logits = model(images)
+            check_logits(logits, labels)
+            loss = F.cross_entropy(logits / self.temperature, labels)
+            g = _grads(leaves, loss, create_graph=True)
+            # ∂(g_stopᵀ g)/∂θ as one vector-Jacobian product of g with g_stop
+            live = [i for i, gi in enumerate(g) if gi.requires_grad]
+            hg = [torch.zeros_like(p) for p in leaves]
+            if live:
+                vjp = torch.autograd.grad([g[i] for i in live], leaves,
+                                          grad_outputs=[g[i].detach() for i in live],
+                                          allow_unused=True)
+                hg = [h if v is None else v for h, v in zip(hg, vjp)]
+        with torch.no_grad():
+            keep = {p.key: p.value() * h for p, h in zip(params, hg)}  # = −S
+            norm = abs(sum(float(s.sum()) for s in keep.values())) + 1e-10
+            return {k: s / norm for k, s in keep.items()}
+
+
+@register_pruner("synflow")
+@dataclass(frozen=True)
+class SynflowPruner(Pruner):
+    """SynFlow (Tanaka et al. 2020), data-free: ``|θ ⊙ ∂R/∂θ|``, ``R = 1ᵀ f_{|θ|}(1)``.
+
+    Works on a float64 deep copy of the model (so the caller's weights, signs included, are
+    never touched and "restoring signs" is dropping the copy) in eval mode, masks baked in,
+    every parameter (weights, biases, norm affines, CLS and positions) replaced by its
+    absolute value. ``images`` only give the input shape (``model.input_shape`` when None);
+    their content is never read, and one all-ones image is forwarded.
+
+    What "all-ones input" means for our models: they normalise the image inside,
+    ``(x − pixel_mean) / pixel_std``; the copy sets those buffers to 0 and 1 so the first layer
+    sees exactly ones, as in the paper (for the default mean = std = 0.5 nothing changes).
+    LayerNorms and the attention softmax are kept as they are (``layernorm="keep"``), which is
+    what the paper's code does with any model (it abs-es the state dict and switches to eval
+    mode): R is then no longer the ℓ1 path norm of a linear/ReLU network but a data-free
+    sensitivity of the positive-weight network at a fixed input. The alternative,
+    ``layernorm="affine"``, reduces LayerNorm to ``|γ| x + |β|`` (the analogue of the paper's
+    BatchNorm in eval mode at init): measured on linformer-vit-tiny, the flow then grows to
+    ~1e16 after 4 layers and the softmax saturates to one-hot, so q/k weights get a flow of
+    1e-150 or exactly 0. Either way, q/k weights only modulate the mixing and carry no flow
+    of their own: with "keep" they score ~1e-3 of the v/out weights, and at 90% sparsity
+    (100 rounds) SynFlow empties every q and k projection of vit-tiny (inside the fused
+    ``qkv``) and of linformer-vit-tiny (``to_q``/``to_k``: 8 collapsed layers). That is a
+    property of the criterion on attention, shown in the layer-collapse count.
+
+    ``score()`` gives one round at the model's current masks; ``prune()`` runs the paper's
+    exponential schedule: for k = 1..``iterations`` re-score and keep the global top density
+    ``d^{k/n}``, pruned weights staying pruned. Scores are float64 and not normalised
+    (R grows like a product of layer norms; float32 would overflow on deep Linformers).
+    """
+
+    needs_data = False
+    formula = (r"s_j = \left|\theta_j \frac{\partial R}{\partial \theta_j}\right|,\quad "
+               r"R = \mathbb{1}^\top f\!\left(\mathbb{1};\, |\theta|\right),\quad "
+               r"\text{iterate: keep } d^{k/n},\ k = 1..n")
+    explanation = (
+        "SynFlow (Tanaka et al. 2020) needs no data: it makes every weight positive, feeds an "
+        "all-ones image and measures how much of the total output, the 'synaptic flow', passes "
+        "through each weight. Pruning a little at a time and re-scoring (100 rounds, keeping an "
+        "exponentially shrinking fraction) lets the remaining weights of a thinned layer gain "
+        "score, which protects against layer collapse: whole layers emptied by a global "
+        "threshold, after which nothing can flow.")
+
+    iterations: int = 100
+    layernorm: str = "keep"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) \
+                or self.iterations < 1:
+            raise ValueError(f"iterations must be an int >= 1, got {self.iterations!r}")
+        if self.layernorm not in ("keep", "affine"):
+            raise ValueError(f"layernorm must be 'keep' or 'affine', got {self.layernorm!r}")
+
+    def _input_shape(self, model: nn.Module, images: Tensor | None) -> tuple[int, ...]:
+        shape = getattr(model, "input_shape", None)
+        if images is not None:
+            if shape is not None and tuple(images.shape[1:]) != tuple(shape):
+                raise ValueError(f"images have shape {tuple(images.shape)}, the model expects "
+                                 f"(B, {', '.join(map(str, shape))}) (wrong image size?)")
+            return tuple(images.shape[1:])
+        if shape is None:
+            raise ValueError(f"{type(model).__name__} has no input_shape: pass images to give "
+                             "the input shape")
+        return tuple(shape)
+
+    def _abs_copy(self, model: nn.Module) -> nn.Module:
+        net = remove_masks(copy.deepcopy(model), bake=True)
+        for m in net.modules():  # the caller's hooks would see (and may keep) our tensors
+            m._forward_hooks.clear()
+            m._forward_pre_hooks.clear()
+            m._backward_hooks.clear()
+        net.to(torch.float64).eval()
+        with torch.no_grad():
+            for p in net.parameters():
+                p.requires_grad_(False)
+                p.grad = None
+                p.abs_()
+            if isinstance(getattr(net, "pixel_mean", None), Tensor):
+                net.pixel_mean.zero_()
+                net.pixel_std.fill_(1.0)
+        if self.layernorm == "affine":
+            for name, m in list(net.named_modules()):
+                if isinstance(m, nn.LayerNorm):
+                    parent, _, child = name.rpartition(".")
+                    setattr(net.get_submodule(parent) if parent else net, child,
+                            _AffineOnly(m))
+        return net
+
+    def _round(self, net: nn.Module, shape: tuple[int, ...]) -> dict[str, Tensor]:
+        params = self.parameters(net)
+        leaves = [p.param for p in params]
+        for p in leaves:
+            p.requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                R = net(torch.ones(1, *shape, dtype=torch.float64, device=leaves[0].device)).sum()
+                grads = _grads(leaves, R)
+        finally:
+            for p in leaves:
+                p.requires_grad_(False)
+        with torch.no_grad():
+            return {p.key: (p.param * g).abs() for p, g in zip(params, grads)}
+
+    def score(self, model, images=None, labels=None):
+        shape = self._input_shape(model, images)
+        return self._round(self._abs_copy(model), shape)
+
+    def prune_model(self, model, sparsity, images=None, labels=None, scope="global"):
+        from .api import finish_mask_prune
+        s = check_sparsity(sparsity)
+        shape = self._input_shape(model, images)
+        net = self._abs_copy(model)
+        params = self.parameters(net)
+        dense = [p.param.detach().clone() for p in params]
+        masks = {p.key: torch.ones_like(p.param, dtype=torch.bool) for p in params}
+        masks.update({k: m for k, m in get_masks(model).items() if k in masks})
+        density = 1.0 - s
+        scores: dict[str, Tensor] = {}
+        for k in range(1, self.iterations + 1):
+            with torch.no_grad():
+                for p, w in zip(params, dense):
+                    p.param.copy_(w * masks[p.key])
+            scores = self._round(net, shape)
+            ranked = {key: sc.masked_fill(~masks[key], -math.inf) for key, sc in scores.items()}
+            target = s if k == self.iterations else 1.0 - density ** (k / self.iterations)
+            new = compute_masks(ranked, target, scope)
+            masks = {key: new[key] & masks[key] for key in new}  # pruned stays pruned
+        return finish_mask_prune(self, model, masks, scores, s, scope)
+
+
+class _AffineOnly(nn.Module):
+    """LayerNorm without its statistics: ``γ x + β`` (SynFlow's ``layernorm="affine"``)."""
+
+    def __init__(self, ln: nn.LayerNorm):
+        super().__init__()
+        self.weight, self.bias = ln.weight, ln.bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x if self.weight is None else x * self.weight
+        return x if self.bias is None else x + self.bias
