@@ -44,11 +44,12 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'model':22s} {'batch':>5s} {'forward ms':>11s} {'capture ms':>11s} {'ratio':>6s}")
-    for name, batch in [("vit-tiny", 64), ("linformer-vit-tiny", 64), ("deit-tiny", 8),
-                        ("linformer-vit-paper", 16)]:
+    for name, batch in [("vit-tiny", 1), ("vit-tiny", 8), ("vit-tiny", 64),
+                        ("linformer-vit-tiny", 8), ("linformer-vit-tiny", 64), ("deit-tiny", 1),
+                        ("deit-tiny", 8), ("linformer-vit-paper", 16)]:
         model = build_model(name, num_classes=10)
         x = torch.rand(batch, *model.input_shape)
-        p, c, r = median_ratio(model, x, repeats=15 if "deit" in name else 30)
+        p, c, r = median_ratio(model, x, repeats=20 if "deit" in name else 80)
         print(f"{name:22s} {batch:5d} {p * 1e3:11.2f} {c * 1e3:11.2f} {r:6.3f}")
     model = build_model("vit-tiny", num_classes=10)
     maps = capture_attention(model, torch.rand(64, 3, 32, 32))

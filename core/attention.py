@@ -58,13 +58,18 @@ def record_attention(model: nn.Module, raw: bool = False) -> Iterator[list[Tenso
     """
     records: list[Tensor] = []
     handles = []
+
+    def keep(_mod, inputs, _out) -> None:  # the dropout's input: the exact probabilities
+        records.append(inputs[0])
+
     for attn in attention_modules(model):
-        def hook(_mod, inputs, _out, attn=attn):
-            p = inputs[0]  # the dropout's input: the exact post-softmax probabilities
-            if isinstance(attn, LinformerSelfAttention) and not raw:
-                p = torch.einsum("bhnk,tk->bhnt", p, _linformer_F(attn, p.shape[2]))
-            records.append(p)
-        handles.append(_hook_point(attn).register_forward_hook(hook))
+        if isinstance(attn, LinformerSelfAttention) and not raw:
+            def keep_effective(_mod, inputs, _out, attn=attn) -> None:
+                p = inputs[0]
+                records.append(torch.einsum("bhnk,tk->bhnt", p, _linformer_F(attn, p.shape[2])))
+            handles.append(_hook_point(attn).register_forward_hook(keep_effective))
+        else:
+            handles.append(_hook_point(attn).register_forward_hook(keep))
     try:
         yield records
     finally:
@@ -80,13 +85,15 @@ def capture_attention(model: nn.Module, images: Tensor, raw: bool = False) -> li
     The model's train/eval mode is restored afterwards.
     """
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         with record_attention(model, raw=raw) as records:
             model(images)
     finally:
-        model.train(was_training)
-    return list(records)
+        if was_training:
+            model.train()
+    return records
 
 
 def _rollout(layers: list[Tensor], discard_ratio: float) -> Tensor:
