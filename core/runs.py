@@ -1,0 +1,392 @@
+"""The run store: one SQLite file of runs and per-epoch metrics, checkpoints beside it.
+
+Layout under ``root`` (``./runs`` by default, or env ``PRUNELENS_RUNS_DIR``)::
+
+    runs.sqlite                       tables ``runs`` and ``metrics`` (WAL journal)
+    checkpoints/<run_id>/<name>.safetensors
+
+Every method opens its own short-lived connection (with a busy timeout), so one ``RunStore``
+can be shared by the dashboard's threads and by several processes. Checkpoints are written to a
+temporary file in the same folder and renamed over the old one, so a killed run leaves either
+the previous checkpoint or the new one, never half a file.
+
+A run records the pid, host and process start time of its writer. Opening the store (or
+calling :meth:`RunStore.mark_interrupted`) marks ``running`` runs of this host whose process is
+gone, or whose pid now belongs to another process, as ``interrupted``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import closing, contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .train import Callback, EpochEvent, TrainResult
+
+STATUSES = ("running", "finished", "cancelled", "failed", "interrupted")
+FILTERS = ("model", "dataset", "pruner", "sparsity", "status", "name")
+ENV_VAR = "PRUNELENS_RUNS_DIR"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id         TEXT PRIMARY KEY,
+    created    TEXT NOT NULL,
+    updated    TEXT NOT NULL,
+    name       TEXT,
+    model      TEXT NOT NULL,
+    dataset    TEXT NOT NULL,
+    pruner     TEXT,
+    sparsity   REAL,
+    config     TEXT NOT NULL,
+    status     TEXT NOT NULL,
+    pid        INTEGER,
+    host       TEXT,
+    proc_start TEXT,
+    reason     TEXT
+);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id  TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    epoch   INTEGER NOT NULL,
+    time    TEXT NOT NULL,
+    metrics TEXT NOT NULL,
+    PRIMARY KEY (run_id, epoch)
+);
+"""
+_RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def default_root() -> Path:
+    """``$PRUNELENS_RUNS_DIR`` if set, else ``./runs``."""
+    return Path(os.environ.get(ENV_VAR) or "runs")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _process_start(pid: int) -> str | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux ``/proc``), None if unknown.
+
+    With the boot id it identifies a process across pid reuse and reboots.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after the last ')'
+    rest = stat[stat.rindex(")") + 2:].split()
+    return f"{boot}:{rest[19]}"  # field 22 overall
+
+
+def _process_state(pid: int) -> str | None:
+    """``/proc`` state letter of ``pid`` (``Z`` for a zombie), None if unreadable."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2:].split()[0]
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    """Is the process that wrote ``(pid, start)`` still running on this host?"""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    if _process_state(pid) == "Z":  # killed, not yet reaped: gone for our purpose
+        return False
+    now = _process_start(pid)
+    return start is None or now is None or now == start
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, torch.Tensor) and x.numel() == 1:
+        return x.item()
+    if hasattr(x, "item"):  # numpy scalars
+        return x.item()
+    if isinstance(x, (tuple, set, frozenset)):
+        return list(x)
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"cannot store {type(x).__name__} as JSON: {x!r}")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, sort_keys=True)
+
+
+class RunStore:
+    """Runs, their per-epoch metrics and checkpoints, in ``root``.
+
+    Args:
+        root: folder of the store (created if missing); None → :func:`default_root`.
+    """
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else default_root()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.db_path = self.root / "runs.sqlite"
+        self.checkpoint_root = self.root / "checkpoints"
+        with self._connect() as con:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.executescript(_SCHEMA)
+        self.mark_interrupted()
+
+    def __repr__(self) -> str:
+        return f"RunStore({str(self.root)!r})"
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        """A fresh connection; commits on success, rolls back on error, always closes."""
+        with closing(sqlite3.connect(self.db_path, timeout=30.0)) as con:
+            con.row_factory = sqlite3.Row
+            con.execute("PRAGMA foreign_keys=ON")
+            with con:
+                yield con
+
+    # ------------------------------------------------------------------ runs
+
+    def create_run(self, model: str, dataset: str, pruner: str | None = None,
+                   sparsity: float | None = None, config: Mapping[str, Any] | None = None,
+                   name: str | None = None) -> str:
+        """Record a new ``running`` run of this process; returns its id (``YYYYmmdd-HHMMSS-hex``).
+
+        ``config`` is any JSON-able mapping (e.g. ``dataclasses.asdict(TrainConfig())`` plus the
+        data options); ``sparsity`` is the pruned fraction in ``[0, 1]``.
+        """
+        if sparsity is not None and not 0.0 <= float(sparsity) <= 1.0:
+            raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
+        now = _now()
+        pid = os.getpid()
+        with self._connect() as con:
+            con.execute(
+                "INSERT INTO runs (id, created, updated, name, model, dataset, pruner, sparsity,"
+                " config, status, pid, host, proc_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run_id, now, now, name, model, dataset, pruner,
+                 None if sparsity is None else float(sparsity), _dumps(dict(config or {})),
+                 "running", pid, socket.gethostname(), _process_start(pid)))
+        return run_id
+
+    def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
+        """Store (or replace) the metrics of ``epoch`` of ``run_id``."""
+        now = _now()
+        with self._connect() as con:
+            self._require(con, run_id)
+            con.execute("INSERT OR REPLACE INTO metrics (run_id, epoch, time, metrics) "
+                        "VALUES (?,?,?,?)", (run_id, int(epoch), now, _dumps(dict(metrics))))
+            con.execute("UPDATE runs SET updated=? WHERE id=?", (now, run_id))
+
+    def finish(self, run_id: str, status: str, reason: str | None = None) -> None:
+        """Set the final ``status`` (finished, cancelled, failed, interrupted) and ``reason``."""
+        if status not in STATUSES or status == "running":
+            raise ValueError(f"final status must be one of {STATUSES[1:]}, got {status!r}")
+        with self._connect() as con:
+            self._require(con, run_id)
+            con.execute("UPDATE runs SET status=?, reason=?, updated=? WHERE id=?",
+                        (status, reason, _now(), run_id))
+
+    def get_run(self, run_id: str) -> dict[str, Any]:
+        """The run's row as a dict (``config`` parsed); KeyError if unknown."""
+        with self._connect() as con:
+            row = self._require(con, run_id)
+        run = dict(row)
+        run["config"] = json.loads(run["config"])
+        return run
+
+    def list_runs(self, **filters: Any) -> pd.DataFrame:
+        """Runs, newest first, with the last epoch's metrics as extra columns.
+
+        Filters (any of ``model, dataset, pruner, sparsity, status, name``) keep rows equal to
+        the value; None matches missing values (``pruner=None``: unpruned runs), a list or tuple
+        matches any of its items. Sparsity compares to within 1e-9.
+        """
+        unknown = sorted(set(filters) - set(FILTERS))
+        if unknown:
+            raise ValueError(f"unknown filter(s) {unknown}; filter by {list(FILTERS)}")
+        where, args = [], []
+        for key, value in filters.items():
+            values = list(value) if isinstance(value, (list, tuple, set)) else [value]
+            terms = []
+            for v in values:
+                if v is None:
+                    terms.append(f"r.{key} IS NULL")
+                elif key == "sparsity":
+                    terms.append("abs(r.sparsity - ?) < 1e-9")
+                    args.append(float(v))
+                else:
+                    terms.append(f"r.{key} = ?")
+                    args.append(v)
+            where.append("(" + (" OR ".join(terms) or "0") + ")")
+        sql = ("SELECT r.*, (SELECT count(*) FROM metrics m WHERE m.run_id = r.id) AS epochs,"
+               " (SELECT m.metrics FROM metrics m WHERE m.run_id = r.id"
+               "  ORDER BY m.epoch DESC LIMIT 1) AS last_metrics FROM runs r"
+               + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY r.created DESC, r.id DESC")
+        with self._connect() as con:
+            rows = [dict(r) for r in con.execute(sql, args)]
+        columns = ["id", "created", "updated", "name", "model", "dataset", "pruner", "sparsity",
+                   "status", "reason", "epochs", "config", "pid", "host"]
+        records, extra = [], []
+        for r in rows:
+            last = json.loads(r.pop("last_metrics") or "{}")
+            last.pop("epoch", None)
+            extra += [k for k in last if k not in extra and k not in columns]
+            r["config"] = json.loads(r["config"])
+            records.append({**{c: r[c] for c in columns}, **last})
+        df = pd.DataFrame.from_records(records, columns=columns + extra)
+        for col in ("created", "updated"):
+            df[col] = pd.to_datetime(df[col], utc=True, format="ISO8601")
+        return df
+
+    def metrics(self, run_id: str) -> pd.DataFrame:
+        """One row per logged epoch: ``epoch`` and the metric columns, by epoch."""
+        with self._connect() as con:
+            self._require(con, run_id)
+            rows = con.execute("SELECT epoch, metrics FROM metrics WHERE run_id=? ORDER BY epoch",
+                               (run_id,)).fetchall()
+        records = [{**json.loads(r["metrics"]), "epoch": r["epoch"]} for r in rows]
+        df = pd.DataFrame.from_records(records)
+        if df.empty:
+            return pd.DataFrame({"epoch": pd.Series(dtype="int64")})
+        return df[["epoch"] + [c for c in df.columns if c != "epoch"]]
+
+    def delete_run(self, run_id: str, force: bool = False) -> None:
+        """Remove the run, its metrics and its checkpoints.
+
+        A run still ``running`` (its process alive) is refused unless ``force``: deleting it
+        under a live training would make its next write fail.
+        """
+        self.mark_interrupted()
+        with self._connect() as con:
+            row = self._require(con, run_id)
+            if row["status"] == "running" and not force:
+                raise ValueError(f"run {run_id} is still running (pid {row['pid']} on "
+                                 f"{row['host']}); pass force=True to delete it anyway")
+            con.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+            con.execute("DELETE FROM runs WHERE id=?", (run_id,))
+        shutil.rmtree(self._run_dir(run_id), ignore_errors=True)
+
+    def mark_interrupted(self) -> list[str]:
+        """Mark ``running`` runs of this host whose writer process is gone as ``interrupted``.
+
+        A pid that is alive but started at another time (pid reuse) counts as gone. Runs of
+        other hosts are left alone: their processes cannot be checked from here.
+        Returns the ids marked.
+        """
+        host = socket.gethostname()
+        with self._connect() as con:
+            rows = con.execute("SELECT id, pid, proc_start FROM runs WHERE status='running' "
+                               "AND host=?", (host,)).fetchall()
+            gone = [r["id"] for r in rows if not _alive(int(r["pid"] or 0), r["proc_start"])]
+            now = _now()
+            for run_id in gone:
+                con.execute("UPDATE runs SET status='interrupted', updated=?, reason=? "
+                            "WHERE id=? AND status='running'",
+                            (now, "the process recording this run ended without finishing it",
+                             run_id))
+        return gone
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def checkpoint_path(self, run_id: str, name: str = "last") -> Path:
+        """``root/checkpoints/<run_id>/<name>.safetensors`` (the file may not exist)."""
+        if not _NAME.match(name):
+            raise ValueError(f"checkpoint name must match {_NAME.pattern}, got {name!r}")
+        return self._run_dir(run_id) / f"{name}.safetensors"
+
+    def save_checkpoint(self, run_id: str, model: nn.Module | Mapping[str, torch.Tensor],
+                        name: str = "last", metadata: Mapping[str, str] | None = None) -> Path:
+        """Write ``model`` (a module or a state dict) atomically; returns the path.
+
+        A PruneLens model is saved with :func:`core.models.save_model` (architecture in the
+        metadata, pruning masks baked in, so ``load_model`` rebuilds it); other modules and
+        state dicts as plain tensors. ``metadata`` (str → str) is added, with ``run_id``.
+        """
+        path = self.checkpoint_path(run_id, name)
+        self.get_run(run_id)  # KeyError for an unknown run
+        path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {"run_id": run_id, "saved": _now(), **{k: str(v) for k, v in
+                                                      (metadata or {}).items()}}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+        try:
+            if isinstance(model, nn.Module) and _is_prunelens_model(model):
+                from .models import save_model
+                save_model(model, tmp, extra=meta)
+            else:
+                state = model.state_dict() if isinstance(model, nn.Module) else model
+                tensors = {k: v.detach().to("cpu", copy=True).contiguous()
+                           for k, v in state.items()}
+                save_file(tensors, str(tmp), metadata=meta)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    # ------------------------------------------------------------------ helpers
+
+    def _run_dir(self, run_id: str) -> Path:
+        if not isinstance(run_id, str) or not _RUN_ID.match(run_id):
+            raise ValueError(f"not a run id: {run_id!r}")
+        return self.checkpoint_root / run_id
+
+    @staticmethod
+    def _require(con: sqlite3.Connection, run_id: str) -> sqlite3.Row:
+        row = con.execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise KeyError(f"no run {run_id!r} in the store")
+        return row
+
+
+def _is_prunelens_model(model: nn.Module) -> bool:
+    from .models import model_family
+    try:
+        model_family(model)
+    except TypeError:
+        return False
+    return True
+
+
+class RunStoreCallback(Callback):
+    """Connects :func:`core.train.train` to a :class:`RunStore` run.
+
+    After each good epoch: logs its metrics and saves ``model`` as checkpoint ``"last"``. At
+    the end: sets the run's status and reason (a NaN run ends ``failed`` and keeps the last
+    good checkpoint, since train() never reports a bad epoch).
+    """
+
+    def __init__(self, store: RunStore, run_id: str, model: nn.Module,
+                 checkpoint: str | None = "last") -> None:
+        self.store, self.run_id, self.model, self.checkpoint = store, run_id, model, checkpoint
+
+    def on_epoch_end(self, event: EpochEvent) -> None:
+        self.store.log_epoch(self.run_id, event.epoch, event.metrics)
+        if self.checkpoint is not None:
+            self.store.save_checkpoint(self.run_id, self.model, self.checkpoint,
+                                       metadata={"epoch": str(event.epoch)})
+
+    def on_end(self, result: TrainResult) -> None:
+        self.store.finish(self.run_id, result.status, result.reason)

@@ -1,0 +1,1 @@
+"""PruneLens' Streamlit dashboard: ``streamlit run dashboard/app.py``."""

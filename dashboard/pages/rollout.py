@@ -1,0 +1,63 @@
+"""Rollout & attribution: attention rollout, gradient rollout and Captum attributions of the
+dense and the pruned model, side by side."""
+import streamlit as st
+
+from dashboard import plots, state
+
+exp = state.experiment()
+state.sidebar_summary(exp)
+st.title("Rollout & attribution", anchor=False)
+
+with state.page_errors():
+    if exp.dataset == "folder" and not exp.folder.strip():
+        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
+        st.stop()
+    s = state.setup(exp)
+    state.untrained_notice(s, "rollout")
+
+    a, b, c = st.columns(3, gap="medium")
+    criteria = list(exp.pruners) or list(state.pruner_names())
+    crit = a.selectbox("Criterion", criteria, key="ro_criterion", format_func=state.pruner_label)
+    sparsity = a.slider("Sparsity", 5, 95, int(round(exp.sparsity * 100)) or 50, 5,
+                        key="ro_sparsity", format="%d%%")
+    fusion = b.selectbox("Head fusion (rollout)", ["mean", "max", "min"], key="ro_fusion")
+    discard = b.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="ro_discard",
+                       help="Rollout drops this fraction of the weakest attention links per "
+                            "block before multiplying (CLS→CLS is kept).")
+    idx = c.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0, len(s.val_set) - 1,
+                         value=0, step=1, key="ro_sample")
+    target = c.selectbox("Explain class", ["predicted", *s.classes], key="ro_target")
+
+    ref = state.ImageRef(index=int(idx))
+    image, label = state.image_tensor(s, ref)
+    key = s.key(crit, sparsity / 100)
+    with st.spinner("Rollout, gradient rollout, saliency and integrated gradients for both "
+                    "models…", show_time=True):
+        ex = state.explanations(key, ref, fusion, float(discard),
+                                None if target == "predicted" else s.classes.index(target),
+                                image)
+
+    def row_label(name: str) -> str:
+        e = ex[name]
+        who = "dense" if name == "dense" else f"{crit} {sparsity}%"
+        return f"{who}<br>{s.classes[e['pred']]} {e['prob']:.0%}"
+
+    rows = [[state.heat_cell(image, ex[n]["heats"][m]) for m in state.METHODS]
+            for n in ("dense", "pruned")]
+    st.plotly_chart(
+        plots.image_grid(rows, [row_label("dense"), row_label("pruned")], list(state.METHODS),
+                         left=state.image_cell(image, 2 * state.CELL_PX),
+                         left_label=f"input ({s.classes[label]})",
+                         title=f"dense vs {crit} at {sparsity}%: explaining class "
+                               f"“{s.classes[ex['dense']['target']]}”"),
+        key="ro_chart", config={"displayModeBar": False}, width="content")
+    m1, m2, m3 = st.columns(3)
+    m1.metric("True class", s.classes[label])
+    m2.metric("Dense prediction", s.classes[ex["dense"]["pred"]],
+              f"{ex['dense']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
+    m3.metric(f"{crit} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],
+              f"{ex['pruned']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
+    st.caption("Attention rollout (Abnar & Zuidema 2020) multiplies the head-fused attention of "
+               "all blocks; gradient rollout weighs each block's attention by the gradient of "
+               "the class score. Saliency is |∂score/∂pixel|; integrated gradients integrate it "
+               "from a black image (32 steps). Each map is scaled to its own maximum.")

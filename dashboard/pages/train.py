@@ -1,0 +1,120 @@
+"""Train: fine-tune the pruned model for a few epochs in a background thread, live."""
+import streamlit as st
+
+from core.train import TrainConfig
+from dashboard import plots, state
+
+exp = state.experiment()
+state.sidebar_summary(exp)
+st.title("Train", anchor=False)
+
+
+def show_run(run_id: str, live: bool) -> None:
+    """Progress, curves and the cancel button of ``run_id`` (a fragment while it runs: its
+    reruns happen outside the page's error guard, hence its own)."""
+    with state.page_errors():
+        _show_run(run_id, live)
+
+
+def _show_run(run_id: str, live: bool) -> None:
+    job = state.get_job(run_id)
+    if job is None:  # not started by this server process: what the store knows
+        run = state.run_store().get_run(run_id)
+        st.markdown(f"**Run {run_id}** · {run['model']} · {run['pruner']} "
+                    f"{(run['sparsity'] or 0):.0%} · status **{run['status']}**")
+        if run.get("reason"):
+            st.caption(run["reason"])
+        m = state.run_store().metrics(run_id)
+        if len(m) > 1 or "val_acc" in m:
+            st.plotly_chart(plots.runs_curves({run_id: m}), key="train_chart_store")
+        return
+    snap = job.snapshot()
+    if live and snap["status"] != "running":
+        st.rerun(scope="app")  # stop polling; the full page shows the final state
+    st.markdown(f"**Run {run_id}** · {snap['label']}")
+    total = max(snap["total_steps"], 1)
+    text = (f"epoch {max(snap['epoch'], 1)}/{snap['epochs']} · step {snap['step']}/"
+            f"{snap['total_steps'] or '…'} · {snap['elapsed']:.0f} s")
+    st.progress(min(snap["step"] / total, 1.0), text=text)
+    if snap["status"] == "running":
+        st.button("Cancel run", key="train_cancel", icon=":material/stop_circle:",
+                  disabled=snap["cancel_requested"], on_click=state.cancel_job, args=(run_id,))
+        if snap["cancel_requested"]:
+            st.caption("Cancelling: the run stops before its next step.")
+    elif snap["status"] == "finished":
+        st.success(f"Finished in {snap['elapsed']:.0f} s; saved in the run store as {run_id}.",
+                   icon=":material/check_circle:")
+    elif snap["status"] == "cancelled":
+        n = len(snap["history"])
+        kept = (f"its {n} finished epoch(s) and checkpoint are saved" if n
+                else "no epoch finished, so it has metrics but no checkpoint")
+        st.warning(f"Cancelled ({snap['reason']}); {kept}.", icon=":material/cancel:")
+    else:
+        st.error(f"The run failed: {snap['reason']}", icon=":material/error:")
+    if len(snap["steps"]) or len(snap["history"]):
+        st.plotly_chart(plots.training_curves(snap["steps"], snap["history"]),
+                        key="train_chart_live", config={"displayModeBar": False})
+    if len(snap["history"]):
+        h = snap["history"].iloc[-1]
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Validation accuracy", f"{h['val_acc']:.1%}")
+        c2.metric("Validation loss", f"{h['val_loss']:.3f}")
+        c3.metric("Macro F1", f"{h['val_f1']:.3f}")
+
+
+with state.page_errors():
+    run_id = state.current_run_id()
+    if run_id:
+        job = state.get_job(run_id)
+        running = job is not None and job.status == "running"
+        if running:
+            st.fragment(run_every=1.0)(show_run)(run_id, True)
+        else:
+            show_run(run_id, False)
+            st.button("New run", key="train_new", icon=":material/add:",
+                      on_click=state.follow_run, args=(None,))
+        st.stop()
+
+    if exp.dataset == "folder" and not exp.folder.strip():
+        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
+        st.stop()
+    s = state.setup(exp)
+    if not s.base.trained:
+        st.info("Training a model pruned at initialisation: expect low accuracy after a few "
+                "epochs (that is the point of comparing criteria at init).",
+                icon=":material/info:")
+    with st.form("train_form", border=True):
+        st.markdown("Fine-tune a **copy** of the pruned model; its masks stay enforced. "
+                    "The run is saved in the run store (Runs page).")
+        a, b, c = st.columns(3)
+        crit = a.selectbox("Criterion", ["dense (no pruning)", *exp.pruners],
+                           index=min(1, len(exp.pruners)), key="train_criterion")
+        sparsity = a.slider("Sparsity", 0, 95, int(round(exp.sparsity * 100)), 5,
+                            key="train_sparsity", format="%d%%")
+        epochs = b.number_input("Epochs", 1, 100, 2, key="train_epochs")
+        lr = b.number_input("Learning rate", 1e-6, 1.0, 1e-3, format="%.5f", key="train_lr")
+        batch = c.number_input("Batch size", 1, 1024, 128, key="train_batch")
+        n_train = len(state.training_set(s))
+        samples = c.number_input("Training images", 64, n_train, min(3000, n_train), step=500,
+                                 key="train_samples")
+        start = st.form_submit_button("Start training", type="primary", key="train_start",
+                                      icon=":material/play_arrow:")
+    if start:
+        pruner = exp.pruners[0] if crit.startswith("dense") and exp.pruners else crit
+        key = s.key(pruner, 0.0 if crit.startswith("dense") else sparsity / 100)
+        config = TrainConfig(epochs=int(epochs), batch_size=int(batch), lr=float(lr),
+                             seed=exp.seed)
+        with st.spinner("Pruning and starting the worker…"):
+            new_id = state.start_training(s, key, config, int(samples))
+        state.follow_run(new_id)
+        st.rerun()
+
+    others = state.running_jobs()
+    if others:
+        with st.expander(f"{len(others)} run(s) training on this server",
+                         icon=":material/pending:"):
+            for j in others:
+                c1, c2 = st.columns([4, 1])
+                c1.markdown(f"`{j['run_id']}` {j['label']} · step {j['step']}/{j['total_steps']}")
+                c2.button("Follow", key=f"train_follow_{j['run_id']}",
+                          on_click=state.follow_run, args=(j["run_id"],))

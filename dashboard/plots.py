@@ -1,0 +1,271 @@
+"""Pure plotting functions: data in, plotly ``Figure`` out, no ``st.*`` inside (captum's
+``visualize_image_attr`` habit). Pages call ``st.plotly_chart(plots.layer_kept(df))``.
+
+Image grids (the SNP Fig. 3 grid, per-head maps, rollout vs attribution) are composed into one
+PNG shown by a single ``go.Image`` trace, with labels as annotations: one trace instead of 40
+keeps the browser fast, and an invisible scatter on the cell centres gives each cell a tooltip.
+"""
+from __future__ import annotations
+
+import base64
+import io
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+FONT = dict(family="Source Sans Pro, sans-serif", size=13)
+PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6",
+           "#9D755D", "#BAB0AC", "#EECA3B")
+
+
+def colour(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def _png_uri(rgb: np.ndarray) -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_grid(cells: Sequence[Sequence[np.ndarray | None]], row_labels: Sequence[str],
+               col_labels: Sequence[str], captions: Sequence[Sequence[str]] | None = None,
+               hover: Sequence[Sequence[str]] | None = None, left: np.ndarray | None = None,
+               left_label: str = "", title: str = "", bottom_label: str = "",
+               max_width: int = 960, max_cell: int = 192, gap: int = 3) -> go.Figure:
+    """A grid of equal-sized uint8 RGB cells (None = blank) composed into one image.
+
+    Layout, left to right: the optional ``left`` picture (the input image, as in SNP's
+    Fig. 3) spanning up to two rows, the ``row_labels``, then the cells with ``col_labels``
+    above and ``captions`` (e.g. similarities) under each. Cells are resized so the figure is
+    at most ``max_width`` pixels wide (and cells at most ``max_cell``). Every label lies inside
+    the axes (plotly hides data-anchored annotations outside them), at 1 unit = 1 pixel.
+    """
+    rows, cols = len(cells), max(len(r) for r in cells)
+    label_w = 14 + 7 * max((len(line) for t in row_labels for line in t.split("<br>")),
+                           default=0)
+    left_rows = min(rows, 2)
+    cap = 16 if captions is not None else 0
+    # the cell side c: left picture (left_rows·(c + cap + gap) − gap − cap) + 10 + labels
+    # + cols·(c + gap) − gap ≤ max_width
+    room = max_width - label_w - cols * gap + gap
+    if left is not None:
+        room -= 10 + left_rows * (cap + gap) - gap - cap
+    c = int(room / (cols + (left_rows if left is not None else 0)))
+    native = next(x for r in cells for x in r if x is not None).shape[0]
+    c = max(24, min(c, max_cell, 3 * native))
+    head = 22 if col_labels else 4
+    foot = 22 if (bottom_label or (left is not None and left_label)) else 0
+    pitch_y, pitch_x = c + cap + gap, c + gap
+    side = left_rows * pitch_y - gap - cap if left is not None else 0
+    x_cells = (side + 10 if left is not None else 0) + label_w
+    W = x_cells + cols * pitch_x - gap
+    H = head + rows * pitch_y - gap + foot
+    canvas = np.full((H, W, 3), 255, dtype=np.uint8)
+    if left is not None:
+        canvas[head:head + side, :side] = _resize(left, side)
+    for i, r in enumerate(cells):
+        for j, cell in enumerate(r):
+            if cell is not None:
+                y, x = head + i * pitch_y, x_cells + j * pitch_x
+                canvas[y:y + c, x:x + c] = _resize(cell, c)
+    ann = [dict(x=x_cells + j * pitch_x + c / 2, y=head - 3, text=f"<b>{t}</b>",
+                yanchor="bottom") for j, t in enumerate(col_labels)]
+    ann += [dict(x=x_cells - 8, y=head + i * pitch_y + c / 2, text=f"<b>{t}</b>",
+                 xanchor="right", align="right") for i, t in enumerate(row_labels)]
+    if left is not None and left_label:
+        ann.append(dict(x=side / 2, y=head + side + 4, text=left_label, yanchor="top"))
+    for i, r in enumerate(captions or ()):
+        for j, t in enumerate(r):
+            if t:
+                ann.append(dict(x=x_cells + j * pitch_x + c / 2, y=head + i * pitch_y + c + 1,
+                                text=t, yanchor="top", font=dict(size=11, color="#555")))
+    if bottom_label:
+        ann.append(dict(x=x_cells + (cols * pitch_x - gap) / 2, y=H - foot + 4,
+                        text=bottom_label, yanchor="top"))
+    for a in ann:
+        a.update(xref="x", yref="y", showarrow=False)
+        a.setdefault("font", dict(size=12, color="#222"))
+    traces: list = [go.Image(source=_png_uri(canvas), x0=0, y0=0, dx=1, dy=1,
+                             hoverinfo="skip")]
+    if hover is not None:
+        pts = [(x_cells + j * pitch_x + c / 2, head + i * pitch_y + c / 2, t)
+               for i, r in enumerate(hover) for j, t in enumerate(r)]
+        traces.append(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts],
+                                 hovertext=[p[2] for p in pts], mode="markers",
+                                 hoverinfo="text", showlegend=False,
+                                 marker=dict(size=c * 0.9, symbol="square", opacity=0)))
+    top = 30 if title else 0
+    fig = go.Figure(traces)
+    fig.update_layout(
+        width=W, height=H + top, margin=dict(l=0, r=0, t=top, b=0), annotations=ann,
+        title=dict(text=title, x=0, xanchor="left", y=1, yanchor="top", pad=dict(t=6),
+                   font=dict(size=15)) if title else None,
+        xaxis=dict(visible=False, range=[-0.5, W - 0.5], fixedrange=True),
+        yaxis=dict(visible=False, range=[H - 0.5, -0.5], fixedrange=True, scaleanchor="x"),
+        plot_bgcolor="white", paper_bgcolor="white", font=FONT, dragmode=False,
+        hoverlabel=dict(bgcolor="white"))
+    return fig
+
+
+def _resize(img: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
+
+    if img.shape[0] == side and img.shape[1] == side:
+        return img
+    return np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR))
+
+
+def layer_kept(df: pd.DataFrame, sparsity: float | None = None) -> go.Figure:
+    """Grouped bars: kept fraction per layer (x) for each criterion (colour).
+
+    df: long format with columns ``layer``, ``criterion``, ``kept_fraction``.
+    """
+    layers = list(dict.fromkeys(df["layer"]))
+    traces = []
+    for i, (crit, g) in enumerate(df.groupby("criterion", sort=False)):
+        g = g.set_index("layer").reindex(layers)
+        traces.append(go.Bar(x=layers, y=g["kept_fraction"], name=crit, marker_color=colour(i),
+                             hovertemplate="%{x}<br>" + crit + ": %{y:.1%} kept<extra></extra>"))
+    fig = go.Figure(traces)
+    if sparsity is not None:
+        fig.add_hline(y=1 - sparsity, line=dict(dash="dot", color="#666", width=1),
+                      annotation_text=f"{1 - sparsity:.0%} kept overall",
+                      annotation_position="top right", annotation_font_size=11,
+                      annotation_bgcolor="rgba(255,255,255,0.85)")
+    fig.update_layout(barmode="group", height=360, margin=dict(l=10, r=10, t=40, b=10),
+                      yaxis=dict(title="kept fraction", tickformat=".0%", range=[0, 1.05]),
+                      xaxis=dict(tickangle=-45, automargin=True),
+                      legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0),
+                      font=FONT, bargap=0.15)
+    return fig
+
+
+def score_boxes(stats: pd.DataFrame, cut: float | None, criterion: str) -> go.Figure:
+    """Per-layer distribution of log10 |keep-score| as boxes from precomputed statistics
+    (``q1, median, q3``, whiskers ``lower``/``upper``) and the global cut as a line.
+    Statistics instead of raw scores keep the figure a few kB whatever the model size."""
+    layers = stats["layer"].tolist()
+    kept = stats["kept_fraction"] if "kept_fraction" in stats else [1.0] * len(layers)
+    fig = go.Figure(go.Box(
+        x=layers, q1=stats["q1"], median=stats["median"], q3=stats["q3"],
+        lowerfence=stats["lower"], upperfence=stats["upper"], name=criterion,
+        marker_color=colour(0), fillcolor="rgba(76,120,168,0.35)", boxpoints=False,
+        showlegend=False, customdata=list(kept),
+        hovertemplate="%{x}<br>median %{median:.2f}<extra></extra>"))
+    if cut is not None:
+        fig.add_hline(y=cut, line=dict(color="#E45756", dash="dash", width=1.5),
+                      annotation_text="global cut (below: pruned)",
+                      annotation_position="top right", annotation_font_color="#E45756",
+                      annotation_bgcolor="rgba(255,255,255,0.85)")
+    fig.update_layout(height=380, margin=dict(l=10, r=10, t=20, b=10), font=FONT,
+                      yaxis=dict(title="log₁₀ |keep-score|"),
+                      xaxis=dict(tickangle=-50, automargin=True, tickfont=dict(size=10)))
+    return fig
+
+
+def mask_heatmaps(masks: Mapping[str, np.ndarray], layer: str) -> go.Figure:
+    """One heat map per criterion of a layer's mask (rows = output units, columns = inputs;
+    a block-averaged value is the kept fraction of that block)."""
+    names = list(masks)
+    n = max(len(names), 1)
+    traces, layout = [], {}
+    pad = 0.04
+    width = (1 - pad * (n - 1)) / n
+    for i, name in enumerate(names):
+        m = masks[name]
+        ax = "" if i == 0 else str(i + 1)
+        traces.append(go.Heatmap(
+            z=m, zmin=0, zmax=1, xaxis=f"x{ax}", yaxis=f"y{ax}",
+            colorscale=[[0, "#1f1f1f"], [1, "#f2f2f2"]], showscale=i == n - 1,
+            colorbar=dict(title="kept", tickformat=".0%", len=0.8, thickness=12),
+            hovertemplate=f"{name}<br>out %{{y}}, in %{{x}}: %{{z:.0%}} kept<extra></extra>"))
+        x0 = i * (width + pad)
+        layout[f"xaxis{ax}"] = dict(domain=[x0, x0 + width],
+                                    title=f"{name}: {float(m.mean()):.1%} kept",
+                                    showticklabels=False, constrain="domain")
+        layout[f"yaxis{ax}"] = dict(autorange="reversed", showticklabels=False,
+                                    scaleanchor=f"x{ax}", constrain="domain")
+    fig = go.Figure(traces)
+    fig.update_layout(**layout, height=340, margin=dict(l=10, r=10, t=40, b=10), font=FONT,
+                      title=dict(text=f"mask of {layer} (white = kept)", x=0, font=dict(size=14)))
+    return fig
+
+
+def training_curves(steps: pd.DataFrame, history: pd.DataFrame) -> go.Figure:
+    """Loss (left) and accuracy (right) against optimizer steps: the running training value
+    per step as a line, validation after each epoch as markers."""
+    traces = []
+    if len(steps):
+        traces += [
+            go.Scatter(x=steps["step"], y=steps["loss"], name="train loss (running)",
+                       line=dict(color=colour(0)), xaxis="x", yaxis="y"),
+            go.Scatter(x=steps["step"], y=steps["accuracy"], name="train acc (running)",
+                       line=dict(color=colour(0)), xaxis="x2", yaxis="y2", showlegend=False),
+        ]
+    if len(history) and "step" in history:
+        traces += [
+            go.Scatter(x=history["step"], y=history["val_loss"], name="validation",
+                       mode="lines+markers", line=dict(color=colour(1)), xaxis="x", yaxis="y"),
+            go.Scatter(x=history["step"], y=history["val_acc"], name="validation",
+                       mode="lines+markers", line=dict(color=colour(1)), xaxis="x2",
+                       yaxis="y2", showlegend=False),
+        ]
+    fig = go.Figure(traces)
+    fig.update_layout(
+        height=320, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
+        xaxis=dict(domain=[0, 0.46], title="step"), yaxis=dict(title="loss"),
+        xaxis2=dict(domain=[0.54, 1], title="step"),
+        yaxis2=dict(title="accuracy", anchor="x2", tickformat=".0%", range=[0, 1.02]),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    return fig
+
+
+def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
+    """Validation accuracy (left) and loss (right) per epoch, one colour per run.
+
+    curves: run label → frame with ``epoch``, ``val_acc``, ``val_loss`` (and optionally
+    ``train_loss``, drawn dotted).
+    """
+    traces = []
+    for i, (label, df) in enumerate(curves.items()):
+        c = colour(i)
+        if "val_acc" in df:
+            traces.append(go.Scatter(x=df["epoch"], y=df["val_acc"], name=label,
+                                     mode="lines+markers", line=dict(color=c),
+                                     legendgroup=label))
+        if "val_loss" in df:
+            traces.append(go.Scatter(x=df["epoch"], y=df["val_loss"], name=label,
+                                     mode="lines+markers", line=dict(color=c), xaxis="x2",
+                                     yaxis="y2", showlegend=False, legendgroup=label))
+        if "train_loss" in df:
+            traces.append(go.Scatter(x=df["epoch"], y=df["train_loss"], name=f"{label} (train)",
+                                     mode="lines", line=dict(color=c, dash="dot"), xaxis="x2",
+                                     yaxis="y2", showlegend=False, legendgroup=label))
+    fig = go.Figure(traces)
+    fig.update_layout(
+        height=340, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
+        xaxis=dict(domain=[0, 0.46], title="epoch", dtick=1),
+        yaxis=dict(title="validation accuracy", tickformat=".1%"),
+        xaxis2=dict(domain=[0.54, 1], title="epoch", dtick=1),
+        yaxis2=dict(title="loss (solid: val, dotted: train)", anchor="x2"),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    return fig
+
+
+def accuracy_bars(df: pd.DataFrame) -> go.Figure:
+    """Accuracy of the dense model and of each criterion after pruning (no fine-tuning).
+
+    df: columns ``criterion``, ``accuracy`` (first row: the dense model)."""
+    fig = go.Figure(go.Bar(
+        x=df["criterion"], y=df["accuracy"],
+        marker_color=["#888"] + [colour(i) for i in range(len(df) - 1)],
+        text=[f"{a:.1%}" for a in df["accuracy"]], textposition="outside",
+        hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
+    fig.update_layout(height=260, margin=dict(l=10, r=10, t=20, b=10), font=FONT,
+                      yaxis=dict(title="val. accuracy", tickformat=".0%", range=[0, 1.12]))
+    return fig

@@ -1,0 +1,200 @@
+"""The dashboard in a real browser: ``streamlit run dashboard/app.py`` on a free port, driven
+with Playwright for Python through Debian's headless Chromium (``.ci/run`` installs it).
+
+Visits every page, changes the criteria and the sparsity, starts and cancels a training run,
+and checks that the charts rendered and that no exception or unexpected error shows.
+Screenshots go to pytest's tmp dir (printed); ``python benchmarks/screenshots.py`` refreshes
+the README's ``assets/screenshots``.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
+        "--disable-dev-shm-usage"]
+BUSY = ("(() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
+        " return !a || a.getAttribute('data-test-script-state') === 'running'"
+        " || !!document.querySelector('[data-testid=\"stSkeleton\"]'); })()")
+
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run does)",
+                allow_module_level=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The dashboard on a free port with its own run store; killed at the end, also when a
+    test fails. Yields (url, runs dir)."""
+    runs = tmp_path_factory.mktemp("browser_runs")
+    log = tmp_path_factory.mktemp("browser_log") / "streamlit.log"
+    port = _free_port()
+    env = {**os.environ, "PRUNELENS_RUNS_DIR": str(runs)}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+             "--server.headless", "true", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
+             "--browser.gatherUsageStats", "false"],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert proc.poll() is None, f"streamlit exited:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(url + "/_stcore/health", timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the dashboard did not start"
+            time.sleep(0.2)
+        yield url, runs
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        try:
+            pg = browser.new_page(viewport={"width": 1440, "height": 1000})
+            pg.set_default_timeout(240_000)
+            yield pg
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    d = tmp_path_factory.mktemp("screenshots")
+    print(f"\nscreenshots: {d}")
+    return d
+
+
+def idle(page, settle_ms: int = 300) -> None:
+    """Wait until Streamlit's script run is over (and stays over for ``settle_ms``)."""
+    quiet = None
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if page.evaluate(BUSY):
+            quiet = None
+        elif quiet is None:
+            quiet = time.monotonic()
+        elif (time.monotonic() - quiet) * 1000 >= settle_ms:
+            return
+        page.wait_for_timeout(25)
+    raise AssertionError("the page kept running")
+
+
+def charts(page, n: int) -> None:
+    page.wait_for_function(f"document.querySelectorAll('.js-plotly-plot').length >= {n}")
+    assert page.locator(".js-plotly-plot .main-svg").count() >= n
+
+
+def no_errors(page, allowed: tuple[str, ...] = ()) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    for text in page.locator('[data-testid="stAlertContentError"]').all_inner_texts():
+        assert any(a in text for a in allowed), f"unexpected error shown: {text}"
+
+
+def goto(page, title: str) -> None:
+    page.get_by_role("link", name=title).first.click()
+    page.wait_for_timeout(200)
+    idle(page)
+
+
+def test_every_page_in_chromium(server, page, shots):
+    url, runs = server
+    page.goto(url)
+    charts(page, 3)
+    idle(page)
+    no_errors(page)
+    assert page.get_by_role("heading", name="Prune").count() == 1
+    page.screenshot(path=str(shots / "prune.png"))
+
+    # another criterion, then a higher sparsity
+    box = page.get_by_role("combobox", name="Criteria to compare")
+    box.click()
+    box.fill("random")
+    page.get_by_role("option", name="random", exact=True).click()
+    page.keyboard.press("Escape")
+    idle(page)
+    page.get_by_text("random at 50%", exact=True).wait_for()
+    slider = page.get_by_role("slider").first
+    slider.focus()
+    page.keyboard.press("ArrowRight")
+    idle(page)
+    page.get_by_text("random at 55%", exact=True).wait_for()
+    charts(page, 3)
+    no_errors(page)
+    legend = page.locator('[data-testid="stPlotlyChart"]').first.inner_text()
+    assert "magnitude" in legend and "snip" in legend and "random" in legend
+
+    goto(page, "Attention")
+    charts(page, 2)
+    assert page.locator(".js-plotly-plot image").count() >= 2  # the grid and the heads
+    no_errors(page)
+    text = page.locator('[data-testid="stPlotlyChart"]').first.inner_text()
+    assert "90%" in text and "dense" in text
+    page.screenshot(path=str(shots / "attention.png"))
+
+    goto(page, "Rollout & attribution")
+    charts(page, 1)
+    chart = page.locator('[data-testid="stPlotlyChart"]').first
+    assert "integrated gradients" in chart.inner_text()
+    no_errors(page)
+    page.screenshot(path=str(shots / "rollout.png"))
+
+    goto(page, "Train")
+    page.get_by_label("Epochs").fill("20")
+    page.get_by_label("Training images").fill("6000")
+    page.get_by_role("button", name="Start training").click()
+    cancel = page.get_by_role("button", name="Cancel run")
+    cancel.wait_for()
+    assert "run=" in page.url  # a reload finds the run again
+    page.get_by_role("progressbar").first.wait_for()
+    cancel.click()
+    page.locator('[data-testid="stAlertContentWarning"]', has_text="Cancelled").wait_for()
+    idle(page)
+    no_errors(page)
+    page.screenshot(path=str(shots / "train.png"))
+
+    page.reload()  # a new session: the URL still points at the run
+    page.locator('[data-testid="stAlertContentWarning"]', has_text="Cancelled").wait_for()
+
+    goto(page, "Runs")
+    page.locator('[data-testid="stDataFrame"]').wait_for()
+    idle(page)
+    no_errors(page)
+    page.screenshot(path=str(shots / "runs.png"))
+    from core.runs import RunStore
+
+    assert RunStore(runs).list_runs()["status"].tolist() == ["cancelled"]

@@ -1,0 +1,361 @@
+"""The dashboard's pages under ``streamlit.testing.v1.AppTest``: main paths, error paths,
+two sessions side by side, and the cached base model left untouched.
+
+vit-tiny with small validation subsets and calibration batches keeps this to about a minute
+on 2 cores; caches are process-wide, so later tests reuse the models and scores of earlier
+ones (as a server would).
+"""
+from __future__ import annotations
+
+import io
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+from core.models import build_model, save_model
+from core.pruning import list_pruners
+from core.runs import RunStore
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+FAST = {"prune_val": 64, "prune_calib": 32}
+
+
+def make_app(**session) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=240)
+    for key, value in {**FAST, **session}.items():
+        at.session_state[key] = value
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def metrics(at: AppTest) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in at.metric:
+        out.setdefault(m.label, []).append(m.value)
+    return out
+
+
+def figure(at: AppTest, key: str) -> dict:
+    for chart in at.get("plotly_chart"):
+        if chart.proto.id.endswith(key) or key in chart.proto.id:
+            return json.loads(chart.proto.spec)
+    raise AssertionError(f"no chart {key!r}")
+
+
+def annotations(fig: dict) -> list[str]:
+    return [a.get("text", "") for a in fig["layout"].get("annotations", [])]
+
+
+def wait_for(at: AppTest, done, timeout: float = 180.0) -> AppTest:
+    deadline = time.monotonic() + timeout
+    while True:
+        at.run()
+        ok(at)
+        if done(at):
+            return at
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the page")
+        time.sleep(0.5)
+
+
+# ---------------------------------------------------------------------------- Prune
+
+def test_prune_page_compares_criteria(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude", "snip"]).run())
+    assert not errors(at)
+    m = metrics(at)
+    assert len(m["Accuracy"]) == 3  # dense + 2 criteria
+    assert all(v.endswith("%") for v in m["Params kept"] + m["MACs kept"])
+    assert {"Loss", "Parameters", "MACs"} <= set(m)
+    assert len(at.get("plotly_chart")) == 3  # kept per layer, saliency, mask
+    kept = figure(at, "prune_chart_kept")
+    assert [t["name"] for t in kept["data"]] == ["magnitude", "snip"]
+    assert len(at.latex) == 2  # each criterion's formula
+    assert any("SNIP" in md.value for md in at.markdown)  # its explanation
+
+    before = m["Params kept"]
+    at.slider(key="prune_sparsity").set_value(80).run()
+    ok(at)
+    after = metrics(at)["Params kept"]
+    assert after != before and float(after[0].rstrip("%")) < float(before[0].rstrip("%"))
+
+    at.multiselect(key="prune_pruners").set_value(["random"]).run()
+    ok(at)
+    assert [t["name"] for t in figure(at, "prune_chart_kept")["data"]] == ["random"]
+    at.radio(key="prune_scope").set_value("layer").run()
+    ok(at)
+    at.selectbox(key="prune_mask_layer").set_value("head").run()
+    ok(at)
+    assert "mask of head" in figure(at, "prune_chart_mask")["layout"]["title"]["text"]
+
+
+@pytest.mark.skipif("l2-norm" not in list_pruners(), reason="structured pruners not in core")
+def test_prune_page_structured_criterion(runs_dir):
+    at = ok(make_app(prune_pruners=["l2-norm", "magnitude"], prune_sparsity=50).run())
+    assert not errors(at)
+    kept = figure(at, "prune_chart_kept")
+    assert [t["name"] for t in kept["data"]] == ["l2-norm", "magnitude"]
+    # a physically smaller model: fewer parameters and MACs, counted on the shrunk model
+    params = [float(v.rstrip("%")) for v in metrics(at)["Params kept"]]
+    macs = [float(v.rstrip("%")) for v in metrics(at)["MACs kept"]]
+    assert 0 < params[0] < 100 and 0 < macs[0] < 100
+
+
+def test_prune_page_rejects_a_corrupt_upload(runs_dir):
+    at = ok(make_app(prune_source="upload").run())
+    # nothing uploaded yet: the reason, not a traceback
+    assert any("upload" in e.lower() for e in errors(at))
+    at.file_uploader(key="prune_upload_file").set_value(
+        ("model.safetensors", b"definitely not safetensors", "application/octet-stream")).run()
+    ok(at)
+    assert any(e.startswith("Upload rejected") and "model.safetensors" in e for e in errors(at))
+
+
+def test_prune_page_accepts_an_uploaded_checkpoint(runs_dir, tmp_path):
+    torch.manual_seed(1)
+    path = save_model(build_model("vit-tiny", num_classes=6), tmp_path / "mine.safetensors")
+    at = ok(make_app(prune_source="upload", prune_pruners=["magnitude"]).run())
+    at.file_uploader(key="prune_upload_file").set_value(
+        ("mine.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    ok(at)
+    assert not errors(at)
+    assert any("uploaded checkpoint" in c.value for c in at.caption)
+    assert len(metrics(at)["Accuracy"]) == 2
+
+
+def test_prune_page_upload_with_wrong_classes(runs_dir, tmp_path):
+    path = save_model(build_model("vit-tiny", num_classes=10), tmp_path / "ten.safetensors")
+    at = ok(make_app(prune_source="upload").run())
+    at.file_uploader(key="prune_upload_file").set_value(
+        ("ten.safetensors", path.read_bytes(), "application/octet-stream")).run()
+    ok(at)
+    assert any("10 outputs" in e and "6 classes" in e for e in errors(at))
+
+
+def test_prune_page_folder_paths(runs_dir, tmp_path):
+    at = ok(make_app(prune_dataset="folder").run())
+    assert any("folder" in i.value.lower() for i in at.info)  # asks for a path
+    assert not errors(at)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    at.text_input(key="prune_folder").set_value(str(empty)).run()
+    ok(at)
+    assert errors(at), "an empty folder must be reported"
+    at.text_input(key="prune_folder").set_value(str(tmp_path / "missing")).run()
+    ok(at)
+    assert any("not found" in e for e in errors(at))
+
+
+def test_untrained_model_says_so_and_offers_the_trained_one(runs_dir):
+    from core.models import pretrained_path
+
+    at = ok(make_app(prune_source="init", prune_pruners=["magnitude"]).run())
+    assert any("untrained" in w.value for w in at.warning)
+    if pretrained_path("vit-tiny", "shapes").exists():
+        at.button(key="prune_use_trained").click().run()
+        ok(at)
+        assert at.session_state["prune_source"] == "checkpoint"
+        assert not any("untrained" in w.value for w in at.warning)
+
+
+# ---------------------------------------------------------------------------- Attention
+
+def test_attention_page_grid_and_heads(runs_dir):
+    at = make_app(prune_pruners=["magnitude"], att_criteria=["magnitude", "random"]).run()
+    at.switch_page("pages/attention.py").run()
+    ok(at)
+    assert not errors(at)
+    grid = figure(at, "att_chart_grid")
+    texts = annotations(grid)
+    assert "<b>magnitude</b>" in texts and "<b>random</b>" in texts
+    assert "<b>dense</b>" in texts and "<b>90%</b>" in texts
+    sims = [t for t in texts if t.replace(".", "").isdigit()]
+    assert len(sims) == 2 * 10 and sims[0] == "1.00"  # ratio 0 is the dense map itself
+    assert grid["data"][0]["type"] == "image"
+    heads = figure(at, "att_chart_heads")
+    assert "<b>head 4</b>" in annotations(heads)  # vit-tiny: 4 heads per block
+
+    at.radio(key="att_mode").set_value("rollout").run()
+    ok(at)
+    assert "rollout" in figure(at, "att_chart_grid")["layout"]["title"]["text"]
+    at.number_input(key="att_sample").set_value(5).run()
+    ok(at)
+    assert not errors(at)
+
+
+@pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
+def test_attention_page_default_rows_are_fig3(runs_dir):
+    at = make_app().run()
+    at.switch_page("pages/attention.py").run()
+    ok(at)
+    rows = [t for t in annotations(figure(at, "att_chart_grid"))
+            if t in ("<b>l2-norm</b>", "<b>gm</b>", "<b>reverse</b>", "<b>snp</b>")]
+    assert len(rows) == 4
+
+
+def test_attention_page_rejects_a_corrupt_image(runs_dir):
+    at = make_app(att_criteria=["magnitude"]).run()
+    at.switch_page("pages/attention.py").run()
+    at.radio(key="att_image_source").set_value("upload").run()
+    ok(at)
+    at.file_uploader(key="att_upload").set_value(("cat.png", b"\x89PNG broken", "image/png")).run()
+    ok(at)
+    assert any("cat.png is not a readable image" in e for e in errors(at))
+
+
+def test_attention_page_accepts_an_image(runs_dir):
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    at = make_app(att_criteria=["magnitude"]).run()
+    at.switch_page("pages/attention.py").run()
+    at.radio(key="att_image_source").set_value("upload").run()
+    at.file_uploader(key="att_upload").set_value(("red.png", buf.getvalue(), "image/png")).run()
+    ok(at)
+    assert not errors(at)
+    assert "input (uploaded)" in annotations(figure(at, "att_chart_grid"))
+
+
+# ---------------------------------------------------------------------------- Rollout
+
+def test_rollout_page(runs_dir):
+    at = make_app(prune_pruners=["magnitude"]).run()
+    at.switch_page("pages/rollout.py").run()
+    ok(at)
+    assert not errors(at)
+    fig = figure(at, "ro_chart")
+    texts = annotations(fig)
+    for method in ("attention rollout", "gradient rollout", "saliency", "integrated gradients"):
+        assert f"<b>{method}</b>" in texts
+    assert {"True class", "Dense prediction"} <= set(metrics(at))
+    at.selectbox(key="ro_fusion").set_value("max").run()
+    at.slider(key="ro_discard").set_value(0.5).run()
+    at.selectbox(key="ro_target").set_value("circle").run()
+    ok(at)
+    assert "“circle”" in figure(at, "ro_chart")["layout"]["title"]["text"]
+
+
+# ---------------------------------------------------------------------------- Train, Runs
+
+def start_run(at: AppTest, epochs: int, samples: int) -> str:
+    at.switch_page("pages/train.py").run()
+    ok(at)
+    at.number_input(key="train_epochs").set_value(epochs)
+    at.number_input(key="train_samples").set_value(samples)
+    at.number_input(key="train_batch").set_value(64)
+    at.button(key="train_start").click().run()
+    ok(at)
+    run_id = at.query_params["run"]
+    return run_id[0] if isinstance(run_id, list) else run_id
+
+
+def test_train_cancel_is_recorded(runs_dir):
+    at = make_app(prune_pruners=["magnitude"]).run()
+    run_id = start_run(at, epochs=20, samples=6000)
+    at.button(key="train_cancel").click().run()
+    ok(at)
+    wait_for(at, lambda a: any("Cancelled" in w.value for w in a.warning))
+    run = RunStore(runs_dir).get_run(run_id)
+    assert run["status"] == "cancelled" and run["pruner"] == "magnitude"
+
+
+def test_train_runs_to_the_end_then_runs_page(runs_dir):
+    at = make_app(prune_pruners=["magnitude"], prune_sparsity=60).run()
+    run_id = start_run(at, epochs=1, samples=128)
+    wait_for(at, lambda a: bool(a.success))
+    assert figure(at, "train_chart_live")["data"]
+    assert {"Validation accuracy", "Validation loss"} <= set(metrics(at))
+
+    # a reload is a new session: the URL's ?run= finds the run again
+    fresh = make_app()
+    fresh.query_params["run"] = run_id
+    fresh.switch_page("pages/train.py").run()
+    ok(fresh)
+    assert any(run_id in s.value for s in fresh.success)
+
+    at.switch_page("pages/runs.py").run()
+    ok(at)
+    assert len(at.dataframe) == 1
+    assert figure(at, "runs_chart")["data"]
+    labels = [b.label for b in at.get("download_button")]
+    assert "Pruned model (.safetensors)" in labels and "Metrics (.csv)" in labels
+    store = RunStore(runs_dir)
+    assert store.checkpoint_path(run_id).exists()
+    assert store.get_run(run_id)["sparsity"] == pytest.approx(0.6)
+
+    at.multiselect(key="runs_f_status").set_value(["finished"]).run()
+    at.multiselect(key="runs_f_pruner").set_value(["magnitude"]).run()
+    ok(at)
+    assert at.dataframe[0].value["id"].tolist() == [run_id]
+
+    # deletion asks first
+    at.multiselect(key="runs_delete_select").set_value([run_id]).run()
+    at.button(key="runs_delete").click().run()
+    ok(at)
+    assert any("cannot be undone" in w.value for w in at.warning)
+    assert len(store.list_runs()) == 1
+    at.button(key="runs_delete_confirm").click().run()
+    ok(at)
+    assert store.list_runs().empty
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+def test_runs_page_empty_store(runs_dir):
+    at = make_app().run()
+    at.switch_page("pages/runs.py").run()
+    ok(at)
+    assert any("No runs yet" in i.value for i in at.info)
+
+
+# ---------------------------------------------------------------------------- sessions
+
+def test_two_sessions_do_not_mix_and_the_base_model_is_untouched(runs_dir):
+    from dashboard import state
+
+    a = ok(make_app(prune_pruners=["magnitude"], prune_sparsity=30).run())
+    b = ok(make_app(prune_pruners=["snip"], prune_sparsity=90).run())
+    key = state.setup(state.Experiment(calib=32, val_samples=64)).model_key
+    base = state._base_model(key).model
+    snapshot = {k: v.clone() for k, v in base.state_dict().items()}
+
+    a.run()
+    assert [t["name"] for t in figure(a, "prune_chart_kept")["data"]] == ["magnitude"]
+    assert [t["name"] for t in figure(b, "prune_chart_kept")["data"]] == ["snip"]
+    assert a.session_state["prune_sparsity"] == 30 and b.session_state["prune_sparsity"] == 90
+
+    # both train at once; each follows its own run
+    id_a = start_run(a, epochs=1, samples=128)
+    id_b = start_run(b, epochs=1, samples=128)
+    assert id_a != id_b
+    wait_for(a, lambda x: bool(x.success))
+    wait_for(b, lambda x: bool(x.success))
+    assert any("magnitude 30%" in m.value for m in a.markdown)
+    assert any("snip 90%" in m.value for m in b.markdown)
+
+    for k, v in base.state_dict().items():
+        assert torch.equal(v, snapshot[k]), f"{k} of the cached base model changed"
+    assert not any(hasattr(m, "parametrizations") for m in base.modules())
+
+
+def test_settings_follow_the_session_across_pages(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude"]).run())
+    at.slider(key="prune_sparsity").set_value(70).run()
+    at.switch_page("pages/rollout.py").run()
+    ok(at)
+    assert any("70%" in m.value for m in at.sidebar.markdown)
+    at.switch_page("pages/prune.py").run()
+    ok(at)
+    assert at.slider(key="prune_sparsity").value == 70

@@ -1,0 +1,145 @@
+"""dashboard/plots.py (pure figure builders) and the numbers dashboard/state.py derives,
+checked against independent computations on vit-tiny."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from core.pruning import list_pruners, prune
+from dashboard import plots, state
+
+DASH = Path(__file__).resolve().parents[1] / "dashboard"
+
+
+def _imports(tree: ast.AST) -> set[str]:
+    """Top-level package of every import in ``tree``."""
+    names = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    return {n.split(".")[0] for n in names}
+
+
+def test_plots_and_pages_respect_the_layering():
+    """plots.py never touches Streamlit; pages never touch st.session_state or st.cache_*."""
+    assert not any(m.startswith("streamlit")
+                   for m in _imports(ast.parse((DASH / "plots.py").read_text())))
+    for page in (DASH / "pages").glob("*.py"):
+        text = page.read_text()
+        assert "session_state" not in text and "cache_resource" not in text \
+            and "cache_data" not in text, page.name
+    app = (DASH / "app.py").read_text()
+    # lazy: app.py imports no torch/core, so the server answers before they load
+    assert "st.navigation" in app
+    assert _imports(ast.parse(app)) <= {"os", "sys", "pathlib", "streamlit"}
+
+
+def test_image_grid_layout():
+    cells = [[np.full((96, 96, 3), 25 * j, np.uint8) for j in range(10)] for _ in range(4)]
+    cells[2][3] = None
+    fig = plots.image_grid(cells, ["l2-norm", "gm", "reverse", "snp"],
+                           [f"{10 * j}%" for j in range(10)],
+                           captions=[["0.99"] * 10] * 4, hover=[["h"] * 10] * 4,
+                           left=np.zeros((32, 32, 3), np.uint8), left_label="input",
+                           title="t", bottom_label="ratio", max_width=960)
+    assert fig.layout.width <= 960
+    assert [t.type for t in fig.data] == ["image", "scatter"]
+    assert len(fig.data[1].x) == 40
+    texts = [a.text for a in fig.layout.annotations]
+    assert texts.count("0.99") == 40 and "<b>snp</b>" in texts and "<b>90%</b>" in texts
+    W, H = fig.layout.xaxis.range[1] + 0.5, fig.layout.yaxis.range[0] + 0.5
+    for a in fig.layout.annotations:  # plotly hides data-anchored labels outside the axes
+        assert 0 <= a.x <= W and 0 <= a.y <= H, a.text
+    assert fig.data[0].source.startswith("data:image/png;base64,")
+
+
+def test_layer_kept_and_scores():
+    df = pd.DataFrame({"layer": ["a", "b", "a", "b"], "criterion": ["x", "x", "y", "y"],
+                       "kept_fraction": [0.5, 0.25, 1.0, 0.75]})
+    fig = plots.layer_kept(df, sparsity=0.5)
+    assert [t.name for t in fig.data] == ["x", "y"]
+    assert list(fig.data[1].y) == [1.0, 0.75]
+    stats = pd.DataFrame({"layer": ["a"], "q1": [-2.0], "median": [-1.5], "q3": [-1.0],
+                          "lower": [-3.0], "upper": [0.0], "min": [-4.0], "max": [0.5]})
+    fig = plots.score_boxes(stats, cut=-1.2, criterion="x")
+    assert fig.data[0].type == "box" and fig.layout.shapes[0].y0 == -1.2
+    fig = plots.mask_heatmaps({"x": np.array([[1.0, 0.0]]), "y": np.ones((1, 2))}, "head")
+    assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
+    assert fig.layout.xaxis.title.text == "x: 50.0% kept"
+
+
+def test_curves_accept_empty_and_partial_data():
+    empty = pd.DataFrame(columns=["step", "loss", "accuracy"])
+    assert len(plots.training_curves(empty, pd.DataFrame()).data) == 0
+    steps = pd.DataFrame({"step": [2, 4], "loss": [1.0, 0.8], "accuracy": [0.3, 0.5]})
+    hist = pd.DataFrame({"step": [4], "val_loss": [0.7], "val_acc": [0.6]})
+    assert len(plots.training_curves(steps, hist).data) == 4
+    m = pd.DataFrame({"epoch": [1, 2], "val_acc": [0.5, 0.6], "val_loss": [1.0, 0.9],
+                      "train_loss": [1.1, 0.95]})
+    assert len(plots.runs_curves({"r1": m, "r2": m}).data) == 6
+
+
+# ---------------------------------------------------------------------------- state numbers
+
+@pytest.fixture(scope="module")
+def setup():
+    return state.setup(state.Experiment(calib=32, val_samples=64))
+
+
+def test_sparse_macs_match_a_hand_count(setup):
+    """Masked MACs = dense MACs − Σ pruned weights × uses per image, with the uses of vit-tiny
+    written out by hand: 65 tokens for every block linear, 64 patches for the patch conv,
+    1 (the CLS token) for the head."""
+    key = setup.key("magnitude", 0.5)
+    masks = state._pruned(key).masks
+    params, macs = state._dense_cost(key.model)
+    uses = {"patch_embed.proj.weight": 64, "head.weight": 1}
+    removed = sum(int((~m).sum()) * uses.get(k, 65) for k, m in masks.items())
+    c = state.cost(key)
+    assert c["macs"] == macs - removed
+    assert c["params"] == params - sum(int((~m).sum()) for m in masks.values())
+    assert c["macs_kept"] == pytest.approx((macs - removed) / macs)
+
+
+@pytest.mark.parametrize("preset", ["vit-tiny", "linformer-vit-tiny"])
+def test_fast_mac_count_equals_core(preset):
+    from core.models import build_model, count_macs
+
+    model = build_model(preset, num_classes=6).eval()
+    assert state.count_macs_fast(model) == count_macs(model)
+    if "snp" in list_pruners() and preset == "vit-tiny":
+        small = prune(model, "l2-norm", 0.5).model
+        assert state.count_macs_fast(small) == count_macs(small) < count_macs(model)
+
+
+@pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
+@pytest.mark.parametrize("name", ["snp", "l2-norm"])
+def test_structured_from_cached_scores_equals_prune(setup, name):
+    key = setup.key(name, 0.4)
+    small = state._pruned(key).small
+    images, labels = state._calibration(key.data, key.calib, key.seed)
+    ref = prune(setup.base.model, name, 0.4, images, labels).model.eval()
+    assert small.config == ref.config
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(small(x), ref(x))
+
+
+def test_attention_of_masked_scratch_equals_a_masked_copy(setup):
+    """The grid writes dense ⊙ mask into a scratch model; the maps must equal those of a
+    parametrized deep copy, and a later dense request must see dense weights again."""
+    from core.attention import capture_attention
+
+    image = setup.val_set[0][0]
+    ref = state.ImageRef(index=0)
+    key = setup.key("magnitude", 0.7)
+    maps = state._attention_maps(key, ref, image)
+    expect = capture_attention(state.pruned_model(key), image[None])
+    for got, want in zip(maps, expect):
+        np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-5, atol=1e-6)
+    dense = state._attention_maps(key.at(0.0), ref, image)
+    want = capture_attention(setup.base.model, image[None])
+    np.testing.assert_allclose(dense[-1], want[-1][0].numpy(), rtol=1e-5, atol=1e-6)
