@@ -15,10 +15,6 @@ if _ROOT not in sys.path:
 # costs nothing when idle and keeps 2 threads faster than 1 for batches.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from core.perf import keep_freed_tensors_in_heap  # noqa: E402  (no torch import)
-
-keep_freed_tensors_in_heap()  # attention maps reuse freed memory instead of faulting pages in
-
 st.set_page_config(page_title="PruneLens", page_icon=":material/content_cut:", layout="wide")
 st.navigation([
     st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:", default=True),

@@ -225,6 +225,38 @@ def training_curves(steps: pd.DataFrame, history: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def amap_curves(steps: pd.DataFrame, ratios: pd.DataFrame, budget: float) -> go.Figure:
+    """An AMAP run against optimizer steps: the running training loss (left) and the
+    attention-MACs ratio of the current channel counts converging to the ``budget`` (right,
+    with the expected ratio of the soft gates dotted and the budget as a dashed line).
+
+    steps: ``step, loss``; ratios: ``step, macs_ratio, expected_ratio`` (and ``phase``)."""
+    traces = []
+    if len(steps):
+        traces.append(go.Scatter(x=steps["step"], y=steps["loss"], name="train loss (running)",
+                                 line=dict(color=colour(0)), xaxis="x", yaxis="y"))
+    if len(ratios):
+        traces += [
+            go.Scatter(x=ratios["step"], y=ratios["macs_ratio"], name="attention MACs ratio",
+                       line=dict(color=colour(1)), xaxis="x2", yaxis="y2"),
+            go.Scatter(x=ratios["step"], y=ratios["expected_ratio"], name="expected (gates)",
+                       line=dict(color=colour(1), dash="dot"), xaxis="x2", yaxis="y2"),
+        ]
+    fig = go.Figure(traces)
+    fig.add_shape(type="line", xref="x2 domain", yref="y2", x0=0, x1=1, y0=budget, y1=budget,
+                  line=dict(color=colour(3), dash="dash"))
+    fig.add_annotation(xref="x2 domain", yref="y2", x=1, y=budget, text=f"budget {budget:.0%}",
+                       showarrow=False, xanchor="right", yanchor="top")
+    fig.update_layout(
+        height=320, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
+        xaxis=dict(domain=[0, 0.46], title="step"), yaxis=dict(title="loss"),
+        xaxis2=dict(domain=[0.54, 1], title="step"),
+        yaxis2=dict(title="attention MACs / dense", anchor="x2", tickformat=".0%",
+                    range=[min(0.0, budget - 0.05), 1.05]),
+        legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    return fig
+
+
 def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
     """Validation accuracy (left) and loss (right) per epoch, one colour per run.
 

@@ -39,9 +39,12 @@ from core.models import (CheckpointError, build_model, list_models, load_model, 
                          pretrained_path)
 from core.pruning import (Pruner, apply_masks, compute_masks, get_pruner, layer_collapse,
                           layer_saliency, list_pruners, prune)
+from core.perf import keep_freed_tensors_in_heap
 from core.train import TrainConfig, evaluate, train
 
 log = logging.getLogger("prunelens.dashboard")
+
+keep_freed_tensors_in_heap()  # kept attention maps reuse freed memory instead of new pages
 
 if os.environ.get("PRUNELENS_TORCH_THREADS"):  # e.g. 1 on a crowded shared machine
     torch.set_num_threads(int(os.environ["PRUNELENS_TORCH_THREADS"]))
@@ -246,7 +249,20 @@ def dataset_names() -> list[str]:
 
 @st.cache_resource(show_spinner=False)
 def pruner_names() -> tuple[str, ...]:
-    return tuple(list_pruners())
+    """The criteria the pages run inside a rerun: every registered pruner except the
+    training-based ones (``needs_training``, e.g. AMAP), which only run as background jobs
+    from the Train page (:func:`start_amap`)."""
+    return tuple(n for n in list_pruners() if not _needs_training(n))
+
+
+@st.cache_resource(show_spinner=False)
+def training_pruner_names() -> tuple[str, ...]:
+    """Training-based pruners (run from the Train page, never inside a page rerun)."""
+    return tuple(n for n in list_pruners() if _needs_training(n))
+
+
+def _needs_training(name: str) -> bool:
+    return bool(getattr(type(get_pruner(name)), "needs_training", False))
 
 
 @st.cache_resource(show_spinner=False)
@@ -1019,6 +1035,10 @@ class Job:
     ended: float | None = None
     steps: list[tuple[int, float, float]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    kind: str = "finetune"  # or "amap"
+    budget: float | None = None  # AMAP: fraction of attention MACs kept
+    ratios: list[tuple[int, float, float, str]] = field(default_factory=list)
+    result: dict | None = None  # AMAP: the exported model's numbers, once saved
     cancel: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     thread: threading.Thread | None = None
@@ -1031,7 +1051,11 @@ class Job:
                     "cancel_requested": self.cancel.is_set(),
                     "elapsed": (self.ended or time.time()) - self.started,
                     "steps": pd.DataFrame(self.steps, columns=["step", "loss", "accuracy"]),
-                    "history": pd.DataFrame(self.history)}
+                    "history": pd.DataFrame(self.history),
+                    "kind": self.kind, "budget": self.budget,
+                    "ratios": pd.DataFrame(self.ratios, columns=["step", "macs_ratio",
+                                                                 "expected_ratio", "phase"]),
+                    "result": dict(self.result) if self.result else None}
 
 
 @st.cache_resource(show_spinner=False)
@@ -1069,15 +1093,9 @@ def running_jobs() -> list[dict]:
 def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: int) -> str:
     """Create a run in the store and train a private copy of the pruned model in a daemon
     thread. Returns the run id at once."""
-    from torch.utils.data import Subset
-
     store = run_store()
     model = pruned_model(key)  # our own copy: the cached base is never touched
-    train_set = training_set(s)
-    if train_samples < len(train_set):
-        order = np.random.default_rng(config.seed).permutation(len(train_set))
-        idx = np.sort(order[:train_samples])
-        train_set = Subset(train_set, idx.tolist())
+    train_set = _train_subset(s, train_samples, config.seed)
     run_cfg = {"model": s.exp.preset, "source": s.exp.source, "dataset": s.exp.dataset,
                "pruner": key.pruner if key.sparsity else None, "sparsity": key.sparsity,
                "scope": key.scope,
@@ -1088,13 +1106,97 @@ def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: 
     what = f"{key.pruner} {key.sparsity:.0%}" if key.sparsity else "dense"
     label = f"{s.exp.preset} · {what} · {config.epochs} epoch(s)"
     job = Job(run_id, label, config.epochs)
-    with _JOBS_LOCK:
-        _jobs()[run_id] = job
-    job.thread = threading.Thread(target=_train_worker,
-                                  args=(job, store, model, train_set, _val_subset(s.data, 10**9),
-                                        config), name=f"prunelens-train-{run_id}", daemon=True)
-    job.thread.start()
+    val_set = _val_subset(s.data, 10**9)
+
+    def work(hooks: list, cancel: threading.Event) -> None:
+        from core.runs import RunStoreCallback
+
+        train(model, train_set, val_set, config,
+              callbacks=[*hooks, RunStoreCallback(store, job.run_id, model)], cancel=cancel)
+
+    _launch(job, store, work)
     return run_id
+
+
+def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
+               train_samples: int) -> str:
+    """Run AMAP (``prune(model, "amap", budget=...)``) on a private copy of the base model in
+    the same kind of background job as fine-tuning (progress, cancel). At the end the
+    exported, physically smaller model is evaluated on the page's validation subset and saved
+    as the run's checkpoint; the run is stored with pruner ``"amap"`` and sparsity
+    ``1 − budget``. Returns the run id at once."""
+    from core.pruning.amap import check_budget
+
+    budget = check_budget(float(budget))
+    if int(steps) < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}")
+    store = run_store()
+    model = copy.deepcopy(_base_model(s.model_key).model)
+    train_set = _train_subset(s, train_samples, s.exp.seed)
+    images, _ = _calibration(s.data, s.exp.calib, s.exp.seed)
+    val_set = _val_subset(s.data, s.exp.val_samples)
+    sparsity = round(1.0 - budget, 4)
+    run_cfg = {"model": s.exp.preset, "source": s.exp.source, "dataset": s.exp.dataset,
+               "pruner": "amap", "sparsity": sparsity, "budget": budget, "scope": "layer",
+               "calibration": s.exp.calib, "seed": s.exp.seed, "train_samples": len(train_set),
+               "steps": int(steps), "batch_size": int(batch_size),
+               "val_samples": len(val_set)}
+    run_id = _create_run(store, run_cfg)
+    _forget_old_jobs()
+    label = f"{s.exp.preset} · AMAP to {budget:.0%} of attention MACs · {int(steps)} steps"
+    job = Job(run_id, label, 2, total_steps=int(steps), kind="amap", budget=budget)
+    dense_params, dense_macs = _dense_cost(s.model_key)
+
+    def work(hooks: list, cancel: threading.Event) -> None:
+        res = prune(model, "amap", None, images=images, budget=budget, train_set=train_set,
+                    steps=int(steps), batch_size=int(batch_size), seed=int(s.exp.seed),
+                    callbacks=hooks, cancel=cancel)
+        small = res.model.eval()
+        ev = evaluate(small, val_set, batch_size=256)
+        params = sum(p.numel() for p in small.parameters())
+        macs = count_macs_fast(copy.deepcopy(small))
+        status, reason = res.extra["status"], res.extra["reason"]
+        result = {"attention_ratio": res.extra["attention_ratio"], "budget": budget,
+                  "params": params, "macs": macs, "params_kept": params / dense_params,
+                  "macs_kept": macs / dense_macs, "val_acc": ev["accuracy"],
+                  "val_loss": ev["loss"], "val_f1": ev["macro_f1"], "steps": res.extra["steps"]}
+        store.log_epoch(run_id, 1, {"val_acc": ev["accuracy"], "val_loss": ev["loss"],
+                                    "val_f1": ev["macro_f1"],
+                                    "attention_macs_ratio": result["attention_ratio"],
+                                    "params": params, "macs": macs,
+                                    "steps": res.extra["steps"]})
+        store.save_checkpoint(run_id, small, "last",
+                              metadata={"pruner": "amap", "budget": str(budget),
+                                        "steps": str(res.extra["steps"])})
+        store.finish(run_id, status, reason)
+        with job.lock:
+            job.result = result
+            job.status, job.reason, job.ended = status, reason, time.time()
+
+    _launch(job, store, work, finish_on_end=False)
+    return run_id
+
+
+def _train_subset(s: Setup, n: int, seed: int):
+    from torch.utils.data import Subset
+
+    train_set = training_set(s)
+    if n < len(train_set):
+        order = np.random.default_rng(seed).permutation(len(train_set))
+        train_set = Subset(train_set, np.sort(order[:n]).tolist())
+    return train_set
+
+
+def _launch(job: Job, store, work: Callable[[list, threading.Event], None],
+            finish_on_end: bool = True) -> None:
+    """Register ``job`` and run ``work(callbacks, cancel)`` in a daemon thread; the callbacks
+    feed the job's progress (``core.train`` protocol). ``finish_on_end=False``: ``work`` sets
+    the final status itself (after its own post-processing), not the ``on_end`` event."""
+    with _JOBS_LOCK:
+        _jobs()[job.run_id] = job
+    job.thread = threading.Thread(target=_worker, args=(job, store, work, finish_on_end),
+                                  name=f"prunelens-{job.kind}-{job.run_id}", daemon=True)
+    job.thread.start()
 
 
 def _create_run(store, cfg: dict) -> str:
@@ -1106,29 +1208,35 @@ def _create_run(store, cfg: dict) -> str:
 class _Progress:
     """core.train callback feeding a :class:`Job` (steps, epochs, end)."""
 
-    def __init__(self, job: Job):
-        self.job = job
+    def __init__(self, job: Job, finish_on_end: bool = True):
+        self.job, self.finish_on_end = job, finish_on_end
 
     def on_step(self, e) -> None:
         record = e.step % STEP_LOG_EVERY == 0 or e.step == e.total_steps
         loss, acc = (e.running_loss, e.running_accuracy) if record else (None, None)
+        ratio = getattr(e, "macs_ratio", None)  # AMAPStepEvent
         with self.job.lock:
             self.job.step, self.job.total_steps, self.job.epoch = e.step, e.total_steps, e.epoch
             if record:
                 self.job.steps.append((e.step, loss, acc))
+            if ratio is not None:
+                self.job.ratios.append((e.step, float(ratio), float(e.expected_ratio),
+                                        str(e.phase)))
 
     def on_epoch_end(self, e) -> None:
         with self.job.lock:
             self.job.history.append({**e.metrics, "step": e.step})
 
     def on_end(self, result) -> None:
+        if not self.finish_on_end:
+            return
         with self.job.lock:
             self.job.status, self.job.reason = result.status, result.reason
             self.job.ended = time.time()
 
 
-def _train_worker(job: Job, store, model, train_set, val_set, config: TrainConfig) -> None:
-    from core.runs import RunStoreCallback
+def _worker(job: Job, store, work: Callable[[list, threading.Event], None],
+            finish_on_end: bool) -> None:
     from core.train import Callback
 
     class Hooks(Callback):  # bound methods of _Progress, typed as a core Callback
@@ -1145,14 +1253,17 @@ def _train_worker(job: Job, store, model, train_set, val_set, config: TrainConfi
             self.p.on_end(r)
 
     try:
-        train(model, train_set, val_set, config,
-              callbacks=[Hooks(_Progress(job)), RunStoreCallback(store, job.run_id, model)],
-              cancel=job.cancel)
-    except Exception as e:  # reported to the page through the job; the store got "failed"
-        log.exception("training run %s failed", job.run_id)
+        work([Hooks(_Progress(job, finish_on_end))], job.cancel)
+    except Exception as e:  # reported to the page through the job, and to the store
+        log.exception("%s run %s failed", job.kind, job.run_id)
         with job.lock:
             job.status, job.reason = "failed", f"{type(e).__name__}: {e}"
             job.ended = job.ended or time.time()
+        try:
+            if store.get_run(job.run_id)["status"] == "running":
+                store.finish(job.run_id, "failed", job.reason)
+        except Exception:  # the store is best effort here; the job already says why
+            log.exception("could not mark run %s failed", job.run_id)
 
 
 def cancel_job(run_id: str) -> bool:

@@ -359,3 +359,62 @@ def test_settings_follow_the_session_across_pages(runs_dir):
     at.switch_page("pages/prune.py").run()
     ok(at)
     assert at.slider(key="prune_sparsity").value == 70
+
+
+# ---------------------------------------------------------------------------- AMAP
+
+amap_only = pytest.mark.skipif("amap" not in list_pruners(), reason="amap not in core")
+
+
+def start_amap(at: AppTest, steps: int, samples: int = 128) -> str:
+    at.switch_page("pages/train.py").run()
+    ok(at)
+    at.radio(key="train_mode").set_value("amap").run()
+    ok(at)
+    at.number_input(key="amap_steps").set_value(steps)
+    at.number_input(key="amap_batch").set_value(16)
+    at.number_input(key="amap_samples").set_value(samples)
+    at.slider(key="amap_budget").set_value(0.7)
+    at.button(key="amap_start").click().run()
+    ok(at)
+    run_id = at.query_params["run"]
+    return run_id[0] if isinstance(run_id, list) else run_id
+
+
+@amap_only
+def test_amap_is_not_run_by_the_prune_page(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude"]).run())
+    assert "amap" not in at.multiselect(key="prune_pruners").options
+    assert any("Train page" in c.value for c in at.sidebar.caption)
+
+
+@amap_only
+def test_amap_runs_from_the_train_page(runs_dir):
+    at = make_app(prune_pruners=["magnitude"]).run()
+    run_id = start_amap(at, steps=5)
+    wait_for(at, lambda a: bool(a.success) or bool(errors(a)), timeout=300)
+    assert not errors(at)
+    assert any(run_id in s.value for s in at.success)
+    m = metrics(at)
+    assert {"Attention MACs ratio", "Parameters", "MACs", "Validation accuracy"} <= set(m)
+    assert float(m["Attention MACs ratio"][0].rstrip("%")) <= 70.0
+    assert figure(at, "train_chart_amap")["data"]
+    run = RunStore(runs_dir).get_run(run_id)
+    assert run["status"] == "finished" and run["pruner"] == "amap"
+    assert run["sparsity"] == pytest.approx(0.3)
+    store = RunStore(runs_dir)
+    assert store.checkpoint_path(run_id).exists()
+    assert len(store.metrics(run_id)) == 1
+
+
+@amap_only
+def test_amap_cancel(runs_dir):
+    at = make_app(prune_pruners=["magnitude"]).run()
+    run_id = start_amap(at, steps=5000, samples=512)
+    at.button(key="train_cancel").click().run()
+    ok(at)
+    wait_for(at, lambda a: any("Cancelled" in w.value for w in a.warning) or bool(errors(a)),
+             timeout=300)
+    assert not errors(at)
+    run = RunStore(runs_dir).get_run(run_id)
+    assert run["status"] == "cancelled" and run["pruner"] == "amap"

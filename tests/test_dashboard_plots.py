@@ -143,3 +143,15 @@ def test_attention_of_masked_scratch_equals_a_masked_copy(setup):
     dense = state._attention_maps(key.at(0.0), ref, image)
     want = capture_attention(setup.base.model, image[None])
     np.testing.assert_allclose(dense[-1], want[-1][0].numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_amap_curves_show_loss_ratio_and_budget():
+    steps = pd.DataFrame({"step": [2, 4], "loss": [1.0, 0.8], "accuracy": [0.5, 0.6]})
+    ratios = pd.DataFrame({"step": [1, 2, 3, 4], "macs_ratio": [1.0, 0.9, 0.8, 0.7],
+                           "expected_ratio": [0.99, 0.9, 0.75, 0.7], "phase": ["search"] * 4})
+    fig = plots.amap_curves(steps, ratios, 0.7)
+    assert [t.name for t in fig.data] == ["train loss (running)", "attention MACs ratio",
+                                          "expected (gates)"]
+    assert fig.layout.shapes[0].y0 == 0.7 and "70%" in fig.layout.annotations[0].text
+    empty = plots.amap_curves(steps.iloc[:0], ratios.iloc[:0], 0.5)
+    assert len(empty.data) == 0

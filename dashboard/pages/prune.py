@@ -36,6 +36,10 @@ with st.sidebar:
             st.caption(f"Using {state.upload_name()}")
     st.multiselect("Criteria to compare", state.pruner_names(), format_func=state.pruner_label,
                    key=state.K_PRUNERS, persist_state=PERSIST, max_selections=6)
+    if state.training_pruner_names():
+        st.caption(f"Training-based: {', '.join(state.training_pruner_names())} — run it from "
+                   "the Train page (mode “AMAP”), where it shows its progress and can be "
+                   "cancelled.")
     st.slider("Sparsity (% of prunable weights removed)", 5, 95, step=5, key=state.K_SPARSITY,
               persist_state=PERSIST, format="%d%%")
     st.radio("Scope", ["global", "layer"], key=state.K_SCOPE, persist_state=PERSIST,

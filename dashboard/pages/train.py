@@ -1,4 +1,5 @@
-"""Train: fine-tune the pruned model for a few epochs in a background thread, live."""
+"""Train: fine-tune the pruned model for a few epochs, or run the training-based pruner AMAP,
+in a background thread, live (progress, curves, cancel)."""
 import streamlit as st
 
 from core.train import TrainConfig
@@ -32,6 +33,9 @@ def _show_run(run_id: str, live: bool) -> None:
     if live and snap["status"] != "running":
         st.rerun(scope="app")  # stop polling; the full page shows the final state
     st.markdown(f"**Run {run_id}** · {snap['label']}")
+    if snap["kind"] == "amap":
+        _show_amap(run_id, snap)
+        return
     total = max(snap["total_steps"], 1)
     text = (f"epoch {max(snap['epoch'], 1)}/{snap['epochs']} · step {snap['step']}/"
             f"{snap['total_steps'] or '…'} · {snap['elapsed']:.0f} s")
@@ -62,27 +66,74 @@ def _show_run(run_id: str, live: bool) -> None:
         c3.metric("Macro F1", f"{h['val_f1']:.3f}")
 
 
-with state.page_errors():
-    run_id = state.current_run_id()
-    if run_id:
-        job = state.get_job(run_id)
-        running = job is not None and job.status == "running"
-        if running:
-            st.fragment(run_every=1.0)(show_run)(run_id, True)
-        else:
-            show_run(run_id, False)
-            st.button("New run", key="train_new", icon=":material/add:",
-                      on_click=state.follow_run, args=(None,))
-        st.stop()
+def _show_amap(run_id: str, snap: dict) -> None:
+    """An AMAP job: progress with the phase and the MACs ratio, loss and ratio curves, cancel;
+    at the end the exported model's numbers."""
+    total = max(snap["total_steps"], 1)
+    r = snap["ratios"]
+    now = (f" · {r['phase'].iloc[-1]} · attention MACs {r['macs_ratio'].iloc[-1]:.1%} "
+           f"(budget {snap['budget']:.0%})" if len(r) else "")
+    text = f"step {snap['step']}/{snap['total_steps']}{now} · {snap['elapsed']:.0f} s"
+    st.progress(min(snap["step"] / total, 1.0), text=text)
+    res = snap["result"]
+    if snap["status"] == "running":
+        st.button("Cancel run", key="train_cancel", icon=":material/stop_circle:",
+                  disabled=snap["cancel_requested"], on_click=state.cancel_job, args=(run_id,))
+        if snap["cancel_requested"]:
+            st.caption("Cancelling: the search stops before its next step; the model is then "
+                       "fitted to the budget, exported, evaluated and saved.")
+        elif snap["step"] >= snap["total_steps"]:
+            st.caption("Exporting the smaller model and evaluating it…")
+    elif snap["status"] == "finished":
+        st.success(f"Finished in {snap['elapsed']:.0f} s; the exported model is saved in the "
+                   f"run store as {run_id}.", icon=":material/check_circle:")
+    elif snap["status"] == "cancelled":
+        st.warning(f"Cancelled ({snap['reason']}); the model was still fitted to the budget, "
+                   "exported and saved.", icon=":material/cancel:")
+    else:
+        st.error(f"The run failed: {snap['reason']}", icon=":material/error:")
+    if len(snap["steps"]) or len(r):
+        st.plotly_chart(plots.amap_curves(snap["steps"], r, snap["budget"]),
+                        key="train_chart_amap", config={"displayModeBar": False})
+    if res:
+        c1, c2, c3, c4 = st.columns(4)
+        c1.metric("Attention MACs ratio", f"{res['attention_ratio']:.1%}",
+                  help=f"Budget {res['budget']:.0%}: attention MACs of the exported model "
+                       "over the dense model's.")
+        c2.metric("Parameters", f"{res['params'] / 1e6:.3f} M",
+                  f"{(res['params_kept'] - 1) * 100:+.1f}%", delta_color="off")
+        c3.metric("MACs", f"{res['macs'] / 1e6:.2f} M",
+                  f"{(res['macs_kept'] - 1) * 100:+.1f}%", delta_color="off")
+        c4.metric("Validation accuracy", f"{res['val_acc']:.1%}",
+                  help="On the Prune page's validation subset.")
 
-    if exp.dataset == "folder" and not exp.folder.strip():
-        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
-        st.stop()
-    s = state.setup(exp)
-    if not s.base.trained:
-        st.info("Training a model pruned at initialisation: expect low accuracy after a few "
-                "epochs (that is the point of comparing criteria at init).",
-                icon=":material/info:")
+
+def _amap_form(s) -> None:
+    """Start an AMAP run: budget, steps, batch size, training images."""
+    with st.form("amap_form", border=True):
+        st.markdown("**AMAP** learns, during a short training run, which query/key and value "
+                    "channels of every attention head to remove so that the attention MACs "
+                    "end at the budget, then exports a physically smaller model. It starts "
+                    "from the experiment's base model (not from a pruned one).")
+        a, b, c = st.columns(3)
+        budget = a.slider("Budget (attention MACs kept)", 0.5, 1.0, 0.7, 0.05,
+                          key="amap_budget", format="%.2f")
+        steps = b.number_input("Steps", 1, 10_000, 100, key="amap_steps")
+        batch = b.number_input("Batch size", 1, 1024, 32, key="amap_batch")
+        n_train = len(state.training_set(s))
+        samples = c.number_input("Training images", 64, n_train, min(3000, n_train), step=500,
+                                 key="amap_samples")
+        start = st.form_submit_button("Start AMAP", type="primary", key="amap_start",
+                                      icon=":material/play_arrow:")
+    if start:
+        with st.spinner("Starting the worker…"):
+            new_id = state.start_amap(s, float(budget), int(steps), int(batch), int(samples))
+        state.follow_run(new_id)
+        st.rerun()
+
+
+def _finetune_form(s, exp) -> None:
+    """Start fine-tuning a copy of the pruned model."""
     with st.form("train_form", border=True):
         st.markdown("Fine-tune a **copy** of the pruned model; its masks stay enforced. "
                     "The run is saved in the run store (Runs page).")
@@ -108,6 +159,39 @@ with state.page_errors():
             new_id = state.start_training(s, key, config, int(samples))
         state.follow_run(new_id)
         st.rerun()
+
+
+MODES = {"finetune": "Fine-tune the pruned model",
+         "amap": "AMAP: learn attention channels under a MAC budget"}
+
+with state.page_errors():
+    run_id = state.current_run_id()
+    if run_id:
+        job = state.get_job(run_id)
+        running = job is not None and job.status == "running"
+        if running:
+            st.fragment(run_every=1.0)(show_run)(run_id, True)
+        else:
+            show_run(run_id, False)
+            st.button("New run", key="train_new", icon=":material/add:",
+                      on_click=state.follow_run, args=(None,))
+        st.stop()
+
+    if exp.dataset == "folder" and not exp.folder.strip():
+        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
+        st.stop()
+    s = state.setup(exp)
+    if not s.base.trained:
+        st.info("Training a model pruned at initialisation: expect low accuracy after a few "
+                "epochs (that is the point of comparing criteria at init).",
+                icon=":material/info:")
+    modes = [m for m in MODES if m == "finetune" or m in state.training_pruner_names()]
+    mode = st.radio("What to run", modes, format_func=MODES.get, key="train_mode",
+                    horizontal=True) if len(modes) > 1 else "finetune"
+    if mode == "amap":
+        _amap_form(s)
+    else:
+        _finetune_form(s, exp)
 
     others = state.running_jobs()
     if others:
