@@ -11,7 +11,7 @@
     scratch, ``TrainConfig()``): wall time and final validation accuracy.
     Target: >= 90 % in <= 60 s on 2 CPU cores.
 
-Run from the repository root:  python benchmarks/bench_train.py [--steps 30] [--repeats 5]
+Run from the repository root:  python benchmarks/bench_train.py [--steps 60] [--repeats 7]
 [--precision auto|fp32|bf16] [--skip-default] [--skip-overhead]. About 20 s for (a) and 40 s for
 (b) on 2 idle cores (AVX512-BF16 CPU); timings on a shared machine are not meaningful.
 """
@@ -123,8 +123,8 @@ def default_run() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=30, help="steps per timed loop")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=60, help="steps per timed loop")
+    ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--precision", default="auto", help="precision of both loops in (a)")
     ap.add_argument("--skip-default", action="store_true", help="only (a)")
     ap.add_argument("--skip-overhead", action="store_true", help="only (b)")

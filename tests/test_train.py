@@ -425,3 +425,21 @@ def test_cli_train_records_the_run(tmp_path, capsys):
     loaded = load_model(out)
     assert loaded.input_shape == (3, 32, 32)
     assert store.checkpoint_path(run.id).exists()
+
+
+@pytest.mark.slow
+def test_cli_under_torchrun_records_one_run(tmp_path):
+    from core.runs import RunStore
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={_free_port()}", "-m", "core", "train", "--data-opt", "num_train=64",
+         "--data-opt", "num_val=24", "--epochs", "1", "--batch-size", "32", "--max-steps", "2",
+         "--device", "cpu", "--no-progress", "--runs-dir", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("finished after 2 steps") == 1  # rank 0 prints, rank 1 does not
+    runs = RunStore(tmp_path).list_runs()
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "finished"
+    assert runs.iloc[0]["epochs"] == 1
