@@ -8,36 +8,18 @@ the README's ``assets/screenshots``.
 """
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow]
+from dashboard.serve import CHROMIUM, IS_BUSY as BUSY, chromium, serve
 
-ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
-        "--disable-dev-shm-usage"]
-BUSY = ("(() => { const a = document.querySelector('[data-testid=\"stApp\"]');"
-        " return !a || a.getAttribute('data-test-script-state') === 'running'"
-        " || !!document.querySelector('[data-testid=\"stSkeleton\"]'); })()")
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run does)",
                 allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -46,50 +28,15 @@ def server(tmp_path_factory):
     test fails. Yields (url, runs dir)."""
     runs = tmp_path_factory.mktemp("browser_runs")
     log = tmp_path_factory.mktemp("browser_log") / "streamlit.log"
-    port = _free_port()
-    env = {**os.environ, "PRUNELENS_RUNS_DIR": str(runs)}
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
-             "--server.headless", "true", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.fileWatcherType", "none",
-             "--browser.gatherUsageStats", "false"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"streamlit exited:\n{log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url + "/_stcore/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "the dashboard did not start"
-            time.sleep(0.2)
+    with serve(runs, timeout=120, log_path=log) as (url, _proc, _t0):
         yield url, runs
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        try:
-            pg = browser.new_page(viewport={"width": 1440, "height": 1000})
-            pg.set_default_timeout(240_000)
-            yield pg
-        finally:
-            browser.close()
+    with chromium(1440, 1000) as pg:
+        pg.set_default_timeout(240_000)
+        yield pg
 
 
 @pytest.fixture(scope="module")
