@@ -435,6 +435,15 @@ def _base_model(key: ModelKey) -> LoadedModel:
     return LoadedModel(model.eval(), trained, note, label)
 
 
+def setup_or_stop(exp: Experiment) -> Setup:
+    """``setup(exp)``; on a folder dataset with no path yet, a hint to enter one on the Prune
+    page instead, and the page stops there."""
+    if exp.dataset == "folder" and not exp.folder.strip():
+        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
+        st.stop()
+    return setup(exp)
+
+
 def setup(exp: Experiment) -> Setup:
     """Resolve the experiment: dataset and base model, checked against each other.
 

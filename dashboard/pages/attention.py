@@ -10,10 +10,7 @@ state.sidebar_summary(exp)
 st.title("Attention", anchor=False)
 
 with state.page_errors():
-    if exp.dataset == "folder" and not exp.folder.strip():
-        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
-        st.stop()
-    s = state.setup(exp)
+    s = state.setup_or_stop(exp)
     state.untrained_notice(s, "attention")
     depth = state.num_blocks(s)
 

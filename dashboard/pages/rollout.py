@@ -9,10 +9,7 @@ state.sidebar_summary(exp)
 st.title("Rollout & attribution", anchor=False)
 
 with state.page_errors():
-    if exp.dataset == "folder" and not exp.folder.strip():
-        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
-        st.stop()
-    s = state.setup(exp)
+    s = state.setup_or_stop(exp)
     state.untrained_notice(s, "rollout")
 
     a, b, c = st.columns(3, gap="medium")

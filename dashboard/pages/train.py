@@ -177,10 +177,7 @@ with state.page_errors():
                       on_click=state.follow_run, args=(None,))
         st.stop()
 
-    if exp.dataset == "folder" and not exp.folder.strip():
-        st.info("Choose a dataset (or enter a folder) on the Prune page first.")
-        st.stop()
-    s = state.setup(exp)
+    s = state.setup_or_stop(exp)
     if not s.base.trained:
         st.info("Training a model pruned at initialisation: expect low accuracy after a few "
                 "epochs (that is the point of comparing criteria at init).",
