@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.models import (BlockConfig, CheckpointError, LinformerLayerConfig, build_model,
-                         count_macs, list_models, load_model, load_weights, save_model)
+from core.models import (BlockConfig, CheckpointError, LinformerLayerConfig, MacCounter,
+                         build_model, count_macs, list_models, load_model, load_weights, save_model)
 from core.models.linformer_vit import LinformerViT, with_layers
 from core.models.vit import VisionTransformer, with_blocks
 
@@ -94,6 +94,34 @@ def test_free_per_layer_sizes():
     assert lm(torch.rand(2, 3, 32, 32)).shape == (2, 5)
     assert lm.transformer.net.layers[1][0].fn.dim_head == 8
     assert lm.transformer.net.layers[3][1].fn.w1.out_features == 30
+
+
+def test_fused_attention_equals_the_explicit_softmax():
+    """Without gradients and hooks the ViT attention takes the fused kernel; with gradients,
+    or with a hook on ``attn_drop`` (what core.attention uses), the explicit softmax. Same
+    logits and the same MAC count either way, on blocks with unequal q/k and v dims."""
+    base = build_model("vit-tiny", num_classes=5)
+    blocks = [BlockConfig(4, 16, 16, 128), BlockConfig(2, 8, 12, 40),
+              BlockConfig(3, 5, 16, 64), BlockConfig(1, 16, 3, 10)]
+    torch.manual_seed(0)
+    m = VisionTransformer(with_blocks(base.config, blocks, embed_dim=48)).eval()
+    x = torch.rand(3, 3, 32, 32)
+    explicit = m(x).detach()                      # grad enabled → explicit
+    with torch.no_grad():
+        fused = m(x)
+        seen = []
+        h = m.blocks[1].attn.attn_drop.register_forward_hook(lambda mod, i, o: seen.append(o))
+        try:
+            hooked = m(x)
+        finally:
+            h.remove()
+    assert torch.allclose(fused, explicit, atol=1e-5)
+    assert torch.equal(hooked, explicit) or torch.allclose(hooked, explicit, atol=1e-6)
+    assert len(seen) == 1 and seen[0].shape == (3, 2, 65, 65)  # (B, H, N, N) probabilities
+    assert torch.allclose(seen[0].sum(-1), torch.ones(3, 2, 65))
+    with MacCounter() as c:                       # grad enabled: the explicit matmuls
+        m(torch.zeros(1, 3, 32, 32))
+    assert c.macs == count_macs(m) == vit_macs_closed_form(m)
 
 
 def test_bad_inputs():

@@ -1,4 +1,4 @@
-"""Model registry (timm's ``register_model`` / ``create_model``), MAC counting, checkpoints.
+"""Model registry (timm's ``register_model`` / ``create_model``) and checkpoints.
 
 ``build_model(name, num_classes, **overrides)`` builds a preset; ``list_models()`` feeds the
 dashboard's select box. Checkpoints are ``.safetensors`` (or ``.pth`` read with
@@ -15,7 +15,6 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .linformer_vit import LinformerViT, LinformerViTConfig, linformer_vit_config
 from .vit import VisionTransformer, ViTConfig, vit_config
@@ -225,24 +224,3 @@ def load_model(path: str | Path) -> nn.Module:
     model.preset = meta.get("prunelens_preset", "")
     model.load_state_dict(sd, strict=True)
     return model
-
-
-# ---------------------------------------------------------------------------- MACs
-
-@torch.no_grad()
-def count_macs(model: nn.Module) -> int:
-    """Multiply-accumulates of one forward on one image (what the papers call "FLOPs").
-
-    Counted by ``torch.utils.flop_counter`` (2 FLOPs per MAC) over the matmuls, linears and
-    convolutions; norms, softmax and activations are not counted, as in fvcore / the papers.
-    """
-    device = next(model.parameters()).device
-    x = torch.zeros(1, *model.input_shape, device=device)
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False) as counter:
-            model(x)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops() // 2
