@@ -1,5 +1,5 @@
-"""PruneLens dashboard: ``streamlit run dashboard/app.py``. Navigation only; pages/ hold the
-pages, state.py the caches and session, plots.py the figures."""
+"""The page list: ``dashboard/app.py`` (the server) serves this script. Navigation only;
+pages/ hold the pages, state.py the caches and session, plots.py the figures."""
 import os
 import sys
 from pathlib import Path

@@ -1,5 +1,7 @@
-"""Everything the pages share: every ``st.cache_*`` and ``st.session_state`` access, the
-process-wide registry of training jobs, and the two page helpers (error guard, untrained notice).
+"""Everything the pages share: every ``st.cache_*`` (through :data:`cache_data` and
+:data:`cache_resource`, which hash the key dataclasses by their repr) and ``st.session_state``
+access, the process-wide registry of training jobs, and the two page helpers (error guard,
+untrained notice).
 
 Data flows one way (STYLE.md): dataset → base model → scores → masks or shrunk model →
 attention, metrics. Each step is a cached function keyed by small frozen dataclasses
@@ -13,6 +15,7 @@ on deep copies (:func:`pruned_model` always returns a private copy).
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import io
 import logging
@@ -31,12 +34,11 @@ import pandas as pd
 import streamlit as st
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from core import attention as attn
 from core.data import calibration_batch, list_datasets, load_dataset
-from core.models import (CheckpointError, build_model, list_models, load_model, load_weights,
-                         pretrained_path)
+from core.models import (CheckpointError, build_model, count_macs, list_models, load_model,
+                         load_weights, pretrained_path)
 from core.pruning import (Pruner, apply_masks, compute_masks, get_pruner, layer_collapse,
                           layer_saliency, list_pruners, prune)
 from core.perf import keep_freed_tensors_in_heap
@@ -173,6 +175,13 @@ class Setup:
                         self.exp.calib, self.exp.seed).at(s)
 
 
+# Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred
+# lookups a rerun); these keys are frozen dataclasses of plain values, so their repr is exact.
+_KEY_HASH = {cls: repr for cls in (DataKey, ModelKey, PruneKey, ImageRef)}
+cache_data = functools.partial(st.cache_data, hash_funcs=_KEY_HASH)
+cache_resource = functools.partial(st.cache_resource, hash_funcs=_KEY_HASH)
+
+
 # ---------------------------------------------------------------------------- session
 
 def experiment() -> Experiment:
@@ -247,7 +256,7 @@ def dataset_names() -> list[str]:
     return list_datasets()
 
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def pruner_names() -> tuple[str, ...]:
     """The criteria the pages run inside a rerun: every registered pruner except the
     training-based ones (``needs_training``, e.g. AMAP), which only run as background jobs
@@ -255,7 +264,7 @@ def pruner_names() -> tuple[str, ...]:
     return tuple(n for n in list_pruners() if not _needs_training(n))
 
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def training_pruner_names() -> tuple[str, ...]:
     """Training-based pruners (run from the Train page, never inside a page rerun)."""
     return tuple(n for n in list_pruners() if _needs_training(n))
@@ -265,7 +274,7 @@ def _needs_training(name: str) -> bool:
     return bool(getattr(type(get_pruner(name)), "needs_training", False))
 
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def pruner_info(name: str) -> dict:
     """Teaching text of a criterion: ``formula`` (LaTeX), ``explanation``, ``kind``,
     ``needs_data``, and ``iterative`` (re-scores for every sparsity: no score cache)."""
@@ -298,13 +307,13 @@ def source_label(source: str, preset: str, dataset: str) -> str:
 
 # ---------------------------------------------------------------------------- data & models
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def preset_input_shape(preset: str) -> tuple[int, int, int]:
     """(C, H, W) a preset expects (core exposes it only on a built model)."""
     return tuple(build_model(preset, num_classes=2).input_shape)
 
 
-@st.cache_resource(show_spinner="Loading the dataset…", max_entries=6)
+@cache_resource(show_spinner="Loading the dataset…", max_entries=6)
 def _dataset(key: DataKey):
     options: dict = {}
     if key.name == "folder":
@@ -328,7 +337,7 @@ def training_set(s: "Setup"):
     return _dataset(replace(s.data, full=True))[0]
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@cache_resource(show_spinner=False, max_entries=16)
 def _val_subset(key: DataKey, n: int):
     from torch.utils.data import Subset
 
@@ -338,7 +347,7 @@ def _val_subset(key: DataKey, n: int):
     return Subset(val, idx.tolist())
 
 
-@st.cache_resource(show_spinner=False, max_entries=16)
+@cache_resource(show_spinner=False, max_entries=16)
 def _calibration(key: DataKey, size: int, seed: int) -> tuple[Tensor, Tensor]:
     train_set, _ = _dataset(key)
     return calibration_batch(train_set, min(int(size), len(train_set)), seed)
@@ -390,7 +399,7 @@ def accept_model_upload(name: str, data: bytes) -> str:
     return digest
 
 
-@st.cache_resource(show_spinner=False, max_entries=4)
+@cache_resource(show_spinner=False, max_entries=4)
 def _uploaded_architecture(digest: str) -> nn.Module | None:
     """The uploaded model if it carries PruneLens architecture metadata, else None (plain
     weights, to be loaded into the selected preset). Unreadable files raise CheckpointError."""
@@ -403,7 +412,7 @@ def _uploaded_architecture(digest: str) -> nn.Module | None:
     return load_model(path).eval()
 
 
-@st.cache_resource(show_spinner="Loading the model…", max_entries=8)
+@cache_resource(show_spinner="Loading the model…", max_entries=8)
 def _base_model(key: ModelKey) -> LoadedModel:
     label = f"{key.preset} · {SOURCES[key.source]}"
     if key.source == "upload":
@@ -471,6 +480,22 @@ def setup(exp: Experiment) -> Setup:
     return Setup(exp, data, mkey, base, train_set, val_set, classes)
 
 
+def warm_up(exp: Experiment | None = None) -> None:
+    """Fill the caches the Prune page reads for ``exp`` (the default experiment): dataset,
+    base model, each criterion's scores, masks, accuracy and cost. ``dashboard/app.py`` runs
+    it in a background thread at server start, so the first visitor does not wait for it;
+    a page that asks for the same entry meanwhile waits for this computation, not a second one.
+    """
+    exp = exp or Experiment()
+    s = setup(exp)
+    for name in ("dense", *exp.pruners):
+        key = s.key(exp.pruners[0], 0.0) if name == "dense" else s.key(name)
+        evaluation(key, exp.val_samples)
+        cost(key)
+        if name != "dense":
+            layer_kept(key)
+
+
 # ---------------------------------------------------------------------------- pruning
 
 def _pruner(name: str, seed: int):
@@ -480,7 +505,7 @@ def _pruner(name: str, seed: int):
     return p
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
+@cache_resource(show_spinner=False, max_entries=32)
 def _scores(model: ModelKey, data: DataKey, pruner: str, calib: int,
             seed: int) -> dict[str, Tensor]:
     """Keep-scores of a single-shot criterion, computed once on a private copy."""
@@ -502,7 +527,7 @@ class Outcome:
     threshold: float | None = None
 
 
-@st.cache_resource(show_spinner=False, max_entries=32)
+@cache_resource(show_spinner=False, max_entries=32)
 def _structured_scores(model: ModelKey, data: DataKey, pruner: str, calib: int, seed: int):
     """Per-structure scores of a structured criterion (independent of the ratio)."""
     base = _base_model(model).model
@@ -529,7 +554,7 @@ def _shrink(key: PruneKey) -> nn.Module | None:
     return shrink(base, select(base, scores, ratios)).eval()
 
 
-@st.cache_resource(show_spinner=False, max_entries=128)
+@cache_resource(show_spinner=False, max_entries=128)
 def _pruned(key: PruneKey) -> Outcome:
     """Masks (or the shrunk model) of ``key``: a re-threshold of cached scores for single-shot
     criteria, select + shrink of cached scores for structured ones, a full ``prune()`` for
@@ -551,7 +576,7 @@ def _pruned(key: PruneKey) -> Outcome:
     return Outcome(None, None, res.model.eval(), getattr(res, "table", None))
 
 
-@st.cache_resource(show_spinner=False, max_entries=64)
+@cache_resource(show_spinner=False, max_entries=64)
 def outcome(key: PruneKey) -> Outcome:
     """:func:`_pruned` plus core's per-layer table and the global threshold (Prune page)."""
     out = _pruned(key)
@@ -583,14 +608,49 @@ def pruned_model(key: PruneKey) -> nn.Module:
     return apply_masks(copy.deepcopy(base), out.masks)
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+# Forward hooks on a shared (cached) model would also see other sessions' forwards; the maps and
+# evaluations run on a private scratch copy, and this lock keeps those short forwards one at a
+# time.
+_HOOK_LOCK = threading.Lock()
+
+
+@cache_resource(show_spinner=False, max_entries=8)
+def _scratch(model: ModelKey) -> nn.Module:
+    """A private copy of the base model, used only under ``_HOOK_LOCK``: each masked forward
+    writes ``dense ⊙ mask`` into its weights (cheaper than a deep copy per grid cell)."""
+    return copy.deepcopy(_base_model(model).model).eval()
+
+
+@contextmanager
+def _forward_only(key: PruneKey) -> Iterator[nn.Module]:
+    """The model ``key`` describes, for forwards without gradients, while holding
+    ``_HOOK_LOCK``: a structured criterion's shrunk model itself, otherwise the scratch copy
+    with ``dense ⊙ mask`` written into its weights (no deep copy, no parametrization: the
+    same outputs as :func:`pruned_model`, a test checks)."""
+    out = _pruned(key) if key.sparsity else None
+    with _HOOK_LOCK:
+        if out is not None and out.small is not None:
+            yield out.small
+            return
+        net = _scratch(key.model)
+        dense = dict(_base_model(key.model).model.named_parameters())
+        masks = out.masks if out is not None else {}
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                w = dense[name]
+                p.copy_(w * masks[name] if name in masks else w)
+        yield net
+
+
+@cache_data(show_spinner=False, max_entries=256)
 def evaluation(key: PruneKey, val_samples: int) -> dict[str, float]:
     """Accuracy / loss / macro-F1 on a fixed validation subset, no fine-tuning."""
-    model = pruned_model(key) if key.sparsity else _base_model(key.model).model
-    return evaluate(model, _val_subset(key.data, val_samples), batch_size=256)
+    data = _val_subset(key.data, val_samples)
+    with _forward_only(key) as net:
+        return evaluate(net, data, batch_size=256)
 
 
-@st.cache_resource(show_spinner=False, max_entries=8)
+@cache_resource(show_spinner=False, max_entries=8)
 def _layer_uses(model: ModelKey) -> dict[str, int]:
     """Per Linear/Conv2d module: how often each weight is used in one forward (tokens,
     output pixels), so that masked MACs are ``Σ kept weights × uses``."""
@@ -612,52 +672,13 @@ def _layer_uses(model: ModelKey) -> dict[str, int]:
     return uses
 
 
-class _MacCounter(TorchFunctionMode):
-    """Multiply-accumulates of the linears, convolutions, matmuls and einsums run inside it:
-    the same count as ``core.models.count_macs`` (a test checks they agree on ViT, Linformer
-    and SNP-shrunk models), without ``FlopCounterMode``, whose first use imports
-    ``torch._dynamo`` (1–5 s: a third of the dashboard's cold start)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.macs = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        name = getattr(func, "__name__", "")
-        if func is torch.nn.functional.linear:
-            x, w = args[0], args[1]
-            self.macs += x.numel() // x.shape[-1] * w.numel()
-        elif func is torch.nn.functional.conv2d:
-            self.macs += out.numel() * args[1][0].numel()
-        elif name in ("matmul", "__matmul__", "bmm", "mm"):
-            self.macs += out.numel() * args[0].shape[-1]
-        elif name == "__rmatmul__":
-            self.macs += out.numel() * args[1].shape[-1]
-        elif func is torch.einsum:
-            ops = args[1] if isinstance(args[1], (list, tuple)) else args[1:]
-            if len(ops) >= 2:
-                sizes = {}
-                for term, t in zip(args[0].replace(" ", "").split("->")[0].split(","), ops):
-                    sizes.update(zip(term, t.shape))
-                self.macs += math.prod(sizes.values())
-        return out
-
-
-def count_macs_fast(model: nn.Module) -> int:
-    """MACs of one forward on one image (see :class:`_MacCounter`)."""
-    with torch.no_grad(), _MacCounter() as counter:
-        model(torch.zeros(1, *model.input_shape, device=next(model.parameters()).device))
-    return counter.macs
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
+@cache_resource(show_spinner=False, max_entries=8)
 def _dense_cost(model: ModelKey) -> tuple[int, int]:
     base = _base_model(model).model
-    return sum(p.numel() for p in base.parameters()), count_macs_fast(copy.deepcopy(base))
+    return sum(p.numel() for p in base.parameters()), count_macs(copy.deepcopy(base))
 
 
-@st.cache_data(show_spinner=False, max_entries=256)
+@cache_data(show_spinner=False, max_entries=256)
 def cost(key: PruneKey) -> dict[str, float]:
     """Parameters and MACs (one image) kept, absolute and as a fraction of the dense model.
 
@@ -670,7 +691,7 @@ def cost(key: PruneKey) -> dict[str, float]:
     out = _pruned(key)
     if out.small is not None:
         p = sum(t.numel() for t in out.small.parameters())
-        m = count_macs_fast(copy.deepcopy(out.small))
+        m = count_macs(copy.deepcopy(out.small))
     else:
         uses = _layer_uses(key.model)
         pruned = {k: int(v.numel() - v.count_nonzero()) for k, v in out.masks.items()}
@@ -717,7 +738,7 @@ def _score_key(key: PruneKey) -> PruneKey:
     return replace(key, sparsity=-1.0, scope="")
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@cache_data(show_spinner=False, max_entries=64)
 def _score_stats(skey: PruneKey, _scores: dict) -> pd.DataFrame:
     rows = []
     for k, s in _scores.items():
@@ -750,7 +771,7 @@ def mask_layers(key: PruneKey) -> list[str]:
     return [k.removesuffix(".weight") for k in out.masks] if out.masks is not None else []
 
 
-@st.cache_data(show_spinner=False, max_entries=128)
+@cache_data(show_spinner=False, max_entries=128)
 def mask_matrix(key: PruneKey, layer: str, max_side: int = 192) -> np.ndarray | None:
     """The kept/pruned pattern of ``layer`` as a 2-D (out, in) array in [0, 1], block-averaged
     to at most ``max_side`` per side (so the value is the kept fraction of the block)."""
@@ -772,7 +793,7 @@ def mask_matrix(key: PruneKey, layer: str, max_side: int = 192) -> np.ndarray | 
 MAX_IMAGES_KEPT = 64
 
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def _uploaded_images() -> dict[str, Tensor]:
     """Decoded uploads by digest (process-wide, oldest dropped beyond MAX_IMAGES_KEPT)."""
     return {}
@@ -816,33 +837,10 @@ def image_tensor(s: Setup, ref: ImageRef) -> tuple[Tensor, int | None]:
 
 # ---------------------------------------------------------------------------- attention
 
-# Forward hooks on a shared (cached) model would also see other sessions' forwards; the maps
-# are computed on private copies, and this lock keeps the short hooked forwards one at a time.
-_HOOK_LOCK = threading.Lock()
-
-
-@st.cache_resource(show_spinner=False, max_entries=8)
-def _scratch(model: ModelKey) -> nn.Module:
-    """A private copy of the base model, used only under ``_HOOK_LOCK``: each masked forward
-    writes ``dense ⊙ mask`` into its weights (cheaper than a deep copy per grid cell)."""
-    return copy.deepcopy(_base_model(model).model).eval()
-
-
-@st.cache_resource(show_spinner=False, max_entries=1024)
+@cache_resource(show_spinner=False, max_entries=1024)
 def _attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.ndarray, ...]:
     """One (H, N, N) float32 array per block for ``_image`` (keyed by ``ref``)."""
-    out = _pruned(key) if key.sparsity else None
-    with _HOOK_LOCK:
-        if out is not None and out.small is not None:
-            net = out.small
-        else:
-            net = _scratch(key.model)
-            dense = dict(_base_model(key.model).model.named_parameters())
-            masks = out.masks if out is not None else {}
-            with torch.no_grad():
-                for name, p in net.named_parameters():
-                    w = dense[name]
-                    p.copy_(w * masks[name] if name in masks else w)
+    with _forward_only(key) as net:
         maps = attn.capture_attention(net, _image[None])
     return tuple(m[0].float().numpy() for m in maps)
 
@@ -974,7 +972,7 @@ def _attribution(model: nn.Module, x: Tensor, target: int, method: str) -> Tenso
     return attribution_map(model, x[0], target, name)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
+@cache_data(show_spinner=False, max_entries=64)
 def explanations(key: PruneKey, ref: ImageRef, fusion: str, discard: float,
                  target: int | None, _image: Tensor) -> dict:
     """For the dense model (``key.at(0)``) and ``key``: prediction, and one (H, W) heat map in
@@ -1018,7 +1016,7 @@ def run_store():
     return _run_store(os.environ.get("PRUNELENS_RUNS_DIR", ""))
 
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def _run_store(root: str):
     from core.runs import RunStore
 
@@ -1067,7 +1065,7 @@ class Job:
                     "result": dict(self.result) if self.result else None}
 
 
-@st.cache_resource(show_spinner=False)
+@cache_resource(show_spinner=False)
 def _jobs() -> dict[str, Job]:
     """Process-wide: every session's running and recent jobs, by run id."""
     return {}
@@ -1163,7 +1161,7 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
         small = res.model.eval()
         ev = evaluate(small, val_set, batch_size=256)
         params = sum(p.numel() for p in small.parameters())
-        macs = count_macs_fast(copy.deepcopy(small))
+        macs = count_macs(copy.deepcopy(small))
         status, reason = res.extra["status"], res.extra["reason"]
         result = {"attention_ratio": res.extra["attention_ratio"], "budget": budget,
                   "params": params, "macs": macs, "params_kept": params / dense_params,

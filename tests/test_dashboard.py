@@ -20,7 +20,8 @@ from core.models import build_model, save_model
 from core.pruning import list_pruners
 from core.runs import RunStore
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+# the page list; dashboard/app.py is the server around it (st.App with the warm-up)
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
 FAST = {"prune_val": 64, "prune_calib": 32}
 
 
@@ -80,6 +81,8 @@ def test_prune_page_compares_criteria(runs_dir):
     assert all(v.endswith("%") for v in m["Params kept"] + m["MACs kept"])
     assert {"Loss", "Parameters", "MACs"} <= set(m)
     assert len(at.get("plotly_chart")) == 3  # kept per layer, saliency, mask
+    assert not any("Loading" in t for c in at.get("plotly_chart")
+                   for t in annotations(json.loads(c.proto.spec)))  # placeholder replaced
     kept = figure(at, "prune_chart_kept")
     assert [t["name"] for t in kept["data"]] == ["magnitude", "snip"]
     assert len(at.latex) == 2  # each criterion's formula
@@ -101,6 +104,24 @@ def test_prune_page_compares_criteria(runs_dir):
     assert "mask of head" in figure(at, "prune_chart_mask")["layout"]["title"]["text"]
 
 
+def test_warm_up_fills_the_default_prune_page(runs_dir, monkeypatch):
+    """What dashboard/app.py runs at server start leaves nothing for the first visitor to
+    compute: with evaluation and scoring made to fail, the default page still renders."""
+    from dashboard import state
+
+    state.warm_up()
+
+    def computed_again(*args, **kwargs):
+        raise AssertionError("computed again after the warm-up")
+
+    monkeypatch.setattr(state, "evaluate", computed_again)
+    monkeypatch.setattr(state, "_pruner", computed_again)
+    monkeypatch.setattr(state, "count_macs", computed_again)
+    at = ok(AppTest.from_file(APP, default_timeout=240).run())
+    assert not errors(at)
+    assert len(metrics(at)["Accuracy"]) == 1 + len(state.Experiment().pruners)
+
+
 @pytest.mark.skipif("l2-norm" not in list_pruners(), reason="structured pruners not in core")
 def test_prune_page_structured_criterion(runs_dir):
     at = ok(make_app(prune_pruners=["l2-norm", "magnitude"], prune_sparsity=50).run())
@@ -115,8 +136,9 @@ def test_prune_page_structured_criterion(runs_dir):
 
 def test_prune_page_rejects_a_corrupt_upload(runs_dir):
     at = ok(make_app(prune_source="upload").run())
-    # nothing uploaded yet: the reason, not a traceback
+    # nothing uploaded yet: the reason, not a traceback, and no placeholder chart left over
     assert any("upload" in e.lower() for e in errors(at))
+    assert not at.get("plotly_chart")
     at.file_uploader(key="prune_upload_file").set_value(
         ("model.safetensors", b"definitely not safetensors", "application/octet-stream")).run()
     ok(at)
@@ -148,6 +170,7 @@ def test_prune_page_folder_paths(runs_dir, tmp_path):
     at = ok(make_app(prune_dataset="folder").run())
     assert any("folder" in i.value.lower() for i in at.info)  # asks for a path
     assert not errors(at)
+    assert not at.get("plotly_chart")  # the first run's placeholder chart is gone
     empty = tmp_path / "empty"
     empty.mkdir()
     at.text_input(key="prune_folder").set_value(str(empty)).run()

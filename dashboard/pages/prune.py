@@ -1,10 +1,21 @@
 """Prune: pick a model, data and criteria; compare what each keeps, costs and breaks."""
 import time
 
-import pandas as pd
 import streamlit as st
 
-from dashboard import plots, state
+from dashboard import plots, session
+
+st.title("Prune", anchor=False)
+head = st.container()   # caption, notices, progress and the headline numbers
+kept_slot = st.empty()  # the per-layer chart; a placeholder until its numbers exist
+if session.start_charts_once():
+    kept_slot.plotly_chart(plots.placeholder("Kept fraction per layer",
+                                             "Loading the model and pruning…"),
+                           config={"displayModeBar": False, "staticPlot": True})
+
+import pandas as pd  # noqa: E402  (after the placeholder: these load PyTorch and core)
+
+from dashboard import state  # noqa: E402
 
 state.seed_experiment_widgets()
 PERSIST = "session"  # the other pages read this setup, and it survives page switches
@@ -55,50 +66,36 @@ with st.sidebar:
                     "subset of the validation split: more images, finer numbers, slower "
                     "re-renders (each criterion evaluates them at every slider move).")
 
-st.title("Prune", anchor=False)
 
-with state.page_errors():
-    exp = state.experiment()
-    if exp.dataset == "folder" and not exp.folder.strip():
-        st.info("Enter the path of an image folder on the server in the sidebar "
-                "(one sub-folder per class).", icon=":material/folder_open:")
-        st.stop()
-    if not exp.pruners:
-        st.info("Choose at least one criterion in the sidebar.", icon=":material/checklist:")
-        st.stop()
-    s = state.setup(exp)
-    st.caption(f"**{s.base.label}** · {exp.dataset} ({len(s.classes)} classes) · "
-               f"{exp.scope} scope · calibration {exp.calib} images · seed {exp.seed}")
-    state.untrained_notice(s, "prune")
-
-    # ---- prune with every criterion (cached: a slider move only re-thresholds)
+def prune_all(s: "state.Setup", exp: "state.Experiment") -> tuple[dict, list[str]]:
+    """Evaluate the dense model and every criterion at the sparsity (cached: a slider move
+    only re-thresholds), with progress. Returns (results by name, the criteria that worked)."""
     started = time.perf_counter()
-    status = st.status("Pruning…", expanded=False)
-    bar = status.progress(0.0)
+    slot = st.empty()  # a progress bar while working, then one line of what was done
+    bar = slot.progress(0.0, text="dense model")
     dense = s.key(exp.pruners[0], 0.0)
     results, failed = {}, {}
     steps = len(exp.pruners) + 1
-    with status:
-        bar.progress(0.0, text="dense model")
-        results["dense"] = {"eval": state.evaluation(dense, exp.val_samples),
-                            "cost": state.cost(dense)}
-        for i, name in enumerate(exp.pruners, start=1):
-            bar.progress(i / steps, text=f"{name}: scoring, masking, evaluating")
-            key = s.key(name)
-            try:
-                results[name] = {"key": key, "eval": state.evaluation(key, exp.val_samples),
-                                 "cost": state.cost(key)}
-            except state.EXPECTED_ERRORS as e:
-                failed[name] = str(e)
-        bar.progress(1.0, text="done")
-    status.update(label=f"{len(results) - 1} criteria at {exp.sparsity:.0%} sparsity · "
-                        f"{time.perf_counter() - started:.2f} s",
-                  state="error" if failed else "complete")
+    results["dense"] = {"eval": state.evaluation(dense, exp.val_samples),
+                        "cost": state.cost(dense)}
+    for i, name in enumerate(exp.pruners, start=1):
+        bar.progress(i / steps, text=f"{name}: scoring, masking, evaluating")
+        key = s.key(name)
+        try:
+            results[name] = {"key": key, "eval": state.evaluation(key, exp.val_samples),
+                             "cost": state.cost(key)}
+        except state.EXPECTED_ERRORS as e:
+            failed[name] = str(e)
+    slot.caption(f":material/{'error' if failed else 'check_circle'}: "
+                 f"{len(results) - 1} of {len(exp.pruners)} criteria at {exp.sparsity:.0%} "
+                 f"sparsity · {time.perf_counter() - started:.2f} s")
     for name, msg in failed.items():
         st.error(f"{name}: {msg}", icon=":material/error:")
-    ok = [n for n in exp.pruners if n in results]
+    return results, [n for n in exp.pruners if n in results]
 
-    # ---- headline numbers
+
+def headline(results: dict, ok: list[str], sparsity: float) -> None:
+    """One card for the dense model and one per criterion: accuracy, loss, what is kept."""
     d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
     cards = st.columns(min(len(ok) + 1, 4))
     with cards[0].container(border=True):
@@ -111,7 +108,7 @@ with state.page_errors():
     for i, name in enumerate(ok, start=1):
         r = results[name]
         with cards[i % len(cards)].container(border=True):
-            st.markdown(f"**{name}** at {exp.sparsity:.0%}")
+            st.markdown(f"**{name}** at {sparsity:.0%}")
             a, b = st.columns(2)
             a.metric("Accuracy", f"{r['eval']['accuracy']:.1%}",
                      f"{(r['eval']['accuracy'] - d_eval['accuracy']) * 100:+.1f} pp")
@@ -125,19 +122,15 @@ with state.page_errors():
             if collapsed:
                 st.warning(f"Layer collapse: {collapsed} layer(s) lost ≥ 99% of their weights.",
                            icon=":material/warning:")
-    if not ok:
-        st.stop()
 
-    # ---- per-layer kept fraction, all criteria side by side
-    st.subheader("Kept fraction per layer", anchor=False)
-    long = pd.concat([state.layer_kept(results[n]["key"]).assign(criterion=n) for n in ok])
-    st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
-                    key="prune_chart_kept", config={"displayModeBar": False})
 
+def details(results: dict, ok: list[str], exp: "state.Experiment") -> None:
+    """Saliency distribution, one layer's mask, the numbers table and the teaching cards."""
     left, right = st.columns(2, gap="medium")
+    with_scores = [n for n in ok if state.pruner_info(n)["kind"] == "unstructured"]
+    crit = None
     with left:
         st.subheader("Saliency distribution", anchor=False)
-        with_scores = [n for n in ok if state.pruner_info(n)["kind"] == "unstructured"]
         if with_scores:
             crit = st.selectbox("Criterion", with_scores, key="prune_dist_criterion")
             stats, cut = state.score_distribution(results[crit]["key"])
@@ -150,32 +143,35 @@ with state.page_errors():
             st.info("Structured criteria score heads and channels, not weights.")
     with right:
         st.subheader("Mask of one layer", anchor=False)
-        masked = [n for n in ok if state.pruner_info(n)["kind"] == "unstructured"]
-        if masked:
-            layers = state.mask_layers(results[masked[0]]["key"])
+        if with_scores:
+            layers = state.mask_layers(results[with_scores[0]]["key"])
             layer = st.selectbox("Layer", layers, key="prune_mask_layer",
                                  index=min(1, len(layers) - 1))
-            mats = {n: state.mask_matrix(results[n]["key"], layer) for n in masked}
+            mats = {n: state.mask_matrix(results[n]["key"], layer) for n in with_scores}
             st.plotly_chart(plots.mask_heatmaps({n: m for n, m in mats.items() if m is not None},
                                                 layer),
                             key="prune_chart_mask", config={"displayModeBar": False})
         else:
             st.info("Structured criteria remove whole heads and channels: no weight mask.")
 
-    with st.expander("All numbers", icon=":material/table:"):
-        rows = [{"criterion": "dense", **{f"val_{k}": v for k, v in d_eval.items()},
-                 **d_cost}]
-        rows += [{"criterion": n, **{f"val_{k}": v for k, v in results[n]["eval"].items()},
-                  **results[n]["cost"],
-                  "collapsed_layers": state.collapsed_layers(results[n]["key"])}
-                 for n in ok]
-        st.dataframe(pd.DataFrame(rows), hide_index=True, key="prune_table")
-        if with_scores and st.toggle("Per-layer scores and saliency shares of " + crit,
-                                     key="prune_show_layer_table"):
-            st.dataframe(state.saliency_table(results[crit]["key"]), hide_index=True,
-                         key="prune_layer_table")
+    # built only while open (a table widget costs the browser a new library on first view)
+    numbers = st.expander("All numbers", icon=":material/table:", key="prune_numbers",
+                          on_change="rerun")
+    if numbers.open:
+        with numbers:
+            d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
+            rows = [{"criterion": "dense", **{f"val_{k}": v for k, v in d_eval.items()},
+                     **d_cost}]
+            rows += [{"criterion": n, **{f"val_{k}": v for k, v in results[n]["eval"].items()},
+                      **results[n]["cost"],
+                      "collapsed_layers": state.collapsed_layers(results[n]["key"])}
+                     for n in ok]
+            st.dataframe(pd.DataFrame(rows), hide_index=True, key="prune_table")
+            if crit and st.toggle("Per-layer scores and saliency shares of " + crit,
+                                  key="prune_show_layer_table"):
+                st.dataframe(state.saliency_table(results[crit]["key"]), hide_index=True,
+                             key="prune_layer_table")
 
-    # ---- teaching
     st.subheader("What the criteria do", anchor=False)
     cols = st.columns(2, gap="medium")
     for i, n in enumerate(exp.pruners):
@@ -186,3 +182,47 @@ with state.page_errors():
             if info["formula"]:
                 st.latex(info["formula"])
             st.markdown(info["explanation"] or "_No description._")
+
+
+def top() -> tuple["state.Experiment", dict, list[str]] | None:
+    """Setup, progress and headline cards; None when the page has nothing more to show."""
+    with head:
+        exp = state.experiment()
+        if exp.dataset == "folder" and not exp.folder.strip():
+            st.info("Enter the path of an image folder on the server in the sidebar "
+                    "(one sub-folder per class).", icon=":material/folder_open:")
+            return None
+        if not exp.pruners:
+            st.info("Choose at least one criterion in the sidebar.", icon=":material/checklist:")
+            return None
+        s = state.setup(exp)
+        st.caption(f"**{s.base.label}** · {exp.dataset} ({len(s.classes)} classes) · "
+                   f"{exp.scope} scope · calibration {exp.calib} images · seed {exp.seed}")
+        state.untrained_notice(s, "prune")
+        results, ok = prune_all(s, exp)
+        if not ok:
+            return None
+        headline(results, ok, exp.sparsity)
+    return exp, results, ok
+
+
+def kept_chart(exp: "state.Experiment", results: dict, ok: list[str]) -> None:
+    """Per-layer kept fraction of every criterion, in the slot above the details."""
+    long = pd.concat([state.layer_kept(results[n]["key"]).assign(criterion=n) for n in ok])
+    with kept_slot.container():
+        st.subheader("Kept fraction per layer", anchor=False)
+        st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
+                        key="prune_chart_kept", config={"displayModeBar": False})
+
+
+drawn = False
+with state.page_errors():
+    try:
+        shown = top()
+        if shown:
+            kept_chart(*shown)
+            drawn = True
+            details(*shown[1:], shown[0])
+    finally:  # stopped early or failed before the chart: no placeholder left behind
+        if not drawn:
+            kept_slot.empty()
