@@ -8,10 +8,7 @@ head and FFN hidden size, and the residual width (``embed_dim``) is free: a phys
 model (SNP, seed 001) is just another configuration of this class.
 
 The attention computes its softmax explicitly and passes the probabilities through
-``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses. Without
-gradients and with nobody hooked there, it calls the fused
-``F.scaled_dot_product_attention`` instead (timm's ``fused_attn``): the same result, about half
-the attention time on a CPU.
+``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses.
 """
 from __future__ import annotations
 
@@ -19,9 +16,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.modules import module as _module
 
 
 @dataclass(frozen=True)
@@ -122,19 +117,9 @@ class Attention(nn.Module):
         v = v.reshape(B, N, H, dv).transpose(1, 2)
         return q, k, v
 
-    def probabilities_observed(self) -> bool:
-        """Whether anything hooks ``attn_drop`` (or every module): then the probabilities
-        (B, H, N, N) must exist as a tensor, and the fused kernel is not used."""
-        d = self.attn_drop
-        return bool(d._forward_hooks or d._forward_pre_hooks or _module._global_forward_hooks
-                    or _module._global_forward_pre_hooks)
-
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = self.split_qkv(x)
-        if not torch.is_grad_enabled() and not self.probabilities_observed():
-            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
-            return self.proj(out.transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim))
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = self.attn_drop(attn.softmax(dim=-1))
         out = (attn @ v).transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim)
