@@ -430,8 +430,9 @@ def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _split_callbacks(callbacks: Sequence[Callback | Callable]) -> tuple[list, list, list]:
-    """Bound hooks per kind; hooks left at the base class's no-op are dropped."""
+def split_callbacks(callbacks: Sequence[Callback | Callable]) -> tuple[list, list, list]:
+    """``(on_step, on_epoch, on_end)``: the bound hooks of each kind, for loops other than
+    :func:`train` (AMAP's) to call; hooks left at the base class's no-op are dropped."""
     on_step, on_epoch, on_end = [], [], []
     for cb in callbacks:
         if isinstance(cb, Callback):
@@ -475,7 +476,7 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
         left in eval mode.
     """
     start = time.perf_counter()
-    on_step, on_epoch, on_end = _split_callbacks(callbacks if is_main_process() else ())
+    on_step, on_epoch, on_end = split_callbacks(callbacks if is_main_process() else ())
     step = 0
     history: list[dict[str, float]] = []
     ended = False

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 
 from core import attention as attn
 from core.data import calibration_batch, list_datasets, load_dataset
-from core.models import (CheckpointError, build_model, count_macs, list_models, load_model,
-                         load_weights, pretrained_path)
+from core.models import (CheckpointError, build_model, checkpoint_info, count_macs, list_models,
+                         load_model, load_weights, pretrained_path)
 from core.pruning import (Pruner, apply_masks, compute_masks, get_pruner, layer_collapse,
                           layer_saliency, list_pruners, prune)
 from core.perf import keep_freed_tensors_in_heap
@@ -403,11 +403,8 @@ def accept_model_upload(name: str, data: bytes) -> str:
 def _uploaded_architecture(digest: str) -> nn.Module | None:
     """The uploaded model if it carries PruneLens architecture metadata, else None (plain
     weights, to be loaded into the selected preset). Unreadable files raise CheckpointError."""
-    from core.models.registry import _read_state_dict  # noqa: PLC0415 (see the final report)
-
     path = _upload_path(digest)
-    _, meta = _read_state_dict(path)
-    if "prunelens_config" not in meta:
+    if "prunelens_config" not in checkpoint_info(path):
         return None
     return load_model(path).eval()
 

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from core.models import (BlockConfig, CheckpointError, LinformerLayerConfig, MacCounter,
-                         build_model, count_macs, list_models, load_model, load_weights, save_model)
+                         build_model, checkpoint_info, count_macs, list_models, load_model,
+                         load_weights, save_model)
 from core.models.linformer_vit import LinformerViT, with_layers
 from core.models.vit import VisionTransformer, with_blocks
 
@@ -185,6 +186,12 @@ def test_checkpoint_errors(tmp_path):
               str(tmp_path / "plain.safetensors"))
     with pytest.raises(CheckpointError, match="no PruneLens architecture"):
         load_model(tmp_path / "plain.safetensors")
+    assert checkpoint_info(tmp_path / "plain.safetensors") == {}
+    info = checkpoint_info(p)
+    assert info["prunelens_family"] == "vit" and '"embed_dim": 32' in info["prunelens_config"]
+    for unreadable in (bad, pickled):
+        with pytest.raises(CheckpointError):
+            checkpoint_info(unreadable)
     # exclude the head to fine-tune on another class count
     six = save_model(tiny, tmp_path / "six.safetensors")
     ten = build_model("vit-tiny", num_classes=10)

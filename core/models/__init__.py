@@ -1,11 +1,11 @@
 """Model families (ViT/DeiT, Linformer-ViT) and the registry that builds them."""
 from .linformer_vit import LinformerViT, LinformerViTConfig, LinformerLayerConfig
 from .macs import MacCounter, count_macs
-from .registry import (CheckpointError, build_model, list_models, load_model, load_weights,
-                       model_family, pretrained_path, register_model, save_model)
+from .registry import (CheckpointError, build_model, checkpoint_info, list_models, load_model,
+                       load_weights, model_family, pretrained_path, register_model, save_model)
 from .vit import Attention, BlockConfig, VisionTransformer, ViTConfig
 
 __all__ = ["Attention", "BlockConfig", "CheckpointError", "LinformerLayerConfig", "LinformerViT",
            "LinformerViTConfig", "MacCounter", "VisionTransformer", "ViTConfig", "build_model",
-           "count_macs", "list_models", "load_model", "load_weights", "model_family",
-           "pretrained_path", "register_model", "save_model"]
+           "checkpoint_info", "count_macs", "list_models", "load_model", "load_weights",
+           "model_family", "pretrained_path", "register_model", "save_model"]

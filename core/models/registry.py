@@ -153,6 +153,14 @@ def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     return obj, {}
 
 
+def checkpoint_info(path: str | Path) -> dict[str, str]:
+    """The metadata of a readable checkpoint: for PruneLens files ``prunelens_family``,
+    ``prunelens_config`` (JSON) and ``prunelens_preset``, so :func:`load_model` can rebuild
+    them; empty for plain weights (load those with :func:`load_weights`). The whole file is
+    read, so a corrupt or pickled one raises :class:`CheckpointError` here."""
+    return dict(_read_state_dict(path)[1])
+
+
 def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = ()) -> nn.Module:
     """Load timm-format (or PruneLens) weights into ``model`` in place, strictly.
 

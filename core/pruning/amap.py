@@ -89,8 +89,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from ..models.linformer_vit import LinformerViT
 from ..models.vit import Attention, VisionTransformer
-from ..train import (Callback, EpochEvent, StepEvent, TrainResult, _split_callbacks, lr_at,
-                     seed_everything)
+from ..train import (Callback, EpochEvent, StepEvent, TrainResult, lr_at, seed_everything,
+                     split_callbacks)
 from .api import PruneResult
 from .base import Pruner, check_batch, register_pruner
 from .structured import (BlockPlan, PruningPlan, block_views, config_macs, plan_table,
@@ -622,7 +622,7 @@ def amap_prune(model: nn.Module, budget: float, train_set: Dataset, steps: int =
     for p in rw:
         p.requires_grad_(reweight)
     opt_rw = torch.optim.Adam(rw, lr=reweight_lr) if reweight else None
-    on_step, on_epoch, on_end = _split_callbacks(callbacks)
+    on_step, on_epoch, on_end = split_callbacks(callbacks)
     search_steps = max(1, round(search_frac * steps))
     target = budget
     history: list[dict] = []
