@@ -1115,8 +1115,9 @@ def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: 
     def work(hooks: list, cancel: threading.Event) -> None:
         from core.runs import RunStoreCallback
 
+        # the store first: when the page sees the job end, the run store already says so
         train(model, train_set, val_set, config,
-              callbacks=[*hooks, RunStoreCallback(store, job.run_id, model)], cancel=cancel)
+              callbacks=[RunStoreCallback(store, job.run_id, model), *hooks], cancel=cancel)
 
     _launch(job, store, work)
     return run_id

@@ -285,7 +285,18 @@ def start_run(at: AppTest, epochs: int, samples: int) -> str:
     return run_id[0] if isinstance(run_id, list) else run_id
 
 
-def test_train_cancel_is_recorded(runs_dir):
+def test_train_cancel_is_recorded(runs_dir, monkeypatch):
+    from dashboard import state
+
+    # what the store says at the moment the page's job flips to its end state
+    seen = []
+    page_end = state._Progress.on_end
+
+    def on_end(self, result):
+        seen.append(RunStore(runs_dir).get_run(self.job.run_id)["status"])
+        page_end(self, result)
+
+    monkeypatch.setattr(state._Progress, "on_end", on_end)
     at = make_app(prune_pruners=["magnitude"]).run()
     run_id = start_run(at, epochs=20, samples=6000)
     at.button(key="train_cancel").click().run()
@@ -293,6 +304,7 @@ def test_train_cancel_is_recorded(runs_dir):
     wait_for(at, lambda a: any("Cancelled" in w.value for w in a.warning))
     run = RunStore(runs_dir).get_run(run_id)
     assert run["status"] == "cancelled" and run["pruner"] == "magnitude"
+    assert seen == ["cancelled"]  # the store is written before the page hears of the end
 
 
 def test_train_runs_to_the_end_then_runs_page(runs_dir):
