@@ -44,8 +44,9 @@ def _warm_up() -> None:
         _NotFromWarmUp())
     t0 = time.perf_counter()
     # Importing torch creates millions of long-lived objects; collecting them over and over
-    # while they are created costs a third of the import. After the warm-up they are frozen:
-    # they live as long as the server, and later collections skip them.
+    # while they are created costs a third of the import. So the collector is off (for the
+    # whole process, the ~2 s this takes), then they are frozen: they live as long as the
+    # server, and later collections skip them.
     gc.disable()
     try:
         # first what a page needs to draw its placeholder chart, then torch and core

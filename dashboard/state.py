@@ -1,7 +1,7 @@
 """Everything the pages share: every ``st.cache_*`` (through :data:`cache_data` and
 :data:`cache_resource`, which hash the key dataclasses by their repr) and ``st.session_state``
-access, the process-wide registry of training jobs, and the two page helpers (error guard,
-untrained notice).
+access (but the one flag in session.py, read before this module is imported), the process-wide
+registry of training jobs, and the two page helpers (error guard, untrained notice).
 
 Data flows one way (STYLE.md): dataset → base model → scores → masks or shrunk model →
 attention, metrics. Each step is a cached function keyed by small frozen dataclasses
