@@ -104,6 +104,20 @@ def test_prune_page_compares_criteria(runs_dir):
     assert "mask of head" in figure(at, "prune_chart_mask")["layout"]["title"]["text"]
 
 
+def test_prune_page_numbers_table_is_built_only_when_opened(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude", "snip"]).run())
+    assert not at.dataframe and [e.label for e in at.expander] == ["All numbers"]
+    at.session_state["prune_numbers"] = True  # the expander's open state (its key)
+    ok(at.run())
+    table = at.dataframe[0].value
+    assert table["criterion"].tolist() == ["dense", "magnitude", "snip"]
+    cards = [float(v.rstrip("%")) for v in metrics(at)["Accuracy"]]
+    assert [round(100 * a, 1) for a in table["val_accuracy"]] == cards
+    at.toggle(key="prune_show_layer_table").set_value(True).run()
+    ok(at)
+    assert len(at.dataframe) == 2 and len(at.dataframe[1].value) > 10  # one row per layer
+
+
 def test_warm_up_fills_the_default_prune_page(runs_dir, monkeypatch):
     """What dashboard/app.py runs at server start leaves nothing for the first visitor to
     compute: with evaluation and scoring made to fail, the default page still renders."""

@@ -67,31 +67,38 @@ with st.sidebar:
                     "re-renders (each criterion evaluates them at every slider move).")
 
 
-def prune_all(s: "state.Setup", exp: "state.Experiment") -> tuple[dict, list[str]]:
-    """Evaluate the dense model and every criterion at the sparsity (cached: a slider move
-    only re-thresholds), with progress. Returns (results by name, the criteria that worked)."""
-    started = time.perf_counter()
-    slot = st.empty()  # a progress bar while working, then one line of what was done
-    bar = slot.progress(0.0, text="dense model")
+def prune_all(s: "state.Setup", exp: "state.Experiment",
+              bar) -> tuple[dict, dict, dict[str, str]]:
+    """Prune with every criterion (scores cached: a slider move only re-thresholds them).
+    Returns the criteria's keys and per-layer kept tables by name, and the failures."""
+    keys, tables, failed = {}, {}, {}
+    for i, name in enumerate(exp.pruners):
+        bar.progress(i / (2 * len(exp.pruners) + 1), text=f"{name}: scoring and masking")
+        try:
+            key = s.key(name)
+            tables[name] = state.layer_kept(key)
+            keys[name] = key
+        except state.EXPECTED_ERRORS as e:
+            failed[name] = str(e)
+    return keys, tables, failed
+
+
+def evaluate_all(s: "state.Setup", exp: "state.Experiment", keys: dict,
+                 bar) -> tuple[dict, dict[str, str]]:
+    """Accuracy, loss and cost of the dense model and of each pruned one (no fine-tuning)."""
     dense = s.key(exp.pruners[0], 0.0)
-    results, failed = {}, {}
-    steps = len(exp.pruners) + 1
-    results["dense"] = {"eval": state.evaluation(dense, exp.val_samples),
-                        "cost": state.cost(dense)}
-    for i, name in enumerate(exp.pruners, start=1):
-        bar.progress(i / steps, text=f"{name}: scoring, masking, evaluating")
-        key = s.key(name)
+    results = {"dense": {"eval": state.evaluation(dense, exp.val_samples),
+                         "cost": state.cost(dense)}}
+    failed = {}
+    n = len(exp.pruners)
+    for i, (name, key) in enumerate(keys.items()):
+        bar.progress((n + 1 + i) / (2 * n + 1), text=f"{name}: evaluating")
         try:
             results[name] = {"key": key, "eval": state.evaluation(key, exp.val_samples),
                              "cost": state.cost(key)}
         except state.EXPECTED_ERRORS as e:
             failed[name] = str(e)
-    slot.caption(f":material/{'error' if failed else 'check_circle'}: "
-                 f"{len(results) - 1} of {len(exp.pruners)} criteria at {exp.sparsity:.0%} "
-                 f"sparsity · {time.perf_counter() - started:.2f} s")
-    for name, msg in failed.items():
-        st.error(f"{name}: {msg}", icon=":material/error:")
-    return results, [n for n in exp.pruners if n in results]
+    return results, failed
 
 
 def headline(results: dict, ok: list[str], sparsity: float) -> None:
@@ -124,8 +131,9 @@ def headline(results: dict, ok: list[str], sparsity: float) -> None:
                            icon=":material/warning:")
 
 
-def details(results: dict, ok: list[str], exp: "state.Experiment") -> None:
-    """Saliency distribution, one layer's mask, the numbers table and the teaching cards."""
+def details(keys: dict, ok: list[str], exp: "state.Experiment"):
+    """Saliency distribution, one layer's mask and the teaching cards; returns the slot for
+    the numbers table (filled once the evaluations are done) and the criterion shown."""
     left, right = st.columns(2, gap="medium")
     with_scores = [n for n in ok if state.pruner_info(n)["kind"] == "unstructured"]
     crit = None
@@ -133,7 +141,7 @@ def details(results: dict, ok: list[str], exp: "state.Experiment") -> None:
         st.subheader("Saliency distribution", anchor=False)
         if with_scores:
             crit = st.selectbox("Criterion", with_scores, key="prune_dist_criterion")
-            stats, cut = state.score_distribution(results[crit]["key"])
+            stats, cut = state.score_distribution(keys[crit])
             st.plotly_chart(plots.score_boxes(stats, cut, crit), key="prune_chart_scores",
                             config={"displayModeBar": False})
             st.caption("Boxes: quartiles of log₁₀ |keep-score| per layer, whiskers 1.5 IQR."
@@ -144,33 +152,16 @@ def details(results: dict, ok: list[str], exp: "state.Experiment") -> None:
     with right:
         st.subheader("Mask of one layer", anchor=False)
         if with_scores:
-            layers = state.mask_layers(results[with_scores[0]]["key"])
+            layers = state.mask_layers(keys[with_scores[0]])
             layer = st.selectbox("Layer", layers, key="prune_mask_layer",
                                  index=min(1, len(layers) - 1))
-            mats = {n: state.mask_matrix(results[n]["key"], layer) for n in with_scores}
+            mats = {n: state.mask_matrix(keys[n], layer) for n in with_scores}
             st.plotly_chart(plots.mask_heatmaps({n: m for n, m in mats.items() if m is not None},
                                                 layer),
                             key="prune_chart_mask", config={"displayModeBar": False})
         else:
             st.info("Structured criteria remove whole heads and channels: no weight mask.")
-
-    # built only while open (a table widget costs the browser a new library on first view)
-    numbers = st.expander("All numbers", icon=":material/table:", key="prune_numbers",
-                          on_change="rerun")
-    if numbers.open:
-        with numbers:
-            d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
-            rows = [{"criterion": "dense", **{f"val_{k}": v for k, v in d_eval.items()},
-                     **d_cost}]
-            rows += [{"criterion": n, **{f"val_{k}": v for k, v in results[n]["eval"].items()},
-                      **results[n]["cost"],
-                      "collapsed_layers": state.collapsed_layers(results[n]["key"])}
-                     for n in ok]
-            st.dataframe(pd.DataFrame(rows), hide_index=True, key="prune_table")
-            if crit and st.toggle("Per-layer scores and saliency shares of " + crit,
-                                  key="prune_show_layer_table"):
-                st.dataframe(state.saliency_table(results[crit]["key"]), hide_index=True,
-                             key="prune_layer_table")
+    numbers = st.container()
 
     st.subheader("What the criteria do", anchor=False)
     cols = st.columns(2, gap="medium")
@@ -182,47 +173,88 @@ def details(results: dict, ok: list[str], exp: "state.Experiment") -> None:
             if info["formula"]:
                 st.latex(info["formula"])
             st.markdown(info["explanation"] or "_No description._")
+    return numbers, crit
 
 
-def top() -> tuple["state.Experiment", dict, list[str]] | None:
-    """Setup, progress and headline cards; None when the page has nothing more to show."""
-    with head:
-        exp = state.experiment()
-        if exp.dataset == "folder" and not exp.folder.strip():
-            st.info("Enter the path of an image folder on the server in the sidebar "
-                    "(one sub-folder per class).", icon=":material/folder_open:")
-            return None
-        if not exp.pruners:
-            st.info("Choose at least one criterion in the sidebar.", icon=":material/checklist:")
-            return None
-        s = state.setup(exp)
-        st.caption(f"**{s.base.label}** · {exp.dataset} ({len(s.classes)} classes) · "
-                   f"{exp.scope} scope · calibration {exp.calib} images · seed {exp.seed}")
-        state.untrained_notice(s, "prune")
-        results, ok = prune_all(s, exp)
-        if not ok:
-            return None
-        headline(results, ok, exp.sparsity)
-    return exp, results, ok
+def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
+    """Every figure of the cards in one table, built only while its expander is open (a table
+    widget costs the browser a new library on first view)."""
+    numbers = st.expander("All numbers", icon=":material/table:", key="prune_numbers",
+                          on_change="rerun")
+    if not numbers.open:
+        return
+    with numbers:
+        d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
+        rows = [{"criterion": "dense", **{f"val_{k}": v for k, v in d_eval.items()}, **d_cost}]
+        rows += [{"criterion": n, **{f"val_{k}": v for k, v in results[n]["eval"].items()},
+                  **results[n]["cost"],
+                  "collapsed_layers": state.collapsed_layers(results[n]["key"])}
+                 for n in ok]
+        st.dataframe(pd.DataFrame(rows), hide_index=True, key="prune_table")
+        if crit and crit in results and st.toggle(
+                "Per-layer scores and saliency shares of " + crit, key="prune_show_layer_table"):
+            st.dataframe(state.saliency_table(results[crit]["key"]), hide_index=True,
+                         key="prune_layer_table")
 
 
-def kept_chart(exp: "state.Experiment", results: dict, ok: list[str]) -> None:
+def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str]) -> None:
     """Per-layer kept fraction of every criterion, in the slot above the details."""
-    long = pd.concat([state.layer_kept(results[n]["key"]).assign(criterion=n) for n in ok])
+    long = pd.concat([tables[n].assign(criterion=n) for n in ok])
     with kept_slot.container():
         st.subheader("Kept fraction per layer", anchor=False)
         st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
                         key="prune_chart_kept", config={"displayModeBar": False})
 
 
+def page() -> None:
+    """Masks and charts first, then the evaluations, whose numbers fill the cards above: the
+    browser draws the charts while the server evaluates."""
+    global drawn
+    with head:
+        exp = state.experiment()
+        if exp.dataset == "folder" and not exp.folder.strip():
+            st.info("Enter the path of an image folder on the server in the sidebar "
+                    "(one sub-folder per class).", icon=":material/folder_open:")
+            return
+        if not exp.pruners:
+            st.info("Choose at least one criterion in the sidebar.", icon=":material/checklist:")
+            return
+        s = state.setup(exp)
+        st.caption(f"**{s.base.label}** · {exp.dataset} ({len(s.classes)} classes) · "
+                   f"{exp.scope} scope · calibration {exp.calib} images · seed {exp.seed}")
+        state.untrained_notice(s, "prune")
+        progress = st.empty()  # a progress bar while working, then one line of what was done
+        problems, cards = st.container(), st.container()
+    started = time.perf_counter()
+    bar = progress.progress(0.0, text="pruning")
+    keys, tables, failed = prune_all(s, exp, bar)
+    ok = list(keys)
+    numbers, crit = None, None
+    if ok:
+        kept_chart(exp, tables, ok)
+        drawn = True
+        numbers, crit = details(keys, ok, exp)
+    results, eval_failed = evaluate_all(s, exp, keys, bar)
+    failed.update(eval_failed)
+    ok = [n for n in ok if n in results]
+    progress.caption(f":material/{'error' if failed else 'check_circle'}: "
+                     f"{len(ok)} of {len(exp.pruners)} criteria at {exp.sparsity:.0%} "
+                     f"sparsity · {time.perf_counter() - started:.2f} s")
+    with problems:
+        for name, msg in failed.items():
+            st.error(f"{name}: {msg}", icon=":material/error:")
+    if not ok:
+        return
+    with cards:
+        headline(results, ok, exp.sparsity)
+    with numbers:
+        numbers_table(results, ok, crit)
+
+
 drawn = False
 with state.page_errors():
     try:
-        shown = top()
-        if shown:
-            kept_chart(*shown)
-            drawn = True
-            details(*shown[1:], shown[0])
+        page()
     finally:  # stopped early or failed before the chart: no placeholder left behind
         if not drawn:
             kept_slot.empty()
