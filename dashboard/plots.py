@@ -190,7 +190,8 @@ def score_boxes(stats: pd.DataFrame, cut: float | None, criterion: str) -> go.Fi
 
 def mask_heatmaps(masks: Mapping[str, np.ndarray], layer: str) -> go.Figure:
     """One heat map per criterion of a layer's mask (rows = output units, columns = inputs;
-    a block-averaged value is the kept fraction of that block)."""
+    a block-averaged value is the kept fraction of that block). Sent as whole percent in
+    uint8 (1 byte a cell, not 8: the figure is re-sent at every slider move)."""
     names = list(masks)
     n = max(len(names), 1)
     traces, layout = [], {}
@@ -200,10 +201,11 @@ def mask_heatmaps(masks: Mapping[str, np.ndarray], layer: str) -> go.Figure:
         m = masks[name]
         ax = "" if i == 0 else str(i + 1)
         traces.append(go.Heatmap(
-            z=m, zmin=0, zmax=1, xaxis=f"x{ax}", yaxis=f"y{ax}",
+            z=np.rint(np.asarray(m, dtype=np.float64) * 100).astype(np.uint8), zmin=0,
+            zmax=100, xaxis=f"x{ax}", yaxis=f"y{ax}",
             colorscale=[[0, "#1f1f1f"], [1, "#f2f2f2"]], showscale=i == n - 1,
-            colorbar=dict(title="kept", tickformat=".0%", len=0.8, thickness=12),
-            hovertemplate=f"{name}<br>out %{{y}}, in %{{x}}: %{{z:.0%}} kept<extra></extra>"))
+            colorbar=dict(title="kept", ticksuffix="%", len=0.8, thickness=12),
+            hovertemplate=f"{name}<br>out %{{y}}, in %{{x}}: %{{z}}% kept<extra></extra>"))
         x0 = i * (width + pad)
         layout[f"xaxis{ax}"] = dict(domain=[x0, x0 + width],
                                     title=f"{name}: {float(m.mean()):.1%} kept",

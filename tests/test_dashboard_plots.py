@@ -74,9 +74,11 @@ def test_layer_kept_and_scores():
                           "lower": [-3.0], "upper": [0.0], "min": [-4.0], "max": [0.5]})
     fig = plots.score_boxes(stats, cut=-1.2, criterion="x")
     assert fig.data[0].type == "box" and fig.layout.shapes[0].y0 == -1.2
-    fig = plots.mask_heatmaps({"x": np.array([[1.0, 0.0]]), "y": np.ones((1, 2))}, "head")
+    fig = plots.mask_heatmaps({"x": np.array([[1.0, 0.0, 0.256]]), "y": np.ones((1, 3))},
+                              "head")
     assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
-    assert fig.layout.xaxis.title.text == "x: 50.0% kept"
+    assert fig.layout.xaxis.title.text == "x: 41.9% kept"
+    assert fig.data[0].z.tolist() == [[100, 0, 26]] and fig.data[0].zmax == 100  # percent
 
 
 def test_curves_accept_empty_and_partial_data():
