@@ -309,17 +309,3 @@ def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
         yaxis2=dict(title="loss (solid: val, dotted: train)", anchor="x2"),
         legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     return fig
-
-
-def accuracy_bars(df: pd.DataFrame) -> go.Figure:
-    """Accuracy of the dense model and of each criterion after pruning (no fine-tuning).
-
-    df: columns ``criterion``, ``accuracy`` (first row: the dense model)."""
-    fig = go.Figure(go.Bar(
-        x=df["criterion"], y=df["accuracy"],
-        marker_color=["#888"] + [colour(i) for i in range(len(df) - 1)],
-        text=[f"{a:.1%}" for a in df["accuracy"]], textposition="outside",
-        hovertemplate="%{x}: %{y:.1%}<extra></extra>"))
-    fig.update_layout(height=260, margin=dict(l=10, r=10, t=20, b=10), font=FONT,
-                      yaxis=dict(title="val. accuracy", tickformat=".0%", range=[0, 1.12]))
-    return fig

@@ -485,12 +485,9 @@ def warm_up(exp: Experiment | None = None) -> None:
     """
     exp = exp or Experiment()
     s = setup(exp)
-    for name in ("dense", *exp.pruners):
-        key = s.key(exp.pruners[0], 0.0) if name == "dense" else s.key(name)
-        evaluation(key, exp.val_samples)
+    for key in (s.key(exp.pruners[0], 0.0), *map(s.key, exp.pruners)):  # dense, then each
+        evaluation(key, exp.val_samples)  # also computes the scores and masks
         cost(key)
-        if name != "dense":
-            layer_kept(key)
 
 
 # ---------------------------------------------------------------------------- pruning

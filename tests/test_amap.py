@@ -12,35 +12,20 @@ from torch.utils.data import TensorDataset
 
 from core.attention import attention_modules, capture_attention
 from core.models import count_macs, load_model, save_model
-from core.models.linformer_vit import LinformerViT, linformer_vit_config
-from core.models.vit import Attention, BlockConfig, VisionTransformer, ViTConfig
+from core.models.vit import Attention
 from core.pruning import get_pruner, list_pruners, prune
 from core.pruning.amap import (AMAPPruner, AMAPStepEvent, AttentionIndicator, amap_prune,
                                attention_macs, calibrate, check_budget, export, gated)
 from core.pruning.structured import block_views
+from _tiny import random_linformer, random_vit
 
 
-def tiny_vit(seed: int = 0) -> VisionTransformer:
-    """Two blocks of different sizes (q/k dim ≠ v dim), random non-trivial weights."""
-    torch.manual_seed(seed)
-    cfg = ViTConfig(img_size=(16, 16), patch_size=4, num_classes=3, embed_dim=24,
-                    blocks=(BlockConfig(3, 8, 6, 32), BlockConfig(2, 5, 7, 32)))
-    model = VisionTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+def tiny_vit(seed: int = 0):
+    return random_vit(seed, num_classes=3, mlp=(32, 32))
 
 
-def tiny_linformer(seed: int = 0) -> LinformerViT:
-    torch.manual_seed(seed)
-    cfg = linformer_vit_config(img_size=16, patch_size=4, dim=24, depth=2, heads=3, k=6,
-                               num_classes=3)
-    model = LinformerViT(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+def tiny_linformer(seed: int = 0):
+    return random_linformer(seed, num_classes=3)
 
 
 MODELS = {"vit": tiny_vit, "linformer": tiny_linformer}

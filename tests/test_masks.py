@@ -14,6 +14,7 @@ from torch.utils.data import TensorDataset
 from core.models import build_model, load_model, save_model
 from core.pruning import (apply_masks, compute_masks, get_masks, mask_sparsity, num_pruned,
                           prunable_parameters, prune, remove_masks)
+from _tiny import small_vit as tiny_vit
 
 
 def reference_masks(scores: dict, sparsity: float) -> dict:
@@ -27,12 +28,6 @@ def reference_masks(scores: dict, sparsity: float) -> dict:
         out[key] = torch.from_numpy(keep[i:i + s.numel()].copy()).view(s.shape)
         i += s.numel()
     return out
-
-
-def tiny_vit(seed: int = 0):
-    torch.manual_seed(seed)
-    return build_model("vit-tiny", 3, img_size=8, patch_size=4, embed_dim=16, depth=2,
-                       num_heads=2)
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.29, 0.5, 0.9, 0.99, 0.999])

@@ -14,14 +14,9 @@ from core.models import build_model
 from core.pruning import (TABLE_COLUMNS, get_masks, get_pruner, layer_collapse, layer_saliency,
                           list_pruners, prunable_parameters, prune)
 from core.pruning.masks import apply_masks, compute_masks
+from _tiny import small_vit as tiny_vit
 
 UNSTRUCTURED = ["random", "magnitude", "snip", "attention-snip", "grasp", "synflow"]
-
-
-def tiny_vit(seed: int = 0, classes: int = 3) -> nn.Module:
-    torch.manual_seed(seed)
-    return build_model("vit-tiny", classes, img_size=8, patch_size=4, embed_dim=16, depth=2,
-                       num_heads=2)
 
 
 def tiny_linformer(seed: int = 0, classes: int = 3) -> nn.Module:

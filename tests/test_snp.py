@@ -4,24 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.models.vit import BlockConfig, VisionTransformer, ViTConfig
+from core.models.vit import VisionTransformer
 from core.pruning import get_pruner, list_pruners, prune
 from core.pruning.snp import (SNP, GeometricMedian, L2Norm, RandomScores, Reverse, gm_scores,
                               l2_scores, qk_pair_scores, residual_scores,
                               value_redundancy_scores)
 from core.pruning.structured import block_views, residual_links
-
-
-def tiny_vit(seed: int = 0) -> VisionTransformer:
-    """Two blocks of different sizes (q/k dim ≠ v dim), random non-trivial weights."""
-    torch.manual_seed(seed)
-    cfg = ViTConfig(img_size=(16, 16), patch_size=4, num_classes=5, embed_dim=24,
-                    blocks=(BlockConfig(3, 8, 6, 40), BlockConfig(2, 5, 7, 32)))
-    model = VisionTransformer(cfg).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model
+from _tiny import random_vit as tiny_vit
 
 
 def explicit_qk_scores(q: torch.Tensor, k: torch.Tensor, rank: int) -> torch.Tensor:

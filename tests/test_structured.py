@@ -9,37 +9,19 @@ import torch
 
 from core.attention import attention_rollout, capture_attention
 from core.models import build_model, count_macs, load_model, save_model
-from core.models.linformer_vit import LinformerViT, linformer_vit_config
-from core.models.vit import BlockConfig, VisionTransformer, ViTConfig
+from core.models.linformer_vit import LinformerViT
+from core.models.vit import VisionTransformer
 from core.pruning import get_masks, prune
 from core.pruning.ratios import (RATIO_DIR, StructuredRatios, list_ratio_files, paper_keys,
                                  removal_count, resolve_ratios)
 from core.pruning.snp import RandomScores
 from core.pruning.structured import (MaskedLayerNorm, config_macs, full_plan, masked_model,
                                      plan_masks, ratios_of, select, shrink, shrunk_config)
+from _tiny import randomise
+from _tiny import random_linformer as tiny_linformer
+from _tiny import random_vit as tiny_vit
 
 TOL = 1e-4
-
-
-def randomise(model):
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0, 0.3)
-    return model.eval()
-
-
-def tiny_vit(seed: int = 0) -> VisionTransformer:
-    torch.manual_seed(seed)
-    cfg = ViTConfig(img_size=(16, 16), patch_size=4, num_classes=5, embed_dim=24,
-                    blocks=(BlockConfig(3, 8, 6, 40), BlockConfig(2, 5, 7, 32)))
-    return randomise(VisionTransformer(cfg))
-
-
-def tiny_linformer(seed: int = 0) -> LinformerViT:
-    torch.manual_seed(seed)
-    cfg = linformer_vit_config(img_size=16, patch_size=4, dim=24, depth=2, heads=3, k=6,
-                               num_classes=5)
-    return randomise(LinformerViT(cfg))
 
 
 def plan_for(model, images=None, seed=0, **ratios):
