@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,7 +38,6 @@ import pandas as pd
 import torch
 from torch.utils.data import Subset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.data import calibration_batch, load_dataset  # noqa: E402
 from core.models import (build_model, count_macs, load_model, pretrained_path,  # noqa: E402
                          save_model)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.attention import attention_rollout, capture_attention  # noqa: E402
 from core.models import build_model  # noqa: E402
-from core.perf import keep_freed_tensors_in_heap  # noqa: E402
+from core.boot import keep_freed_tensors_in_heap  # noqa: E402
 
 
 def median_ratio(model: torch.nn.Module, x: torch.Tensor, repeats: int = 30) -> tuple[float, float, float]:
@@ -45,7 +43,7 @@ def main() -> None:
     torch.manual_seed(0)
     tuned = "--default-malloc" not in sys.argv and keep_freed_tensors_in_heap()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"malloc {'tuned (core.perf, as the dashboard runs)' if tuned else 'default'}")
+          f"malloc {'tuned (core.boot, as the dashboard runs)' if tuned else 'default'}")
     print(f"{'model':22s} {'batch':>5s} {'forward ms':>11s} {'capture ms':>11s} {'ratio':>6s}")
     for name, batch in [("vit-tiny", 1), ("vit-tiny", 8), ("vit-tiny", 64),
                         ("linformer-vit-tiny", 8), ("linformer-vit-tiny", 64), ("deit-tiny", 1),

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from dashboard.serve import CHROMIUM, IS_BUSY, chromium, serve  # noqa: E402
 
 def wait_idle(page, timeout_ms: float = 120_000, settle_ms: int = 100) -> float:

@@ -15,7 +15,6 @@ A second table compares SNP's γ (``rank``). Writes ``benchmarks/results/snp_att
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,13 +24,12 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 from core.attention import (attention_rollout, capture_attention, cls_attention,  # noqa: E402
                             patch_heatmap, rollout_map)
 from core.data import calibration_batch, load_dataset  # noqa: E402
 from core.models import build_model, load_model, pretrained_path, save_model  # noqa: E402
 from core.pruning.ratios import StructuredRatios  # noqa: E402
-from core.pruning.snp import get_criterion  # noqa: E402
+from core.pruning.snp import structured_pruner  # noqa: E402
 from core.pruning.structured import select, shrink  # noqa: E402
 from core.train import TrainConfig, evaluate, train  # noqa: E402
 
@@ -114,20 +112,20 @@ def main() -> None:
     rows: list[dict] = []
     for name in CRITERIA:
         if name == "random":
-            per_seed = [sweep(model, get_criterion("random", seed=s)(model), ref, images,
+            per_seed = [sweep(model, structured_pruner("random", seed=s)(model), ref, images,
                               val_set, "random") for s in range(3)]
             for i in range(len(RATIOS)):
                 vals = [p[i] for p in per_seed]
                 rows.append({k: (sum(v[k] for v in vals) / 3 if isinstance(vals[0][k], float)
                                  and k != "ratio" else vals[0][k]) for k in vals[0]})
         else:
-            rows += sweep(model, get_criterion(name)(model, calib), ref, images, val_set, name)
+            rows += sweep(model, structured_pruner(name)(model, calib), ref, images, val_set, name)
         print(f"  {name} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     df = pd.DataFrame(rows)
 
     rank_rows = []
     for rank in (1, 2, 4, 8, None):
-        scores = get_criterion("snp", rank=rank)(model, calib)
+        scores = structured_pruner("snp", rank=rank)(model, calib)
         r = pd.DataFrame(sweep(model, scores, ref, images, val_set, f"snp γ={rank or 'all'}"))
         rank_rows.append({"rank γ": rank or "all (16)",
                           **r.drop(columns=["criterion", "ratio", "qk dim"]).mean().to_dict()})
@@ -182,7 +180,7 @@ def plot(df: pd.DataFrame, base_acc: float, model, images: torch.Tensor,
     fig, axes = plt.subplots(len(names), len(shown) + 1, figsize=(2 * (len(shown) + 1),
                                                                    2 * len(names)))
     for i, name in enumerate(names):
-        scores = get_criterion(name)(model, calib)
+        scores = structured_pruner(name)(model, calib)
         axes[i, 0].imshow(img[0].permute(1, 2, 0).numpy())
         axes[i, 0].set_ylabel(name)
         for j, r in enumerate(shown):

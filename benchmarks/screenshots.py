@@ -14,7 +14,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dashboard import (CHROMIUM, ROOT, chromium, serve, timed, wait_charts,  # noqa: E402
                              wait_idle)
 

@@ -19,6 +19,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, fields
 
+from . import boot
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    boot.configure()  # before the commands import torch
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -22,30 +22,23 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from linformer.linformer import LinformerSelfAttention
 from torch import Tensor, nn
 
-from .models.vit import Attention
+from .models.adapter import DEFAULT_LAYOUT, TokenLayout, get_adapter, token_layout
 
 HeadFusion = Literal["mean", "max", "min"]
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
-    """The model's attention layers, first to last (ViT ``Attention`` or Linformer's)."""
-    mods = [m for m in model.modules() if isinstance(m, (Attention, LinformerSelfAttention))]
+    """The model's attention layers, first to last (asks the family's adapter)."""
+    try:
+        mods = get_adapter(model).attention_modules(model)
+    except TypeError as e:
+        raise ValueError(f"{type(model).__name__} has no attention layers PruneLens knows: "
+                         f"{e}") from None
     if not mods:
-        raise ValueError(f"{type(model).__name__} has no attention layers PruneLens knows")
+        raise ValueError(f"{type(model).__name__} has no attention layers")
     return mods
-
-
-def _hook_point(attn: nn.Module) -> nn.Module:
-    return attn.attn_drop if isinstance(attn, Attention) else attn.dropout
-
-
-def _linformer_F(attn: LinformerSelfAttention, n: int) -> Tensor:
-    """The value projection F = proj_v[:N] (N, k) the layer applied along the sequence."""
-    proj = attn.proj_k if attn.share_kv else attn.proj_v
-    return proj[:n]
 
 
 @contextmanager
@@ -57,19 +50,19 @@ def record_attention(model: nn.Module, raw: bool = False) -> Iterator[list[Tenso
     Hooks are removed on exit, also after an exception.
     """
     records: list[Tensor] = []
+    adapter = get_adapter(model)
     handles = []
 
-    def keep(_mod, inputs, _out) -> None:  # the dropout's input: the exact probabilities
+    def keep(_mod, inputs, _out) -> None:  # the hook point's input: the exact probabilities
         records.append(inputs[0])
 
     for attn in attention_modules(model):
-        if isinstance(attn, LinformerSelfAttention) and not raw:
-            def keep_effective(_mod, inputs, _out, attn=attn) -> None:
-                p = inputs[0]
-                records.append(torch.einsum("bhnk,tk->bhnt", p, _linformer_F(attn, p.shape[2])))
-            handles.append(_hook_point(attn).register_forward_hook(keep_effective))
+        if raw:
+            hook = keep
         else:
-            handles.append(_hook_point(attn).register_forward_hook(keep))
+            def hook(_mod, inputs, _out, attn=attn) -> None:
+                records.append(adapter.to_tokens(attn, inputs[0]))
+        handles.append(adapter.hook_point(attn).register_forward_hook(hook))
     try:
         yield records
     finally:
@@ -168,28 +161,40 @@ def gradient_rollout(model: nn.Module, images: Tensor, target: int | Tensor | No
     target = torch.as_tensor(target, device=logits.device).reshape(-1).expand(logits.shape[0])
     y = logits.gather(1, target[:, None]).sum()
     grads = torch.autograd.grad(y, records)
-    mods = attention_modules(model)
+    adapter = get_adapter(model)
     fused = []
-    for attn, a, g in zip(mods, records, grads):
-        w = (a * g).detach()
-        if isinstance(attn, LinformerSelfAttention):
-            w = torch.einsum("bhnk,tk->bhnt", w, _linformer_F(attn, w.shape[2]).detach())
-        fused.append(_at_least_fp32(w).mean(dim=1).clamp(min=0))
+    with torch.no_grad():
+        for attn, a, g in zip(attention_modules(model), records, grads):
+            w = adapter.to_tokens(attn, (a * g).detach())
+            fused.append(_at_least_fp32(w).mean(dim=1).clamp(min=0))
     return _rollout(fused, discard_ratio)
 
 
 # ---------------------------------------------------------------------------- heat maps
 
-def cls_attention(attention: Tensor, head: int | None = None) -> Tensor:
-    """CLS → patch row of one block's (B, H, N, N) map: (B, N-1); head None → mean of heads."""
+def _query_row(a: Tensor, layout: TokenLayout) -> Tensor:
+    """(B, N, N) → (B, P): the class token's row over the patch columns, or, for a model
+    without a class token, the mean over the patch queries."""
+    p = layout.num_prefix
+    if layout.cls_index is None:
+        return a[:, p:, p:].mean(dim=1)
+    return a[:, layout.cls_index, p:]
+
+
+def cls_attention(attention: Tensor, head: int | None = None,
+                  layout: TokenLayout = DEFAULT_LAYOUT) -> Tensor:
+    """CLS → patch row of one block's (B, H, N, N) map: (B, P) over the P patch tokens;
+    head None → mean of heads. ``layout`` (:func:`token_layout` of the model) says which
+    special tokens to skip; distillation and register tokens are never image cells."""
     a = attention.abs()
     a = a.mean(dim=1) if head is None else a[:, head]
-    return a[:, 0, 1:]
+    return _query_row(a, layout)
 
 
-def rollout_map(rollout: Tensor) -> Tensor:
-    """CLS row of a rollout (B, N, N) without CLS: (B, N-1)."""
-    return rollout[:, 0, 1:]
+def rollout_map(rollout: Tensor, layout: TokenLayout = DEFAULT_LAYOUT) -> Tensor:
+    """CLS row of a rollout (B, N, N) over the patch columns: (B, P) (see
+    :func:`cls_attention` for ``layout``)."""
+    return _query_row(rollout, layout)
 
 
 def patch_heatmap(row: Tensor, grid_size: tuple[int, int],

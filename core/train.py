@@ -64,6 +64,7 @@ class TrainConfig:
     eval_batch_size: int = 256
     max_steps: int | None = None
     precision: str = "auto"
+    drop_last: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, what: str) -> None:
@@ -171,6 +172,10 @@ class Callback:
     A plain callable passed in ``callbacks`` is called with every :class:`StepEvent` and
     :class:`EpochEvent` instead.
     """
+
+    def on_step_begin(self, step: int) -> None:
+        """Before optimizer step ``step`` (1-based) takes its batch: e.g. to switch a phase or
+        refresh gates the next forward uses (AMAP)."""
 
     def on_step(self, event: StepEvent) -> None:
         pass
@@ -447,10 +452,12 @@ def split_callbacks(callbacks: Sequence[Callback | Callable]) -> tuple[list, lis
     return on_step, on_epoch, on_end
 
 
-def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
+def train(model: nn.Module, train_set: Dataset, val_set: Dataset | None,
           config: TrainConfig = TrainConfig(), callbacks: Sequence[Callback | Callable] = (),
           cancel: threading.Event | None = None,
-          masks: Mapping[str, Tensor] | None = None) -> TrainResult:
+          masks: Mapping[str, Tensor] | None = None,
+          extra_loss: Callable[[], Tensor] | None = None,
+          extra_param_groups: Sequence[Mapping[str, Any]] = ()) -> TrainResult:
     """Train ``model`` in place on ``train_set``, evaluating on ``val_set`` after each epoch.
 
     Args:
@@ -463,6 +470,13 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
             as they are. (Under DDP it is polled every ``CHECK_EVERY`` steps, collectively.)
         masks: ``{parameter name (as in model.named_parameters()): bool tensor}``; weights
             where the mask is False are zeroed before the first step and after every step.
+        val_set: None skips the per-epoch evaluation (the history's ``val_*`` are NaN).
+        extra_loss: called after each forward; its scalar is added to the cross-entropy
+            before the backward (e.g. AMAP's budget penalty). Events and the non-finite
+            check report the cross-entropy alone.
+        extra_param_groups: further AdamW parameter groups (``{"params": [...], "lr": ...,
+            "betas": ..., "weight_decay": ...}``; weight decay defaults to 0) trained at their
+            own constant ``lr``, outside the warmup + cosine schedule (e.g. AMAP's indicator).
 
     Returns:
         :class:`TrainResult`. A non-finite training or validation loss stops the run with
@@ -473,6 +487,8 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
     """
     start = time.perf_counter()
     on_step, on_epoch, on_end = split_callbacks(callbacks if is_main_process() else ())
+    on_step_begin = [cb.on_step_begin for cb in callbacks if isinstance(cb, Callback)
+                     and type(cb).on_step_begin is not Callback.on_step_begin]
     step = 0
     history: list[dict[str, float]] = []
     ended = False
@@ -496,7 +512,7 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
         if config.batch_size % world:
             raise ValueError(f"batch_size {config.batch_size} is not divisible by the "
                              f"{world} processes")
-        if len(train_set) == 0 or len(val_set) == 0:
+        if len(train_set) == 0 or (val_set is not None and len(val_set) == 0):
             raise ValueError("train: the training and validation sets must not be empty")
         seed_everything(config.seed)
         model.to(device)
@@ -510,15 +526,20 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
         loader = DataLoader(train_set, batch_size=config.batch_size // world,
                             shuffle=sampler is None, sampler=sampler, generator=generator,
                             num_workers=config.num_workers, pin_memory=device.type == "cuda",
-                            persistent_workers=config.num_workers > 0)
-        val_loader = DataLoader(
+                            persistent_workers=config.num_workers > 0,
+                            drop_last=config.drop_last and len(train_set) > config.batch_size)
+        val_loader = None if val_set is None else DataLoader(
             Subset(val_set, range(rank_, len(val_set), world)) if world > 1 else val_set,
             batch_size=config.eval_batch_size, shuffle=False, num_workers=config.num_workers,
             pin_memory=device.type == "cuda")
         total = len(loader) * config.epochs
         if config.max_steps is not None:
             total = min(total, config.max_steps)
-        optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+        optimizer = torch.optim.AdamW(
+            _param_groups(model, config.weight_decay)
+            + [{"weight_decay": 0.0, **g, "scheduled": False} for g in extra_param_groups],
+            lr=config.lr)
+        scheduled = [g for g in optimizer.param_groups if g.get("scheduled", True)]
         criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
         clip = config.grad_clip
         amp_dtype = autocast_dtype(config.precision, device)
@@ -545,16 +566,18 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
                 if poll_cancel and cancel.is_set():
                     stop = ("cancelled", f"cancelled before step {step + 1}")
                     break
+                for fn in on_step_begin:
+                    fn(step + 1)
                 x = x.to(device, non_blocking=True)
                 y = y.to(device, non_blocking=True)
                 lr = lr_at(step, total, config.lr, config.warmup_frac)
-                for g in optimizer.param_groups:
+                for g in scheduled:
                     g["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
                     logits = net(x)
                     loss = criterion(logits, y)
-                loss.backward()
+                (loss if extra_loss is None else loss + extra_loss()).backward()
                 if clip is not None:
                     nn.utils.clip_grad_norm_(params, clip, foreach=True)
                 optimizer.step()
@@ -598,11 +621,14 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset,
             if world > 1:
                 dist.all_reduce(totals)
             model.eval()
-            counts = _eval_counts(model, val_loader, device, None)
-            if world > 1:
-                counts = _all_reduce_counts(counts, model, device)
-            val = _metrics_from_counts(*counts)
-            if not math.isfinite(val["loss"]):
+            if val_loader is None:
+                val = {"loss": math.nan, "accuracy": math.nan, "macro_f1": math.nan}
+            else:
+                counts = _eval_counts(model, val_loader, device, None)
+                if world > 1:
+                    counts = _all_reduce_counts(counts, model, device)
+                val = _metrics_from_counts(*counts)
+            if val_loader is not None and not math.isfinite(val["loss"]):
                 model.load_state_dict(good_state)
                 return finish("failed", f"validation loss is {val['loss']} after epoch {epoch} "
                               f"(step {step}); {restored(epoch)}")

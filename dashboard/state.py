@@ -41,15 +41,13 @@ from core.models import (CheckpointError, build_model, checkpoint_info, count_ma
                          load_model, load_weights, pretrained_path)
 from core.pruning import (Pruner, apply_masks, compute_masks, get_pruner, layer_collapse,
                           layer_saliency, list_pruners, prune)
-from core.perf import keep_freed_tensors_in_heap
+from core import boot
 from core.train import TrainConfig, evaluate, train
 
 log = logging.getLogger("prunelens.dashboard")
 
-keep_freed_tensors_in_heap()  # kept attention maps reuse freed memory instead of new pages
-
-if os.environ.get("PRUNELENS_TORCH_THREADS"):  # e.g. 1 on a crowded shared machine
-    torch.set_num_threads(int(os.environ["PRUNELENS_TORCH_THREADS"]))
+boot.configure()  # the server did it already; AppTest and scripts may not have
+boot.apply_torch_threads()
 
 MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
 MAX_IMAGE_MB = 10

@@ -1,11 +1,9 @@
 """Shared fixtures (keep small)."""
-import os
-
 import pytest
 
-# Before anything imports torch: spinning OpenMP threads slow tiny forwards 100× on a busy
-# shared machine (dashboard/app.py sets the same for the server).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from core import boot
+
+boot.configure(malloc=False)  # before anything imports torch (see core/boot.py)
 
 
 @pytest.fixture

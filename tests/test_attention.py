@@ -52,10 +52,10 @@ def test_hooks_removed_and_mode_restored(vit):
     before = hook_count(vit)
     capture_attention(vit, torch.rand(1, 3, 32, 32))
     assert hook_count(vit) == before and vit.training
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="do not fit this model"):
         capture_attention(vit, torch.rand(1, 3, 31, 31))  # the forward raises
     assert hook_count(vit) == before and vit.training
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="do not fit this model"):
         gradient_rollout(vit, torch.rand(1, 4, 32, 32))
     assert hook_count(vit) == before
 

@@ -32,13 +32,19 @@ def test_plots_and_pages_respect_the_layering():
         assert "session_state" not in text and "cache_resource" not in text \
             and "cache_data" not in text, page.name
     assert "st.navigation" in (DASH / "navigation.py").read_text()
-    # the server (app.py) and the page list import no torch/core at module level: the server
-    # answers at once and loads them in its warm-up thread
+    # the server (app.py) and the page list import no torch/core at module level (only the
+    # stdlib-only boot module): the server answers at once and loads them in its warm-up thread
     for name in ("app.py", "navigation.py"):
         tree = ast.parse((DASH / name).read_text())
-        top = {m for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-               for m in _imports(node)}
+        top = {n.module if isinstance(n, ast.ImportFrom) and n.module != "core" else
+               f"core.{n.names[0].name}" if isinstance(n, ast.ImportFrom) else n.names[0].name
+               for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
+        top.discard("core.boot")
         assert not any(m.startswith(("torch", "core", "dashboard")) for m in top), name
+    boot = ast.parse((DASH.parent / "core" / "boot.py").read_text())
+    top = set().union(*(_imports(n) for n in boot.body if isinstance(n, (ast.Import,
+                                                                          ast.ImportFrom))))
+    assert top <= {"__future__", "ctypes", "gc", "os", "contextlib", "typing"}
 
 
 def test_image_grid_layout():

@@ -13,7 +13,6 @@ import pytest
 import torch
 from safetensors.torch import load_file, safe_open
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny import tiny_data, tiny_model  # noqa: E402
 
 from core.runs import RunStore, RunStoreCallback  # noqa: E402

@@ -6,8 +6,9 @@ import torch
 
 from core.models.vit import VisionTransformer
 from core.pruning import get_pruner, list_pruners, prune
-from core.pruning.snp import (SNP, GeometricMedian, L2Norm, RandomScores, Reverse, gm_scores,
-                              l2_scores, qk_pair_scores, residual_scores,
+from core.pruning.snp import (GeometricMedianPruner as GeometricMedian, L2NormPruner as L2Norm,
+                              ReversePruner as Reverse, SNPPruner as SNP, StructuredRandomPruner,
+                              gm_scores, l2_scores, qk_pair_scores, residual_scores,
                               value_redundancy_scores)
 from core.pruning.structured import block_views, residual_links
 from _tiny import random_vit as tiny_vit
@@ -138,7 +139,7 @@ def test_snp_q_k_come_from_the_layernormed_input():
 
 def test_snp_hooks_removed_on_error():
     model = tiny_vit()
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ValueError, match="do not fit this model"):
         SNP()(model, torch.rand(2, 3, 8, 8))  # wrong image size
     assert all(len(m._forward_pre_hooks) == 0 for m in model.modules())
 
@@ -172,7 +173,8 @@ def test_baselines_and_reverse():
     gm = GeometricMedian()(model)
     want = gm_scores(b0.q_weight.flatten(0, 1)) + gm_scores(b0.k_weight.flatten(0, 1))
     torch.testing.assert_close(gm.qk[0].flatten(), want)
-    r1, r2, r3 = RandomScores(1)(model), RandomScores(1)(model), RandomScores(2)(model)
+    r1, r2, r3 = StructuredRandomPruner(seed=1)(model), StructuredRandomPruner(seed=1)(model), \
+        StructuredRandomPruner(seed=2)(model)
     assert torch.equal(r1.residual, r2.residual) and not torch.equal(r1.residual, r3.residual)
 
 

@@ -14,7 +14,7 @@ from core.models.vit import VisionTransformer
 from core.pruning import get_masks, prune
 from core.pruning.ratios import (RATIO_DIR, StructuredRatios, list_ratio_files, paper_keys,
                                  removal_count, resolve_ratios)
-from core.pruning.snp import RandomScores
+from core.pruning.snp import StructuredRandomPruner
 from core.pruning.structured import (MaskedLayerNorm, config_macs, full_plan, masked_model,
                                      plan_masks, ratios_of, select, shrink, shrunk_config)
 from _tiny import randomise
@@ -27,7 +27,7 @@ TOL = 1e-4
 def plan_for(model, images=None, seed=0, **ratios):
     """A plan from random scores (indices differ per head) for the given component ratios."""
     r = resolve_ratios(ratios, model.config.depth)
-    return select(model, RandomScores(seed)(model, images), r)
+    return select(model, StructuredRandomPruner(seed=seed)(model, images), r)
 
 
 VIT_CASES = {"qk": dict(qk=0.5), "v": dict(v=0.5), "mlp": dict(mlp=0.4),
@@ -182,7 +182,7 @@ def meta_model(name: str):
     ("deit-small", "DeiT_s_small", 4.60, 1.27), ("deit-base", "DeiT_b", 17.56, 6.32)])
 def test_paper_ratio_files_give_the_papers_gmacs(preset, file, before, after):
     model = meta_model(preset)
-    plan = select(model, RandomScores()(model), StructuredRatios.from_paper(file, 12))
+    plan = select(model, StructuredRandomPruner()(model), StructuredRatios.from_paper(file, 12))
     cfg = shrunk_config(model, plan)
     with torch.device("meta"):
         small = VisionTransformer(cfg)

@@ -18,7 +18,6 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _tiny import tiny_data, tiny_model  # noqa: E402
 
 from core.train import (Callback, EpochEvent, StepEvent, TrainConfig,  # noqa: E402
@@ -443,3 +442,59 @@ def test_cli_under_torchrun_records_one_run(tmp_path):
     runs = RunStore(tmp_path).list_runs()
     assert len(runs) == 1 and runs.iloc[0]["status"] == "finished"
     assert runs.iloc[0]["epochs"] == 1
+
+
+def test_extra_loss_and_extra_param_groups_match_a_hand_written_loop():
+    """train(extra_loss=..., extra_param_groups=...) = AdamW on CE + extra, the extra group at
+    its own constant lr and betas, the model's groups on the schedule (what AMAP needs)."""
+    from core.train import lr_at
+
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 3, 4, 4), torch.randint(0, 3, (16,))
+    data = TensorDataset(x, y)
+
+    def make():
+        torch.manual_seed(1)
+        net = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
+        gate = nn.Parameter(torch.ones(3))
+        return net, gate
+
+    net, gate = make()
+    cfg = TrainConfig(epochs=3, batch_size=16, lr=0.05, warmup_frac=0.3, weight_decay=0.1,
+                      precision="fp32")
+    extra_group = {"params": [gate], "lr": 0.2, "betas": (0.5, 0.999)}
+    res = train(net, data, None, cfg, extra_loss=lambda: (gate * net[1].bias).sum() ** 2,
+                extra_param_groups=[extra_group])
+    assert res.status == "finished" and res.steps == 3
+    assert all(math.isnan(r["val_loss"]) for r in res.history)  # no validation set
+
+    ref, ref_gate = make()
+    opt = torch.optim.AdamW(
+        [{"params": [ref[1].weight], "weight_decay": 0.1},
+         {"params": [ref[1].bias], "weight_decay": 0.0},
+         {"params": [ref_gate], "lr": 0.2, "betas": (0.5, 0.999), "weight_decay": 0.0}], lr=0.05)
+    for step in range(3):
+        for g in opt.param_groups[:2]:
+            g["lr"] = lr_at(step, 3, 0.05, 0.3)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(ref(x), y) + ((ref_gate * ref[1].bias).sum()) ** 2
+        loss.backward()
+        opt.step()
+    torch.testing.assert_close(net[1].weight, ref[1].weight)
+    torch.testing.assert_close(gate, ref_gate)
+
+
+def test_on_step_begin_runs_before_each_step():
+    seen = []
+
+    class Begin(Callback):
+        def on_step_begin(self, step: int) -> None:
+            seen.append(("begin", step))
+
+        def on_step(self, event) -> None:
+            seen.append(("step", event.step))
+
+    data = TensorDataset(torch.rand(8, 3, 4, 4), torch.randint(0, 2, (8,)))
+    train(nn.Sequential(nn.Flatten(), nn.Linear(48, 2)), data, data,
+          TrainConfig(epochs=1, batch_size=4, precision="fp32"), [Begin()])
+    assert seen == [("begin", 1), ("step", 1), ("begin", 2), ("step", 2)]

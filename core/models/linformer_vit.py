@@ -20,6 +20,9 @@ from linformer import Linformer
 from linformer.linformer import FeedForward, LinformerSelfAttention
 from torch import Tensor, nn
 
+from .config_checks import (MAX_DEPTH, check_image, check_input, check_int, check_scale,
+                            check_stats, image_size)
+
 
 @dataclass(frozen=True)
 class LinformerLayerConfig:
@@ -31,6 +34,11 @@ class LinformerLayerConfig:
     # softmax scale; None → the package's dim_head ** -0.5. A shrunk layer folds the change of
     # scale into its ``to_q`` weights instead, so this stays None.
     scale: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("heads", "dim_head", "ff_hidden"):
+            check_int("LinformerLayerConfig", name, getattr(self, name))
+        check_scale("LinformerLayerConfig", self.scale)
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,18 @@ class LinformerViTConfig:
     layers: tuple[LinformerLayerConfig, ...] = field(default_factory=tuple)
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        check_image("LinformerViTConfig", self.img_size, self.patch_size, self.in_chans)
+        check_int("LinformerViTConfig", "num_classes", self.num_classes, 2)
+        check_int("LinformerViTConfig", "dim", self.dim)
+        check_int("LinformerViTConfig", "k", self.k)
+        if not isinstance(self.layers, tuple) or len(self.layers) > MAX_DEPTH or not all(
+                isinstance(b, LinformerLayerConfig) for b in self.layers):
+            raise ValueError(f"LinformerViTConfig.layers must be a tuple of at most "
+                             f"{MAX_DEPTH} LinformerLayerConfig")
+        check_stats("LinformerViTConfig", "mean", self.mean, self.in_chans, positive=False)
+        check_stats("LinformerViTConfig", "std", self.std, self.in_chans, positive=True)
 
     @property
     def depth(self) -> int:
@@ -72,7 +92,7 @@ def linformer_vit_config(*, img_size: int | Sequence[int], patch_size: int, dim:
     """Uniform configuration (what the presets fill): ``dim_head = dim // heads``."""
     if dim % heads:
         raise ValueError(f"dim {dim} is not divisible by heads {heads}")
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    size = image_size(img_size)
     layer = LinformerLayerConfig(heads, dim // heads, dim * ff_mult)
     return LinformerViTConfig(img_size=size, patch_size=patch_size, num_classes=num_classes,
                               dim=dim, k=k, layers=(layer,) * depth, **kw)
@@ -146,6 +166,7 @@ class LinformerViT(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) → normalised tokens (B, seq_len, D)."""
+        check_input(x, self.config.in_chans, self.config.img_size)
         x = (x - self.pixel_mean) / self.pixel_std
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed

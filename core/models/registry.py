@@ -8,6 +8,7 @@ metadata, so a physically shrunk model loads back with its new shapes.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -16,8 +17,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 from torch import nn
 
-from .linformer_vit import LinformerViT, LinformerViTConfig, linformer_vit_config
-from .vit import VisionTransformer, ViTConfig, vit_config
+from . import linformer_adapter, vit_adapter  # noqa: F401  (register the families)
+from .adapter import adapter_for_config, adapter_for_family, get_adapter
+from .linformer_vit import linformer_vit_config
+from .vit import vit_config
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -78,18 +81,13 @@ def list_models() -> list[str]:
     return list(_PRESETS)
 
 
-def _from_config(config: ViTConfig | LinformerViTConfig) -> nn.Module:
-    if isinstance(config, ViTConfig):
-        return VisionTransformer(config)
-    return LinformerViT(config)
+def _from_config(config) -> nn.Module:
+    return adapter_for_config(config).build(config)
 
 
 def model_family(model: nn.Module) -> str:
-    if isinstance(model, VisionTransformer):
-        return "vit"
-    if isinstance(model, LinformerViT):
-        return "linformer-vit"
-    raise TypeError(f"not a PruneLens model: {type(model).__name__}")
+    """The family name stored in checkpoints (``"vit"``, ``"linformer-vit"``)."""
+    return get_adapter(model).family
 
 
 def pretrained_path(name: str, dataset: str = "shapes") -> Path:
@@ -128,29 +126,77 @@ def build_model(name: str, num_classes: int, pretrained: bool = False,
 
 # ---------------------------------------------------------------------------- checkpoints
 
-def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a ``.safetensors`` or ``weights_only`` torch checkpoint; never plain pickle."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-            return load_file(str(path)), meta
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f"cannot read {path.name} as safetensors: {e}") from None
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+
+
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    """An exception's message as one plain line (torch's unpickling refusal comes with ANSI
+    colour codes and a page of advice)."""
+    lines = [ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(err).__name__
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _cut(xs: list[str], n: int = 8) -> str:
+    return ", ".join(xs[:n]) + (f" … (+{len(xs) - n})" if len(xs) > n else "")
+
+
+def _check_tensors(sd: dict[str, torch.Tensor], name: str) -> None:
+    """Weights must be floating point and finite: integer (quantised) tensors would be cast
+    silently and NaN weights give NaN outputs, so both are refused naming the tensors."""
+    bad_dtype = sorted(f"{k} ({v.dtype})".replace("torch.", "") for k, v in sd.items()
+                       if v.dtype not in _FLOAT_DTYPES)
+    if bad_dtype:
+        raise CheckpointError(f"{name}: PruneLens loads floating-point weights; these tensors "
+                              f"are not: {_cut(bad_dtype)}")
+    bad = sorted(k for k, v in sd.items() if v.numel() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(f"{name}: tensors hold NaN or infinite values: {_cut(bad)}")
+
+
+def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata of a ``.safetensors`` file, from its header alone."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # unpickling errors come in many types
-        raise CheckpointError(f"cannot read {path.name} as a weights-only torch checkpoint "
-                              f"(only tensors are accepted, never pickled code): {e}") from None
-    for key in ("model", "state_dict", "model_state_dict"):  # DeiT / Lightning wrappers
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
-    return obj, {}
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read {path.name} as safetensors: {_one_line(e)}") from None
+    return shapes, meta
+
+
+def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a ``.safetensors`` or ``weights_only`` torch checkpoint; never plain pickle.
+    Tensors must be floating point and finite (:class:`CheckpointError` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists()
+                              else f"not a checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        _, meta = _header(path)
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot read {path.name} as safetensors: "
+                                  f"{_one_line(e)}") from None
+    else:
+        meta = {}
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types
+            raise CheckpointError(
+                f"cannot read {path.name} as a weights-only torch checkpoint (only tensors are "
+                f"accepted, never pickled code): {_one_line(e)}") from None
+        for key in ("model", "state_dict", "model_state_dict"):  # DeiT / Lightning wrappers
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in obj.items()):
+            raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+        sd = obj
+    _check_tensors(sd, path.name)
+    return sd, meta
 
 
 def checkpoint_info(path: str | Path) -> dict[str, str]:
@@ -159,6 +205,21 @@ def checkpoint_info(path: str | Path) -> dict[str, str]:
     them; empty for plain weights (load those with :func:`load_weights`). The whole file is
     read, so a corrupt or pickled one raises :class:`CheckpointError` here."""
     return dict(_read_state_dict(path)[1])
+
+
+def _fit_report(name: str, what: str, expected: dict[str, tuple[int, ...]],
+                found: dict[str, tuple[int, ...]]) -> str | None:
+    """None if ``found`` has exactly ``expected``'s keys and shapes, else what differs."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {found[k]} vs model {expected[k]}"
+                    for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))
+    if not (missing or unexpected or shapes):
+        return None
+    parts = [f"{len(missing)} missing keys: {_cut(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected keys: {_cut(unexpected)}" if unexpected else "",
+             f"{len(shapes)} mis-shaped: {_cut(shapes)}" if shapes else ""]
+    return f"{name} does not fit {what}: " + "; ".join(p for p in parts if p)
 
 
 def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = ()) -> nn.Module:
@@ -170,18 +231,11 @@ def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = 
     sd, _ = _read_state_dict(path)
     sd = {k: v for k, v in sd.items() if not k.startswith(exclude)}
     own = {k: v for k, v in _plain_state_dict(model).items() if not k.startswith(exclude)}
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = sorted(f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-                    for k in set(sd) & set(own) if sd[k].shape != own[k].shape)
-    if missing or unexpected or shapes:
-        def cut(xs: list[str]) -> str:
-            return ", ".join(xs[:8]) + (f" … (+{len(xs) - 8})" if len(xs) > 8 else "")
-        parts = [f"{len(missing)} missing keys: {cut(missing)}" if missing else "",
-                 f"{len(unexpected)} unexpected keys: {cut(unexpected)}" if unexpected else "",
-                 f"{len(shapes)} mis-shaped: {cut(shapes)}" if shapes else ""]
-        raise CheckpointError(f"{Path(path).name} does not fit this "
-                              f"{type(model).__name__}: " + "; ".join(p for p in parts if p))
+    report = _fit_report(Path(path).name, f"this {type(model).__name__}",
+                         {k: tuple(v.shape) for k, v in own.items()},
+                         {k: tuple(v.shape) for k, v in sd.items()})
+    if report:
+        raise CheckpointError(report)
     model.load_state_dict(sd, strict=not exclude)
     return model
 
@@ -219,16 +273,54 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     return path
 
 
+def _architecture(meta: dict[str, str], name: str):
+    """The family adapter and configuration a PruneLens file declares, every field checked
+    (:class:`CheckpointError` naming the field)."""
+    family = meta.get("prunelens_family", "vit")
+    try:
+        adapter = adapter_for_family(family)
+    except ValueError as e:
+        raise CheckpointError(f"{name}: prunelens_family: {e}") from None
+    try:
+        cfg = json.loads(meta["prunelens_config"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{name}: prunelens_config is not valid JSON ({e.msg} at "
+                              f"character {e.pos})") from None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{name}: prunelens_config must be a JSON object, got "
+                              f"{type(cfg).__name__}")
+    try:
+        config = adapter.config_from_dict(cfg)
+    except KeyError as e:
+        raise CheckpointError(f"{name}: prunelens_config lacks the field {e}") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{name}: prunelens_config: {_one_line(e)}") from None
+    return adapter, config
+
+
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it."""
-    sd, meta = _read_state_dict(path)
+    """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it.
+
+    The declared architecture is checked against the tensor shapes in the file's header
+    before any weight is read or any module allocated, so a forged file costs what its size
+    says; every problem is a one-line :class:`CheckpointError` naming the field or tensors."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        sd, meta = _read_state_dict(path)  # raises for a missing file; .pth has no metadata
+    else:
+        shapes, meta = _header(path)
     if "prunelens_config" not in meta:
-        raise CheckpointError(f"{Path(path).name} carries no PruneLens architecture; build the "
+        raise CheckpointError(f"{path.name} carries no PruneLens architecture; build the "
                               "model with build_model() and use load_weights() instead")
-    cfg = json.loads(meta["prunelens_config"])
-    config = (ViTConfig.from_dict(cfg) if meta.get("prunelens_family") == "vit"
-              else LinformerViTConfig.from_dict(cfg))
-    model = _from_config(config)
+    adapter, config = _architecture(meta, path.name)
+    with torch.device("meta"):  # shapes only: no memory, no initialisation
+        skeleton = adapter.build(config)
+    report = _fit_report(path.name, f"the {adapter.family} architecture in its metadata",
+                         {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, shapes)
+    if report:
+        raise CheckpointError(report)
+    sd, _ = _read_state_dict(path)
+    model = adapter.build(config)
     model.preset = meta.get("prunelens_preset", "")
     model.load_state_dict(sd, strict=True)
     return model

@@ -18,6 +18,9 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from .config_checks import (MAX_DEPTH, check_image, check_input, check_int, check_scale,
+                            check_stats, image_size)
+
 
 @dataclass(frozen=True)
 class BlockConfig:
@@ -30,6 +33,11 @@ class BlockConfig:
     # softmax scale; None → qk_dim ** -0.5. Kept when a pruned model shrinks q/k (SNP folds the
     # change into W_q instead, so a shrunk model keeps the original scale here).
     scale: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("num_heads", "qk_dim", "v_dim", "mlp_hidden"):
+            check_int("BlockConfig", name, getattr(self, name))
+        check_scale("BlockConfig", self.scale)
 
 
 @dataclass(frozen=True)
@@ -46,6 +54,20 @@ class ViTConfig:
     norm_eps: float = 1e-6
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self) -> None:
+        check_image("ViTConfig", self.img_size, self.patch_size, self.in_chans)
+        check_int("ViTConfig", "num_classes", self.num_classes, 2)
+        check_int("ViTConfig", "embed_dim", self.embed_dim)
+        if not isinstance(self.blocks, tuple) or len(self.blocks) > MAX_DEPTH or not all(
+                isinstance(b, BlockConfig) for b in self.blocks):
+            raise ValueError(f"ViTConfig.blocks must be a tuple of at most {MAX_DEPTH} "
+                             "BlockConfig")
+        if not isinstance(self.norm_eps, float) or not 0 < self.norm_eps < 1:
+            raise ValueError(f"ViTConfig.norm_eps must be a float in (0, 1), got "
+                             f"{self.norm_eps!r}")
+        check_stats("ViTConfig", "mean", self.mean, self.in_chans, positive=False)
+        check_stats("ViTConfig", "std", self.std, self.in_chans, positive=True)
 
     @property
     def depth(self) -> int:
@@ -208,6 +230,7 @@ class VisionTransformer(nn.Module):
 
     def forward_features(self, x: Tensor) -> Tensor:
         """(B, C, H, W) → normalised tokens (B, 1 + N, D)."""
+        check_input(x, self.config.in_chans, self.config.img_size)
         x = (x - self.pixel_mean) / self.pixel_std
         x = self.patch_embed(x)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
@@ -222,7 +245,7 @@ class VisionTransformer(nn.Module):
 def vit_config(*, img_size: int | Sequence[int], patch_size: int, embed_dim: int, depth: int,
                num_heads: int, num_classes: int, mlp_ratio: float = 4.0, **kw) -> ViTConfig:
     """Uniform ViT configuration (what the presets fill)."""
-    size = (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)
+    size = image_size(img_size)
     return ViTConfig.uniform(depth=depth, num_heads=num_heads, embed_dim=embed_dim,
                              mlp_ratio=mlp_ratio, img_size=size, patch_size=patch_size,
                              num_classes=num_classes, **kw)

@@ -64,11 +64,13 @@ the change of attention MACs (tested). Biases, softmax and the scale are not cou
 The run: ``steps`` optimizer steps in all, the first ``search_frac`` of them searching (weights,
 logits and reweights trained together), then the counts are projected onto the budget and
 frozen and the remaining steps fine-tune weights and reweights under the fixed masks; then the
-reweights are folded and the model is shrunk. Weights use AdamW with ``core.train``'s
-warmup + cosine schedule; logits a constant-rate Adam. Progress goes to ``core.train``-style
-callbacks (:class:`AMAPStepEvent` adds the MACs ratio), and a ``cancel`` event stops the run
-before the next step (the model is still projected onto the budget and exported, status
-``"cancelled"``).
+reweights are folded and the model is shrunk. The loop is ``core.train.train`` plus the
+indicator: a callback switches the phase and refreshes the gates before each step, the budget
+penalty is ``train``'s ``extra_loss``, and the logits and reweights are its
+``extra_param_groups`` at constant rates (weights: AdamW with the warmup + cosine schedule).
+Progress goes to ``core.train``-style callbacks (:class:`AMAPStepEvent` adds the MACs ratio),
+and a ``cancel`` event stops the run before the next step (the model is still projected onto
+the budget and exported, status ``"cancelled"``).
 """
 from __future__ import annotations
 
@@ -83,14 +85,12 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from linformer.linformer import LinformerSelfAttention
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
-from ..models.linformer_vit import LinformerViT
-from ..models.vit import Attention, VisionTransformer
-from ..train import (Callback, EpochEvent, StepEvent, TrainResult, lr_at, seed_everything,
-                     split_callbacks)
+from ..models.adapter import get_adapter
+from ..train import (Callback, EpochEvent, StepEvent, TrainConfig, TrainResult, lr_at,
+                     seed_everything, split_callbacks, train)
 from .api import PruneResult
 from .base import Pruner, check_batch, register_pruner
 from .structured import (BlockPlan, PruningPlan, block_views, config_macs, plan_table,
@@ -119,26 +119,17 @@ def check_budget(budget: object) -> float:
 # ---------------------------------------------------------------------------- attention MACs
 
 def _check_family(model: nn.Module) -> None:
-    if isinstance(model, LinformerViT):
-        for v in block_views(model):
-            a: LinformerSelfAttention = v.attn
-            if a.share_kv or a.to_k.out_features != a.to_q.out_features:
-                raise ValueError("amap needs Linformer attention with separate keys and values "
-                                 "(share_kv=False, one_kv_head=False)")
-    elif not isinstance(model, VisionTransformer):
-        raise TypeError(f"amap supports VisionTransformer and LinformerViT, not "
-                        f"{type(model).__name__}")
+    try:
+        adapter = get_adapter(model)
+    except TypeError as e:
+        raise TypeError(f"amap: {e}") from None
+    adapter.check_channel_gating(model)
 
 
 def slot_costs(model: nn.Module) -> list[int]:
     """Per block ``a_b``: attention MACs of one channel (a q/k pair or a v channel) in one
     head — ``2ND + N²`` (ViT) or ``2ND + 2Nk`` (Linformer); see the module docstring."""
-    c = model.config
-    if isinstance(model, VisionTransformer):
-        N = model.patch_embed.num_patches + 1
-        return [2 * N * c.embed_dim + N * N for _ in c.blocks]
-    N = c.seq_len
-    return [2 * N * c.dim + 2 * N * c.k for _ in c.layers]
+    return get_adapter(model).attention_slot_costs(model)
 
 
 def attention_macs(model: nn.Module, counts: Sequence[tuple[int, int]] | None = None) -> int:
@@ -154,22 +145,6 @@ def attention_macs(model: nn.Module, counts: Sequence[tuple[int, int]] | None = 
 
 
 # ---------------------------------------------------------------------------- calibration
-
-def _attention_parts(attn: nn.Module, x: Tensor) -> tuple[Tensor, Tensor, Tensor, float]:
-    """Normed block input x (B, N, C) → q (B, H, N, d), the keys the queries are scored
-    against (B, H, M, d), the values the probabilities weigh (B, H, M, d_v), softmax scale.
-    ViT: M = N. Linformer: M = k, keys ``E K`` and values ``F V`` (sequence-projected)."""
-    if isinstance(attn, Attention):
-        q, k, v = attn.split_qkv(x)
-        return q, k, v, attn.scale
-    a: LinformerSelfAttention = attn
-    B, N, _ = x.shape
-    H, d = a.heads, a.dim_head
-    q = a.to_q(x).reshape(B, N, H, d).transpose(1, 2)
-    k = torch.einsum("bnd,nk->bkd", a.to_k(x), a.proj_k[:N]).reshape(B, -1, H, d)
-    v = torch.einsum("bnd,nk->bkd", a.to_v(x), a.proj_v[:N]).reshape(B, -1, H, d)
-    return q, k.transpose(1, 2), v.transpose(1, 2), d ** -0.5
-
 
 def _one_minus_mean_abs_cos(cos: Tensor) -> Tensor:
     """(B, H, d, d) cosines → (H, d): ``1 − mean_{c'≠c} |cos|``, averaged over images."""
@@ -213,7 +188,8 @@ def calibrate(model: nn.Module, images: Tensor, batch_size: int = 16) -> Calibra
             with record_attention_inputs(model) as xs:
                 model(chunk.to(device))
             for i, (view, x) in enumerate(zip(views, xs)):
-                q, k, v, scale = _attention_parts(view.attn, x)
+                q, k, v = view.qkv(x)
+                scale = view.scale
                 logits = (q * scale) @ k.transpose(-2, -1)           # (B, H, N, M)
                 attn = logits.softmax(dim=-1)
                 for c in range(q.shape[-1]):
@@ -273,7 +249,7 @@ class AttentionIndicator(nn.Module):
             raise ValueError(f"similarity (the exponent γ of the weights) must be >= 0, got "
                              f"{similarity}")
         views = block_views(model)
-        self.tied = isinstance(model, LinformerViT)
+        self.tied = get_adapter(model).tied_qk_v
         self.sizes = [(v.num_heads, v.qk_dim, v.v_dim) for v in views]
         self.costs = slot_costs(model)
         self.full_macs = attention_macs(model)
@@ -443,7 +419,7 @@ def gated(model: nn.Module, indicator: AttentionIndicator) -> Iterator[Attention
     ``indicator.current`` (call :meth:`AttentionIndicator.refresh` first): forward hooks on
     ``attn.qkv`` (ViT: the q and v parts) or ``to_q`` / ``to_v`` (Linformer). Gating q gates
     the pair's term ``q_c k_cᵀ``; the hooks are removed on exit, errors included."""
-    views = block_views(model)
+    adapter = get_adapter(model)
     handles = []
 
     def factor(i: int, kind: int, out: Tensor) -> Tensor:
@@ -451,20 +427,9 @@ def gated(model: nn.Module, indicator: AttentionIndicator) -> Iterator[Attention
             raise RuntimeError("call indicator.refresh() before a gated forward")
         return indicator.current[i][kind].flatten().to(out.dtype)
 
-    for i, view in enumerate(views):
-        if isinstance(view.attn, Attention):
-            H, dq = view.num_heads, view.qk_dim
-
-            def hook(_m, _inp, out, i=i, H=H, dq=dq):
-                ones = out.new_ones(H * dq)
-                return out * torch.cat([factor(i, 0, out), ones, factor(i, 1, out)])
-            handles.append(view.attn.qkv.register_forward_hook(hook))
-        else:
-            handles.append(view.attn.to_q.register_forward_hook(
-                lambda _m, _inp, out, i=i: out * factor(i, 0, out)))
-            handles.append(view.attn.to_v.register_forward_hook(
-                lambda _m, _inp, out, i=i: out * factor(i, 1, out)))
     try:
+        for i, view in enumerate(adapter.blocks(model)):
+            handles += adapter.gate_channels(view, lambda kind, out, i=i: factor(i, kind, out))
         yield indicator
     finally:
         for h in handles:
@@ -486,7 +451,7 @@ def amap_plan(model: nn.Module, masks: Sequence[tuple[Tensor, Tensor]]) -> Pruni
             return keep.nonzero()[:, 1].reshape(keep.shape[0], n).cpu()
         blocks.append(BlockPlan(torch.arange(v.num_heads), rows(kq), rows(kv),
                                 torch.arange(v.mlp_hidden)))
-    return PruningPlan(tuple(blocks), torch.arange(model.patch_embed.proj.weight.shape[0]))
+    return PruningPlan(tuple(blocks), torch.arange(get_adapter(model).residual_width(model)))
 
 
 @torch.no_grad()
@@ -494,18 +459,10 @@ def fold_reweights(model: nn.Module, indicator: AttentionIndicator) -> nn.Module
     """A copy of ``model`` with the reweights folded into the q and v rows (weights and
     biases): the ungated copy computes what the gated model computes with all gates 1."""
     out = copy.deepcopy(model)
-    for i, view in enumerate(block_views(out)):
-        rq = indicator.reweight_qk[i].detach().flatten()
-        rv = indicator.reweight_v[i].detach().flatten()
-        if isinstance(view.attn, Attention):
-            H, dq = view.num_heads, view.qk_dim
-            f = torch.cat([rq, rq.new_ones(H * dq), rv]).to(view.attn.qkv.weight.dtype)
-            view.attn.qkv.weight.mul_(f[:, None])
-            if view.attn.qkv.bias is not None:
-                view.attn.qkv.bias.mul_(f)
-        else:
-            view.attn.to_q.weight.mul_(rq[:, None].to(view.attn.to_q.weight.dtype))
-            view.attn.to_v.weight.mul_(rv[:, None].to(view.attn.to_v.weight.dtype))
+    adapter = get_adapter(out)
+    for i, view in enumerate(adapter.blocks(out)):
+        adapter.scale_qv_rows(view, indicator.reweight_qk[i].detach().flatten(),
+                              indicator.reweight_v[i].detach().flatten())
     return out
 
 
@@ -532,24 +489,105 @@ class AMAPStepEvent(StepEvent):
     budget: float = 1.0
 
 
-def _loader(train_set: Dataset, batch_size: int, seed: int) -> DataLoader:
-    g = torch.Generator().manual_seed(seed)
-    return DataLoader(train_set, batch_size=min(batch_size, len(train_set)), shuffle=True,
-                      generator=g, drop_last=len(train_set) > batch_size)
-
-
-def _cycle(loader: DataLoader) -> Iterator[tuple[int, Any]]:
-    epoch = 0
-    while True:
-        epoch += 1
-        for batch in loader:
-            yield epoch, batch
-
-
 def _calibration_images(train_set: Dataset, n: int, seed: int) -> Tensor:
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(train_set), generator=g)[:n].tolist()
     return torch.stack([train_set[i][0] for i in idx])
+
+
+class _AMAPRun(Callback):
+    """AMAP's part of the training loop (:func:`core.train.train` runs it): before each step,
+    the phase switch (freeze the counts at the budget after the search) and the indicator's
+    gates for the next forward; the budget penalty as the extra loss; per step the
+    :class:`AMAPStepEvent` and history row, per phase one :class:`EpochEvent`. The user's
+    callbacks are called from here, so they see AMAP's events and phases."""
+
+    def __init__(self, ind: "AttentionIndicator", budget: float, steps: int, search_frac: float,
+                 penalty: float, lr: float, warmup_frac: float, start: float, log_every: int,
+                 callbacks: Sequence[Callback | Callable]) -> None:
+        self.ind, self.budget, self.steps, self.penalty_weight = ind, budget, steps, penalty
+        self.lr, self.warmup_frac, self.start, self.log_every = lr, warmup_frac, start, log_every
+        self.search_steps = max(1, round(search_frac * steps))
+        self.user_step, self.user_epoch, self.user_end = split_callbacks(callbacks)
+        self.phase = "search"
+        self.history: list[dict] = []
+        self.epochs: list[dict] = []
+        self.step = 0
+        self.expected = torch.zeros(())
+        self.last_penalty = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss_sum, self.correct_sum, self.seen = 0.0, 0, 0
+
+    def _end_phase(self) -> None:
+        row = {"epoch": len(self.epochs) + 1, "phase": self.phase,
+               "train_loss": self.loss_sum / max(self.seen, 1),
+               "train_acc": self.correct_sum / max(self.seen, 1),
+               "val_loss": math.nan, "val_acc": math.nan, "val_f1": math.nan,
+               "lr": lr_at(max(self.step - 1, 0), self.steps, self.lr, self.warmup_frac),
+               "macs_ratio": self.ind.ratio(), "seconds": time.perf_counter() - self.start}
+        self.epochs.append(row)
+        for fn in self.user_epoch:
+            fn(EpochEvent(row["epoch"], 2, self.step, self.steps, row))
+        self._reset()
+
+    def on_step_begin(self, step: int) -> None:
+        if self.phase == "search" and step - 1 >= self.search_steps:
+            self._end_phase()
+            self.ind.freeze(self.budget)
+            self.phase = "finetune"
+        self.ind.refresh("search" if self.phase == "search" else "hard")
+
+    def penalty(self) -> Tensor:
+        """λ (E[MACs] / (budget · MACs) − 1)² during the search, 0 after."""
+        self.expected = self.ind.expected_ratio()
+        if self.phase != "search":
+            self.last_penalty = 0.0
+            return self.expected.new_zeros(())
+        term = self.penalty_weight * (self.expected / self.budget - 1.0) ** 2
+        self.last_penalty = float(term.detach())
+        return term
+
+    def on_step(self, event: StepEvent) -> None:
+        self.step = event.step
+        ce = event.loss
+        if not math.isfinite(ce):  # train() stops at its next check; record nothing further
+            return
+        n = event._count
+        self.loss_sum += ce * n
+        self.correct_sum += int(event._correct)
+        self.seen += n
+        ratio, expected = self.ind.ratio(), float(self.expected.detach())
+        row = {"step": event.step, "phase": self.phase, "loss": ce,
+               "penalty": self.last_penalty, "macs_ratio": ratio, "expected_ratio": expected}
+        self.history.append(row)
+        if self.log_every and (event.step % self.log_every == 0 or event.step == self.steps):
+            print(f"  amap step {event.step:4d} [{self.phase}] loss {ce:.4f} "
+                  f"macs {ratio:.4f} expected {expected:.4f}", flush=True)
+        if self.user_step:
+            ev = AMAPStepEvent(event.step, self.steps, event.epoch, event._loss, event._correct,
+                               n, torch.tensor(self.loss_sum), torch.tensor(self.correct_sum),
+                               self.seen, self.phase, ratio, expected, self.budget)
+            for fn in self.user_step:
+                fn(ev)
+
+    def on_end(self, result: TrainResult) -> None:
+        if result.status == "failed" or result.status == "cancelled" and result.reason and \
+                result.reason.startswith("interrupted"):
+            self.finish(result)  # an error: train() re-raises after this
+
+    def finish(self, result: TrainResult) -> None:
+        """Close the last phase and tell the user's ``on_end`` (once)."""
+        if getattr(self, "_finished", False):
+            return
+        self._finished = True
+        if self.seen and result.status != "failed":
+            self._end_phase()
+        out = TrainResult(result.status, self.epochs, result.reason, result.steps,
+                          time.perf_counter() - self.start)
+        for fn in self.user_end:
+            fn(out)
 
 
 def amap_prune(model: nn.Module, budget: float, train_set: Dataset, steps: int = 100,
@@ -611,116 +649,39 @@ def amap_prune(model: nn.Module, budget: float, train_set: Dataset, steps: int =
         raise ValueError(f"budget {budget} is below the smallest reachable attention-MACs "
                          f"ratio {ind.min_ratio():.4f} (one q/k and one v channel per head)")
 
-    weights = [p for p in net.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": [p for p in weights if p.ndim >= 2], "weight_decay": weight_decay},
-         {"params": [p for p in weights if p.ndim < 2], "weight_decay": 0.0}], lr=lr)
-    # β1 = 0.5: less momentum, less overshoot of the budget (the penalty flips sign there)
-    opt_ind = torch.optim.Adam(list(ind.logits_qk) + list(ind.logits_v), lr=indicator_lr,
-                               betas=(0.5, 0.999))
-    rw = list(ind.reweight_qk) + list(ind.reweight_v)
-    for p in rw:
+    run = _AMAPRun(ind, budget, steps, search_frac, penalty, lr, warmup_frac, start,
+                   log_every, callbacks)
+    reweights = list(ind.reweight_qk) + list(ind.reweight_v)
+    for p in reweights:
         p.requires_grad_(reweight)
-    opt_rw = torch.optim.Adam(rw, lr=reweight_lr) if reweight else None
-    on_step, on_epoch, on_end = split_callbacks(callbacks)
-    search_steps = max(1, round(search_frac * steps))
-    target = budget
-    history: list[dict] = []
-    step, status, reason = 0, "finished", None
-    phase, phase_start = "search", 0
-    loss_sum = torch.zeros((), device=device)
-    correct_sum = torch.zeros((), dtype=torch.long, device=device)
-    seen = 0
-    epochs_done: list[dict] = []
-
-    def end_phase(name: str) -> None:
-        nonlocal loss_sum, correct_sum, seen
-        row = {"epoch": len(epochs_done) + 1, "phase": name,
-               "train_loss": float(loss_sum) / max(seen, 1),
-               "train_acc": float(correct_sum) / max(seen, 1),
-               "val_loss": math.nan, "val_acc": math.nan, "val_f1": math.nan,
-               "lr": lr_at(max(step - 1, 0), steps, lr, warmup_frac),
-               "macs_ratio": ind.ratio(), "seconds": time.perf_counter() - start}
-        epochs_done.append(row)
-        for fn in on_epoch:
-            fn(EpochEvent(row["epoch"], 2, step, steps, row))
-        loss_sum = torch.zeros((), device=device)
-        correct_sum = torch.zeros((), dtype=torch.long, device=device)
-        seen = 0
-
+    # β1 = 0.5 for the logits: less momentum, less overshoot of the budget (the penalty flips
+    # sign there); with weight decay 0, AdamW's update is Adam's
+    groups = [{"params": list(ind.logits_qk) + list(ind.logits_v), "lr": indicator_lr,
+               "betas": (0.5, 0.999)}]
+    if reweight:
+        groups.append({"params": reweights, "lr": reweight_lr})
+    per_epoch = (len(train_set) // batch_size if len(train_set) > batch_size else 1)
+    config = TrainConfig(epochs=math.ceil(steps / per_epoch), max_steps=steps,
+                         batch_size=min(batch_size, len(train_set)), lr=lr,
+                         weight_decay=weight_decay, warmup_frac=warmup_frac, seed=seed,
+                         precision="fp32", drop_last=True, device=str(device))
+    with gated(net, ind):
+        result = train(net, train_set, None, config, [run], cancel, extra_loss=run.penalty,
+                       extra_param_groups=groups)
+    if result.status == "failed":
+        raise FloatingPointError(f"amap: {result.reason}")
     try:
-        net.train()
-        data = _cycle(_loader(train_set, batch_size, seed))
-        with gated(net, ind):
-            while step < steps:
-                if cancel is not None and cancel.is_set():
-                    status, reason = "cancelled", f"cancelled before step {step + 1}"
-                    break
-                if phase == "search" and step >= search_steps:
-                    end_phase("search")
-                    ind.freeze(target)
-                    phase = "finetune"
-                epoch, (x, y) = next(data)
-                x, y = x.to(device), torch.as_tensor(y).to(device)
-                for g in opt.param_groups:
-                    g["lr"] = lr_at(step, steps, lr, warmup_frac)
-                ind.refresh("search" if phase == "search" else "hard")
-                logits = net(x)
-                ce = F.cross_entropy(logits, y)
-                loss = ce
-                expected = ind.expected_ratio()
-                if phase == "search":
-                    loss = ce + penalty * (expected / target - 1.0) ** 2
-                opt.zero_grad(set_to_none=True)
-                opt_ind.zero_grad(set_to_none=True)
-                if opt_rw is not None:
-                    opt_rw.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if phase == "search":
-                    opt_ind.step()
-                if opt_rw is not None:
-                    opt_rw.step()
-                step += 1
-                ce_value = float(ce.detach())
-                if not math.isfinite(ce_value):  # reported to on_end as "failed" below
-                    raise FloatingPointError(f"amap: training loss is {ce_value} at step {step}")
-                n = y.shape[0]
-                correct = (logits.detach().argmax(-1) == y).sum()
-                loss_sum = loss_sum + ce.detach() * n
-                correct_sum = correct_sum + correct
-                seen += n
-                ratio = ind.ratio()
-                row = {"step": step, "phase": phase, "loss": ce_value,
-                       "penalty": float((loss - ce).detach()), "macs_ratio": ratio,
-                       "expected_ratio": float(expected.detach())}
-                history.append(row)
-                if log_every and (step % log_every == 0 or step == steps):
-                    print(f"  amap step {step:4d} [{phase}] loss {row['loss']:.4f} "
-                          f"macs {ratio:.4f} expected {row['expected_ratio']:.4f}", flush=True)
-                if on_step:
-                    ev = AMAPStepEvent(step, steps, epoch, ce.detach(), correct, n, loss_sum,
-                                       correct_sum, seen, phase, ratio, float(expected.detach()),
-                                       budget)
-                    for fn in on_step:
-                        fn(ev)
-            if seen:
-                end_phase(phase)
         if ind.frozen is None:  # stopped during the search, or search_frac = 1
-            ind.freeze(target)
+            ind.freeze(budget)
         net.eval()
         small, plan = export(net, ind)
         small.eval()
     except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        result = TrainResult("cancelled" if interrupted else "failed", epochs_done,
-                             f"{type(exc).__name__}: {exc}", step, time.perf_counter() - start)
-        for fn in on_end:
-            fn(result)
+        run.finish(TrainResult("failed", [], f"{type(exc).__name__}: {exc}", result.steps, 0.0))
         raise
-    result = TrainResult(status, epochs_done, reason, step, time.perf_counter() - start)
-    for fn in on_end:
-        fn(result)
+    status, reason = result.status, result.reason
+    run.finish(result)
+    history, epochs_done, step = run.history, run.epochs, result.steps
     scores = {}
     for i, (mq, mv) in enumerate(ind.scores()):
         scores[f"blocks.{i}.attn.qk"], scores[f"blocks.{i}.attn.v"] = mq, mv

@@ -22,6 +22,7 @@ from ..attention import attention_modules
 from .base import (Pruner, check_batch, check_logits, check_sparsity, register_pruner,
                    scoring_state)
 from .masks import compute_masks, get_masks, remove_masks
+from .result import finish_mask_prune
 
 
 def _normalise(scores: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -309,7 +310,6 @@ class SynflowPruner(Pruner):
         return self._round(self._abs_copy(model), shape)
 
     def prune_model(self, model, sparsity, images=None, labels=None, scope="global"):
-        from .api import finish_mask_prune
         s = check_sparsity(sparsity)
         shape = self._input_shape(model, images)
         net = self._abs_copy(model)

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from .base import check_sparsity
+from .checks import check_sparsity
 
 SCOPES = ("global", "layer")
 

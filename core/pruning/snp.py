@@ -1,7 +1,7 @@
 """SNP criteria (Shim, Yun, Choi: "SNP: Structured Neuron-level Pruning to Preserve Attention
 Scores", seed 001) and the baselines the paper compares on the same structures.
 
-Every criterion is a small object (Torch-Pruning's ``Importance``): options in ``__init__``,
+Every criterion is one small registered class (Torch-Pruning's ``Importance``): options are its fields,
 ``__call__(model, images) -> StructuredScores`` (``core.pruning.structured``), higher = keep.
 :func:`structured_prune` then selects (``structured.select``) and shrinks (``structured.shrink``).
 
@@ -53,8 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.adapter import get_adapter
 from .api import PruneResult
-from .base import Pruner, check_batch, register_pruner
+from .base import Pruner, check_batch, get_pruner, list_pruners, register_pruner
 from .ratios import resolve_ratios
 from .structured import (BlockView, StructuredScores, block_views, config_macs, plan_table,
                          record_attention_inputs, residual_links, select, shrink)
@@ -146,31 +147,110 @@ def _head_weights(b: BlockView) -> Tensor:
                       b.v_weight.reshape(H, -1), out.reshape(H, -1)], dim=1)
 
 
-# ---------------------------------------------------------------------------- criteria
+# ---------------------------------------------------------------------------- base class
 
-class StructuredCriterion:
-    """``criterion(model, images) -> StructuredScores``; ``needs_data`` says if images are
-    required."""
+def scores_dict(scores: StructuredScores) -> dict[str, Tensor]:
+    """Flat ``{name: scores}`` view for reports: ``blocks.i.attn.qk`` (H, d_qk),
+    ``blocks.i.attn.v`` (H, d_v), ``blocks.i.attn.heads`` (H,), ``blocks.i.mlp`` (hidden,),
+    ``residual`` (D,)."""
+    out = {}
+    for i in range(len(scores.qk)):
+        out |= {f"blocks.{i}.attn.qk": scores.qk[i], f"blocks.{i}.attn.v": scores.v[i],
+                f"blocks.{i}.attn.heads": scores.heads[i], f"blocks.{i}.mlp": scores.mlp[i]}
+    return out | {"residual": scores.residual}
 
-    name = ""
-    needs_data = False
+
+@dataclass(frozen=True)
+class StructuredPruner(Pruner):
+    """Base of the structured criteria: one registered class each, whose ``__call__(model,
+    images) -> StructuredScores`` scores every q/k pair, v channel, FFN neuron, head and
+    residual channel (higher = keep), and whose ``prune_model`` selects and returns a
+    physically smaller model (``PruneResult.masks`` None; ``extra`` holds the plan, ratios,
+    per-structure scores and MACs before / after).
+
+    ``ratios``: a paper file (path or shipped name such as ``"DeiT_t"``), a paper-format dict,
+    a dict of components (``{"qk": 0.5, "v": 0.3, "mlp": 0.2, "residual": 0.1, "heads":
+    0.25}``, a number or one per block) or a :class:`StructuredRatios`; when None, the
+    ``sparsity`` of ``prune()`` is removed from q/k, v and FFN of every block. ``heads`` adds
+    head pruning ("SNP + Head"). ``scope`` is not used: structured ratios are per layer.
+    The prunable-set fields of :class:`Pruner` do not apply (the structures are fixed).
+    """
+
+    kind: ClassVar[str] = "structured"
+    needs_data: ClassVar[bool] = False
+
+    ratios: Any = None
+    heads: Any = None
 
     def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+        """The criterion itself: scores of every structure, no checks of the batch."""
         raise NotImplementedError
 
+    def structured_scores(self, model: nn.Module,
+                          images: Tensor | None = None) -> StructuredScores:
+        """The scores after checking the calibration batch against the model."""
+        if self.needs_data:
+            images, _ = check_batch(model, images, None, needs_labels=False)
+        return self(model, images)
 
-class SNP(StructuredCriterion):
-    """SNP's scores (module docstring). ``rank`` = γ; ``batch_size`` images per forward."""
+    def score(self, model: nn.Module, images: Tensor | None = None,
+              labels: Tensor | None = None) -> dict[str, Tensor]:
+        return scores_dict(self.structured_scores(model, images))
 
-    name = "snp"
+    def prune_model(self, model: nn.Module, sparsity: float | None = None,
+                    images: Tensor | None = None, labels: Tensor | None = None,
+                    scope: str = "global") -> PruneResult:
+        if self.ratios is not None and sparsity not in (None, 0, 0.0):
+            raise ValueError(f"give either ratios or a sparsity, not both (sparsity "
+                             f"{sparsity}, ratios {self.ratios!r})")
+        if self.ratios is None and sparsity is None:
+            raise ValueError("give ratios=... or a sparsity")
+        ratios = resolve_ratios(self.ratios, get_adapter(model).depth(model),
+                                sparsity=None if self.ratios is not None else sparsity,
+                                heads=self.heads)
+        scores = self.structured_scores(model, images)
+        plan = select(model, scores, ratios)
+        small = shrink(model, plan)
+        macs_before, macs_after = config_macs(model.config), config_macs(small.config)
+        return PruneResult(
+            small, None, scores_dict(scores), plan_table(model.config, small.config),
+            float(sparsity or 0.0), self, scope,
+            extra={"plan": plan, "ratios": ratios, "structured_scores": scores,
+                   "macs_before": macs_before, "macs_after": macs_after})
+
+
+# ---------------------------------------------------------------------------- criteria
+
+_SNP_FORMULA = (r"\omega_i = \sum_{j \le \gamma} \frac{|(u_j \cdot q_i)(v_j \cdot k_i)|}"
+                r"{\lVert q_i \rVert \lVert k_i \rVert}, \quad \omega_{h,i} = \sum_{j,l} "
+                r"\left(1 - |\cos(W_V[h,i], W_V[j,l])|\right)")
+
+
+@register_pruner("snp")
+@dataclass(frozen=True)
+class SNPPruner(StructuredPruner):
+    """SNP's scores (module docstring). ``rank`` = γ; ``batch_size`` images per forward;
+    ``residual_score``: ``"redundancy"`` (default) or ``"l2"`` per linked layer."""
+
     needs_data = True
+    formula = _SNP_FORMULA
+    explanation = (
+        "SNP (Structured Neuron-level Pruning) removes whole neurons and makes the model "
+        "physically smaller. Query and key channels are pruned in pairs, keeping the pairs "
+        "whose rank-1 terms q_i k_iᵀ line up with the dominant singular directions of the "
+        "attention scores QKᵀ, so the attention maps survive. Value and FFN neurons that "
+        "duplicate others (high |cosine| with the rest of the layer, across heads) go first. "
+        "Residual channels are removed at the same indices along the whole residual stream.")
 
-    def __init__(self, rank: int | None = DEFAULT_RANK, residual_score: str = "redundancy",
-                 batch_size: int = 16):
-        if residual_score not in ("redundancy", "l2"):
+    rank: int | None = DEFAULT_RANK
+    residual_score: str = "redundancy"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.residual_score not in ("redundancy", "l2"):
             raise ValueError(f"residual_score must be 'redundancy' or 'l2', got "
-                             f"{residual_score!r}")
-        self.rank, self.residual_score, self.batch_size = rank, residual_score, batch_size
+                             f"{self.residual_score!r}")
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
@@ -205,22 +285,16 @@ class SNP(StructuredCriterion):
             residual=residual_scores(model, per_layer).cpu())
 
 
-class L2Norm(StructuredCriterion):
-    """Magnitude baseline: L2 norm of each structure's weights (q/k pairs: q + k norms)."""
+@register_pruner("reverse")
+@dataclass(frozen=True)
+class ReversePruner(SNPPruner):
+    """SNP's order inverted (the paper's "Reverse"): prunes what SNP would keep."""
 
-    name = "l2-norm"
-
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
-        return _per_row(model, l2_scores, l2_scores)
-
-
-class GeometricMedian(StructuredCriterion):
-    """FPGM baseline: distance sum to the layer's other rows (q/k pairs: q + k)."""
-
-    name = "gm"
+    explanation = ("SNP's order inverted: prunes the structures SNP would keep first. The "
+                   "paper's sanity check that SNP's ranking, not the structure, keeps accuracy.")
 
     def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
-        return _per_row(model, gm_scores, gm_scores)
+        return super().__call__(model, images).map(lambda s: -s)
 
 
 def _per_row(model: nn.Module, row_fn: Callable[[Tensor], Tensor],
@@ -237,13 +311,42 @@ def _per_row(model: nn.Module, row_fn: Callable[[Tensor], Tensor],
         residual=residual_scores(model, row_fn).cpu())
 
 
-class RandomScores(StructuredCriterion):
+@register_pruner("l2-norm")
+@dataclass(frozen=True)
+class L2NormPruner(StructuredPruner):
+    """Magnitude baseline: L2 norm of each structure's weights (q/k pairs: q + k norms)."""
+
+    formula = r"s_i = \lVert W_Q[h,i] \rVert_2 + \lVert W_K[h,i] \rVert_2"
+    explanation = ("Structured magnitude baseline: each neuron's weight row L2 norm (q/k "
+                   "pairs add the q and k norms); the smallest go, on SNP's structures.")
+
+    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+        return _per_row(model, l2_scores, l2_scores)
+
+
+@register_pruner("gm")
+@dataclass(frozen=True)
+class GeometricMedianPruner(StructuredPruner):
+    """FPGM baseline: distance sum to the layer's other rows (q/k pairs: q + k)."""
+
+    formula = r"s_i = \sum_j \lVert w_i - w_j \rVert_2"
+    explanation = ("Geometric-median baseline (FPGM): neurons whose weight rows lie near the "
+                   "layer's geometric median are the most replaceable and go first.")
+
+    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+        return _per_row(model, gm_scores, gm_scores)
+
+
+@register_pruner("structured-random")
+@dataclass(frozen=True)
+class StructuredRandomPruner(StructuredPruner):
     """Uniform random scores from a seeded generator (the chance baseline)."""
 
-    name = "random"
+    formula = r"s_i \sim \mathcal{U}(0, 1)"
+    explanation = ("Random neurons, heads and channels on SNP's structures (seeded): the "
+                   "baseline a structured criterion has to beat.")
 
-    def __init__(self, seed: int = 0):
-        self.seed = seed
+    seed: int = 0
 
     def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
         g = torch.Generator().manual_seed(self.seed)
@@ -255,179 +358,22 @@ class RandomScores(StructuredCriterion):
             qk=[r(b.num_heads, b.qk_dim) for b in views],
             v=[r(b.num_heads, b.v_dim) for b in views],
             mlp=[r(b.mlp_hidden) for b in views], heads=[r(b.num_heads) for b in views],
-            residual=r(model.patch_embed.proj.weight.shape[0]))
+            residual=r(get_adapter(model).residual_width(model)))
 
 
-class Reverse(StructuredCriterion):
-    """SNP's order inverted (the paper's "Reverse"): prunes what SNP would keep."""
-
-    name = "reverse"
-    needs_data = True
-
-    def __init__(self, **snp_options):
-        self.snp = SNP(**snp_options)
-
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
-        return self.snp(model, images).map(lambda s: -s)
+# ``structured_prune``'s short names for the structured criteria
+_SHORT = {"random": "structured-random"}
 
 
-CRITERIA: dict[str, type[StructuredCriterion]] = {
-    c.name: c for c in (SNP, L2Norm, GeometricMedian, RandomScores, Reverse)}
-
-
-def get_criterion(name: str, **options) -> StructuredCriterion:
-    """The structured criterion ``name`` (``snp``, ``l2-norm``, ``gm``, ``random``, ``reverse``)."""
-    if name not in CRITERIA:
-        raise ValueError(f"unknown structured criterion {name!r}; known: {', '.join(CRITERIA)}")
-    try:
-        return CRITERIA[name](**options)
-    except TypeError as e:
-        raise ValueError(f"bad option for criterion {name!r}: {e}") from None
-
-
-# ---------------------------------------------------------------------------- pruners
-
-def scores_dict(model: nn.Module, scores: StructuredScores) -> dict[str, Tensor]:
-    """Flat ``{name: scores}`` view for reports: ``blocks.i.attn.qk`` (H, d_qk),
-    ``blocks.i.attn.v`` (H, d_v), ``blocks.i.attn.heads`` (H,), ``blocks.i.mlp`` (hidden,),
-    ``residual`` (D,)."""
-    out = {}
-    for i in range(model.config.depth):
-        out |= {f"blocks.{i}.attn.qk": scores.qk[i], f"blocks.{i}.attn.v": scores.v[i],
-                f"blocks.{i}.attn.heads": scores.heads[i], f"blocks.{i}.mlp": scores.mlp[i]}
-    return out | {"residual": scores.residual}
-
-
-@dataclass(frozen=True)
-class StructuredPruner(Pruner):
-    """Base of the registered structured pruners: ``prune_model`` returns a physically smaller
-    model (``PruneResult.masks`` None; ``extra`` holds the plan, ratios, per-structure scores
-    and MACs before / after).
-
-    ``ratios``: a paper file (path or shipped name such as ``"DeiT_t"``), a paper-format dict,
-    a dict of components (``{"qk": 0.5, "v": 0.3, "mlp": 0.2, "residual": 0.1, "heads":
-    0.25}``, a number or one per block) or a :class:`StructuredRatios`; when None, the
-    ``sparsity`` of ``prune()`` is removed from q/k, v and FFN of every block. ``heads`` adds
-    head pruning ("SNP + Head"). ``scope`` is not used: structured ratios are per layer.
-    The prunable-set fields of :class:`Pruner` do not apply (the structures are fixed).
-    """
-
-    kind: ClassVar[str] = "structured"
-    needs_data: ClassVar[bool] = False
-
-    ratios: Any = None
-    heads: Any = None
-
-    def criterion(self) -> StructuredCriterion:
-        raise NotImplementedError
-
-    def structured_scores(self, model: nn.Module,
-                          images: Tensor | None = None) -> StructuredScores:
-        if self.needs_data:
-            images, _ = check_batch(model, images, None, needs_labels=False)
-        return self.criterion()(model, images)
-
-    def score(self, model: nn.Module, images: Tensor | None = None,
-              labels: Tensor | None = None) -> dict[str, Tensor]:
-        return scores_dict(model, self.structured_scores(model, images))
-
-    def prune_model(self, model: nn.Module, sparsity: float | None = None,
-                    images: Tensor | None = None, labels: Tensor | None = None,
-                    scope: str = "global") -> PruneResult:
-        if self.ratios is not None and sparsity not in (None, 0, 0.0):
-            raise ValueError(f"give either ratios or a sparsity, not both (sparsity "
-                             f"{sparsity}, ratios {self.ratios!r})")
-        if self.ratios is None and sparsity is None:
-            raise ValueError("give ratios=... or a sparsity")
-        ratios = resolve_ratios(self.ratios, model.config.depth,
-                                sparsity=None if self.ratios is not None else sparsity,
-                                heads=self.heads)
-        scores = self.structured_scores(model, images)
-        plan = select(model, scores, ratios)
-        small = shrink(model, plan)
-        macs_before, macs_after = config_macs(model.config), config_macs(small.config)
-        return PruneResult(
-            small, None, scores_dict(model, scores), plan_table(model.config, small.config),
-            float(sparsity or 0.0), self, scope,
-            extra={"plan": plan, "ratios": ratios, "structured_scores": scores,
-                   "macs_before": macs_before, "macs_after": macs_after})
-
-
-_SNP_FORMULA = (r"\omega_i = \sum_{j \le \gamma} \frac{|(u_j \cdot q_i)(v_j \cdot k_i)|}"
-                r"{\lVert q_i \rVert \lVert k_i \rVert}, \quad \omega_{h,i} = \sum_{j,l} "
-                r"\left(1 - |\cos(W_V[h,i], W_V[j,l])|\right)")
-
-
-@register_pruner("snp")
-@dataclass(frozen=True)
-class SNPPruner(StructuredPruner):
-    needs_data = True
-    formula = _SNP_FORMULA
-    explanation = (
-        "SNP (Structured Neuron-level Pruning) removes whole neurons and makes the model "
-        "physically smaller. Query and key channels are pruned in pairs, keeping the pairs "
-        "whose rank-1 terms q_i k_iᵀ line up with the dominant singular directions of the "
-        "attention scores QKᵀ, so the attention maps survive. Value and FFN neurons that "
-        "duplicate others (high |cosine| with the rest of the layer, across heads) go first. "
-        "Residual channels are removed at the same indices along the whole residual stream.")
-
-    rank: int | None = DEFAULT_RANK
-    residual_score: str = "redundancy"
-    batch_size: int = 16
-
-    def criterion(self) -> StructuredCriterion:
-        return SNP(self.rank, self.residual_score, self.batch_size)
-
-
-@register_pruner("reverse")
-@dataclass(frozen=True)
-class ReversePruner(SNPPruner):
-    explanation = ("SNP's order inverted: prunes the structures SNP would keep first. The "
-                   "paper's sanity check that SNP's ranking, not the structure, keeps accuracy.")
-
-    def criterion(self) -> StructuredCriterion:
-        return Reverse(rank=self.rank, residual_score=self.residual_score,
-                       batch_size=self.batch_size)
-
-
-@register_pruner("l2-norm")
-@dataclass(frozen=True)
-class L2NormPruner(StructuredPruner):
-    formula = r"s_i = \lVert W_Q[h,i] \rVert_2 + \lVert W_K[h,i] \rVert_2"
-    explanation = ("Structured magnitude baseline: each neuron's weight row L2 norm (q/k "
-                   "pairs add the q and k norms); the smallest go, on SNP's structures.")
-
-    def criterion(self) -> StructuredCriterion:
-        return L2Norm()
-
-
-@register_pruner("gm")
-@dataclass(frozen=True)
-class GeometricMedianPruner(StructuredPruner):
-    formula = r"s_i = \sum_j \lVert w_i - w_j \rVert_2"
-    explanation = ("Geometric-median baseline (FPGM): neurons whose weight rows lie near the "
-                   "layer's geometric median are the most replaceable and go first.")
-
-    def criterion(self) -> StructuredCriterion:
-        return GeometricMedian()
-
-
-@register_pruner("structured-random")
-@dataclass(frozen=True)
-class StructuredRandomPruner(StructuredPruner):
-    formula = r"s_i \sim \mathcal{U}(0, 1)"
-    explanation = ("Random neurons, heads and channels on SNP's structures (seeded): the "
-                   "baseline a structured criterion has to beat.")
-
-    seed: int = 0
-
-    def criterion(self) -> StructuredCriterion:
-        return RandomScores(self.seed)
-
-
-PRUNERS: dict[str, type[StructuredPruner]] = {
-    "snp": SNPPruner, "l2-norm": L2NormPruner, "gm": GeometricMedianPruner,
-    "random": StructuredRandomPruner, "reverse": ReversePruner}
+def structured_pruner(criterion: str, **options) -> StructuredPruner:
+    """The registered structured pruner ``criterion`` (``snp``, ``l2-norm``, ``gm``,
+    ``random`` (= ``structured-random``), ``reverse``, …) with ``options``."""
+    name = _SHORT.get(criterion, criterion)
+    if name not in list_pruners("structured") or name == "amap":
+        known = [n for n in list_pruners("structured") if n != "amap"]
+        raise ValueError(f"unknown structured criterion {criterion!r}; known: "
+                         f"{', '.join(known)}")
+    return get_pruner(name, **options)
 
 
 def structured_prune(model: nn.Module, criterion: str = "snp", ratios: object = None,
@@ -437,11 +383,5 @@ def structured_prune(model: nn.Module, criterion: str = "snp", ratios: object = 
     and physically shrink; ``model`` is not modified. See :class:`StructuredPruner` for
     ``ratios`` / ``sparsity`` / ``heads``; ``options`` are the criterion's (``rank``,
     ``seed``, ...). images: (B, C, H, W) in [0, 1], the calibration batch."""
-    if criterion not in PRUNERS:
-        raise ValueError(f"unknown structured criterion {criterion!r}; known: "
-                         f"{', '.join(PRUNERS)}")
-    try:
-        pruner = PRUNERS[criterion](ratios=ratios, heads=heads, **options)
-    except TypeError as e:
-        raise ValueError(f"bad option for criterion {criterion!r}: {e}") from None
+    pruner = structured_pruner(criterion, ratios=ratios, heads=heads, **options)
     return pruner.prune_model(model, sparsity, images)

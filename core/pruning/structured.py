@@ -38,21 +38,20 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from linformer.linformer import LinformerSelfAttention
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from ..models.linformer_vit import (LinformerLayerConfig, LinformerViT, LinformerViTConfig,
-                                    with_layers)
-from ..models.vit import Attention, BlockConfig, VisionTransformer, ViTConfig, with_blocks
+from ..models.adapter import (BlockView, Slices, adapter_for_config, block_views,  # noqa: F401
+                              get_adapter)
 from .masks import apply_masks
 from .ratios import StructuredRatios, removal_count
 
-Config = ViTConfig | LinformerViTConfig
+Config = Any  # a family's configuration dataclass (ViTConfig, LinformerViTConfig, ...)
 
 
 # ---------------------------------------------------------------------------- data types
@@ -103,121 +102,13 @@ class PruningPlan:
 
 # ---------------------------------------------------------------------------- block access
 
-@dataclass(eq=False)
-class BlockView:
-    """Family-independent access to one block's sizes, modules and weights (views, no copies).
-
-    ``q_weight``/``k_weight`` (H, d_qk, C), ``q_bias``/``k_bias`` (H, d_qk) or None,
-    ``v_weight`` (H, d_v, C), ``out_weight`` (C, H·d_v), ``fc1``/``fc2`` the FFN linears,
-    ``norm1``/``norm2`` the pre-norms; ``attn`` the attention module (its input is the
-    LayerNorm-ed block input).
-    """
-
-    num_heads: int
-    qk_dim: int
-    v_dim: int
-    mlp_hidden: int
-    attn: nn.Module
-    norm1: nn.LayerNorm
-    norm2: nn.LayerNorm
-    fc1: nn.Linear
-    fc2: nn.Linear
-    q_weight: Tensor
-    k_weight: Tensor
-    v_weight: Tensor
-    q_bias: Tensor | None
-    k_bias: Tensor | None
-    out_weight: Tensor
-
-    @property
-    def scale(self) -> float:
-        return self.attn.scale if isinstance(self.attn, Attention) else self.qk_dim ** -0.5
-
-    def qk(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Normed input x (B, N, C) → q (B, H, N, d_qk) and the keys scored against it:
-        k (B, H, N, d_qk) for softmax attention, the k sequence-projected keys
-        (B, H, k, d_qk) for Linformer (its scores are ``Q (E K)ᵀ``)."""
-        return self._qkv(x)[:2]
-
-    def head_output_norms(self, x: Tensor) -> Tensor:
-        """(B, H): per head, the mean over tokens of the L2 norm of its contribution to the
-        block's output, ``‖softmax(q kᵀ·scale) v W_out[:, h]ᵀ‖``."""
-        q, k, v = self._qkv(x)
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        o = attn @ v                                                   # (B, H, N, d_v)
-        w = self.out_weight.reshape(-1, self.num_heads, self.v_dim)   # (C, H, d_v)
-        gram = torch.einsum("chd,che->hde", w, w)                      # W_hᵀ W_h per head
-        sq = torch.einsum("bhnd,hde,bhne->bhn", o, gram, o)
-        return sq.clamp(min=0).sqrt().mean(dim=-1)
-
-    def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        if isinstance(self.attn, Attention):
-            return self.attn.split_qkv(x)
-        a: LinformerSelfAttention = self.attn
-        B, N, _ = x.shape
-        H, d = self.num_heads, self.qk_dim
-        proj_v = a.proj_k if a.share_kv else a.proj_v
-        q = a.to_q(x).reshape(B, N, H, d).transpose(1, 2)
-        k = torch.einsum("bnd,nk->bkd", a.to_k(x), a.proj_k[:N])
-        v = torch.einsum("bnd,nk->bkd", a.to_v(x) if not a.share_kv else a.to_k(x),
-                         proj_v[:N])
-        k = k.reshape(B, -1, H, d).transpose(1, 2)
-        v = v.reshape(B, -1, H, d).transpose(1, 2)
-        return q, k, v
-
-
-def block_views(model: nn.Module) -> list[BlockView]:
-    """One :class:`BlockView` per block of a ViT / DeiT or Linformer-ViT."""
-    views = []
-    if isinstance(model, VisionTransformer):
-        for blk, cfg in zip(model.blocks, model.config.blocks):
-            H, dq, dv, C = cfg.num_heads, cfg.qk_dim, cfg.v_dim, model.config.embed_dim
-            w = blk.attn.qkv.weight.detach()
-            b = blk.attn.qkv.bias.detach() if blk.attn.qkv.bias is not None else None
-            views.append(BlockView(
-                H, dq, dv, cfg.mlp_hidden, blk.attn, blk.norm1, blk.norm2, blk.mlp.fc1,
-                blk.mlp.fc2,
-                q_weight=w[:H * dq].reshape(H, dq, C),
-                k_weight=w[H * dq:2 * H * dq].reshape(H, dq, C),
-                v_weight=w[2 * H * dq:].reshape(H, dv, C),
-                q_bias=b[:H * dq].reshape(H, dq) if b is not None else None,
-                k_bias=b[H * dq:2 * H * dq].reshape(H, dq) if b is not None else None,
-                out_weight=blk.attn.proj.weight.detach()))
-        return views
-    if isinstance(model, LinformerViT):
-        for layer, cfg in zip(model.transformer.net.layers, model.config.layers):
-            attn, ff = layer[0].fn, layer[1].fn
-            H, d, C = cfg.heads, cfg.dim_head, model.config.dim
-            views.append(BlockView(
-                H, d, d, cfg.ff_hidden, attn, layer[0].norm, layer[1].norm, ff.w1, ff.w2,
-                q_weight=attn.to_q.weight.detach().reshape(H, d, C),
-                k_weight=attn.to_k.weight.detach().reshape(H, d, C),
-                v_weight=attn.to_v.weight.detach().reshape(H, d, C),
-                q_bias=None, k_bias=None, out_weight=attn.to_out.weight.detach()))
-        return views
-    raise TypeError(f"structured pruning supports VisionTransformer and LinformerViT, not "
-                    f"{type(model).__name__}")
-
-
 def residual_links(model: nn.Module) -> list[tuple[str, Tensor]]:
     """The layers joined by the residual stream, each as (name, (D, fan) channel vectors).
 
     Writers (patch embedding, every attention out-projection, every fc2) give their output rows;
     readers (every q/k/v projection, fc1 and the head) their input columns multiplied by the
-    gain of the LayerNorm in front of them (the weight that channel effectively meets).
-    """
-    views = block_views(model)
-    pe = model.patch_embed.proj.weight.detach()
-    links = [("patch_embed", pe.reshape(pe.shape[0], -1))]
-    for i, b in enumerate(views):
-        g1, g2 = b.norm1.weight.detach(), b.norm2.weight.detach()
-        qkv = torch.cat([b.q_weight.flatten(0, 1), b.k_weight.flatten(0, 1),
-                         b.v_weight.flatten(0, 1)])
-        links += [(f"blocks.{i}.qkv", (qkv * g1).T), (f"blocks.{i}.proj", b.out_weight),
-                  (f"blocks.{i}.fc1", (b.fc1.weight.detach() * g2).T),
-                  (f"blocks.{i}.fc2", b.fc2.weight.detach())]
-    links.append(("head", (model.head.weight.detach() * model.norm.weight.detach()).T))
-    return links
+    gain of the LayerNorm in front of them (the weight that channel effectively meets)."""
+    return get_adapter(model).residual_links(model)
 
 
 @contextmanager
@@ -251,7 +142,8 @@ def select(model: nn.Module, scores: StructuredScores, ratios: StructuredRatios)
     every kept head the same number of q/k pairs and of v channels, chosen per head; FFN
     neurons; one residual set. Counts follow :func:`~core.pruning.ratios.removal_count`.
     """
-    views = block_views(model)
+    adapter = get_adapter(model)
+    views = adapter.blocks(model)
     if ratios.depth != len(views):
         raise ValueError(f"ratios are for {ratios.depth} blocks; this model has {len(views)}")
     blocks = []
@@ -260,7 +152,7 @@ def select(model: nn.Module, scores: StructuredScores, ratios: StructuredRatios)
                          - removal_count(ratios.heads[i], b.num_heads))
         n_qk = b.qk_dim - removal_count(ratios.qk[i], b.qk_dim)
         n_v = b.v_dim - removal_count(ratios.v[i], b.v_dim)
-        if isinstance(model, LinformerViT) and n_qk != n_v:
+        if adapter.tied_qk_v and n_qk != n_v:
             raise ValueError(
                 f"block {i}: Linformer's attention has one dim_head shared by q, k and v; the "
                 f"q/k ratio {ratios.qk[i]} keeps {n_qk} and the v ratio {ratios.v[i]} keeps "
@@ -273,7 +165,7 @@ def select(model: nn.Module, scores: StructuredScores, ratios: StructuredRatios)
                          - removal_count(ratios.mlp[i], b.mlp_hidden))))
     D = scores.residual.numel()
     n_res = D - removal_count(ratios.residual, D)
-    if isinstance(model, LinformerViT):
+    if adapter.heads_divide_width:
         multiple = math.lcm(*(len(p.heads) for p in blocks))
         n_res -= n_res % multiple
         if n_res == 0:
@@ -291,7 +183,7 @@ def full_plan(model: nn.Module) -> PruningPlan:
     return PruningPlan(
         tuple(BlockPlan(ar(b.num_heads), ar(b.qk_dim).repeat(b.num_heads, 1),
                         ar(b.v_dim).repeat(b.num_heads, 1), ar(b.mlp_hidden)) for b in views),
-        ar(model.patch_embed.proj.weight.shape[0]))
+        ar(get_adapter(model).residual_width(model)))
 
 
 def _check_plan(model: nn.Module, plan: PruningPlan) -> None:
@@ -304,7 +196,7 @@ def _check_plan(model: nn.Module, plan: PruningPlan) -> None:
             raise ValueError(f"{what}: indices must be non-empty and in [0, {n})")
         if ix.dim() == 1 and ix.unique().numel() != ix.numel():
             raise ValueError(f"{what}: repeated indices")
-    ok(plan.residual, model.patch_embed.proj.weight.shape[0], "residual")
+    ok(plan.residual, get_adapter(model).residual_width(model), "residual")
     for i, (p, b) in enumerate(zip(plan.blocks, views)):
         ok(p.heads, b.num_heads, f"block {i} heads")
         ok(p.mlp, b.mlp_hidden, f"block {i} mlp")
@@ -318,44 +210,8 @@ def _check_plan(model: nn.Module, plan: PruningPlan) -> None:
 
 # ---------------------------------------------------------------------------- slicing
 
-# state-dict key → kept indices per dim (None = all); the one description from which both the
-# shrunk weights (index_select) and the masks (ones at the kept positions) are made
-Slices = dict[str, tuple[Tensor | None, ...]]
-
-
-def _rows(heads: Tensor, within: Tensor, per_head: int) -> Tensor:
-    """Flat row indices of channels ``within`` (H', d') of ``heads`` in a (H·per_head) layout."""
-    return (heads[:, None] * per_head + within).flatten()
-
-
 def _slices(model: nn.Module, plan: PruningPlan) -> Slices:
-    r = plan.residual
-    s: Slices = {"cls_token": (None, None, r), "pos_embed": (None, None, r),
-                 "patch_embed.proj.weight": (r,), "patch_embed.proj.bias": (r,),
-                 "norm.weight": (r,), "norm.bias": (r,), "head.weight": (None, r)}
-    for i, (p, b) in enumerate(zip(plan.blocks, block_views(model))):
-        H, dq, dv = b.num_heads, b.qk_dim, b.v_dim
-        q_rows = _rows(p.heads, p.qk, dq)
-        v_rows = _rows(p.heads, p.v, dv)
-        if isinstance(model, VisionTransformer):
-            pre = f"blocks.{i}."
-            # packed [q (H·d_qk) | k (H·d_qk) | v (H·d_v)]
-            qkv = torch.cat([q_rows, q_rows + H * dq, v_rows + 2 * H * dq])
-            s |= {pre + "attn.qkv.weight": (qkv, r), pre + "attn.qkv.bias": (qkv,),
-                  pre + "attn.proj.weight": (r, v_rows), pre + "attn.proj.bias": (r,)}
-            names = {"norm1": "norm1", "norm2": "norm2", "fc1": "mlp.fc1", "fc2": "mlp.fc2"}
-        else:
-            pre = f"transformer.net.layers.{i}."
-            # separate to_q / to_k / to_v: q and k take the same rows
-            s |= {pre + "0.fn.to_q.weight": (q_rows, r), pre + "0.fn.to_k.weight": (q_rows, r),
-                  pre + "0.fn.to_v.weight": (v_rows, r),
-                  pre + "0.fn.to_out.weight": (r, v_rows), pre + "0.fn.to_out.bias": (r,)}
-            names = {"norm1": "0.norm", "norm2": "1.norm", "fc1": "1.fn.w1", "fc2": "1.fn.w2"}
-        for norm in ("norm1", "norm2"):
-            s |= {f"{pre}{names[norm]}.weight": (r,), f"{pre}{names[norm]}.bias": (r,)}
-        s |= {f"{pre}{names['fc1']}.weight": (p.mlp, r), f"{pre}{names['fc1']}.bias": (p.mlp,),
-              f"{pre}{names['fc2']}.weight": (r, p.mlp), f"{pre}{names['fc2']}.bias": (r,)}
-    return s
+    return get_adapter(model).slices(model, plan)
 
 
 def _take(t: Tensor, ix: tuple[Tensor | None, ...]) -> Tensor:
@@ -385,14 +241,7 @@ def plan_masks(model: nn.Module, plan: PruningPlan) -> dict[str, Tensor]:
 
 def shrunk_config(model: nn.Module, plan: PruningPlan) -> Config:
     """The config of the model :func:`shrink` builds (scale left at None: folded into W_q)."""
-    D = plan.residual.numel()
-    if isinstance(model, VisionTransformer):
-        blocks = [BlockConfig(p.heads.numel(), p.qk.shape[1], p.v.shape[1], p.mlp.numel())
-                  for p in plan.blocks]
-        return with_blocks(model.config, blocks, embed_dim=D)
-    layers = [LinformerLayerConfig(p.heads.numel(), p.qk.shape[1], p.mlp.numel())
-              for p in plan.blocks]
-    return with_layers(model.config, layers, dim=D)
+    return get_adapter(model).shrunk_config(model, plan)
 
 
 @torch.no_grad()
@@ -402,24 +251,16 @@ def shrink(model: nn.Module, plan: PruningPlan) -> nn.Module:
     if any(parametrize.is_parametrized(m) for m in model.modules()):
         raise ValueError("shrink a plain model, not one carrying parametrized masks")
     _check_plan(model, plan)
-    views = block_views(model)
+    adapter = get_adapter(model)
     sd = model.state_dict()
-    slices = _slices(model, plan)
+    slices = adapter.slices(model, plan)
     new_sd = {k: _take(v, slices[k]) if k in slices else v for k, v in sd.items()}
-    for i, (p, b) in enumerate(zip(plan.blocks, views)):
+    for i, (p, b) in enumerate(zip(plan.blocks, adapter.blocks(model))):
         fold = b.scale * math.sqrt(p.qk.shape[1])  # new scale d'^-0.5 · fold = old scale
-        n_q = p.qk.numel()
-        if isinstance(model, VisionTransformer):
-            for key in (f"blocks.{i}.attn.qkv.weight", f"blocks.{i}.attn.qkv.bias"):
-                if key in new_sd:
-                    new_sd[key] = new_sd[key].clone()
-                    new_sd[key][:n_q] *= fold
-        else:
-            key = f"transformer.net.layers.{i}.0.fn.to_q.weight"
-            new_sd[key] = new_sd[key] * fold
+        adapter.fold_query_scale(new_sd, i, p.qk.numel(), fold)
     param = next(model.parameters())
     with torch.device("meta"):  # skip the random init: every tensor is overwritten below
-        new = type(model)(shrunk_config(model, plan))
+        new = adapter.build(adapter.shrunk_config(model, plan))
     new = new.to_empty(device=param.device).to(dtype=param.dtype)
     new.load_state_dict(new_sd, strict=True)
     old_buffers = dict(model.named_buffers())
@@ -472,39 +313,13 @@ def masked_model(model: nn.Module, plan: PruningPlan) -> nn.Module:
 # ---------------------------------------------------------------------------- reporting
 
 def config_macs(config: Config) -> int:
-    """Closed-form MACs of one image, the quantity ``count_macs`` measures.
-
-    ViT with N = P + 1 tokens (P patches), residual width D, patch size p:
-    ``P·D·C_in·p² + Σ_blocks [N·D·H(2d_qk + d_v) + H·N²·(d_qk + d_v) + N·H·d_v·D
-    + 2·N·D·hidden] + D·classes``. Linformer with sequence-projection length k: per layer
-    ``3·N·D·H·d + 2·N·k·H·d + 2·H·N·k·d + N·H·d·D + 2·N·D·hidden``.
-    """
-    H0, W0 = config.img_size
-    p = config.patch_size
-    P = (H0 // p) * (W0 // p)
-    N = P + 1
-    if isinstance(config, ViTConfig):
-        D = config.embed_dim
-        macs = P * D * config.in_chans * p * p
-        for b in config.blocks:
-            H, dq, dv = b.num_heads, b.qk_dim, b.v_dim
-            macs += (N * D * H * (2 * dq + dv) + H * N * N * (dq + dv) + N * H * dv * D
-                     + 2 * N * D * b.mlp_hidden)
-    else:
-        D, k = config.dim, config.k
-        macs = P * D * config.in_chans * p * p
-        for b in config.layers:
-            Hd = b.heads * b.dim_head
-            macs += 3 * N * D * Hd + 2 * N * k * Hd + 2 * N * k * Hd + N * Hd * D \
-                + 2 * N * D * b.ff_hidden
-    return macs + D * config.num_classes
+    """Closed-form MACs of one image, the quantity ``count_macs`` measures (the family
+    adapter's ``config_macs`` gives the formula)."""
+    return adapter_for_config(config).config_macs(config)
 
 
 def _sizes(config: Config) -> tuple[list[tuple[int, int, int, int]], int]:
-    if isinstance(config, ViTConfig):
-        return [(b.num_heads, b.qk_dim, b.v_dim, b.mlp_hidden) for b in config.blocks], \
-            config.embed_dim
-    return [(b.heads, b.dim_head, b.dim_head, b.ff_hidden) for b in config.layers], config.dim
+    return adapter_for_config(config).block_sizes(config)
 
 
 def ratios_of(before: Config, after: Config) -> StructuredRatios:

@@ -1,0 +1,191 @@
+"""Hostile and broken checkpoint files: a clear CheckpointError naming the problem, before any
+large allocation, and nothing executed (issue: hardening)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from core.models import CheckpointError, build_model, load_model, load_weights, save_model
+from core.models.registry import _plain_state_dict
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory) -> tuple[Path, dict]:
+    path = tmp_path_factory.mktemp("ckpt") / "vit.safetensors"
+    save_model(build_model("vit-tiny", 3), path)
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    return path, meta
+
+
+def _forge(tmp_path: Path, sd: dict, meta: dict, name: str = "forged.safetensors") -> Path:
+    path = tmp_path / name
+    save_file(sd, str(path), metadata=meta)
+    return path
+
+
+def test_forged_architecture_is_refused_before_allocating(tmp_path, saved):
+    """A tiny file declaring mlp_hidden=2,000,000 once made the server allocate ~1.35 GB."""
+    _, meta = saved
+    cfg = json.loads(meta["prunelens_config"])
+    cfg["blocks"][0]["mlp_hidden"] = 2_000_000
+    path = _forge(tmp_path, {"x": torch.zeros(1)}, {**meta, "prunelens_config": json.dumps(cfg)})
+    assert path.stat().st_size < 2000
+    with pytest.raises(CheckpointError, match=r"mlp_hidden must be in \[1, 65536\]"):
+        load_model(path)
+    cfg["blocks"][0]["mlp_hidden"] = 60_000       # within bounds: the header shapes decide
+    path = _forge(tmp_path, {"x": torch.zeros(1)}, {**meta, "prunelens_config": json.dumps(cfg)})
+    with pytest.raises(CheckpointError, match="missing keys.*unexpected keys: x"):
+        load_model(path)
+
+
+def test_forged_architecture_costs_no_memory_in_a_fresh_process(tmp_path, saved):
+    _, meta = saved
+    cfg = json.loads(meta["prunelens_config"])
+    cfg["embed_dim"], cfg["blocks"] = 60_000, [dict(b, mlp_hidden=60_000) for b in cfg["blocks"]]
+    path = _forge(tmp_path, {"x": torch.zeros(1)}, {**meta, "prunelens_config": json.dumps(cfg)})
+    code = textwrap.dedent(f"""
+        import resource, torch
+        from core.models import load_model, CheckpointError
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        try:
+            load_model({str(path)!r})
+        except CheckpointError:
+            pass
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert int(out.stdout.strip()) < 100, out.stdout   # MiB over the imports
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("prunelens_config", "{not json", "prunelens_config is not valid JSON"),
+    ("prunelens_config", "[1, 2]", "must be a JSON object"),
+    ("prunelens_family", "swin", "prunelens_family: unknown model family 'swin'"),
+])
+def test_forged_metadata_fields(tmp_path, saved, field, value, message):
+    path, meta = saved
+    sd = _plain_state_dict(load_model(path))
+    with pytest.raises(CheckpointError, match=message):
+        load_model(_forge(tmp_path, sd, {**meta, field: value}))
+
+
+def test_config_missing_or_wrong_fields_are_named(tmp_path, saved):
+    path, meta = saved
+    sd = _plain_state_dict(load_model(path))
+    cfg = json.loads(meta["prunelens_config"])
+    lin = {**meta, "prunelens_family": "linformer-vit"}
+    with pytest.raises(CheckpointError, match="lacks the field 'layers'"):
+        load_model(_forge(tmp_path, sd, {**lin, "prunelens_config": json.dumps(
+            {k: v for k, v in cfg.items() if k != "blocks"})}))
+    with pytest.raises(CheckpointError, match="patch_size must be in"):
+        load_model(_forge(tmp_path, sd, {**meta, "prunelens_config": json.dumps(
+            {**cfg, "patch_size": 0})}))
+    with pytest.raises(CheckpointError, match="unexpected keyword argument 'depthh'"):
+        load_model(_forge(tmp_path, sd, {**meta, "prunelens_config": json.dumps(
+            {**cfg, "depthh": 3})}))
+
+
+def test_integer_and_nan_weights_are_refused(tmp_path, saved):
+    path, meta = saved
+    sd = _plain_state_dict(load_model(path))
+    q = dict(sd, **{"head.weight": sd["head.weight"].to(torch.int8)})
+    with pytest.raises(CheckpointError, match=r"not: head.weight \(int8\)"):
+        load_model(_forge(tmp_path, q, meta))
+    n = dict(sd, **{"blocks.0.mlp.fc1.weight": torch.full_like(sd["blocks.0.mlp.fc1.weight"],
+                                                                float("nan"))})
+    with pytest.raises(CheckpointError, match="NaN or infinite values: blocks.0.mlp.fc1.weight"):
+        load_model(_forge(tmp_path, n, meta))
+    torch.save(n, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match="NaN"):
+        load_weights(build_model("vit-tiny", 3), tmp_path / "nan.pth")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch " + str(Path(__file__).parent / "PWNED"),))
+
+
+def test_pickled_code_is_refused_in_one_plain_line(tmp_path):
+    path = tmp_path / "evil.pth"
+    with open(path, "wb") as f:
+        torch.save({"w": torch.zeros(1), "x": _Evil()}, f)
+    with pytest.raises(CheckpointError) as info:
+        load_weights(build_model("vit-tiny", 3), path)
+    msg = str(info.value)
+    assert "\x1b" not in msg and "\n" not in msg and "never pickled code" in msg
+    assert not (Path(__file__).parent / "PWNED").exists()
+
+
+def test_model_options_and_inputs_give_clear_errors():
+    with pytest.raises(ValueError, match=r"patch_size must be in \[1"):
+        build_model("vit-tiny", 3, patch_size=0)
+    with pytest.raises(ValueError, match=r"img_size must be an int or \(height, width\), got '32'"):
+        build_model("vit-tiny", 3, img_size="32")
+    with pytest.raises(ValueError, match="do not fit this model, which takes .B, 3, 32, 32.; "
+                                         "resize them to 32x32"):
+        build_model("vit-tiny", 3)(torch.rand(2, 3, 30, 30))
+    with pytest.raises(ValueError, match="resize them to 32x32"):
+        build_model("linformer-vit-tiny", 3)(torch.rand(2, 3, 30, 30))
+
+
+# ---------------------------------------------------------------------------- properties
+
+_KEYS = ["cls_token", "pos_embed", "patch_embed.proj.weight", "head.weight", "x"]
+_meta_values = st.one_of(
+    st.text(max_size=40),
+    st.builds(json.dumps, st.dictionaries(st.sampled_from(
+        ["img_size", "patch_size", "in_chans", "num_classes", "embed_dim", "blocks",
+         "layers", "dim", "k", "mean", "std", "qkv_bias", "norm_eps"]),
+        st.one_of(st.integers(-3, 1 << 40), st.floats(allow_nan=True), st.text(max_size=5),
+                  st.lists(st.integers(-2, 300), max_size=3),
+                  st.lists(st.dictionaries(st.sampled_from(
+                      ["num_heads", "qk_dim", "v_dim", "mlp_hidden", "heads", "dim_head",
+                       "ff_hidden", "scale"]), st.integers(-2, 1 << 33)), max_size=3)),
+        max_size=8)))
+
+
+@settings(max_examples=1000, deadline=2000, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(family=st.sampled_from(["vit", "linformer-vit", "", "x"]), config=_meta_values,
+       shapes=st.dictionaries(st.sampled_from(_KEYS), st.lists(st.integers(0, 6), max_size=3),
+                              max_size=4),
+       dtype=st.sampled_from([torch.float32, torch.float16, torch.int8]))
+def test_reader_gives_a_checkpoint_error_or_a_model(tmp_path, family, config, shapes, dtype):
+    sd = {k: torch.zeros(s, dtype=dtype) for k, s in shapes.items()} or {"x": torch.zeros(1)}
+    path = tmp_path / "h.safetensors"
+    save_file(sd, str(path), metadata={"prunelens_family": family, "prunelens_config": config})
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    try:
+        model = load_model(path)
+    except CheckpointError:
+        pass
+    else:  # only a file whose header matches its declared architecture loads
+        assert set(_plain_state_dict(model)) == set(sd)
+    grown_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mib < 200
+
+
+@settings(max_examples=300, deadline=2000, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=4096))
+def test_reader_of_random_bytes(tmp_path, data):
+    for suffix in (".safetensors", ".pth"):
+        path = tmp_path / f"r{suffix}"
+        path.write_bytes(data)
+        with pytest.raises(CheckpointError):
+            load_model(path)
