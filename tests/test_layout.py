@@ -111,3 +111,11 @@ def test_nothing_edits_sys_path():
                  if "sys.path.insert" in p.read_text() or "sys.path[:0]" in p.read_text()
                  or "sys.path.append" in p.read_text()]
     assert offenders == ["tests/test_layout.py"] or not offenders, offenders
+
+
+def test_dashboard_listens_on_this_machine_only_by_default():
+    """`streamlit run dashboard/app.py` reads .streamlit/config.toml: no other machine can
+    reach the server unless the user passes --server.address."""
+    import tomllib
+    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
+    assert config["server"]["address"] == "127.0.0.1"
