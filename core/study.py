@@ -36,8 +36,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import attention as attn
 from .data import calibration_batch
 from .models import count_macs
-from .pruning import (Pruner, PruneResult, compute_masks, get_pruner, layer_collapse,
-                      layer_saliency, prune)
+from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
+                      layer_collapse, layer_saliency, prune)
 from .train import evaluate
 
 SWEEP_COLUMNS = ["criterion", "sparsity", "seed", "accuracy", "loss", "macro_f1", "params_kept",
@@ -106,7 +106,7 @@ def calibration(train_set: Dataset | None, size: int, seed: int) -> tuple[Tensor
 
 # ---------------------------------------------------------------------------- scores, pruning
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Scores:
     """Scores of one criterion on one calibration batch: ``weights`` ``{param key: keep-score
     tensor}`` for unstructured criteria, ``structured`` (the pruner's per-structure scores)
@@ -125,6 +125,9 @@ def score(model: nn.Module, criterion: str, images: Tensor | None = None,
     """Score ``model`` (left untouched: scored on a deep copy) once. None for iterative
     criteria, whose scores depend on the sparsity."""
     info = criterion_info(criterion)
+    if info.needs_training:
+        raise ValueError(f"{criterion} learns its masks during training: run "
+                         f"prune(model, {criterion!r}, ..., train_set=...) instead")
     if info.iterative:
         return None
     p = make_pruner(criterion, seed, options)
@@ -136,7 +139,7 @@ def score(model: nn.Module, criterion: str, images: Tensor | None = None,
                   options=opts)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Pruned:
     """One pruning result without a model copy: ``masks`` (unstructured, True = kept) or
     ``small`` (a structured criterion's shrunk model), or neither (the dense model);
@@ -157,8 +160,6 @@ class Pruned:
 
     def model(self, base: nn.Module) -> nn.Module:
         """A private copy (free to train or hook) of this model, ``base`` the dense one."""
-        from .pruning import apply_masks
-
         if self.small is not None:
             return copy.deepcopy(self.small)
         net = copy.deepcopy(base)

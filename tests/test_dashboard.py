@@ -567,4 +567,4 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
         state.attention_maps(key.at(0.0), state.ImageRef(i), s.val_set[i][0])
     # also the dense key's pruned result (0 bytes) lives there; two images' maps fit
     assert small.used <= small.budget and small.used == 2 * one
-    assert sum(1 for k in small._data if k[0].endswith("attention_maps")) == 2
+    assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2

@@ -41,6 +41,13 @@ def test_plots_and_pages_respect_the_layering():
         assert not any(m.startswith(("torch", "core", "dashboard")) for m in top), name
 
 
+def test_no_dashboard_file_is_over_400_lines():
+    """Pages stay thin and the state package stays split by concern."""
+    long = {str(f.relative_to(DASH)): n for f in DASH.rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > 400}
+    assert not long, long
+
+
 def test_image_grid_layout():
     cells = [[np.full((96, 96, 3), 25 * j, np.uint8) for j in range(10)] for _ in range(4)]
     cells[2][3] = None

@@ -172,6 +172,9 @@ def test_bad_inputs_are_named(model, data):
         study.prune_at(model, "magnitude", 0.5, scope="everywhere")
     with pytest.raises(ValueError, match="unknown pruner"):
         study.sweep(model, train_set, val_set, ["no-such"], [0.5])
+    if "amap" in list_pruners():
+        with pytest.raises(ValueError, match="during training"):
+            study.sweep(model, train_set, val_set, ["amap"], [0.5])
     with pytest.raises(ValueError, match="scores of 'magnitude'"):
         study.prune_at(model, "random", 0.5, scores=study.score(model, "magnitude"))
 

@@ -45,6 +45,11 @@ class ByteLRU:
         with self._lock:
             return key in self._data
 
+    def keys(self) -> list[Hashable]:
+        """Keys held, least recently used first."""
+        with self._lock:
+            return list(self._data)
+
     def get(self, key: Hashable, compute: Callable[[], T],
             size: Callable[[T], int] | None = None) -> T:
         """The value of ``key``, computed by ``compute()`` if absent (once, however many
