@@ -1,6 +1,6 @@
 """The one piece of session state a page reads before ``dashboard.state`` is imported (that
 import brings PyTorch and ``core``: about a second on a cold server). Everything else about
-sessions lives in state.py."""
+sessions lives in the state package (dashboard/state/widgets.py)."""
 from __future__ import annotations
 
 import streamlit as st

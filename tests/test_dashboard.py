@@ -121,6 +121,7 @@ def test_prune_page_numbers_table_is_built_only_when_opened(runs_dir):
 def test_warm_up_fills_the_default_prune_page(runs_dir, monkeypatch):
     """What dashboard/app.py runs at server start leaves nothing for the first visitor to
     compute: with evaluation and scoring made to fail, the default page still renders."""
+    from core import study
     from dashboard import state
 
     state.warm_up()
@@ -128,9 +129,8 @@ def test_warm_up_fills_the_default_prune_page(runs_dir, monkeypatch):
     def computed_again(*args, **kwargs):
         raise AssertionError("computed again after the warm-up")
 
-    monkeypatch.setattr(state, "evaluate", computed_again)
-    monkeypatch.setattr(state, "_pruner", computed_again)
-    monkeypatch.setattr(state, "count_macs", computed_again)
+    for name in ("evaluate", "make_pruner", "score", "compute_masks", "count_macs"):
+        monkeypatch.setattr(study, name, computed_again)
     at = ok(AppTest.from_file(APP, default_timeout=240).run())
     assert not errors(at)
     assert len(metrics(at)["Accuracy"]) == 1 + len(state.Experiment().pruners)
@@ -304,13 +304,13 @@ def test_train_cancel_is_recorded(runs_dir, monkeypatch):
 
     # what the store says at the moment the page's job flips to its end state
     seen = []
-    page_end = state._Progress.on_end
+    page_end = state.jobs.Progress.on_end
 
     def on_end(self, result):
         seen.append(RunStore(runs_dir).get_run(self.job.run_id)["status"])
         page_end(self, result)
 
-    monkeypatch.setattr(state._Progress, "on_end", on_end)
+    monkeypatch.setattr(state.jobs.Progress, "on_end", on_end)
     at = make_app(prune_pruners=["magnitude"]).run()
     run_id = start_run(at, epochs=20, samples=6000)
     at.button(key="train_cancel").click().run()
@@ -377,7 +377,7 @@ def test_two_sessions_do_not_mix_and_the_base_model_is_untouched(runs_dir):
     a = ok(make_app(prune_pruners=["magnitude"], prune_sparsity=30).run())
     b = ok(make_app(prune_pruners=["snip"], prune_sparsity=90).run())
     key = state.setup(state.Experiment(calib=32, val_samples=64)).model_key
-    base = state._base_model(key).model
+    base = state.base_model(key).model
     snapshot = {k: v.clone() for k, v in base.state_dict().items()}
 
     a.run()
@@ -467,3 +467,104 @@ def test_amap_cancel(runs_dir):
     assert not errors(at)
     run = RunStore(runs_dir).get_run(run_id)
     assert run["status"] == "cancelled" and run["pruner"] == "amap"
+
+
+# ---------------------------------------------------------------------------- core.study parity
+
+def test_a_notebook_call_gives_the_numbers_the_prune_page_shows(runs_dir):
+    """The same settings through ``core.study`` from plain objects (no dashboard import)
+    give the cards and the numbers table of the Prune page."""
+    from core import study
+    from core.data import load_dataset
+
+    at = ok(make_app(prune_pruners=["magnitude", "l2-norm"], prune_sparsity=40,
+                     prune_scope="layer", prune_seed=2).run())
+    at.session_state["prune_numbers"] = True
+    ok(at.run())
+    assert not errors(at)
+    cards = metrics(at)
+    table = at.dataframe[0].value.set_index("criterion")
+
+    model = build_model("vit-tiny", 6, pretrained=True, dataset="shapes")
+    # the dashboard generates a 1024-image shapes training split to draw calibration batches
+    train_set, val_set = load_dataset("shapes", (32, 32), seed=0, num_train=1024)
+    df = study.sweep(model, train_set, val_set, ["magnitude", "l2-norm"], [0.0, 0.4],
+                     calib=32, seeds=(2,), val_samples=64, scope="layer", attention=False)
+    rows = [df[df.sparsity == 0].iloc[0]] + [
+        df[(df.criterion == c) & (df.sparsity == 0.4)].iloc[0] for c in ("magnitude", "l2-norm")]
+    assert cards["Accuracy"] == [f"{r['accuracy']:.1%}" for r in rows]
+    assert cards["Loss"] == [f"{r['loss']:.3f}" for r in rows]
+    assert cards["Params kept"] == [f"{r['params_kept']:.1%}" for r in rows[1:]]
+    assert cards["MACs kept"] == [f"{r['macs_kept']:.1%}" for r in rows[1:]]
+    for name, r in zip(["dense", "magnitude", "l2-norm"], rows):
+        for col, page_col in (("accuracy", "val_accuracy"), ("loss", "val_loss"),
+                              ("macro_f1", "val_macro_f1"), ("params_kept", "params_kept"),
+                              ("macs_kept", "macs_kept")):
+            assert table.loc[name, page_col] == pytest.approx(r[col], rel=1e-9), (name, col)
+
+
+# ---------------------------------------------------------------------------- byte-bounded caches
+
+def test_byte_cache_evicts_by_bytes_least_recently_used_first():
+    import numpy as np
+
+    from dashboard.state.cache import ByteLRU
+
+    c = ByteLRU(budget=1000)
+    for k in "abc":
+        c.get(k, lambda: np.zeros(100, np.float32))  # 400 bytes each
+    assert "a" not in c and len(c) == 2 and c.used == 800  # a third would be 1200 > 1000
+    c.get("b", lambda: None)  # a hit: b is now the most recent, its value unchanged
+    c.get("d", lambda: np.zeros(50, np.float32))  # 200 more: 1000 fits
+    assert set(k for k in "abcd" if k in c) == {"b", "c", "d"} and c.used == 1000
+    c.get("e", lambda: np.zeros(10, np.float32))  # 40 more: the oldest (c) goes
+    assert "c" not in c and "b" in c and c.used == 640
+    big = c.get("huge", lambda: np.zeros(1000, np.float32))  # above the budget: not kept
+    assert big.shape == (1000,) and "huge" not in c and c.used == 640
+
+
+def test_byte_cache_computes_a_key_once_for_concurrent_callers():
+    import threading
+
+    from dashboard.state.cache import ByteLRU
+
+    c, calls, gate = ByteLRU(budget=10**6), [], threading.Event()
+
+    def slow():
+        calls.append(1)
+        gate.wait(5)
+        return torch.zeros(4)
+
+    threads = [threading.Thread(target=c.get, args=("k", slow)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert len(calls) == 1 and c.used == 16
+
+    def fails():
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        c.get("bad", fails)
+    assert "bad" not in c and c.get("bad", lambda: torch.zeros(1)).shape == (1,)
+
+
+def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
+    """The attention-map cache holds as many images' maps as the budget allows, measured by
+    the arrays' bytes (it used to hold 1,024 entries whatever their size)."""
+    from dashboard import state
+    from dashboard.state import cache
+
+    s = state.setup(state.Experiment(calib=32, val_samples=64))
+    key = s.key("magnitude", 0.5)
+    one = sum(m.nbytes for m in state.attention_maps(key, state.ImageRef(0), s.val_set[0][0]))
+    small = cache.ByteLRU(budget=int(2.5 * one))
+    monkeypatch.setattr(cache, "BIG", small)
+    for i in range(5):
+        state.attention_maps(key.at(0.0), state.ImageRef(i), s.val_set[i][0])
+    # also the dense key's pruned result (0 bytes) lives there; two images' maps fit
+    assert small.used <= small.budget and small.used == 2 * one
+    assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2

@@ -1,4 +1,4 @@
-"""dashboard/plots.py (pure figure builders) and the numbers dashboard/state.py derives,
+"""dashboard/plots.py (pure figure builders) and the numbers dashboard/state derives,
 checked against independent computations on vit-tiny."""
 from __future__ import annotations
 
@@ -45,6 +45,13 @@ def test_plots_and_pages_respect_the_layering():
     top = set().union(*(_imports(n) for n in boot.body if isinstance(n, (ast.Import,
                                                                           ast.ImportFrom))))
     assert top <= {"__future__", "ctypes", "gc", "os", "contextlib", "typing"}
+
+
+def test_no_dashboard_file_is_over_400_lines():
+    """Pages stay thin and the state package stays split by concern."""
+    long = {str(f.relative_to(DASH)): n for f in DASH.rglob("*.py")
+            if (n := len(f.read_text().splitlines())) > 400}
+    assert not long, long
 
 
 def test_image_grid_layout():
@@ -110,8 +117,9 @@ def test_sparse_macs_match_a_hand_count(setup):
     written out by hand: 65 tokens for every block linear, 64 patches for the patch conv,
     1 (the CLS token) for the head."""
     key = setup.key("magnitude", 0.5)
-    masks = state._pruned(key).masks
-    params, macs = state._dense_cost(key.model)
+    masks = state.pruned(key).masks
+    dense = state.dense_cost(key.model)
+    params, macs = dense.params, dense.macs
     uses = {"patch_embed.proj.weight": 64, "head.weight": 1}
     removed = sum(int((~m).sum()) * uses.get(k, 65) for k, m in masks.items())
     c = state.cost(key)
@@ -124,8 +132,8 @@ def test_sparse_macs_match_a_hand_count(setup):
 @pytest.mark.parametrize("name", ["snp", "l2-norm"])
 def test_structured_from_cached_scores_equals_prune(setup, name):
     key = setup.key(name, 0.4)
-    small = state._pruned(key).small
-    images, labels = state._calibration(key.data, key.calib, key.seed)
+    small = state.pruned(key).small
+    images, labels = state.calibration(key.data, key.calib, key.seed)
     ref = prune(setup.base.model, name, 0.4, images, labels).model.eval()
     assert small.config == ref.config
     x = torch.rand(2, 3, 32, 32)
@@ -141,11 +149,11 @@ def test_attention_of_masked_scratch_equals_a_masked_copy(setup):
     image = setup.val_set[0][0]
     ref = state.ImageRef(index=0)
     key = setup.key("magnitude", 0.7)
-    maps = state._attention_maps(key, ref, image)
+    maps = state.attention_maps(key, ref, image)
     expect = capture_attention(state.pruned_model(key), image[None])
     for got, want in zip(maps, expect):
         np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-5, atol=1e-6)
-    dense = state._attention_maps(key.at(0.0), ref, image)
+    dense = state.attention_maps(key.at(0.0), ref, image)
     want = capture_attention(setup.base.model, image[None])
     np.testing.assert_allclose(dense[-1], want[-1][0].numpy(), rtol=1e-5, atol=1e-6)
 
@@ -159,7 +167,7 @@ def test_evaluation_on_the_scratch_model_equals_a_pruned_copy(setup, name):
 
     if name not in list_pruners():
         pytest.skip(f"{name} not in core")
-    val = state._val_subset(setup.data, 64)
+    val = state.val_subset(setup.data, 64)
     key = setup.key(name, 0.6)
     dense = state.evaluation(key.at(0.0), 64)
     got = state.evaluation(key, 64)

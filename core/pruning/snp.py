@@ -56,7 +56,7 @@ from torch import Tensor, nn
 from ..models.adapter import get_adapter
 from .api import PruneResult
 from .base import Pruner, check_batch, get_pruner, list_pruners, register_pruner
-from .ratios import resolve_ratios
+from .ratios import StructuredRatios, resolve_ratios
 from .structured import (BlockView, StructuredScores, block_views, config_macs, plan_table,
                          record_attention_inputs, residual_links, select, shrink)
 
@@ -200,15 +200,15 @@ class StructuredPruner(Pruner):
     def prune_model(self, model: nn.Module, sparsity: float | None = None,
                     images: Tensor | None = None, labels: Tensor | None = None,
                     scope: str = "global") -> PruneResult:
-        if self.ratios is not None and sparsity not in (None, 0, 0.0):
-            raise ValueError(f"give either ratios or a sparsity, not both (sparsity "
-                             f"{sparsity}, ratios {self.ratios!r})")
-        if self.ratios is None and sparsity is None:
-            raise ValueError("give ratios=... or a sparsity")
-        ratios = resolve_ratios(self.ratios, get_adapter(model).depth(model),
-                                sparsity=None if self.ratios is not None else sparsity,
-                                heads=self.heads)
-        scores = self.structured_scores(model, images)
+        self._ratios(model, sparsity)  # a bad request fails before the (slow) scoring
+        return self.prune_scored(model, self.structured_scores(model, images), sparsity, scope)
+
+    def prune_scored(self, model: nn.Module, scores: StructuredScores,
+                     sparsity: float | None = None, scope: str = "global") -> PruneResult:
+        """The steps of :meth:`prune_model` after scoring: select from ``scores`` (of
+        :meth:`structured_scores` on ``model``) and shrink, so that a curve over sparsities
+        scores once (``core.study``)."""
+        ratios = self._ratios(model, sparsity)
         plan = select(model, scores, ratios)
         small = shrink(model, plan)
         macs_before, macs_after = config_macs(model.config), config_macs(small.config)
@@ -217,6 +217,16 @@ class StructuredPruner(Pruner):
             float(sparsity or 0.0), self, scope,
             extra={"plan": plan, "ratios": ratios, "structured_scores": scores,
                    "macs_before": macs_before, "macs_after": macs_after})
+
+    def _ratios(self, model: nn.Module, sparsity: float | None) -> StructuredRatios:
+        if self.ratios is not None and sparsity not in (None, 0, 0.0):
+            raise ValueError(f"give either ratios or a sparsity, not both (sparsity "
+                             f"{sparsity}, ratios {self.ratios!r})")
+        if self.ratios is None and sparsity is None:
+            raise ValueError("give ratios=... or a sparsity")
+        return resolve_ratios(self.ratios, get_adapter(model).depth(model),
+                              sparsity=None if self.ratios is not None else sparsity,
+                              heads=self.heads)
 
 
 # ---------------------------------------------------------------------------- criteria

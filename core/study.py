@@ -1,0 +1,657 @@
+"""The analysis pipeline the dashboard's pages show, callable from a notebook or the CLI with
+the same numbers.
+
+Data flows one way: dataset → model → scores (once per criterion and seed) → masks or shrunk
+model per sparsity → evaluation, cost, per-layer tables, attention. Plain objects in,
+dataclasses or pandas DataFrames out; nothing here caches (the dashboard's state wraps these
+functions in its caches) and nothing mutates the model it is given.
+
+    from core import study
+    from core.data import load_dataset
+    from core.models import build_model
+
+    model = build_model("vit-tiny", 6, pretrained=True, dataset="shapes")
+    train_set, val_set = load_dataset("shapes", (32, 32), seed=0)
+    df = study.sweep(model, train_set, val_set, ["magnitude", "snip", "snp"],
+                     [0.0, 0.3, 0.5, 0.7], calib=64, seeds=(0,), val_samples=128)
+
+Masked what-if models are evaluated by writing ``dense ⊙ mask`` into a scratch copy of the
+model (:func:`masked_into`): the same outputs as ``apply_masks`` on a deep copy, without one
+deep copy per point of a curve.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from . import attention as attn
+from .data import calibration_batch
+from .models import count_macs
+from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
+                      layer_collapse, layer_saliency, prune)
+from .train import evaluate
+
+SWEEP_COLUMNS = ["criterion", "sparsity", "seed", "accuracy", "loss", "macro_f1", "params_kept",
+                 "macs_kept", "cls_cosine", "rollout_cosine"]
+SCOPES = ("global", "layer")
+
+
+# ---------------------------------------------------------------------------- criteria
+
+@dataclass(frozen=True)
+class CriterionInfo:
+    """What a registered criterion is: ``kind`` ("unstructured" / "structured"),
+    ``iterative`` (its masks depend on the sparsity, so no score is reused: SynFlow, and every
+    criterion that overrides ``prune_model`` without offering its scores), ``needs_data``
+    (a calibration batch), ``needs_training`` (runs as a training job: AMAP), and the teaching
+    text (``formula`` in LaTeX, ``explanation``)."""
+
+    name: str
+    kind: str
+    iterative: bool
+    needs_data: bool
+    needs_training: bool
+    formula: str
+    explanation: str
+
+
+def criterion_info(name: str) -> CriterionInfo:
+    p = get_pruner(name)
+    cls = type(p)
+    structured = p.kind == "structured"
+    iterative = not structured and cls.prune_model is not Pruner.prune_model
+    return CriterionInfo(name, "structured" if structured else "unstructured", iterative,
+                         bool(getattr(p, "needs_data", True)),
+                         bool(getattr(cls, "needs_training", False)),
+                         getattr(p, "formula", ""), getattr(p, "explanation", ""))
+
+
+def make_pruner(name: str, seed: int = 0, options: Mapping[str, Any] | None = None) -> Pruner:
+    """Pruner ``name`` with ``options``; criteria that draw at random get ``seed``."""
+    opts = dict(options or {})
+    if "seed" in {f.name for f in fields(get_pruner(name))}:
+        opts.setdefault("seed", int(seed))
+    return get_pruner(name, **opts)
+
+
+# ---------------------------------------------------------------------------- data
+
+def val_subset(val_set: Dataset, n: int) -> Subset:
+    """A fixed subset of ``n`` validation samples (the same for every seed and criterion:
+    drawn with seed 0, in index order)."""
+    n = min(int(n), len(val_set))
+    if n < 1:
+        raise ValueError(f"need at least one validation sample, got {n}")
+    idx = np.sort(np.random.default_rng(0).permutation(len(val_set))[:n])
+    return Subset(val_set, idx.tolist())
+
+
+def calibration(train_set: Dataset | None, size: int, seed: int) -> tuple[Tensor | None,
+                                                                         Tensor | None]:
+    """The class-balanced calibration batch ``(B, C, H, W), (B,)`` (``size`` capped at the
+    training split's length); ``(None, None)`` without a training split (data-free only)."""
+    if train_set is None:
+        return None, None
+    return calibration_batch(train_set, min(int(size), len(train_set)), int(seed))
+
+
+# ---------------------------------------------------------------------------- scores, pruning
+
+@dataclass(frozen=True, eq=False)
+class Scores:
+    """Scores of one criterion on one calibration batch: ``weights`` ``{param key: keep-score
+    tensor}`` for unstructured criteria, ``structured`` (the pruner's per-structure scores)
+    for structured ones. Thresholds along a sparsity curve reuse them."""
+
+    criterion: str
+    seed: int
+    weights: dict[str, Tensor] | None = None
+    structured: Any = None
+    options: tuple = ()
+
+
+def score(model: nn.Module, criterion: str, images: Tensor | None = None,
+          labels: Tensor | None = None, seed: int = 0,
+          options: Mapping[str, Any] | None = None) -> Scores | None:
+    """Score ``model`` (left untouched: scored on a deep copy) once. None for iterative
+    criteria, whose scores depend on the sparsity."""
+    info = criterion_info(criterion)
+    if info.needs_training:
+        raise ValueError(f"{criterion} learns its masks during training: run "
+                         f"prune(model, {criterion!r}, ..., train_set=...) instead")
+    if info.iterative:
+        return None
+    p = make_pruner(criterion, seed, options)
+    opts = tuple(sorted((options or {}).items()))
+    if info.kind == "structured":
+        return Scores(criterion, seed, structured=p.structured_scores(copy.deepcopy(model),
+                                                                      images), options=opts)
+    return Scores(criterion, seed, weights=p.score(copy.deepcopy(model), images, labels),
+                  options=opts)
+
+
+@dataclass(frozen=True, eq=False)
+class Pruned:
+    """One pruning result without a model copy: ``masks`` (unstructured, True = kept) or
+    ``small`` (a structured criterion's shrunk model), or neither (the dense model);
+    ``scores`` the keep-scores behind the masks, ``table`` core's per-layer table when the
+    pruner made one."""
+
+    criterion: str
+    sparsity: float
+    scope: str
+    masks: dict[str, Tensor] | None = None
+    scores: dict[str, Tensor] | None = None
+    small: nn.Module | None = None
+    table: pd.DataFrame | None = None
+
+    @property
+    def dense(self) -> bool:
+        return self.masks is None and self.small is None
+
+    def model(self, base: nn.Module) -> nn.Module:
+        """A private copy (free to train or hook) of this model, ``base`` the dense one."""
+        if self.small is not None:
+            return copy.deepcopy(self.small)
+        net = copy.deepcopy(base)
+        return apply_masks(net, self.masks) if self.masks is not None else net
+
+    def nbytes(self) -> int:
+        """Memory this result owns (the masks, the shrunk model; scores are the criterion's)."""
+        return nbytes(self.masks) + nbytes(self.small)
+
+
+def prune_at(model: nn.Module, criterion: str, sparsity: float, images: Tensor | None = None,
+             labels: Tensor | None = None, scope: str = "global", seed: int = 0,
+             scores: Scores | None = None,
+             options: Mapping[str, Any] | None = None) -> Pruned:
+    """``model`` pruned by ``criterion`` at ``sparsity`` (0 → the dense model). With
+    ``scores`` (of :func:`score` on the same model) only the threshold step runs: masks from
+    the keep-scores, or select-and-shrink of a structured criterion."""
+    s = round(float(sparsity), 6)
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if s == 0:
+        return Pruned(criterion, 0.0, scope)
+    if scores is None:
+        scores = score(model, criterion, images, labels, seed, options)
+    if scores is not None and scores.criterion != criterion:
+        raise ValueError(f"scores of {scores.criterion!r} given for criterion {criterion!r}")
+    if scores is not None and scores.weights is not None:
+        return Pruned(criterion, s, scope, compute_masks(scores.weights, s, scope),
+                      scores.weights)
+    pruner = make_pruner(criterion, seed, options)
+    if scores is not None:
+        res = pruner.prune_scored(model, scores.structured, s, scope)
+    else:
+        res = prune(model, pruner, s, images, labels, scope=scope)
+    return _from_result(criterion, s, scope, res)
+
+
+def _from_result(criterion: str, sparsity: float, scope: str, res: PruneResult) -> Pruned:
+    if res.masks is not None:
+        return Pruned(criterion, sparsity, scope, res.masks, res.scores, table=res.table)
+    return Pruned(criterion, sparsity, scope, small=res.model.eval(), table=res.table)
+
+
+def masked_into(net: nn.Module, base: nn.Module, masks: Mapping[str, Tensor] | None) -> nn.Module:
+    """Write ``base``'s weights ⊙ ``masks`` (none: the dense weights) into ``net``, a plain
+    (unparametrized) copy of ``base``: a what-if model for forwards without gradients."""
+    masks = masks or {}
+    dense = dict(base.named_parameters())
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            w = dense[name]
+            p.copy_(w * masks[name] if name in masks else w)
+    return net
+
+
+@contextmanager
+def forward_model(base: nn.Module, pruned: Pruned,
+                  scratch: nn.Module | None = None) -> Iterator[nn.Module]:
+    """The model ``pruned`` describes, for forwards without gradients: the shrunk model, or
+    ``scratch`` (default: a fresh copy of ``base``) holding ``dense ⊙ mask``. Callers sharing
+    ``scratch`` between threads hold a lock around this."""
+    if pruned.small is not None:
+        yield pruned.small
+        return
+    net = scratch if scratch is not None else copy.deepcopy(base)
+    yield masked_into(net.eval(), base, pruned.masks)
+
+
+# ---------------------------------------------------------------------------- evaluation, cost
+
+def evaluate_pruned(base: nn.Module, pruned: Pruned, val_set: Dataset,
+                    scratch: nn.Module | None = None, batch_size: int = 256) -> dict[str, float]:
+    """``core.train.evaluate`` (accuracy, loss, macro-F1) of the pruned model, no fine-tuning."""
+    with forward_model(base, pruned, scratch) as net:
+        return evaluate(net, val_set, batch_size=batch_size)
+
+
+@dataclass(frozen=True)
+class DenseCost:
+    """Parameters and MACs (one image) of the dense model, and per Linear/Conv2d weight how
+    often it is used in one forward (tokens, output pixels): masked MACs are
+    ``Σ kept weights × uses``."""
+
+    params: int
+    macs: int
+    uses: dict[str, int] = field(default_factory=dict)
+
+
+def dense_cost(model: nn.Module) -> DenseCost:
+    net = copy.deepcopy(model).eval()  # hooks and mode changes on a private copy
+    uses: dict[str, int] = {}
+    handles = []
+    for name, mod in net.named_modules():
+        if isinstance(mod, (nn.Linear, nn.Conv2d)):
+            def hook(m, _i, out, name=name):
+                width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+                uses[name + ".weight"] = out.numel() // width
+            handles.append(mod.register_forward_hook(hook))
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *net.input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return DenseCost(sum(p.numel() for p in net.parameters()), count_macs(net), uses)
+
+
+def cost(dense: DenseCost, pruned: Pruned) -> dict[str, float]:
+    """Parameters and MACs (one image) kept, absolute and as fractions of the dense model.
+
+    Masked models: pruned weights count as removed from both (the sparse cost the papers
+    report; attention's own products stay); structured models: counted on the smaller model.
+    """
+    if pruned.small is not None:
+        p = sum(t.numel() for t in pruned.small.parameters())
+        m = count_macs(copy.deepcopy(pruned.small))
+    elif pruned.masks is not None:
+        removed = {k: int(v.numel() - v.count_nonzero()) for k, v in pruned.masks.items()}
+        p = dense.params - sum(removed.values())
+        m = dense.macs - sum(n * dense.uses.get(k, 0) for k, n in removed.items())
+    else:
+        p, m = dense.params, dense.macs
+    return {"params": p, "macs": m, "params_kept": p / dense.params,
+            "macs_kept": m / dense.macs}
+
+
+# ---------------------------------------------------------------------------- per-layer tables
+
+def layer_kept(base: nn.Module, pruned: Pruned) -> pd.DataFrame:
+    """Columns ``layer, parameters, kept_fraction, collapsed``: counted from the masks, or for
+    a structured criterion from the sizes of same-named weights in the shrunk model."""
+    if pruned.masks is not None:
+        rows = [{"layer": k, "parameters": m.numel(),
+                 "kept_fraction": int(m.count_nonzero()) / m.numel()}
+                for k, m in pruned.masks.items()]
+    else:
+        small = dict((pruned.small or base).named_parameters())
+        rows = [{"layer": k, "parameters": v.numel(),
+                 "kept_fraction": small[k].numel() / v.numel() if k in small else 0.0}
+                for k, v in base.named_parameters() if v.ndim >= 2 and k.endswith("weight")]
+    t = pd.DataFrame(rows, columns=["layer", "parameters", "kept_fraction"])
+    t["collapsed"] = t["kept_fraction"] <= 0.01
+    t["layer"] = t["layer"].str.removesuffix(".weight")
+    return t
+
+
+def saliency_table(pruned: Pruned) -> pd.DataFrame:
+    """core's per-layer table (``layer_saliency``: score statistics, saliency shares)."""
+    if pruned.table is not None:
+        return pruned.table
+    if pruned.scores is None:
+        return pd.DataFrame()
+    return layer_saliency(pruned.scores, pruned.masks)
+
+
+def collapsed_layers(pruned: Pruned) -> int:
+    return layer_collapse(pruned.masks) if pruned.masks is not None else 0
+
+
+def threshold(scores: Mapping[str, Tensor], masks: Mapping[str, Tensor]) -> float | None:
+    """The global cut: the largest keep-score that was pruned (None when nothing was)."""
+    best = -math.inf
+    for k, s in scores.items():
+        cut = s[~masks[k]]
+        if cut.numel():
+            best = max(best, float(cut.max()))
+    return best if math.isfinite(best) else None
+
+
+def score_stats(scores: Mapping[str, Tensor]) -> pd.DataFrame:
+    """Per layer, box-plot statistics of log10 |keep-score| over all its entries: ``q1,
+    median, q3``, whiskers ``lower, upper`` (1.5 IQR), ``min, max``, and ``signed`` (any
+    negative score, e.g. GraSP)."""
+    rows = []
+    for k, s in scores.items():
+        v = np.log10(np.abs(s.detach().double().reshape(-1).cpu().numpy()) + 1e-30)
+        q1, med, q3 = np.percentile(v, [25, 50, 75])
+        iqr = q3 - q1
+        rows.append({"layer": k.removesuffix(".weight"), "q1": q1, "median": med, "q3": q3,
+                     "lower": float(v[v >= q1 - 1.5 * iqr].min()),
+                     "upper": float(v[v <= q3 + 1.5 * iqr].max()),
+                     "min": float(v.min()), "max": float(v.max()),
+                     "signed": bool((s < 0).any())})
+    return pd.DataFrame(rows)
+
+
+def log_threshold(pruned: Pruned, stats: pd.DataFrame) -> float | None:
+    """The global cut on :func:`score_stats`' log10 scale; None for layer scope, signed scores
+    or criteria without weight scores."""
+    if (pruned.scores is None or pruned.masks is None or pruned.scope != "global"
+            or stats.empty or bool(stats["signed"].any())):
+        return None
+    cut = threshold(pruned.scores, pruned.masks)
+    return None if cut is None else float(np.log10(abs(cut) + 1e-30))
+
+
+def mask_matrix(masks: Mapping[str, Tensor], layer: str, max_side: int = 192) -> np.ndarray | None:
+    """The kept/pruned pattern of ``layer`` as a 2-D (out, in) array in [0, 1], block-averaged
+    to at most ``max_side`` per side (the value is the kept fraction of the block)."""
+    m = masks.get(layer + ".weight", masks.get(layer))
+    if m is None:
+        return None
+    m = m.detach().float().reshape(m.shape[0], -1).cpu()
+    fh, fw = math.ceil(m.shape[0] / max_side), math.ceil(m.shape[1] / max_side)
+    if fh > 1 or fw > 1:
+        m = torch.nn.functional.avg_pool2d(m[None, None], (fh, fw), ceil_mode=True)[0, 0]
+    return m.numpy()
+
+
+# ---------------------------------------------------------------------------- attention
+
+def attention_maps(model: nn.Module, image: Tensor) -> tuple[np.ndarray, ...]:
+    """One (H, N, N) float32 array per block for one image (C, H, W) in [0, 1]."""
+    maps = attn.capture_attention(model, image[None])
+    return tuple(m[0].float().numpy() for m in maps)
+
+
+def head_counts(model: nn.Module) -> list[int]:
+    """Heads per block, read from the captured (B, H, N, N) maps (any family)."""
+    return [int(m.shape[1]) for m in attn.capture_attention(
+        model, torch.zeros(1, *model.input_shape))]
+
+
+@dataclass(frozen=True)
+class AttentionView:
+    """Which (N-1,) CLS→patch row a map gives: ``mode`` "cls" (block ``layer``, ``head`` or
+    None = mean of heads) or "rollout" (Abnar & Zuidema 2020, ``fusion``, ``discard``)."""
+
+    mode: str = "cls"
+    layer: int = -1
+    head: int | None = None
+    fusion: str = "mean"
+    discard: float = 0.0
+
+
+def attention_row(maps: Sequence[np.ndarray], view: AttentionView) -> np.ndarray:
+    """CLS→patch attention (N-1,) of one image's maps (one (H, N, N) per block)."""
+    if view.mode == "rollout":
+        R = attn.attention_rollout([torch.from_numpy(m)[None] for m in maps], view.fusion,
+                                   view.discard)
+        return attn.rollout_map(R)[0].numpy()
+    a = torch.from_numpy(maps[view.layer])[None]
+    head = view.head if view.head is None or view.head < a.shape[1] else None
+    return attn.cls_attention(a, head)[0].numpy()
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two maps (0 when either is all zero)."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    return float(a @ b / (na * nb)) if na > 0 and nb > 0 else 0.0
+
+
+@dataclass
+class AttentionGrid:
+    """SNP's Fig. 3: ``rows[i][j]`` the (N-1,) row of criterion i at ratio j (None where the
+    criterion failed), ``similarity`` (criteria, ratios) cosine to the dense row (ratio 0 is
+    the dense model: 1), ``errors`` the failed criteria's reasons."""
+
+    dense: np.ndarray
+    rows: list[list[np.ndarray | None]]
+    similarity: np.ndarray
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def attention_grid(maps_of: Callable[[str, float], Sequence[np.ndarray]],
+                   criteria: Sequence[str], ratios: Sequence[float], view: AttentionView,
+                   expected: tuple[type[BaseException], ...] = (ValueError, RuntimeError),
+                   progress: Callable[[float, str], None] | None = None) -> AttentionGrid:
+    """Assemble Fig. 3 from ``maps_of(criterion, ratio)`` (one image's maps; ratio 0 asked
+    once, for the dense model). A criterion raising one of ``expected`` leaves its row empty
+    and reports why."""
+    dense = attention_row(maps_of(criteria[0], 0.0), view)
+    rows: list[list[np.ndarray | None]] = []
+    sims = np.full((len(criteria), len(ratios)), np.nan)
+    errors: dict[str, str] = {}
+    total, done = len(criteria) * len(ratios), 0
+    for i, crit in enumerate(criteria):
+        row: list[np.ndarray | None] = []
+        for j, r in enumerate(ratios):
+            done += 1
+            if progress:
+                progress(done / total, f"{crit} at {r:.0%}")
+            if crit in errors:
+                row.append(None)
+            elif r == 0:
+                row.append(dense)
+                sims[i, j] = 1.0
+            else:
+                try:
+                    a = attention_row(maps_of(crit, r), view)
+                except expected as e:
+                    errors[crit] = str(e)
+                    row.append(None)
+                    continue
+                sims[i, j] = cosine(a, dense)
+                row.append(a)
+        rows.append(row)
+    return AttentionGrid(dense, rows, sims, errors)
+
+
+def fig3(model: nn.Module, image: Tensor, criteria: Sequence[str], ratios: Sequence[float],
+         images: Tensor | None = None, labels: Tensor | None = None,
+         view: AttentionView = AttentionView(), scope: str = "global",
+         seed: int = 0) -> AttentionGrid:
+    """The Fig. 3 grid for one image (C, H, W) from plain inputs: each criterion scored once
+    on the calibration batch ``images``/``labels``, pruned per ratio, its maps captured."""
+    base = copy.deepcopy(model).eval()
+    scratch = copy.deepcopy(base)
+    scored: dict[str, Scores | None] = {}
+
+    def maps_of(crit: str, ratio: float) -> tuple[np.ndarray, ...]:
+        if crit not in scored and ratio:
+            scored[crit] = score(base, crit, images, labels, seed)
+        p = prune_at(base, crit, ratio, images, labels, scope, seed, scored.get(crit))
+        with forward_model(base, p, scratch) as net:
+            return attention_maps(net, image)
+
+    return attention_grid(maps_of, criteria, ratios, view)
+
+
+def attention_rows(model: nn.Module, dataset: Dataset,
+                   batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Per image of ``dataset``: the last block's CLS→patch row (mean of heads) and the
+    rollout's CLS row (mean fusion, nothing discarded), each (n, N-1)."""
+    cls_rows, roll_rows = [], []
+    for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        maps = attn.capture_attention(model, x)
+        cls_rows.append(attn.cls_attention(maps[-1]).float().numpy())
+        roll_rows.append(attn.rollout_map(attn.attention_rollout(maps)).float().numpy())
+    return np.concatenate(cls_rows), np.concatenate(roll_rows)
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of the cosine similarity of ``a[i]`` and ``b[i]`` (n, d)."""
+    return float(np.mean([cosine(x, y) for x, y in zip(a, b)]))
+
+
+# ---------------------------------------------------------------------------- explanations
+
+METHODS = ("attention rollout", "gradient rollout", "saliency", "integrated gradients")
+
+
+def explain(model: nn.Module, image: Tensor, target: int | None = None, fusion: str = "mean",
+            discard: float = 0.0) -> dict:
+    """Prediction and one (H, W) heat map in [0, 1] per method of :data:`METHODS` for one
+    image (C, H, W): rollout and gradient rollout upsampled from the patch grid, Captum's
+    saliency and integrated gradients. ``model`` must be private (gradients and hooks)."""
+    from .attribution import attribution_map
+
+    x = image[None]
+    with torch.no_grad():
+        probs = model(x).softmax(-1)[0]
+    t = int(probs.argmax()) if target is None else int(target)
+    size, grid = tuple(x.shape[-2:]), model.grid_size
+    maps = attn.capture_attention(model, x)
+    heats = {
+        "attention rollout": attn.patch_heatmap(
+            attn.rollout_map(attn.attention_rollout(maps, fusion, discard)), grid, size)[0],
+        "gradient rollout": attn.patch_heatmap(
+            attn.rollout_map(attn.gradient_rollout(model, x, t, discard)), grid, size)[0],
+        "saliency": attribution_map(model, image, t, "saliency"),
+        "integrated gradients": attribution_map(model, image, t, "integrated_gradients"),
+    }
+    return {"pred": int(probs.argmax()), "prob": float(probs.max()), "target": t,
+            "target_prob": float(probs[t]),
+            "heats": {m: h.detach().float().numpy() for m, h in heats.items()}}
+
+
+# ---------------------------------------------------------------------------- sweep
+
+def _criteria(criteria: Sequence[str] | Mapping[str, Mapping[str, Any]]
+              ) -> list[tuple[str, dict]]:
+    if isinstance(criteria, str):
+        raise ValueError("criteria must be a list of names (or a mapping name → options), "
+                         f"got the string {criteria!r}")
+    if isinstance(criteria, Mapping):
+        return [(n, dict(o or {})) for n, o in criteria.items()]
+    return [(n, {}) for n in criteria]
+
+
+def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
+          criteria: Sequence[str] | Mapping[str, Mapping[str, Any]],
+          sparsities: Sequence[float], *, calib: int = 64, seeds: Sequence[int] = (0,),
+          val_samples: int = 128, scope: str = "global", attention: bool = True,
+          batch_size: int = 256,
+          progress: Callable[[float, str], None] | None = None) -> pd.DataFrame:
+    """Accuracy, cost and attention similarity of every criterion × sparsity × seed.
+
+    Each criterion (a name, or a mapping name → its options) is scored once per seed on a
+    ``calib``-image batch of ``train_set`` (seeded; None: data-free criteria only); along the
+    sparsities only the thresholds change (iterative criteria such as SynFlow re-run).
+    Sparsity 0 is the dense model. Everything is measured on the same ``val_samples``
+    validation images (:func:`val_subset`); ``model`` is not modified.
+
+    Returns one row per point with the columns of :data:`SWEEP_COLUMNS`: ``cls_cosine`` is
+    the cosine of the last block's CLS→patch map (mean of heads) to the dense model's,
+    ``rollout_cosine`` the same for the rollout's CLS row, both averaged over the validation
+    images (NaN with ``attention=False``).
+    """
+    crits = _criteria(criteria)
+    ratios = [round(float(s), 6) for s in sparsities]
+    bad = [s for s in ratios if not 0.0 <= s < 1.0]
+    if bad or not ratios or not crits:
+        raise ValueError(f"need criteria and sparsities in [0, 1); got {len(crits)} criteria "
+                         f"and sparsities {list(sparsities)}")
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    base = copy.deepcopy(model).eval()
+    scratch = copy.deepcopy(base)
+    val = val_subset(val_set, val_samples)
+    dense = dense_cost(base)
+    dense_eval = evaluate(base, val, batch_size=batch_size)
+    dense_rows = attention_rows(base, val) if attention else None
+    rows = []
+    total, done = len(seeds) * len(crits) * len(ratios), 0
+    for seed in seeds:
+        images, labels = calibration(train_set, calib, seed)
+        for name, opts in crits:
+            scores = score(base, name, images, labels, seed, opts) if any(ratios) else None
+            for s in ratios:
+                done += 1
+                if progress:
+                    progress(done / total, f"{name} at {s:.0%}, seed {seed}")
+                p = prune_at(base, name, s, images, labels, scope, seed, scores, opts)
+                ev = dense_eval if p.dense else evaluate_pruned(base, p, val, scratch,
+                                                                batch_size)
+                c = cost(dense, p)
+                cls_cos = roll_cos = math.nan
+                if dense_rows is not None:
+                    if p.dense:
+                        cls_cos = roll_cos = 1.0
+                    else:
+                        with forward_model(base, p, scratch) as net:
+                            got = attention_rows(net, val)
+                        cls_cos = mean_cosine(got[0], dense_rows[0])
+                        roll_cos = mean_cosine(got[1], dense_rows[1])
+                rows.append({"criterion": name, "sparsity": s, "seed": int(seed),
+                             "accuracy": ev["accuracy"], "loss": ev["loss"],
+                             "macro_f1": ev["macro_f1"], "params_kept": c["params_kept"],
+                             "macs_kept": c["macs_kept"], "cls_cosine": cls_cos,
+                             "rollout_cosine": roll_cos})
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+
+
+# ---------------------------------------------------------------------------- AMAP's last step
+
+def finish_amap(result: PruneResult, val_set: Dataset, budget: float, dense: DenseCost,
+                store=None, run_id: str | None = None, batch_size: int = 256) -> dict:
+    """AMAP's exported model (``prune(model, "amap", ...)``'s result) evaluated on
+    ``val_set`` and costed against the dense model; with a run ``store`` the numbers are
+    logged as epoch 1 of ``run_id``, the model saved as its checkpoint and the run closed with
+    AMAP's status. Returns ``attention_ratio, budget, params, macs, params_kept, macs_kept,
+    val_acc, val_loss, val_f1, steps``."""
+    small = result.model.eval()
+    ev = evaluate(small, val_set, batch_size=batch_size)
+    c = cost(dense, Pruned("amap", 1.0 - budget, "layer", small=small))
+    extra = result.extra
+    out = {"attention_ratio": extra["attention_ratio"], "budget": budget, **c,
+           "val_acc": ev["accuracy"], "val_loss": ev["loss"], "val_f1": ev["macro_f1"],
+           "steps": extra["steps"]}
+    if store is not None:
+        store.log_epoch(run_id, 1, {"val_acc": ev["accuracy"], "val_loss": ev["loss"],
+                                    "val_f1": ev["macro_f1"],
+                                    "attention_macs_ratio": extra["attention_ratio"],
+                                    "params": c["params"], "macs": c["macs"],
+                                    "steps": extra["steps"]})
+        store.save_checkpoint(run_id, small, "last",
+                              metadata={"pruner": "amap", "budget": str(budget),
+                                        "steps": str(extra["steps"])})
+        store.finish(run_id, extra["status"], extra["reason"])
+    return out
+
+
+# ---------------------------------------------------------------------------- memory
+
+def nbytes(obj: object) -> int:
+    """Bytes of the tensors and arrays in ``obj`` (modules: parameters and buffers; nested
+    dicts, lists, tuples and dataclasses followed), for caches bounded by memory."""
+    if obj is None:
+        return 0
+    if isinstance(obj, Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, np.ndarray):
+        return int(obj.nbytes)
+    if isinstance(obj, nn.Module):
+        return sum(nbytes(t) for t in (*obj.parameters(), *obj.buffers()))
+    if isinstance(obj, pd.DataFrame):
+        return int(obj.memory_usage(deep=False).sum())
+    if isinstance(obj, Mapping):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    if hasattr(obj, "__dataclass_fields__"):
+        return sum(nbytes(getattr(obj, f.name)) for f in fields(obj))
+    return 0

@@ -1,0 +1,66 @@
+"""Caching and session wrappers around ``core.study``, the pipeline every page shows.
+
+Split by concern; pages use them as ``from dashboard import state`` → ``state.X``:
+
+- :mod:`.keys`: the frozen dataclass keys every cache is addressed by (``Experiment``,
+  ``DataKey``, ``ModelKey``, ``PruneKey``, ``ImageRef``), widget keys, fixed settings;
+- :mod:`.widgets`: ``st.session_state`` and the URL (the one flag in ``dashboard/session.py``
+  aside, read before this package is imported);
+- :mod:`.catalogue`: models, datasets and criteria the selectboxes offer;
+- :mod:`.data`: datasets, base models, uploads, ``setup(experiment)``;
+- :mod:`.pruning`: scores → masks or shrunk model → evaluation, cost, tables, and the warm-up;
+- :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
+- :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
+- :mod:`.ui`: the error guard, notices, labels and image cells;
+- :mod:`.cache`: the byte-bounded cache of the big results (``PRUNELENS_CACHE_MB``).
+
+Data flows one way (STYLE.md): dataset → base model → scores → masks or shrunk model →
+attention, metrics; every number comes from a ``core.study`` function a notebook can call.
+Cached objects are shared by every browser session, so nothing here mutates one: pruning,
+training, gradient maps and hooked forwards work on copies.
+"""
+from core import boot
+from core.study import METHODS, AttentionView, attention_row
+
+boot.configure()  # the server did it already; AppTest and scripts may not have
+boot.apply_torch_threads()
+
+from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  # noqa: E402
+                   K_CALIB, K_DATASET, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE,
+                   K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS, SOURCES, DataKey,
+                   Experiment, ImageRef, LoadedModel, ModelKey, PruneKey, Setup)
+from .widgets import (current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
+                      seed_experiment_widgets, set_pending_delete, upload_name,
+                      use_trained_checkpoint, widget_default)
+from .catalogue import (dataset_names, has_checkpoint, model_names, pruner_info,  # noqa: E402
+                        pruner_names, training_pruner_names)
+from .data import (accept_image_upload, accept_model_upload, base_model,  # noqa: E402
+                   calibration, dataset, dense_cost, image_tensor, setup, setup_or_stop,
+                   training_set, val_subset)
+from .pruning import (collapsed_layers, cost, evaluation, forward_only, layer_kept,  # noqa: E402
+                      mask_layers, mask_matrix, pruned, pruned_model, saliency_table, scores,
+                      score_distribution, warm_up)
+from .attention import (Grid, attention_grid, attention_maps, explanations,  # noqa: E402
+                        head_maps, num_blocks, num_heads)
+from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
+                   start_training)
+from .ui import (default_grid_criteria, heat_cell, image_cell, overlay_cell,  # noqa: E402
+                 page_errors, pruner_label, source_label, untrained_notice, sidebar_summary)
+
+__all__ = [
+    "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
+    "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
+    "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL", "LoadedModel",
+    "MAX_IMAGE_MB", "MAX_MODEL_MB", "METHODS", "ModelKey", "PruneKey", "RATIOS", "SOURCES",
+    "Setup", "accept_image_upload", "accept_model_upload", "attention_grid", "attention_maps",
+    "attention_row", "base_model", "calibration", "cancel_job", "collapsed_layers", "cost",
+    "current_run_id", "dataset", "dataset_names", "default_grid_criteria", "dense_cost",
+    "evaluation", "experiment", "explanations", "follow_run", "forward_only", "get_job",
+    "has_checkpoint", "head_maps", "heat_cell", "image_cell", "image_tensor", "layer_kept",
+    "mask_layers", "mask_matrix", "model_names", "num_blocks", "num_heads", "overlay_cell",
+    "page_errors", "pending_delete", "pruned", "pruned_model", "pruner_info", "pruner_label",
+    "pruner_names", "run_store", "running_jobs", "saliency_table", "score_distribution",
+    "scores", "seed_experiment_widgets", "set_pending_delete", "setup", "setup_or_stop",
+    "sidebar_summary", "source_label", "start_amap", "start_training", "training_pruner_names",
+    "training_set", "untrained_notice", "upload_name", "use_trained_checkpoint", "val_subset",
+    "warm_up", "widget_default"]

@@ -1,0 +1,86 @@
+"""Cached attention maps of pruned models, the Fig. 3 grid, per-head maps and explanations
+(``core.study`` through caches; the cells drawn by ``ui``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from core import attention as attn
+from core import study
+from core.study import AttentionView
+
+from .cache import byte_cached
+from .data import base_model, image_tensor
+from .keys import EXPECTED_ERRORS, ImageRef, ModelKey, PruneKey, Setup, cache_data, cache_resource
+from .pruning import forward_only, pruned_model
+from .ui import image_cell, overlay_cell
+
+
+@byte_cached()
+def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.ndarray, ...]:
+    """One (H, N, N) float32 array per block for ``_image`` (keyed by ``ref``)."""
+    with forward_only(key) as net:
+        return study.attention_maps(net, _image)
+
+
+@dataclass
+class Grid:
+    cells: list[list[np.ndarray | None]]
+    similarity: np.ndarray
+    image: np.ndarray
+    errors: dict[str, str] = field(default_factory=dict)
+
+
+def attention_grid(s: Setup, criteria: list[str], ratios: tuple[float, ...], ref: ImageRef,
+                   view: AttentionView,
+                   progress: Callable[[float, str], None] | None = None) -> Grid:
+    """Fig. 3 of SNP (``study.attention_grid``): rows = criteria, columns = pruning ratios;
+    each cell the attention over the image and its cosine similarity to the dense model's
+    map. A criterion that fails (e.g. no calibration data) leaves its row empty and reports
+    why in ``errors``."""
+    image, _ = image_tensor(s, ref)
+    grid = s.base.model.grid_size
+    g = study.attention_grid(lambda c, r: attention_maps(s.key(c, r), ref, image), criteria,
+                             ratios, view, expected=EXPECTED_ERRORS, progress=progress)
+    dense_cell = overlay_cell(image, g.dense, grid)
+    cells = [[None if row is None else dense_cell if row is g.dense
+              else overlay_cell(image, row, grid) for row in rows] for rows in g.rows]
+    return Grid(cells, g.similarity, image_cell(image), g.errors)
+
+
+def head_maps(s: Setup, key: PruneKey, ref: ImageRef, layer: int) -> tuple[list, list]:
+    """Per-head CLS attention of block ``layer``: (dense cells, pruned cells)."""
+    image, _ = image_tensor(s, ref)
+    grid = s.base.model.grid_size
+    out = []
+    for k in (key.at(0.0), key):
+        a = torch.from_numpy(attention_maps(k, ref, image)[layer])[None]
+        out.append([overlay_cell(image, attn.cls_attention(a, h)[0], grid)
+                    for h in range(a.shape[1])])
+    return out[0], out[1]
+
+
+@cache_resource(show_spinner=False, max_entries=8)
+def _head_counts(model: ModelKey) -> tuple[int, ...]:
+    return tuple(study.head_counts(base_model(model).model))
+
+
+def num_blocks(s: Setup) -> int:
+    return len(_head_counts(s.model_key))
+
+
+def num_heads(s: Setup, layer: int) -> int:
+    return _head_counts(s.model_key)[layer]
+
+
+@cache_data(show_spinner=False, max_entries=64)
+def explanations(key: PruneKey, ref: ImageRef, fusion: str, discard: float,
+                 target: int | None, _image: Tensor) -> dict:
+    """For the dense model (``key.at(0)``) and ``key``: prediction, and one (H, W) heat map in
+    [0, 1] per method of ``study.METHODS`` (``study.explain``)."""
+    return {name: study.explain(pruned_model(k).eval(), _image, target, fusion, discard)
+            for name, k in (("dense", key.at(0.0)), ("pruned", key))}

@@ -1,0 +1,140 @@
+"""The keys every cache is addressed by (small frozen dataclasses of plain values), the
+experiment the Prune page sets up, the widget keys and the dashboard's fixed settings."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, replace
+
+import streamlit as st
+from torch import nn
+
+from core.models import CheckpointError
+
+MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
+MAX_IMAGE_MB = 10
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
+IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
+RATIOS = tuple(round(0.1 * i, 1) for i in range(10))          # the Fig. 3 columns, 0% … 90%
+SOURCES = {"checkpoint": "shipped checkpoint (trained)", "init": "untrained (pruning at init)",
+           "upload": "uploaded checkpoint"}
+DATASET_SEED = 0  # the shipped checkpoints were trained on seed 0's split; keep its val set
+CALIBRATION_POOL = 1024  # shapes training images generated for calibration batches
+CELL_PX = 96      # side of one attention-grid cell on screen
+
+# Widget keys of the experiment set up on the Prune page (read by every page).
+K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
+K_FOLDER, K_PRUNERS, K_SPARSITY = "prune_folder", "prune_pruners", "prune_sparsity"
+K_SCOPE, K_CALIB, K_SEED, K_VAL = "prune_scope", "prune_calib", "prune_seed", "prune_val"
+K_UPLOAD_DIGEST = "upload_digest"  # not a widget: the accepted upload's sha256
+K_UPLOAD_NAME = "upload_name"
+K_DELETE_PENDING = "runs_delete_pending"
+
+# What a page reports as a plain reason (``page_errors``) rather than an unexpected failure.
+EXPECTED_ERRORS = (ValueError, CheckpointError, FileNotFoundError, NotADirectoryError, OSError,
+                   TypeError, KeyError, RuntimeError)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """What the Prune page's sidebar selects; every page reads it through ``experiment()``."""
+
+    preset: str = "vit-tiny"
+    source: str = "checkpoint"
+    dataset: str = "shapes"
+    folder: str = ""
+    pruners: tuple[str, ...] = ("magnitude", "snip")
+    sparsity: float = 0.5
+    scope: str = "global"
+    calib: int = 64
+    seed: int = 0
+    val_samples: int = 128
+    upload: str = ""
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A dataset source. ``full=False`` lets shapes generate only the calibration pool of its
+    training split (the validation split is the same either way): the Prune, Attention and
+    Rollout pages never need 6000 training images, the Train page asks for them."""
+
+    name: str
+    root: str
+    image_size: tuple[int, int]
+    full: bool = False
+
+
+@dataclass(frozen=True)
+class ModelKey:
+    preset: str
+    source: str
+    dataset: str
+    num_classes: int
+    seed: int = 0
+    upload: str = ""
+
+
+@dataclass(frozen=True)
+class PruneKey:
+    """One pruned model: criterion ``pruner`` at ``sparsity`` (0 → the dense base model)."""
+
+    model: ModelKey
+    data: DataKey
+    pruner: str
+    sparsity: float
+    scope: str
+    calib: int
+    seed: int
+
+    def at(self, sparsity: float) -> "PruneKey":
+        """The same criterion at another sparsity; at 0 the one dense key every criterion
+        shares (so the dense model is evaluated and hooked once)."""
+        s = round(float(sparsity), 4)
+        if s == 0:
+            return replace(self, pruner="dense", sparsity=0.0, scope="global", calib=0, seed=0)
+        return replace(self, sparsity=s)
+
+    def using(self, pruner: str) -> "PruneKey":
+        return replace(self, pruner=pruner)
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """A validation sample (``index``) or an uploaded image (``digest``)."""
+
+    index: int = 0
+    digest: str = ""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: nn.Module
+    trained: bool
+    note: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Setup:
+    """An experiment resolved to objects: data, base model, and the key of each pruner.
+    ``train_set`` is the calibration pool (see :class:`DataKey`; ``training_set()`` gives
+    the full split)."""
+
+    exp: Experiment
+    data: DataKey
+    model_key: ModelKey
+    base: LoadedModel
+    train_set: object
+    val_set: object
+    classes: tuple[str, ...]
+
+    def key(self, pruner: str, sparsity: float | None = None) -> PruneKey:
+        s = self.exp.sparsity if sparsity is None else sparsity
+        return PruneKey(self.model_key, self.data, pruner, self.exp.sparsity, self.exp.scope,
+                        self.exp.calib, self.exp.seed).at(s)
+
+
+# Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred
+# lookups a rerun); these keys are frozen dataclasses of plain values, so their repr is exact.
+_KEY_HASH = {cls: repr for cls in (DataKey, ModelKey, PruneKey, ImageRef)}
+cache_data = functools.partial(st.cache_data, hash_funcs=_KEY_HASH)
+cache_resource = functools.partial(st.cache_resource, hash_funcs=_KEY_HASH)

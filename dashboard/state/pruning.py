@@ -1,0 +1,157 @@
+"""The cached pruning pipeline of a :class:`PruneKey`: ``core.study`` called through caches.
+
+Scores are computed once per criterion, calibration batch and seed; moving the sparsity
+slider only re-thresholds them (``study.prune_at`` with cached scores) and re-evaluates.
+Scores and pruned results live in the byte-bounded cache (``cache.BIG``); the small numbers
+(evaluation, cost, tables) in ``st.cache_data``.
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from core import study
+
+from .cache import byte_cached
+from .catalogue import pruner_info
+from .data import base_model, calibration, dense_cost, val_subset
+from .keys import DataKey, ModelKey, PruneKey, cache_data, cache_resource
+
+
+@byte_cached()
+def scores(model: ModelKey, data: DataKey, pruner: str, calib: int,
+           seed: int) -> study.Scores | None:
+    """Scores of a criterion (None for iterative ones), computed once on a private copy."""
+    images, labels = calibration(data, calib, seed)
+    return study.score(base_model(model).model, pruner, images, labels, seed)
+
+
+@byte_cached(size=lambda p: p.nbytes())
+def pruned(key: PruneKey) -> study.Pruned:
+    """Masks (or the shrunk model) of ``key``: a re-threshold (or select-and-shrink) of the
+    criterion's cached scores; a full ``prune()`` for iterative criteria (SynFlow)."""
+    base = base_model(key.model).model
+    if key.sparsity == 0:
+        return study.Pruned("dense", 0.0, key.scope)
+    images, labels = calibration(key.data, key.calib, key.seed)
+    sc = scores(key.model, key.data, key.pruner, key.calib, key.seed)
+    return study.prune_at(base, key.pruner, key.sparsity, images, labels, key.scope, key.seed,
+                          sc)
+
+
+def pruned_model(key: PruneKey) -> nn.Module:
+    """A private copy (free to train or hook) of the model ``key`` describes."""
+    return pruned(key).model(base_model(key.model).model)
+
+
+# Forward hooks on a shared (cached) model would also see other sessions' forwards; the maps and
+# evaluations run on a private scratch copy, and this lock keeps those short forwards one at a
+# time.
+HOOK_LOCK = threading.Lock()
+
+
+@cache_resource(show_spinner=False, max_entries=8)
+def _scratch(model: ModelKey) -> nn.Module:
+    """A private copy of the base model, used only under ``HOOK_LOCK``: each masked forward
+    writes ``dense ⊙ mask`` into its weights (cheaper than a deep copy per grid cell)."""
+    return copy.deepcopy(base_model(model).model).eval()
+
+
+@contextmanager
+def forward_only(key: PruneKey) -> Iterator[nn.Module]:
+    """The model ``key`` describes, for forwards without gradients, while holding
+    ``HOOK_LOCK``: a structured criterion's shrunk model itself, otherwise the scratch copy
+    with ``dense ⊙ mask`` written into its weights (``study.forward_model``: the same outputs
+    as :func:`pruned_model`, a test checks)."""
+    p = pruned(key)
+    with HOOK_LOCK:
+        with study.forward_model(base_model(key.model).model, p, _scratch(key.model)) as net:
+            yield net
+
+
+@cache_data(show_spinner=False, max_entries=256)
+def evaluation(key: PruneKey, val_samples: int) -> dict[str, float]:
+    """Accuracy / loss / macro-F1 on a fixed validation subset, no fine-tuning."""
+    data = val_subset(key.data, val_samples)
+    p = pruned(key)
+    with HOOK_LOCK:
+        return study.evaluate_pruned(base_model(key.model).model, p, data, _scratch(key.model))
+
+
+@cache_data(show_spinner=False, max_entries=256)
+def cost(key: PruneKey) -> dict[str, float]:
+    """Parameters and MACs (one image) kept, absolute and as a fraction of the dense model
+    (``study.cost``: masked weights count as removed; structured: the smaller model)."""
+    return study.cost(dense_cost(key.model), pruned(key))
+
+
+def layer_kept(key: PruneKey) -> pd.DataFrame:
+    """Columns ``layer, parameters, kept_fraction, collapsed`` for one criterion."""
+    return study.layer_kept(base_model(key.model).model, pruned(key))
+
+
+@cache_data(show_spinner=False, max_entries=64)
+def saliency_table(key: PruneKey) -> pd.DataFrame:
+    """core's per-layer table (``layer_saliency``: score statistics, saliency shares)."""
+    return study.saliency_table(pruned(key))
+
+
+def collapsed_layers(key: PruneKey) -> int:
+    return study.collapsed_layers(pruned(key))
+
+
+def _score_key(key: PruneKey) -> PruneKey:
+    """Scores of single-shot criteria do not depend on sparsity or scope: one cache entry."""
+    if pruner_info(key.pruner)["iterative"]:
+        return key
+    return replace(key, sparsity=-1.0, scope="")
+
+
+@cache_data(show_spinner=False, max_entries=64)
+def _score_stats(skey: PruneKey, _scores: dict) -> pd.DataFrame:
+    return study.score_stats(_scores)
+
+
+def score_distribution(key: PruneKey) -> tuple[pd.DataFrame, float | None]:
+    """Per layer: box-plot statistics of log10 |keep-score| (all entries), and the global cut
+    on the same scale (None for layer scope, signed scores or structured criteria)."""
+    p = pruned(key)
+    if p.scores is None:
+        return pd.DataFrame(), None
+    stats = _score_stats(_score_key(key), p.scores)
+    return stats, study.log_threshold(p, stats)
+
+
+def mask_layers(key: PruneKey) -> list[str]:
+    p = pruned(key)
+    return [k.removesuffix(".weight") for k in p.masks] if p.masks is not None else []
+
+
+@cache_data(show_spinner=False, max_entries=128)
+def mask_matrix(key: PruneKey, layer: str, max_side: int = 192) -> np.ndarray | None:
+    """The kept/pruned pattern of ``layer`` (``study.mask_matrix``), None without masks."""
+    p = pruned(key)
+    return None if p.masks is None else study.mask_matrix(p.masks, layer, max_side)
+
+
+def warm_up(exp=None) -> None:
+    """Fill the caches the Prune page reads for ``exp`` (the default experiment): dataset,
+    base model, each criterion's scores, masks, accuracy and cost. ``dashboard/app.py`` runs
+    it in a background thread at server start, so the first visitor does not wait for it;
+    a page that asks for the same entry meanwhile waits for this computation, not a second one.
+    """
+    from .data import setup
+    from .keys import Experiment
+
+    exp = exp or Experiment()
+    s = setup(exp)
+    for key in (s.key(exp.pruners[0], 0.0), *map(s.key, exp.pruners)):  # dense, then each
+        evaluation(key, exp.val_samples)  # also computes the scores and masks
+        cost(key)

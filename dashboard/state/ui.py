@@ -1,0 +1,122 @@
+"""Helpers the pages share for what they draw: the error guard, notices, the sidebar summary,
+labels, and the image cells (attention and attribution heat maps over the picture)."""
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import streamlit as st
+import torch
+from torch import Tensor
+
+from core import attention as attn
+
+from .catalogue import has_checkpoint, pruner_info, pruner_names
+from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, Setup
+from .widgets import use_trained_checkpoint
+
+log = logging.getLogger("prunelens.dashboard")
+
+
+@contextmanager
+def page_errors() -> Iterator[None]:
+    """Show any error of the page body as ``st.error`` with its reason, never a traceback
+    page. (st.stop / st.rerun are BaseExceptions and pass through.)"""
+    try:
+        yield
+    except EXPECTED_ERRORS as e:
+        st.error(f"{_reason(e)}", icon=":material/error:")
+    except Exception as e:
+        log.exception("dashboard page failed")
+        st.error(f"Unexpected error ({type(e).__name__}): {e}", icon=":material/error:")
+
+
+def _reason(e: BaseException) -> str:
+    msg = str(e).strip() or type(e).__name__
+    if isinstance(e, KeyError):
+        msg = f"missing entry {msg}"
+    return msg
+
+
+def untrained_notice(s: Setup, where: str) -> None:
+    """Attention maps of an untrained model are noise: say so, and offer the trained one."""
+    if s.base.trained:
+        return
+    text = (s.base.note or "This model is **untrained** (pruning at initialisation).") + (
+        " Attention maps and attributions of an untrained model are noise, not a property of "
+        "the criterion.")
+    st.warning(text, icon=":material/warning:")
+    if has_checkpoint(s.exp.preset, s.exp.dataset) and s.exp.source != "checkpoint":
+        st.button(f"Use the trained {s.exp.preset} checkpoint ({s.exp.dataset})",
+                  key=f"{where}_use_trained", on_click=use_trained_checkpoint, type="primary")
+
+
+def sidebar_summary(exp: Experiment) -> None:
+    """The experiment in two lines, and the way back to change it (pages other than Prune)."""
+    with st.sidebar:
+        st.header("Setup", divider="gray")
+        src = {"checkpoint": "trained" if has_checkpoint(exp.preset, exp.dataset)
+               else "untrained: no checkpoint", "init": "untrained",
+               "upload": "uploaded"}[exp.source]
+        st.markdown(f"**{exp.preset}** ({src}) on **{exp.dataset}**  \n"
+                    f"{', '.join(exp.pruners) or 'no criteria'} · {exp.sparsity:.0%} · "
+                    f"{exp.scope} scope · seed {exp.seed}")
+        st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
+
+
+def default_grid_criteria(exp: Experiment) -> list[str]:
+    """SNP's Fig. 3 rows (l2-norm, GM, reverse, SNP) when those pruners exist, else the
+    experiment's criteria topped up to four with fast single-shot ones."""
+    names = pruner_names()
+    fig3 = [n for n in ("l2-norm", "gm", "reverse", "snp") if n in names]
+    if len(fig3) == 4:
+        return fig3
+    out = list(exp.pruners[:4])
+    for n in ("magnitude", "snip", "attention-snip", "random"):
+        if len(out) >= 4:
+            break
+        if n in names and n not in out:
+            out.append(n)
+    return out
+
+
+def pruner_label(name: str) -> str:
+    info = pruner_info(name)
+    tags = [t for t, on in (("structured", info["kind"] == "structured"),
+                            ("iterative", info["iterative"] and info["kind"] != "structured"))
+            if on]
+    return f"{name} ({', '.join(tags)})" if tags else name
+
+
+def source_label(source: str, preset: str, dataset: str) -> str:
+    if source == "checkpoint" and not has_checkpoint(preset, dataset):
+        return f"shipped checkpoint (none for {preset} on {dataset})"
+    return SOURCES[source]
+
+
+# ---------------------------------------------------------------------------- image cells
+
+def _resized(image: Tensor, px: int) -> Tensor:
+    return torch.nn.functional.interpolate(image[None], size=(px, px), mode="bilinear",
+                                           align_corners=False)[0]
+
+
+def overlay_cell(image: Tensor, row: np.ndarray | Tensor, grid: tuple[int, int],
+                 px: int = CELL_PX) -> np.ndarray:
+    """Heat map of a (N-1,) row over the image, both at ``px``×``px`` → uint8 (px, px, 3)."""
+    heat = attn.patch_heatmap(torch.as_tensor(row)[None], grid, (px, px))[0]
+    return attn.overlay(_resized(image, px), heat, alpha=0.5, cmap="jet")
+
+
+def image_cell(image: Tensor, px: int = CELL_PX) -> np.ndarray:
+    big = _resized(image, px)
+    return (big.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+
+
+def heat_cell(image: Tensor, heat: np.ndarray, px: int = 2 * CELL_PX) -> np.ndarray:
+    """A (H, W) heat map in [0, 1] over the image, both at ``px``×``px``."""
+    h = torch.nn.functional.interpolate(torch.as_tensor(heat)[None, None], size=(px, px),
+                                        mode="bilinear", align_corners=False)[0, 0]
+    return attn.overlay(_resized(image, px), h.clamp(0, 1), alpha=0.5, cmap="jet")

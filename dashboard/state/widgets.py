@@ -1,0 +1,78 @@
+"""Session state: the experiment read from the Prune page's widgets, widget defaults, the
+upload and deletion flags, and the run a Train page follows (kept in the URL)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from .keys import (K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE,
+                   K_SEED, K_SOURCE, K_SPARSITY, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL,
+                   Experiment)
+
+
+def experiment() -> Experiment:
+    """The current session's experiment (defaults for whatever the Prune page never set)."""
+    from .catalogue import pruner_names
+
+    ss = st.session_state
+    d = Experiment()
+    pruners = ss.get(K_PRUNERS, list(d.pruners))
+    return Experiment(
+        preset=ss.get(K_MODEL, d.preset), source=ss.get(K_SOURCE, d.source),
+        dataset=ss.get(K_DATASET, d.dataset), folder=ss.get(K_FOLDER, d.folder) or "",
+        pruners=tuple(p for p in pruners if p in pruner_names()),
+        sparsity=int(ss.get(K_SPARSITY, round(d.sparsity * 100))) / 100,
+        scope=ss.get(K_SCOPE, d.scope),
+        calib=int(ss.get(K_CALIB, d.calib)), seed=int(ss.get(K_SEED, d.seed)),
+        val_samples=int(ss.get(K_VAL, d.val_samples)), upload=ss.get(K_UPLOAD_DIGEST, ""))
+
+
+def widget_default(key: str, value: object) -> None:
+    """Seed a widget's value once per session (so pages need no ``value=``/``index=`` args
+    that would fight ``persist_state``)."""
+    if key not in st.session_state:
+        st.session_state[key] = value
+
+
+def seed_experiment_widgets() -> None:
+    """Give the Prune page's widgets their defaults once per session."""
+    d = Experiment()
+    for key, value in ((K_MODEL, d.preset), (K_SOURCE, d.source), (K_DATASET, d.dataset),
+                       (K_FOLDER, d.folder), (K_PRUNERS, list(d.pruners)),
+                       (K_SPARSITY, round(d.sparsity * 100)), (K_SCOPE, d.scope),
+                       (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples)):
+        widget_default(key, value)
+
+
+def remember_upload(digest: str, name: str) -> None:
+    st.session_state[K_UPLOAD_DIGEST] = digest
+    st.session_state[K_UPLOAD_NAME] = name
+
+
+def upload_name() -> str:
+    return st.session_state.get(K_UPLOAD_NAME, "")
+
+
+def use_trained_checkpoint() -> None:
+    """Widget callback: switch the experiment to the shipped trained checkpoint."""
+    st.session_state[K_SOURCE] = "checkpoint"
+
+
+def pending_delete() -> tuple[str, ...]:
+    return tuple(st.session_state.get(K_DELETE_PENDING, ()))
+
+
+def set_pending_delete(run_ids: tuple[str, ...]) -> None:
+    st.session_state[K_DELETE_PENDING] = tuple(run_ids)
+
+
+def current_run_id() -> str | None:
+    """The run this session's Train page follows: kept in the URL (``?run=…``) so that a page
+    reload, which starts a new session, finds it again; never shared between sessions."""
+    return st.query_params.get("run")
+
+
+def follow_run(run_id: str | None) -> None:
+    if run_id:
+        st.query_params["run"] = run_id
+    elif "run" in st.query_params:
+        del st.query_params["run"]

@@ -1,0 +1,188 @@
+"""core.study (the pipeline behind the pages) against independent computations: prune() and
+evaluate() by hand, MACs counted by hand, cosines written out, scores computed once."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from core import study
+from core.attention import capture_attention
+from core.data import calibration_batch, load_dataset
+from core.models import build_model, count_macs
+from core.pruning import get_pruner, list_pruners, prune
+from core.train import evaluate
+
+structured_only = pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset("shapes", 8, seed=0, num_train=120, num_val=40)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """vit-tiny shrunk to 8×8 images (4 patches + CLS), 2 blocks of 2 heads, at its init."""
+    torch.manual_seed(0)
+    return build_model("vit-tiny", 6, img_size=8, patch_size=4, embed_dim=16, depth=2,
+                       num_heads=2).eval()
+
+
+def cls_rows(net, images):
+    """Last block's CLS → patch attention, mean of heads, written out: (B, N-1)."""
+    a = capture_attention(net, images)[-1]           # (B, H, N, N)
+    return a.abs().mean(dim=1)[:, 0, 1:].numpy()
+
+
+def mean_cos(a, b):
+    return float(np.mean([x @ y / (np.linalg.norm(x) * np.linalg.norm(y)) for x, y in zip(a, b)]))
+
+
+def test_sweep_point_equals_a_hand_computation(model, data):
+    train_set, val_set = data
+    df = study.sweep(model, train_set, val_set, ["magnitude", "snip"], [0.0, 0.3, 0.6],
+                     calib=16, seeds=(3,), val_samples=24, scope="layer")
+    assert list(df.columns) == study.SWEEP_COLUMNS
+    assert len(df) == 2 * 3 and set(df["seed"]) == {3}
+
+    val = study.val_subset(val_set, 24)
+    images, labels = calibration_batch(train_set, 16, 3)
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    res = prune(model, "snip", 0.6, images, labels, scope="layer")
+    ev = evaluate(res.model, val)
+    row = df[(df.criterion == "snip") & (df.sparsity == 0.6)].iloc[0]
+    assert row["accuracy"] == pytest.approx(ev["accuracy"])
+    assert row["loss"] == pytest.approx(ev["loss"], rel=1e-6)
+    assert row["macro_f1"] == pytest.approx(ev["macro_f1"])
+
+    dense_params = sum(p.numel() for p in model.parameters())
+    removed = {k: int((~m).sum()) for k, m in res.masks.items()}
+    assert row["params_kept"] == pytest.approx(1 - sum(removed.values()) / dense_params)
+    # each weight is used once per token: 5 tokens in the blocks, 4 patches for the patch
+    # convolution, the CLS token alone for the head
+    uses = {"patch_embed.proj.weight": 4, "head.weight": 1}
+    macs = count_macs(copy.deepcopy(model))
+    hand = macs - sum(n * uses.get(k, 5) for k, n in removed.items())
+    assert row["macs_kept"] == pytest.approx(hand / macs)
+    assert row["cls_cosine"] == pytest.approx(mean_cos(cls_rows(res.model, x),
+                                                       cls_rows(model, x)), rel=1e-5)
+    assert 0 < row["rollout_cosine"] <= 1
+
+    dense = df[df.sparsity == 0.0]
+    ev0 = evaluate(model, val)
+    assert (dense["accuracy"] == ev0["accuracy"]).all() and (dense["cls_cosine"] == 1).all()
+    assert (dense["params_kept"] == 1).all() and (dense["macs_kept"] == 1).all()
+
+
+def test_sweep_scores_once_per_criterion_and_seed(model, data, monkeypatch):
+    """Along the curve only the thresholds move: each seed scores each criterion once."""
+    train_set, val_set = data
+    cls = type(get_pruner("magnitude"))
+    calls = []
+    real = cls.score
+    monkeypatch.setattr(cls, "score", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    df = study.sweep(model, train_set, val_set, ["magnitude"], [0.0, 0.2, 0.5, 0.8],
+                     calib=8, seeds=(0, 1), val_samples=8, attention=False)
+    assert len(calls) == 2
+    assert df["cls_cosine"].isna().all()
+    kept = df[df.seed == 0].sort_values("sparsity")["params_kept"].tolist()
+    assert kept == sorted(kept, reverse=True) and kept[0] == 1.0
+
+
+@structured_only
+@pytest.mark.parametrize("name", ["snp", "l2-norm"])
+def test_structured_from_scores_equals_prune(model, data, name):
+    train_set, val_set = data
+    images, labels = calibration_batch(train_set, 8, 0)
+    sc = study.score(model, name, images, labels)
+    ref = prune(model, name, 0.5, images, labels).model.eval()
+    for p in (study.prune_at(model, name, 0.5, images, labels, scores=sc),
+              study.prune_at(model, name, 0.5, images, labels)):
+        assert p.small.config == ref.config and p.masks is None
+        x = torch.rand(3, 3, 8, 8)
+        with torch.no_grad():
+            torch.testing.assert_close(p.small(x), ref(x))
+    c = study.cost(study.dense_cost(model), p)
+    assert c["params"] == sum(t.numel() for t in ref.parameters())
+    assert c["macs_kept"] == pytest.approx(count_macs(ref) / count_macs(copy.deepcopy(model)))
+    kept = study.layer_kept(model, p).set_index("layer")["kept_fraction"]
+    w = dict(model.named_parameters())["blocks.0.mlp.fc1.weight"]
+    assert kept["blocks.0.mlp.fc1"] == ref.blocks[0].mlp.fc1.weight.numel() / w.numel() < 1
+
+
+def test_masked_forward_equals_apply_masks(model, data):
+    """The scratch model holding dense ⊙ mask gives the outputs of a parametrized copy, and a
+    dense request afterwards sees the dense weights again."""
+    train_set, _ = data
+    images, labels = calibration_batch(train_set, 8, 0)
+    p = study.prune_at(model, "magnitude", 0.7, images, labels)
+    scratch = copy.deepcopy(model)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad(), study.forward_model(model, p, scratch) as net:
+        torch.testing.assert_close(net(x), p.model(model)(x))
+    with torch.no_grad(), study.forward_model(model, study.Pruned("dense", 0, "global"),
+                                              scratch) as net:
+        torch.testing.assert_close(net(x), model(x))
+
+
+def test_thresholds_and_score_statistics_by_hand():
+    scores = {"a.weight": torch.tensor([[1.0, 10.0], [100.0, 1000.0]]),
+              "b.weight": torch.tensor([5.0, 50.0])}
+    masks = {"a.weight": torch.tensor([[False, True], [True, True]]),
+             "b.weight": torch.tensor([False, True])}
+    assert study.threshold(scores, masks) == 5.0
+    stats = study.score_stats(scores).set_index("layer")
+    assert stats.loc["a", "median"] == pytest.approx(np.median([0, 1, 2, 3]))
+    assert stats.loc["b", "max"] == pytest.approx(np.log10(50))
+    p = study.Pruned("x", 0.5, "global", masks, scores)
+    assert study.log_threshold(p, study.score_stats(scores)) == pytest.approx(np.log10(5))
+    assert study.log_threshold(study.Pruned("x", 0.5, "layer", masks, scores), stats) is None
+    rows = torch.tensor([[True, False, True, True], [False, False, True, True]])
+    m = study.mask_matrix({"fc.weight": rows}, "fc", 2)
+    np.testing.assert_allclose(m, [[0.5, 1.0], [0.0, 1.0]])  # 2×4 averaged in 1×2 blocks
+
+
+def test_attention_grid_and_rows(model, data):
+    _, val_set = data
+    image = val_set[0][0]
+    dense = study.attention_maps(model, image)
+    assert [m.shape for m in dense] == [(2, 5, 5)] * 2 and study.head_counts(model) == [2, 2]
+    g = study.fig3(model, image, ["magnitude", "random"], (0.0, 0.5), view=study.AttentionView())
+    assert g.similarity[:, 0].tolist() == [1.0, 1.0]
+    want = dense[-1].mean(0)[0, 1:]
+    np.testing.assert_allclose(g.dense, want, rtol=1e-6)
+    p = study.prune_at(model, "random", 0.5)
+    got = capture_attention(p.model(model), image[None])[-1][0].mean(0)[0, 1:].numpy()
+    assert g.similarity[1, 1] == pytest.approx(
+        got @ want / (np.linalg.norm(got) * np.linalg.norm(want)), rel=1e-5)
+    roll = study.attention_row(dense, study.AttentionView("rollout"))
+    assert roll.shape == (4,) and roll.min() >= 0
+
+
+def test_bad_inputs_are_named(model, data):
+    train_set, val_set = data
+    with pytest.raises(ValueError, match="sparsities"):
+        study.sweep(model, train_set, val_set, ["magnitude"], [1.2])
+    with pytest.raises(ValueError, match="list of names"):
+        study.sweep(model, train_set, val_set, "magnitude", [0.5])
+    with pytest.raises(ValueError, match="scope"):
+        study.prune_at(model, "magnitude", 0.5, scope="everywhere")
+    with pytest.raises(ValueError, match="unknown pruner"):
+        study.sweep(model, train_set, val_set, ["no-such"], [0.5])
+    if "amap" in list_pruners():
+        with pytest.raises(ValueError, match="during training"):
+            study.sweep(model, train_set, val_set, ["amap"], [0.5])
+    with pytest.raises(ValueError, match="scores of 'magnitude'"):
+        study.prune_at(model, "random", 0.5, scores=study.score(model, "magnitude"))
+
+
+def test_nbytes_counts_tensors_arrays_and_modules():
+    net = torch.nn.Linear(3, 2)  # 6 weights + 2 biases, float32
+    obj = {"m": net, "a": np.zeros((4, 5), np.float32), "t": [torch.zeros(7, dtype=torch.bool)]}
+    assert study.nbytes(obj) == 8 * 4 + 20 * 4 + 7
+    p = study.Pruned("x", 0.5, "global", {"w": torch.zeros(10, dtype=torch.bool)},
+                     {"w": torch.zeros(10)})
+    assert p.nbytes() == 10  # the scores belong to the criterion's cache entry
