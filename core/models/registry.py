@@ -205,8 +205,17 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """Save weights and architecture to ``.safetensors`` (temporary file, then rename)."""
+def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None, *,
+               format: str = "prunelens") -> Path:
+    """Save ``model`` as ``format``: ``"prunelens"`` (``.safetensors`` with the architecture in
+    its metadata, masks baked in; temporary file, then rename), ``"hf"`` (a transformers
+    ``save_pretrained`` folder) or ``"onnx"`` (opset 17, dynamic batch); see
+    :mod:`core.models.export`."""
+    if format in ("hf", "onnx"):
+        from .export import save_hf, save_onnx
+        return (save_hf if format == "hf" else save_onnx)(model, path)
+    if format != "prunelens":
+        raise ValueError(f"unknown format {format!r}; choose 'prunelens', 'hf' or 'onnx'")
     path = Path(path)
     meta = {"prunelens_family": model_family(model),
             "prunelens_config": json.dumps(model.config.to_dict()),
@@ -220,11 +229,20 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
 
 
 def load_model(path: str | Path) -> nn.Module:
-    """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it."""
+    """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it.
+
+    Also reads a Hugging Face or timm model folder, a Hugging Face hub id from the local cache
+    (:mod:`core.models.hf`) and a bare timm ViT/DeiT state dict (:mod:`core.models.timm_format`).
+    """
+    from .hf import hub_snapshot, is_hub_id, load_folder
+    if Path(path).is_dir():
+        return load_folder(Path(path))
+    if not Path(path).exists() and is_hub_id(str(path)):
+        return load_folder(hub_snapshot(str(path)))
     sd, meta = _read_state_dict(path)
     if "prunelens_config" not in meta:
-        raise CheckpointError(f"{Path(path).name} carries no PruneLens architecture; build the "
-                              "model with build_model() and use load_weights() instead")
+        from .timm_format import load_timm_state_dict
+        return load_timm_state_dict(sd, source=Path(path).name)
     cfg = json.loads(meta["prunelens_config"])
     config = (ViTConfig.from_dict(cfg) if meta.get("prunelens_family") == "vit"
               else LinformerViTConfig.from_dict(cfg))
