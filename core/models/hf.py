@@ -281,8 +281,7 @@ def load_hf_folder(folder: Path, cfg: dict | None = None) -> VisionTransformer:
     mean, std, _ = preprocessing(folder)
     try:
         config = hf_vit_config(cfg, arch, mean, std, where=str(folder))
-        with torch.device("meta"):
-            skeleton = VisionTransformer(config)
+        skeleton = VisionTransformer.empty(config)
     except CheckpointError:
         raise
     except (ValueError, TypeError) as e:
@@ -293,7 +292,7 @@ def load_hf_folder(folder: Path, cfg: dict | None = None) -> VisionTransformer:
     if problems:
         raise _error(f"{folder}: the weights do not match config.json ({arch}): {problems}")
     model = VisionTransformer.from_state_dict(config, from_hf_state_dict(weights, config, arch),
-                                              source=str(folder))
+                                              source=str(folder), skeleton=skeleton)
     model.preset = ""
     model.source = f"Hugging Face {arch} ({folder})"
     return model.eval()

@@ -246,7 +246,10 @@ def load_model(path: str | Path) -> nn.Module:
     cfg = json.loads(meta["prunelens_config"])
     config = (ViTConfig.from_dict(cfg) if meta.get("prunelens_family") == "vit"
               else LinformerViTConfig.from_dict(cfg))
-    model = _from_config(config)
+    if isinstance(config, ViTConfig):  # no random init to overwrite
+        model = VisionTransformer.from_state_dict(config, sd, source=Path(path).name)
+    else:
+        model = _from_config(config)
+        model.load_state_dict(sd, strict=True)
     model.preset = meta.get("prunelens_preset", "")
-    model.load_state_dict(sd, strict=True)
     return model

@@ -295,13 +295,20 @@ class VisionTransformer(nn.Module):
                 nn.init.constant_(m.gamma, m.init_values)
 
     @classmethod
-    def from_state_dict(cls, config: ViTConfig, state_dict: dict[str, Tensor],
-                        source: str = "checkpoint") -> "VisionTransformer":
-        """Build ``config`` and take the tensors of ``state_dict`` (timm names) without a
-        random init first (meta device, then ``assign``). Raises ValueError naming the
-        missing, unexpected and mis-shaped keys before anything is built."""
+    def empty(cls, config: ViTConfig) -> "VisionTransformer":
+        """The architecture on the meta device: shapes and names, no memory, no init."""
         with torch.device("meta"):
-            model = cls(config)
+            return cls(config)
+
+    @classmethod
+    def from_state_dict(cls, config: ViTConfig, state_dict: dict[str, Tensor],
+                        source: str = "checkpoint",
+                        skeleton: "VisionTransformer | None" = None) -> "VisionTransformer":
+        """Build ``config`` and take the tensors of ``state_dict`` (timm names) without a
+        random init first (meta device, then ``assign``; ``skeleton``: an :meth:`empty` model
+        of ``config`` to fill). Raises ValueError naming the missing, unexpected and
+        mis-shaped keys before anything is loaded."""
+        model = skeleton if skeleton is not None else cls.empty(config)
         problems = state_dict_mismatch(model.state_dict(), state_dict)
         if problems:
             raise ValueError(f"{source} does not fit the configured model: {problems}")
