@@ -247,7 +247,10 @@ def load_model(path: str | Path) -> nn.Module:
     config = (ViTConfig.from_dict(cfg) if meta.get("prunelens_family") == "vit"
               else LinformerViTConfig.from_dict(cfg))
     if isinstance(config, ViTConfig):  # no random init to overwrite
-        model = VisionTransformer.from_state_dict(config, sd, source=Path(path).name)
+        try:
+            model = VisionTransformer.from_state_dict(config, sd, source=Path(path).name)
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     else:
         model = _from_config(config)
         model.load_state_dict(sd, strict=True)

@@ -16,7 +16,6 @@ The attention computes its softmax explicitly and passes the probabilities throu
 """
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Sequence
