@@ -5,13 +5,14 @@ Reads ``save_pretrained`` folders of transformers' ``ViTForImageClassification``
 ``model.safetensors``, or ``pytorch_model.bin`` read with ``torch.load(weights_only=True)``)
 without importing transformers. Their layers map one to one onto timm's names:
 
-    {p}embeddings.cls_token / distillation_token / position_embeddings → cls_token / dist_token / pos_embed
-    {p}embeddings.patch_embeddings.projection          → patch_embed.proj
-    {p}encoder.layer.i.attention.attention.{query,key,value} → blocks.i.attn.qkv (rows [q | k | v])
-    {p}encoder.layer.i.attention.output.dense           → blocks.i.attn.proj
-    {p}encoder.layer.i.layernorm_before / layernorm_after → blocks.i.norm1 / norm2
-    {p}encoder.layer.i.intermediate.dense / output.dense → blocks.i.mlp.fc1 / fc2
-    {p}layernorm → norm;  classifier (cls_classifier, distillation_classifier) → head (head_dist)
+    {p}embeddings.{cls_token, distillation_token}   → cls_token, dist_token
+    {p}embeddings.position_embeddings                → pos_embed
+    {p}embeddings.patch_embeddings.projection        → patch_embed.proj
+    {p}encoder.layer.i.attention.attention.{query, key, value} → blocks.i.attn.qkv ([q | k | v])
+    {p}encoder.layer.i.attention.output.dense        → blocks.i.attn.proj
+    {p}encoder.layer.i.{layernorm_before, layernorm_after} → blocks.i.{norm1, norm2}
+    {p}encoder.layer.i.{intermediate, output}.dense  → blocks.i.mlp.{fc1, fc2}
+    {p}layernorm → norm;  classifier (or cls_ / distillation_classifier) → head (/ head_dist)
 
 with ``p`` = ``vit.`` or ``deit.``. Heads removed with transformers' ``prune_heads`` (config
 ``pruned_heads``) become blocks with fewer heads. The image mean/std come from

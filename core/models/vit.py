@@ -7,9 +7,10 @@ Follows timm's ``VisionTransformer`` layout and state-dict names (``cls_token``,
 distillation token (``dist_token``, ``head_dist``), register tokens (``reg_token``, Darcet et al.
 2024), LayerScale (``ls1.gamma``/``ls2.gamma``, Touvron et al. 2021, CaiT), global average pooling
 with ``fc_norm``, position embeddings without prefix-token entries (``no_embed_class``, DeiT III).
-Token order as timm and transformers: ``[cls, dist, reg0 … reg(R-1), patches]``. Unlike timm, every block can have its own number of heads, q/k dim per head, v dim per
-head and FFN hidden size, and the residual width (``embed_dim``) is free: a physically pruned
-model (SNP, seed 001) is just another configuration of this class.
+Token order as timm and transformers: ``[cls, dist, reg0 … reg(R-1), patches]``. Unlike timm,
+every block can have its own number of heads, q/k dim per head, v dim per head and FFN hidden
+size, and the residual width (``embed_dim``) is free: a physically pruned model (SNP, seed 001)
+is just another configuration of this class.
 
 The attention computes its softmax explicitly and passes the probabilities through
 ``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses.
@@ -121,7 +122,8 @@ class ViTConfig:
 class PatchEmbed(nn.Module):
     """Image (B, C, H, W) → patch tokens (B, N, D) with a strided convolution."""
 
-    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, dim: int):
+    def __init__(self, img_size: tuple[int, int], patch_size: int, in_chans: int, dim: int,
+                 device: torch.device | str | None = None):
         super().__init__()
         H, W = img_size
         if H % patch_size or W % patch_size:
@@ -130,7 +132,8 @@ class PatchEmbed(nn.Module):
         self.img_size, self.patch_size = (H, W), patch_size
         self.grid_size = (H // patch_size, W // patch_size)
         self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size,
+                              device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(x).flatten(2).transpose(1, 2)
@@ -144,13 +147,14 @@ class Attention(nn.Module):
     """
 
     def __init__(self, dim: int, num_heads: int, qk_dim: int, v_dim: int,
-                 qkv_bias: bool = True, scale: float | None = None):
+                 qkv_bias: bool = True, scale: float | None = None,
+                 device: torch.device | str | None = None):
         super().__init__()
         self.num_heads, self.qk_dim, self.v_dim = num_heads, qk_dim, v_dim
         self.scale = scale if scale is not None else qk_dim ** -0.5
-        self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias)
+        self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device)
         self.attn_drop = nn.Dropout(0.0)  # hook point: sees the post-softmax probabilities
-        self.proj = nn.Linear(num_heads * v_dim, dim)
+        self.proj = nn.Linear(num_heads * v_dim, dim, device=device)
 
     def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B, N, C) → q, k (B, H, N, d_qk) and v (B, H, N, d_v)."""
@@ -172,11 +176,11 @@ class Attention(nn.Module):
 
 
 class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, device: torch.device | str | None = None):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = nn.Linear(dim, hidden, device=device)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = nn.Linear(hidden, dim, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc2(self.act(self.fc1(x)))
@@ -185,10 +189,11 @@ class Mlp(nn.Module):
 class LayerScale(nn.Module):
     """Per-channel scale ``x * gamma`` on a residual branch (CaiT; timm's ``LayerScale``)."""
 
-    def __init__(self, dim: int, init_values: float = 1e-5):
+    def __init__(self, dim: int, init_values: float = 1e-5,
+                 device: torch.device | str | None = None):
         super().__init__()
         self.init_values = init_values
-        self.gamma = nn.Parameter(torch.full((dim,), float(init_values)))
+        self.gamma = nn.Parameter(torch.full((dim,), float(init_values), device=device))
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.gamma
@@ -198,15 +203,16 @@ class Block(nn.Module):
     """Pre-norm transformer block: x + ls1(attn(norm1(x))), then x + ls2(mlp(norm2(x)))."""
 
     def __init__(self, dim: int, cfg: BlockConfig, qkv_bias: bool = True, eps: float = 1e-6,
-                 init_values: float | None = None):
+                 init_values: float | None = None, device: torch.device | str | None = None):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, cfg.num_heads, cfg.qk_dim, cfg.v_dim, qkv_bias, cfg.scale)
-        self.ls1 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        dd = {"device": device}
+        self.norm1 = nn.LayerNorm(dim, eps=eps, **dd)
+        self.attn = Attention(dim, cfg.num_heads, cfg.qk_dim, cfg.v_dim, qkv_bias, cfg.scale, **dd)
+        self.ls1 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
         self.drop_path1 = nn.Identity()
-        self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, cfg.mlp_hidden)
-        self.ls2 = LayerScale(dim, init_values) if init_values is not None else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=eps, **dd)
+        self.mlp = Mlp(dim, cfg.mlp_hidden, **dd)
+        self.ls2 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
         self.drop_path2 = nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
@@ -241,36 +247,36 @@ class VisionTransformer(nn.Module):
     bicubically as timm's, with a warning).
     """
 
-    def __init__(self, config: ViTConfig):
+    def __init__(self, config: ViTConfig, device: torch.device | str | None = None):
         super().__init__()
         self.config = config
         if not config.blocks:
             raise ValueError("a ViT needs at least one block")
         config.check()
-        D = config.embed_dim
+        D, dd = config.embed_dim, {"device": device}
         self.num_prefix_tokens: int = config.num_prefix_tokens
         self.prefix_tokens: tuple[str, ...] = config.prefix_tokens
         self.cls_index: int | None = 0 if config.class_token else None
-        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, D)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if config.class_token else None
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, D)) if config.distilled else None
-        self.reg_token = (nn.Parameter(torch.zeros(1, config.num_reg_tokens, D))
+        self.patch_embed = PatchEmbed(config.img_size, config.patch_size, config.in_chans, D, **dd)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D, **dd)) if config.class_token else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, D, **dd)) if config.distilled else None
+        self.reg_token = (nn.Parameter(torch.zeros(1, config.num_reg_tokens, D, **dd))
                           if config.num_reg_tokens else None)
         embed_len = self.patch_embed.num_patches + (
             0 if config.no_embed_class else self.num_prefix_tokens)
-        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D))
+        self.pos_embed = nn.Parameter(torch.zeros(1, embed_len, D, **dd))
         self.blocks = nn.ModuleList(
-            Block(D, b, config.qkv_bias, config.norm_eps, config.init_values)
+            Block(D, b, config.qkv_bias, config.norm_eps, config.init_values, **dd)
             for b in config.blocks)
         use_fc_norm = config.use_fc_norm
-        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=config.norm_eps)
-        self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps) if use_fc_norm else nn.Identity()
-        self.head = nn.Linear(D, config.num_classes)
-        self.head_dist = (nn.Linear(D, config.num_classes)
+        self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=config.norm_eps, **dd)
+        self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps, **dd) if use_fc_norm else nn.Identity()
+        self.head = nn.Linear(D, config.num_classes, **dd)
+        self.head_dist = (nn.Linear(D, config.num_classes, **dd)
                           if config.distilled and config.dist_head else None)
-        self.register_buffer("pixel_mean", torch.tensor(config.mean).view(1, -1, 1, 1),
+        self.register_buffer("pixel_mean", torch.tensor(config.mean, **dd).view(1, -1, 1, 1),
                              persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(config.std).view(1, -1, 1, 1),
+        self.register_buffer("pixel_std", torch.tensor(config.std, **dd).view(1, -1, 1, 1),
                              persistent=False)
         if not any(p.is_meta for p in self.parameters()):  # meta: weights come from a file
             self.reset_parameters()
@@ -296,8 +302,7 @@ class VisionTransformer(nn.Module):
     @classmethod
     def empty(cls, config: ViTConfig) -> "VisionTransformer":
         """The architecture on the meta device: shapes and names, no memory, no init."""
-        with torch.device("meta"):
-            return cls(config)
+        return cls(config, device="meta")
 
     @classmethod
     def from_state_dict(cls, config: ViTConfig, state_dict: dict[str, Tensor],
@@ -311,8 +316,16 @@ class VisionTransformer(nn.Module):
         problems = state_dict_mismatch(model.state_dict(), state_dict)
         if problems:
             raise ValueError(f"{source} does not fit the configured model: {problems}")
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v
-                               for k, v in state_dict.items()}, strict=True, assign=True)
+        # keys and shapes are checked above; setting the leaves directly is load_state_dict's
+        # assign=True without its per-module Python machinery (a third of a DeiT-S load)
+        for key, value in state_dict.items():
+            owner, _, leaf = key.rpartition(".")
+            module = model.get_submodule(owner)
+            value = value.float() if value.is_floating_point() else value
+            if leaf in module._parameters:
+                setattr(module, leaf, nn.Parameter(value))
+            else:
+                setattr(module, leaf, value)
         model.pixel_mean = torch.tensor(config.mean).view(1, -1, 1, 1)
         model.pixel_std = torch.tensor(config.std).view(1, -1, 1, 1)
         return model
