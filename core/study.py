@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import attention as attn
 from .data import calibration_batch
-from .models import count_macs
+from .models import DEFAULT_LAYOUT, TokenLayout, count_macs, token_layout
 from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
                       layer_collapse, layer_saliency, prune)
 from .train import evaluate
@@ -385,14 +385,18 @@ def head_counts(model: nn.Module) -> list[int]:
 
 @dataclass(frozen=True)
 class AttentionView:
-    """Which (N-1,) CLS→patch row a map gives: ``mode`` "cls" (block ``layer``, ``head`` or
-    None = mean of heads) or "rollout" (Abnar & Zuidema 2020, ``fusion``, ``discard``)."""
+    """Which (P,) CLS→patch row a map gives: ``mode`` "cls" (block ``layer``, ``head`` or
+    None = mean of heads) or "rollout" (Abnar & Zuidema 2020, ``fusion``, ``discard``).
+    ``layout``: the model's special tokens (:func:`core.models.token_layout`); distillation
+    and register tokens are skipped, and a model without a class token gives the mean over
+    the patch queries."""
 
     mode: str = "cls"
     layer: int = -1
     head: int | None = None
     fusion: str = "mean"
     discard: float = 0.0
+    layout: TokenLayout = DEFAULT_LAYOUT
 
 
 def attention_row(maps: Sequence[np.ndarray], view: AttentionView) -> np.ndarray:
@@ -400,10 +404,10 @@ def attention_row(maps: Sequence[np.ndarray], view: AttentionView) -> np.ndarray
     if view.mode == "rollout":
         R = attn.attention_rollout([torch.from_numpy(m)[None] for m in maps], view.fusion,
                                    view.discard)
-        return attn.rollout_map(R)[0].numpy()
+        return attn.rollout_map(R, view.layout)[0].numpy()
     a = torch.from_numpy(maps[view.layer])[None]
     head = view.head if view.head is None or view.head < a.shape[1] else None
-    return attn.cls_attention(a, head)[0].numpy()
+    return attn.cls_attention(a, head, view.layout)[0].numpy()
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -469,6 +473,7 @@ def fig3(model: nn.Module, image: Tensor, criteria: Sequence[str], ratios: Seque
     base = copy.deepcopy(model).eval()
     scratch = copy.deepcopy(base)
     scored: dict[str, Scores | None] = {}
+    view = replace(view, layout=token_layout(model))
 
     def maps_of(crit: str, ratio: float) -> tuple[np.ndarray, ...]:
         if crit not in scored and ratio:
@@ -485,10 +490,11 @@ def attention_rows(model: nn.Module, dataset: Dataset,
     """Per image of ``dataset``: the last block's CLS→patch row (mean of heads) and the
     rollout's CLS row (mean fusion, nothing discarded), each (n, N-1)."""
     cls_rows, roll_rows = [], []
+    layout = token_layout(model)
     for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         maps = attn.capture_attention(model, x)
-        cls_rows.append(attn.cls_attention(maps[-1]).float().numpy())
-        roll_rows.append(attn.rollout_map(attn.attention_rollout(maps)).float().numpy())
+        cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
+        roll_rows.append(attn.rollout_map(attn.attention_rollout(maps), layout).float().numpy())
     return np.concatenate(cls_rows), np.concatenate(roll_rows)
 
 
@@ -513,13 +519,13 @@ def explain(model: nn.Module, image: Tensor, target: int | None = None, fusion: 
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
     t = int(probs.argmax()) if target is None else int(target)
-    size, grid = tuple(x.shape[-2:]), model.grid_size
+    size, grid, layout = tuple(x.shape[-2:]), model.grid_size, token_layout(model)
     maps = attn.capture_attention(model, x)
     heats = {
-        "attention rollout": attn.patch_heatmap(
-            attn.rollout_map(attn.attention_rollout(maps, fusion, discard)), grid, size)[0],
-        "gradient rollout": attn.patch_heatmap(
-            attn.rollout_map(attn.gradient_rollout(model, x, t, discard)), grid, size)[0],
+        "attention rollout": attn.patch_heatmap(attn.rollout_map(
+            attn.attention_rollout(maps, fusion, discard), layout), grid, size)[0],
+        "gradient rollout": attn.patch_heatmap(attn.rollout_map(
+            attn.gradient_rollout(model, x, t, discard), layout), grid, size)[0],
         "saliency": attribution_map(model, image, t, "saliency"),
         "integrated gradients": attribution_map(model, image, t, "integrated_gradients"),
     }

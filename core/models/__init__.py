@@ -1,15 +1,19 @@
-"""Model families (ViT/DeiT, Linformer-ViT), one adapter each, and the registry that builds,
-loads and saves them."""
-from .adapter import (BlockView, ModelAdapter, TokenLayout, block_views, get_adapter,
-                      register_adapter, token_layout)
+"""Model families (ViT/DeiT, Linformer-ViT), one adapter each, the registry that builds,
+loads and saves them, and readers / writers of Hugging Face, timm and ONNX formats (``hf``,
+``timm_format``, ``export``)."""
+from .adapter import (DEFAULT_LAYOUT, BlockView, ModelAdapter, TokenLayout, block_views,
+                      get_adapter, register_adapter, token_layout)
 from .linformer_vit import LinformerViT, LinformerViTConfig, LinformerLayerConfig
 from .macs import MacCounter, count_macs
 from .registry import (CheckpointError, build_model, checkpoint_info, list_models, load_model,
                        load_weights, model_family, pretrained_path, register_model, save_model)
-from .vit import Attention, BlockConfig, VisionTransformer, ViTConfig
+from .timm_format import load_timm_state_dict
+from .vit import Attention, BlockConfig, LayerScale, VisionTransformer, ViTConfig
 
-__all__ = ["Attention", "BlockConfig", "BlockView", "CheckpointError", "LinformerLayerConfig",
-           "LinformerViT", "LinformerViTConfig", "ModelAdapter", "TokenLayout", "block_views",
-           "get_adapter", "register_adapter", "token_layout", "MacCounter", "VisionTransformer", "ViTConfig", "build_model",
-           "checkpoint_info", "count_macs", "list_models", "load_model", "load_weights",
-           "model_family", "pretrained_path", "register_model", "save_model"]
+__all__ = ["DEFAULT_LAYOUT", "Attention", "BlockConfig", "BlockView", "CheckpointError", "LayerScale",
+           "LinformerLayerConfig", "LinformerViT", "LinformerViTConfig", "MacCounter",
+           "ModelAdapter", "TokenLayout", "VisionTransformer", "ViTConfig", "block_views",
+           "build_model", "checkpoint_info", "count_macs", "get_adapter", "list_models",
+           "load_model", "load_timm_state_dict", "load_weights", "model_family",
+           "pretrained_path", "register_adapter", "register_model", "save_model",
+           "token_layout"]

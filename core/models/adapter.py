@@ -128,6 +128,12 @@ class ModelAdapter:
     def config_from_dict(self, d: dict) -> Any:
         return self.config_type.from_dict(d)
 
+    def from_state_dict(self, config: Any, state: dict[str, Tensor]) -> nn.Module:
+        """A model of ``config`` holding ``state`` (strict)."""
+        model = self.build(config)
+        model.load_state_dict(state, strict=True)
+        return model
+
     # -- structure
     def blocks(self, model: nn.Module) -> list[BlockView]:
         raise NotImplementedError

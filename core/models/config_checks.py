@@ -45,10 +45,10 @@ def check_stats(owner: str, name: str, value: Any, channels: int, positive: bool
                          f"{'positive ' if positive else ''}numbers, got {value!r}")
 
 
-def check_scale(owner: str, value: Any) -> None:
+def check_scale(owner: str, value: Any, name: str = "scale") -> None:
     if value is not None and not (isinstance(value, Real) and not isinstance(value, bool)
                                   and math.isfinite(value) and value > 0):
-        raise ValueError(f"{owner}.scale must be None or a positive number, got {value!r}")
+        raise ValueError(f"{owner}.{name} must be None or a positive number, got {value!r}")
 
 
 def check_input(x: Any, in_chans: int, img_size: tuple[int, int]) -> None:

@@ -259,8 +259,17 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
-def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None) -> Path:
-    """Save weights and architecture to ``.safetensors`` (temporary file, then rename)."""
+def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None, *,
+               format: str = "prunelens") -> Path:
+    """Save ``model`` as ``format``: ``"prunelens"`` (``.safetensors`` with the architecture in
+    its metadata, masks baked in; temporary file, then rename), ``"hf"`` (a transformers
+    ``save_pretrained`` folder) or ``"onnx"`` (opset 17, dynamic batch); see
+    :mod:`core.models.export`."""
+    if format in ("hf", "onnx"):
+        from .export import save_hf, save_onnx
+        return (save_hf if format == "hf" else save_onnx)(model, path)
+    if format != "prunelens":
+        raise ValueError(f"unknown format {format!r}; choose 'prunelens', 'hf' or 'onnx'")
     path = Path(path)
     meta = {"prunelens_family": model_family(model),
             "prunelens_config": json.dumps(model.config.to_dict()),
@@ -301,26 +310,37 @@ def _architecture(meta: dict[str, str], name: str):
 def load_model(path: str | Path) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it.
 
-    The declared architecture is checked against the tensor shapes in the file's header
-    before any weight is read or any module allocated, so a forged file costs what its size
-    says; every problem is a one-line :class:`CheckpointError` naming the field or tensors."""
+    Also reads a Hugging Face or timm model folder, a Hugging Face hub id from the local cache
+    (:mod:`core.models.hf`) and a bare timm ViT/DeiT state dict (:mod:`core.models.timm_format`).
+    For a PruneLens file the declared architecture is checked against the tensor shapes in the
+    file's header before any weight is read or any module allocated, so a forged file costs
+    what its size says; every problem is a one-line :class:`CheckpointError` naming the field
+    or tensors."""
+    from .hf import hub_snapshot, is_hub_id, load_folder
     path = Path(path)
-    if path.suffix != ".safetensors" or not path.is_file():
-        sd, meta = _read_state_dict(path)  # raises for a missing file; .pth has no metadata
-    else:
+    if path.is_dir():
+        return load_folder(path)
+    if not path.exists() and is_hub_id(str(path)):
+        return load_folder(hub_snapshot(str(path)))
+    if path.suffix == ".safetensors" and path.is_file():
         shapes, meta = _header(path)
+        if "prunelens_config" in meta:
+            adapter, config = _architecture(meta, path.name)
+            with torch.device("meta"):  # shapes only: no memory, no initialisation
+                skeleton = adapter.build(config)
+            report = _fit_report(path.name, f"the {adapter.family} architecture in its metadata",
+                                 {k: tuple(v.shape) for k, v in skeleton.state_dict().items()},
+                                 shapes)
+            if report:
+                raise CheckpointError(report)
+    sd, meta = _read_state_dict(path)
     if "prunelens_config" not in meta:
-        raise CheckpointError(f"{path.name} carries no PruneLens architecture; build the "
-                              "model with build_model() and use load_weights() instead")
+        from .timm_format import load_timm_state_dict
+        return load_timm_state_dict(sd, source=path.name)
     adapter, config = _architecture(meta, path.name)
-    with torch.device("meta"):  # shapes only: no memory, no initialisation
-        skeleton = adapter.build(config)
-    report = _fit_report(path.name, f"the {adapter.family} architecture in its metadata",
-                         {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, shapes)
-    if report:
-        raise CheckpointError(report)
-    sd, _ = _read_state_dict(path)
-    model = adapter.build(config)
+    try:
+        model = adapter.from_state_dict(config, sd)  # no random init to overwrite
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path.name}: {_one_line(e)}") from None
     model.preset = meta.get("prunelens_preset", "")
-    model.load_state_dict(sd, strict=True)
     return model

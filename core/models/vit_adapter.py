@@ -19,11 +19,7 @@ from .vit import BlockConfig, VisionTransformer, ViTConfig, with_blocks
 
 
 def _prefix(config: ViTConfig) -> tuple[str, ...]:
-    names = ["cls"] if getattr(config, "class_token", True) else []
-    if getattr(config, "distilled", False):
-        names.append("dist")
-    names += [f"reg{i}" for i in range(getattr(config, "num_reg_tokens", 0))]
-    return tuple(names)
+    return config.prefix_tokens
 
 
 def _gamma(module: nn.Module) -> Tensor | None:
@@ -35,6 +31,9 @@ class ViTAdapter(ModelAdapter):
     family = "vit"
     model_type = VisionTransformer
     config_type = ViTConfig
+
+    def from_state_dict(self, config: ViTConfig, state: dict[str, Tensor]) -> VisionTransformer:
+        return VisionTransformer.from_state_dict(config, state)
 
     def blocks(self, model: VisionTransformer) -> list[BlockView]:
         views = []
@@ -62,8 +61,7 @@ class ViTAdapter(ModelAdapter):
         return model.config.embed_dim
 
     def token_layout(self, model: VisionTransformer) -> TokenLayout:
-        prefix = _prefix(model.config)
-        return TokenLayout(prefix, 0 if prefix[:1] == ("cls",) else None)
+        return TokenLayout(model.prefix_tokens, model.cls_index)
 
     def num_tokens(self, model: VisionTransformer) -> int:
         return model.patch_embed.num_patches + len(_prefix(model.config))
@@ -153,7 +151,7 @@ class ViTAdapter(ModelAdapter):
             H, dq, dv = b.num_heads, b.qk_dim, b.v_dim
             macs += (N * D * H * (2 * dq + dv) + H * N * N * (dq + dv) + N * H * dv * D
                      + 2 * N * D * b.mlp_hidden)
-        heads = 2 if getattr(config, "distilled", False) else 1
+        heads = 2 if config.distilled and config.dist_head else 1
         return macs + heads * D * config.num_classes
 
     # -- AMAP

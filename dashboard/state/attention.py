@@ -2,7 +2,7 @@
 (``core.study`` through caches; the cells drawn by ``ui``)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -11,6 +11,7 @@ from torch import Tensor
 
 from core import attention as attn
 from core import study
+from core.models import token_layout
 from core.study import AttentionView
 
 from .cache import byte_cached
@@ -44,6 +45,7 @@ def attention_grid(s: Setup, criteria: list[str], ratios: tuple[float, ...], ref
     why in ``errors``."""
     image, _ = image_tensor(s, ref)
     grid = s.base.model.grid_size
+    view = replace(view, layout=token_layout(s.base.model))  # skip dist/register tokens
     g = study.attention_grid(lambda c, r: attention_maps(s.key(c, r), ref, image), criteria,
                              ratios, view, expected=EXPECTED_ERRORS, progress=progress)
     dense_cell = overlay_cell(image, g.dense, grid)
@@ -55,11 +57,11 @@ def attention_grid(s: Setup, criteria: list[str], ratios: tuple[float, ...], ref
 def head_maps(s: Setup, key: PruneKey, ref: ImageRef, layer: int) -> tuple[list, list]:
     """Per-head CLS attention of block ``layer``: (dense cells, pruned cells)."""
     image, _ = image_tensor(s, ref)
-    grid = s.base.model.grid_size
+    grid, layout = s.base.model.grid_size, token_layout(s.base.model)
     out = []
     for k in (key.at(0.0), key):
         a = torch.from_numpy(attention_maps(k, ref, image)[layer])[None]
-        out.append([overlay_cell(image, attn.cls_attention(a, h)[0], grid)
+        out.append([overlay_cell(image, attn.cls_attention(a, h, layout)[0], grid)
                     for h in range(a.shape[1])])
     return out[0], out[1]
 
