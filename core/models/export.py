@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from .hf import to_hf_state_dict
-from .registry import CheckpointError, _from_config, _plain_state_dict, model_family
+from .adapter import adapter_for_config, get_adapter
+from .checkpoint import CheckpointError, _plain_state_dict
 from .vit import VisionTransformer, ViTConfig
 
 ONNX_OPSET = 17
@@ -36,7 +37,7 @@ def plain_copy(model: nn.Module) -> nn.Module:
     sd = _plain_state_dict(model)
     if isinstance(model, VisionTransformer):
         return VisionTransformer.from_state_dict(model.config, sd).eval()
-    copy = _from_config(model.config)
+    copy = adapter_for_config(model.config).build(model.config)
     copy.load_state_dict(sd, strict=True)
     return copy.eval()
 
@@ -106,8 +107,8 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
     """Write ``model`` as a transformers ``save_pretrained`` folder; returns the folder."""
     from safetensors.torch import save_file
 
-    if model_family(model) != "vit":
-        raise CheckpointError(f"transformers has no {model_family(model)} model; save with "
+    if get_adapter(model).family != "vit":
+        raise CheckpointError(f"transformers has no {get_adapter(model).family} model; save with "
                               "format='onnx' or format='prunelens' instead")
     config: ViTConfig = model.config
     arch, hf_config = hf_layout(config)

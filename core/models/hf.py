@@ -22,7 +22,6 @@ only (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``)
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_json, read_weights
 from .vit import BlockConfig, VisionTransformer, ViTConfig, state_dict_mismatch
 
 # architecture → (model_type, weight prefix)
@@ -38,59 +38,10 @@ HF_ARCHITECTURES = {
     "DeiTForImageClassification": ("deit", "deit."),
     "DeiTForImageClassificationWithTeacher": ("deit", "deit."),
 }
-SUPPORTED = ("Hugging Face ViTForImageClassification, DeiTForImageClassification, "
-             "DeiTForImageClassificationWithTeacher; timm vit_*/deit_*/deit3_* "
-             "(class/distillation/register tokens, LayerScale, average pooling)")
 # transformers' ImageProcessor defaults for ViT and DeiT (IMAGENET_STANDARD_MEAN/STD)
 HF_DEFAULT_MEAN = (0.5, 0.5, 0.5)
 HF_DEFAULT_STD = (0.5, 0.5, 0.5)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-
-
-def _error(message: str) -> Exception:
-    from .registry import CheckpointError  # registry imports this module lazily
-    return CheckpointError(message)
-
-
-def one_line(message: object, limit: int = 300) -> str:
-    """First non-empty line of ``message`` without ANSI colour codes, at most ``limit`` chars
-    (torch's weights_only refusal is a coloured, many-line essay)."""
-    plain = _ANSI.sub("", str(message))
-    lines = [ln.strip() for ln in plain.splitlines() if ln.strip()]
-    text = lines[0] if lines else type(message).__name__
-    culprit = re.search(r"Unsupported global: GLOBAL (\S+)", plain)
-    if culprit and "Weights only load failed" in text:
-        text = (text[:text.index("Weights only load failed")] + "refused before anything in "
-                f"it ran: it asks for the Python object {culprit.group(1)}")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _error(f"cannot read {path.name} in {path.parent}: {one_line(e)}") from None
-    if not isinstance(data, dict):
-        raise _error(f"{path.name} in {path.parent} is not a JSON object")
-    return data
-
-
-def read_weights(folder: Path) -> dict[str, Tensor]:
-    """The tensors of a model folder: ``model.safetensors``, else ``pytorch_model.bin`` (weights
-    only: a pickle with code in it is refused before anything in it runs)."""
-    from .registry import CheckpointError, _read_state_dict
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (folder / name).is_file():
-            try:
-                return _read_state_dict(folder / name)[0]
-            except CheckpointError as e:
-                raise _error(f"{folder}: {one_line(e)}") from None
-    if (folder / "model.safetensors.index.json").is_file():
-        raise _error(f"{folder} holds a sharded checkpoint (model.safetensors.index.json); "
-                     "PruneLens reads single-file weights (model.safetensors)")
-    present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
-    raise _error(f"{folder} has no model.safetensors or pytorch_model.bin (found: {present})")
 
 
 # ---------------------------------------------------------------------------- hub cache
@@ -273,7 +224,6 @@ def from_hf_state_dict(hf: dict[str, Tensor], config: ViTConfig, arch: str) -> d
 def load_hf_folder(folder: Path, cfg: dict | None = None) -> VisionTransformer:
     """A transformers ``save_pretrained`` folder → :class:`VisionTransformer` in eval mode."""
     folder = Path(folder)
-    from .registry import CheckpointError
     cfg = read_json(folder / "config.json") if cfg is None else cfg
     if cfg.get("model_type") not in ("vit", "deit"):
         _architecture(cfg, None, str(folder))  # raises, before any weights are read
@@ -301,14 +251,3 @@ def load_hf_folder(folder: Path, cfg: dict | None = None) -> VisionTransformer:
 
 # ---------------------------------------------------------------------------- dispatch
 
-def load_folder(folder: Path) -> VisionTransformer:
-    """A Hugging Face (``model_type``) or timm (``architecture``) model folder."""
-    folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise _error(f"{folder} has no config.json: expected a Hugging Face or timm model "
-                     "folder (config.json + model.safetensors)")
-    cfg = read_json(folder / "config.json")
-    if "architecture" in cfg:
-        from .timm_format import load_timm_folder
-        return load_timm_folder(folder, cfg)
-    return load_hf_folder(folder, cfg)

@@ -8,17 +8,18 @@ metadata, so a physically shrunk model loads back with its new shapes.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Callable
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from . import linformer_adapter, vit_adapter  # noqa: F401  (register the families)
 from .adapter import adapter_for_config, adapter_for_family, get_adapter
+from .checkpoint import (CheckpointError, _error, _fit_report, _header,  # noqa: F401
+                         _plain_state_dict, _read_state_dict, checkpoint_info, one_line,
+                         read_json)
 from .linformer_vit import linformer_vit_config
 from .vit import vit_config
 
@@ -27,10 +28,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _PRESETS: dict[str, tuple[str, Callable[..., dict]]] = {}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be read, or that does not fit the model."""
 
 
 def register_model(name: str, family: str):
@@ -126,102 +123,6 @@ def build_model(name: str, num_classes: int, pretrained: bool = False,
 
 # ---------------------------------------------------------------------------- checkpoints
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
-
-
-def _one_line(err: BaseException, limit: int = 240) -> str:
-    """An exception's message as one plain line (torch's unpickling refusal comes with ANSI
-    colour codes and a page of advice)."""
-    lines = [ln.strip() for ln in _ANSI.sub("", str(err)).splitlines() if ln.strip()]
-    text = lines[0] if lines else type(err).__name__
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _cut(xs: list[str], n: int = 8) -> str:
-    return ", ".join(xs[:n]) + (f" … (+{len(xs) - n})" if len(xs) > n else "")
-
-
-def _check_tensors(sd: dict[str, torch.Tensor], name: str) -> None:
-    """Weights must be floating point and finite: integer (quantised) tensors would be cast
-    silently and NaN weights give NaN outputs, so both are refused naming the tensors."""
-    bad_dtype = sorted(f"{k} ({v.dtype})".replace("torch.", "") for k, v in sd.items()
-                       if v.dtype not in _FLOAT_DTYPES)
-    if bad_dtype:
-        raise CheckpointError(f"{name}: PruneLens loads floating-point weights; these tensors "
-                              f"are not: {_cut(bad_dtype)}")
-    bad = sorted(k for k, v in sd.items() if v.numel() and not bool(torch.isfinite(v).all()))
-    if bad:
-        raise CheckpointError(f"{name}: tensors hold NaN or infinite values: {_cut(bad)}")
-
-
-def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Tensor shapes and metadata of a ``.safetensors`` file, from its header alone."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"cannot read {path.name} as safetensors: {_one_line(e)}") from None
-    return shapes, meta
-
-
-def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Read a ``.safetensors`` or ``weights_only`` torch checkpoint; never plain pickle.
-    Tensors must be floating point and finite (:class:`CheckpointError` otherwise)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists()
-                              else f"not a checkpoint file: {path}")
-    if path.suffix == ".safetensors":
-        _, meta = _header(path)
-        try:
-            sd = load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"cannot read {path.name} as safetensors: "
-                                  f"{_one_line(e)}") from None
-    else:
-        meta = {}
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # unpickling errors come in many types
-            raise CheckpointError(
-                f"cannot read {path.name} as a weights-only torch checkpoint (only tensors are "
-                f"accepted, never pickled code): {_one_line(e)}") from None
-        for key in ("model", "state_dict", "model_state_dict"):  # DeiT / Lightning wrappers
-            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-                obj = obj[key]
-        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                for k, v in obj.items()):
-            raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
-        sd = obj
-    _check_tensors(sd, path.name)
-    return sd, meta
-
-
-def checkpoint_info(path: str | Path) -> dict[str, str]:
-    """The metadata of a readable checkpoint: for PruneLens files ``prunelens_family``,
-    ``prunelens_config`` (JSON) and ``prunelens_preset``, so :func:`load_model` can rebuild
-    them; empty for plain weights (load those with :func:`load_weights`). The whole file is
-    read, so a corrupt or pickled one raises :class:`CheckpointError` here."""
-    return dict(_read_state_dict(path)[1])
-
-
-def _fit_report(name: str, what: str, expected: dict[str, tuple[int, ...]],
-                found: dict[str, tuple[int, ...]]) -> str | None:
-    """None if ``found`` has exactly ``expected``'s keys and shapes, else what differs."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
-    shapes = sorted(f"{k}: checkpoint {found[k]} vs model {expected[k]}"
-                    for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))
-    if not (missing or unexpected or shapes):
-        return None
-    parts = [f"{len(missing)} missing keys: {_cut(missing)}" if missing else "",
-             f"{len(unexpected)} unexpected keys: {_cut(unexpected)}" if unexpected else "",
-             f"{len(shapes)} mis-shaped: {_cut(shapes)}" if shapes else ""]
-    return f"{name} does not fit {what}: " + "; ".join(p for p in parts if p)
-
-
 def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = ()) -> nn.Module:
     """Load timm-format (or PruneLens) weights into ``model`` in place, strictly.
 
@@ -238,25 +139,6 @@ def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = 
         raise CheckpointError(report)
     model.load_state_dict(sd, strict=not exclude)
     return model
-
-
-def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with parametrizations (pruning masks) baked in, on CPU, contiguous.
-
-    ``X.parametrizations.weight.original`` becomes ``X.weight`` holding the parametrized value
-    (e.g. ``mask * original``); the parametrization's own buffers are dropped. The model itself
-    is not touched (a deepcopy + remove_parametrizations would edit the class it shares).
-    """
-    out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
-        if ".parametrizations." in key:
-            path, rest = key.split(".parametrizations.", 1)
-            pname, tail = rest.split(".", 1)
-            if tail == "original":
-                out[f"{path}.{pname}"] = getattr(model.get_submodule(path), pname)
-            continue
-        out[key] = value
-    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
 def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None, *,
@@ -303,7 +185,7 @@ def _architecture(meta: dict[str, str], name: str):
     except KeyError as e:
         raise CheckpointError(f"{name}: prunelens_config lacks the field {e}") from None
     except (TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{name}: prunelens_config: {_one_line(e)}") from None
+        raise CheckpointError(f"{name}: prunelens_config: {one_line(e)}") from None
     return adapter, config
 
 
@@ -316,7 +198,7 @@ def load_model(path: str | Path) -> nn.Module:
     file's header before any weight is read or any module allocated, so a forged file costs
     what its size says; every problem is a one-line :class:`CheckpointError` naming the field
     or tensors."""
-    from .hf import hub_snapshot, is_hub_id, load_folder
+    from .hf import hub_snapshot, is_hub_id
     path = Path(path)
     if path.is_dir():
         return load_folder(path)
@@ -341,6 +223,24 @@ def load_model(path: str | Path) -> nn.Module:
     try:
         model = adapter.from_state_dict(config, sd)  # no random init to overwrite
     except (ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path.name}: {_one_line(e)}") from None
+        raise CheckpointError(f"{path.name}: {one_line(e)}") from None
     model.preset = meta.get("prunelens_preset", "")
     return model
+
+
+def load_folder(folder: Path) -> nn.Module:
+    """A Hugging Face (``model_type``) or timm (``architecture``) model folder."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise _error(f"{folder} has no config.json: expected a Hugging Face or timm model "
+                     "folder (config.json + model.safetensors)")
+    cfg = read_json(folder / "config.json")
+    if "architecture" in cfg:
+        from .timm_format import load_timm_folder
+        return load_timm_folder(folder, cfg)
+    return _hf().load_hf_folder(folder, cfg)
+
+
+def _hf():
+    from . import hf
+    return hf

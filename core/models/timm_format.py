@@ -19,7 +19,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from .hf import SUPPORTED, _error, one_line, read_weights
+from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_weights
 from .vit import BlockConfig, VisionTransformer, ViTConfig
 
 TIMM_FAMILIES = ("vit_", "deit_", "deit3_")
@@ -134,7 +134,6 @@ def timm_vit_config(sd: dict[str, Tensor], *, source: str, num_heads: int | None
 
 
 def _build(sd: dict[str, Tensor], config: ViTConfig, source: str) -> VisionTransformer:
-    from .registry import CheckpointError
     try:
         model = VisionTransformer.from_state_dict(config, sd, source=source)
     except CheckpointError:
@@ -154,7 +153,7 @@ def load_timm_state_dict(sd: dict[str, Tensor] | str | Path, *, source: str = ""
     ``std``, ``global_pool``…).
     """
     if not isinstance(sd, dict):
-        from .registry import CheckpointError, _read_state_dict
+        from .checkpoint import _read_state_dict
         source = source or Path(sd).name
         try:
             sd = _read_state_dict(sd)[0]

@@ -1,0 +1,176 @@
+"""Reading checkpoint files safely: safetensors (header first) or ``torch.load(weights_only=
+True)``, never plain pickle; tensors checked (floating point, finite); one-line errors.
+
+Shared by the registry (PruneLens files), the Hugging Face and timm readers and the exporters.
+"""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open
+from torch import Tensor, nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or that does not fit the model."""
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+
+
+def one_line(message: object, limit: int = 300) -> str:
+    """First non-empty line of ``message`` without ANSI colour codes, at most ``limit`` chars
+    (torch's weights_only refusal is a coloured, many-line essay)."""
+    plain = _ANSI.sub("", str(message))
+    lines = [ln.strip() for ln in plain.splitlines() if ln.strip()]
+    text = lines[0] if lines else type(message).__name__
+    culprit = re.search(r"Unsupported global: GLOBAL (\S+)", plain)
+    if culprit and "Weights only load failed" in text:
+        text = (text[:text.index("Weights only load failed")] + "refused before anything in "
+                f"it ran: it asks for the Python object {culprit.group(1)}")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _cut(xs: list[str], n: int = 8) -> str:
+    return ", ".join(xs[:n]) + (f" … (+{len(xs) - n})" if len(xs) > n else "")
+
+
+def _check_tensors(sd: dict[str, torch.Tensor], name: str) -> None:
+    """Weights must be floating point and finite: integer (quantised) tensors would be cast
+    silently and NaN weights give NaN outputs, so both are refused naming the tensors."""
+    bad_dtype = sorted(f"{k} ({v.dtype})".replace("torch.", "") for k, v in sd.items()
+                       if v.dtype not in _FLOAT_DTYPES)
+    if bad_dtype:
+        raise CheckpointError(f"{name}: PruneLens loads floating-point weights; these tensors "
+                              f"are not: {_cut(bad_dtype)}")
+    bad = sorted(k for k, v in sd.items() if v.numel() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(f"{name}: tensors hold NaN or infinite values: {_cut(bad)}")
+
+
+def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata of a ``.safetensors`` file, from its header alone."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"cannot read {path.name} as safetensors: {one_line(e)}") from None
+    return shapes, meta
+
+
+def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a ``.safetensors`` or ``weights_only`` torch checkpoint; never plain pickle.
+    Tensors must be floating point and finite (:class:`CheckpointError` otherwise)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}" if not path.exists()
+                              else f"not a checkpoint file: {path}")
+    if path.suffix == ".safetensors":
+        _, meta = _header(path)
+        try:
+            sd = load_file(str(path))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"cannot read {path.name} as safetensors: "
+                                  f"{one_line(e)}") from None
+    else:
+        meta = {}
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # unpickling errors come in many types
+            raise CheckpointError(
+                f"cannot read {path.name} as a weights-only torch checkpoint (only tensors are "
+                f"accepted, never pickled code): {one_line(e)}") from None
+        for key in ("model", "state_dict", "model_state_dict"):  # DeiT / Lightning wrappers
+            if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+                obj = obj[key]
+        if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in obj.items()):
+            raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
+        sd = obj
+    _check_tensors(sd, path.name)
+    return sd, meta
+
+
+def checkpoint_info(path: str | Path) -> dict[str, str]:
+    """The metadata of a readable checkpoint: for PruneLens files ``prunelens_family``,
+    ``prunelens_config`` (JSON) and ``prunelens_preset``, so :func:`load_model` can rebuild
+    them; empty for plain weights (load those with :func:`load_weights`). The whole file is
+    read, so a corrupt or pickled one raises :class:`CheckpointError` here."""
+    return dict(_read_state_dict(path)[1])
+
+
+def _fit_report(name: str, what: str, expected: dict[str, tuple[int, ...]],
+                found: dict[str, tuple[int, ...]]) -> str | None:
+    """None if ``found`` has exactly ``expected``'s keys and shapes, else what differs."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = sorted(f"{k}: checkpoint {found[k]} vs model {expected[k]}"
+                    for k in set(found) & set(expected) if tuple(found[k]) != tuple(expected[k]))
+    if not (missing or unexpected or shapes):
+        return None
+    parts = [f"{len(missing)} missing keys: {_cut(missing)}" if missing else "",
+             f"{len(unexpected)} unexpected keys: {_cut(unexpected)}" if unexpected else "",
+             f"{len(shapes)} mis-shaped: {_cut(shapes)}" if shapes else ""]
+    return f"{name} does not fit {what}: " + "; ".join(p for p in parts if p)
+
+
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """State dict with parametrizations (pruning masks) baked in, on CPU, contiguous.
+
+    ``X.parametrizations.weight.original`` becomes ``X.weight`` holding the parametrized value
+    (e.g. ``mask * original``); the parametrization's own buffers are dropped. The model itself
+    is not touched (a deepcopy + remove_parametrizations would edit the class it shares).
+    """
+    out: dict[str, torch.Tensor] = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations." in key:
+            path, rest = key.split(".parametrizations.", 1)
+            pname, tail = rest.split(".", 1)
+            if tail == "original":
+                out[f"{path}.{pname}"] = getattr(model.get_submodule(path), pname)
+            continue
+        out[key] = value
+    return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+# ---------------------------------------------------------------------------- model folders
+
+SUPPORTED = ("Hugging Face ViTForImageClassification, DeiTForImageClassification, "
+             "DeiTForImageClassificationWithTeacher; timm vit_*/deit_*/deit3_* "
+             "(class/distillation/register tokens, LayerScale, average pooling)")
+
+
+def _error(message: str) -> Exception:
+    return CheckpointError(message)
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise _error(f"cannot read {path.name} in {path.parent}: {one_line(e)}") from None
+    if not isinstance(data, dict):
+        raise _error(f"{path.name} in {path.parent} is not a JSON object")
+    return data
+
+
+def read_weights(folder: Path) -> dict[str, Tensor]:
+    """The tensors of a model folder: ``model.safetensors``, else ``pytorch_model.bin`` (weights
+    only: a pickle with code in it is refused before anything in it runs)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            try:
+                return _read_state_dict(folder / name)[0]
+            except CheckpointError as e:
+                raise _error(f"{folder}: {one_line(e)}") from None
+    if (folder / "model.safetensors.index.json").is_file():
+        raise _error(f"{folder} holds a sharded checkpoint (model.safetensors.index.json); "
+                     "PruneLens reads single-file weights (model.safetensors)")
+    present = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
+    raise _error(f"{folder} has no model.safetensors or pytorch_model.bin (found: {present})")
