@@ -87,6 +87,7 @@ class FolderDataset(Dataset):
         self.samples = [(str(p), int(y)) for p, y in samples]
         self.targets: list[int] = [y for _, y in self.samples]
         self.max_pixels = _positive_int(max_pixels, "max_pixels")
+        self._pseudo = pseudo_filesystems()  # once, not per item
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -95,7 +96,7 @@ class FolderDataset(Dataset):
         """Return ``(image (3, H, W) float32 in [0, 1], label)``; ``OSError`` names a bad file."""
         path, label = self.samples[index]
         try:
-            with open_regular(path) as f, open_image(f, self.max_pixels) as im:
+            with open_regular(path, self._pseudo) as f, open_image(f, self.max_pixels) as im:
                 return to_tensor(im, self.image_size), label
         except (OSError, ImageError) as err:  # the scan passed it, so the file changed since
             raise OSError(f"could not read image {path}: {err}") from err
