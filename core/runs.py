@@ -93,7 +93,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 # .<name>.safetensors.<host>.<pid>.<start ticks>.<token>.tmp  (+ ".tmp" when save_model's own
 # temporary file was left behind)
 _TMP = re.compile(r"^\.(?P<name>[A-Za-z0-9_.-]+)\.safetensors\.(?P<host>[A-Za-z0-9-]+)\."
-                  r"(?P<pid>[0-9]+)\.(?P<start>[0-9]+)\.(?P<token>[0-9a-f]+)\.tmp(?P<extra>(\.tmp)*)$")
+                  r"(?P<pid>[0-9]+)\.(?P<start>[0-9]+)\.(?P<token>[0-9a-f]+)\.tmp"
+                  r"(?P<extra>(\.tmp)*)$")
 # what PruneLens wrote before the commit protocol: .<name>.safetensors.<pid>.<token>.tmp
 _LEGACY_TMP = re.compile(r"^\.(?P<name>[A-Za-z0-9_.-]+)\.safetensors\.(?P<pid>[0-9]+)\."
                          r"(?P<token>[0-9a-f]+)\.tmp(\.tmp)*$")

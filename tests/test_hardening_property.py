@@ -123,13 +123,31 @@ def _bytes_of(content: tuple) -> bytes:
     return _declared(content[1], content[2], content[3])
 
 
+def _folder_inside(root: Path, parts: tuple[str, ...]) -> Path | None:
+    """Create the folders ``root/parts...`` without ever going through a symlink (an earlier
+    entry may have made ``a/x`` a link to /etc: writing through it would write into /etc).
+    None if a part is a link or a file."""
+    folder = root
+    for part in parts:
+        folder = folder / part
+        if os.path.islink(folder) or (os.path.lexists(folder) and not folder.is_dir()):
+            return None
+        folder.mkdir(exist_ok=True)
+    return folder
+
+
 def _build(root: Path, tree: list) -> int:
     """Create ``tree`` under ``root``; returns the bytes written. Colliding entries are dropped."""
     written = 0
+    real_root = os.path.realpath(root)
     for (top, middle, name), content in tree:
-        path = root.joinpath(top, *middle, name) if top != "loose.png" else root / top
+        parts = (top, *middle) if top != "loose.png" else ()
+        folder = _folder_inside(root, parts)
+        if folder is None:
+            continue
+        path = folder / (name if parts else top)
+        assert os.path.realpath(folder).startswith(real_root)  # never outside the tree
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             if os.path.lexists(path):
                 continue
             kind = content[0]
@@ -147,7 +165,7 @@ def _build(root: Path, tree: list) -> int:
                 data = _bytes_of(content)
                 path.write_bytes(data)
                 written += len(data)
-        except (FileExistsError, NotADirectoryError):  # a file where a folder was wanted
+        except FileExistsError:
             continue
     return written
 

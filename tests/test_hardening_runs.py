@@ -179,7 +179,8 @@ store = RunStore(sys.argv[1])
 for r in range(int(sys.argv[2])):
     run_id = store.create_run("tiny", "blobs", None, None, {{"writer": sys.argv[3], "r": r}})
     for epoch in range(1, 4):
-        store.commit_epoch(run_id, epoch, {{"val_acc": epoch / 3}}, {{"w": torch.full((64,), epoch)}})
+        weights = {{"w": torch.full((64,), epoch)}}
+        store.commit_epoch(run_id, epoch, {{"val_acc": epoch / 3}}, weights)
     store.finish(run_id, "finished")
 print("ok", flush=True)
 """
