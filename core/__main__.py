@@ -6,15 +6,19 @@ one and sets ``func``; a function returns the process exit code.
     python -m core train --model vit-tiny --data shapes --epochs 10 --out model.safetensors
 
 Exit codes: 0 finished, 1 failed (e.g. NaN loss), 2 bad arguments (unknown model or dataset,
-bad option), 130 cancelled (Ctrl-C or SIGTERM: the run stops before the next step and is
-recorded as cancelled).
+bad option, a ``--runs-dir`` or ``--out`` that cannot be written: all checked before training
+starts, each reported as a usage line ``prunelens train: error: ...``, never a traceback), 130
+cancelled (Ctrl-C or SIGTERM: a folder scan stops at once; a run stops before the next step and
+is recorded as cancelled).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -26,6 +30,66 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
 class UsageError(Exception):
     """Bad input from the command line: printed without a traceback, exit code 2."""
+
+
+def check_output_file(text: str) -> None:
+    """Raise :class:`UsageError` unless a ``.safetensors`` file can be written at ``text``.
+
+    Checked before training so that a typo costs nothing: the path is not a folder, its nearest
+    existing ancestor is a folder, and a file can be created there (probed with a temporary
+    file, removed at once). Missing folders in between are created when the model is saved.
+    """
+    path = os.path.abspath(os.path.expanduser(text))
+    if os.path.isdir(path):
+        raise UsageError(f"--out {text} is a folder; give a file name such as "
+                         f"{os.path.join(text, 'model.safetensors')}")
+    if not path.endswith(".safetensors"):
+        raise UsageError(f"--out {text}: the model is saved as safetensors; give a file name "
+                         "ending in .safetensors")
+    parent = os.path.dirname(path)
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--out {text}: {parent} is a file, not a folder")
+    if parent != os.path.dirname(path):
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--out {text}: cannot create folders in {parent} (permission "
+                             "denied)")
+        return
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".prunelens-probe-", dir=parent)
+    except OSError as e:
+        raise UsageError(f"--out {text}: cannot write in {parent} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_runs_dir(runs_dir: str | None) -> None:
+    """Refuse a ``--runs-dir`` that cannot be a folder, before any work and without creating it
+    (the store itself is opened, and created, only once the data and model are ready)."""
+    from .runs import default_root
+
+    path = os.path.abspath(runs_dir if runs_dir is not None else default_root())
+    where = runs_dir if runs_dir is not None else f"(default {path})"
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise UsageError(f"--runs-dir {where}: the run store folder is a file")
+    parent = path
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"--runs-dir {where}: {parent} is a file, not a folder")
+
+
+def _open_store(runs_dir: str | None):
+    """The run store of ``--runs-dir``; its problems as :class:`UsageError`."""
+    from .runs import RunStore, RunStoreError
+
+    try:
+        return RunStore(runs_dir)
+    except (OSError, RunStoreError) as e:
+        where = runs_dir if runs_dir is not None else "(default)"
+        text = str(e) if e.strerror is None else f"{e.strerror}: {e.filename}"
+        raise UsageError(f"--runs-dir {where}: {text}") from None
 
 
 def _data_option(text: str) -> tuple[str, object]:
@@ -88,9 +152,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from .data import load_dataset
+    from .data import ScanCancelled, load_dataset
     from .models import build_model, save_model
-    from .runs import RunStore, RunStoreCallback
+    from .runs import RunStoreCallback
     from .train import (TqdmProgress, TrainConfig, init_distributed, resolve_device,
                         seed_everything, train)
 
@@ -105,8 +169,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     except ValueError as e:
         raise UsageError(str(e)) from None
     data_options = dict(args.data_opt)
+    if args.out:
+        check_output_file(args.out)
     _, rank, _ = init_distributed(device)
     main = rank == 0
+    if main:
+        _check_runs_dir(args.runs_dir)
+    cancel = threading.Event()
+    previous = _cancel_on_signals(cancel)
+    if args.data == "folder":  # Ctrl-C stops a long folder scan at once
+        data_options.setdefault("cancel", cancel)
     try:
         seed_everything(config.seed)
         overrides = {}
@@ -120,13 +192,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed_everything(config.seed)
         model = build_model(args.model, num_classes=len(train_set.classes),
                             pretrained=args.pretrained, dataset=args.data, **overrides)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except ScanCancelled as e:
+        _restore_signals(previous)
+        print(f"cancelled: {e}", file=sys.stderr)
+        return EXIT_CANCELLED
+    except (ValueError, TypeError, OSError) as e:
+        _restore_signals(previous)
         raise UsageError(str(e)) from None
+    data_options.pop("cancel", None)
+    if cancel.is_set():  # Ctrl-C while the data or the model was being prepared
+        _restore_signals(previous)
+        print("cancelled before training started", file=sys.stderr)
+        return EXIT_CANCELLED
 
     callbacks: list = []
     store = run_id = None
     if main:
-        store = RunStore(args.runs_dir)
+        try:
+            store = _open_store(args.runs_dir)
+        except UsageError:
+            _restore_signals(previous)
+            raise
         run_id = store.create_run(
             model=args.model, dataset=args.data, pruner=None, sparsity=None, name=args.name,
             config={**asdict(config), "image_size": image_size, "data_options": data_options,
@@ -138,13 +224,10 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"{len(val_set)} val images, {len(train_set.classes)} classes, image "
               f"{image_size}), store {store.root}", flush=True)
 
-    cancel = threading.Event()
-    previous = _cancel_on_signals(cancel)
     try:
         result = train(model, train_set, val_set, config, callbacks=callbacks, cancel=cancel)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        _restore_signals(previous)
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -185,8 +268,19 @@ def _cancel_on_signals(cancel: threading.Event) -> dict:
     return previous
 
 
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _prog() -> str:
+    """``prunelens`` under the console script, ``python -m core`` otherwise."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return "prunelens" if name.startswith("prunelens") else "python -m core"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core",
+    parser = argparse.ArgumentParser(prog=_prog(),
                                      description="PruneLens: prune and inspect vision transformers")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
@@ -194,14 +288,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code.
+
+    Argument errors argparse finds itself exit through ``SystemExit(2)`` as usual; the ones
+    found later (unknown model, unreadable folder, unwritable ``--out`` ...) print the same
+    usage line and ``<prog> <command>: error: <message>`` and return 2.
+    """
     boot.configure()  # before the commands import torch
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
     except UsageError as e:
-        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
+        sub = _subparser(parser, args.command)
+        sub.print_usage(sys.stderr)
+        print(f"{sub.prog}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the handlers were installed
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return EXIT_CANCELLED
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    for action in parser._subparsers._group_actions:  # noqa: SLF001 (argparse has no getter)
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
+    return parser
 
 
 if __name__ == "__main__":

@@ -6,9 +6,22 @@ Layout under ``root`` (``./runs`` by default, or env ``PRUNELENS_RUNS_DIR``)::
     checkpoints/<run_id>/<name>.safetensors
 
 Every method opens its own short-lived connection (with a busy timeout), so one ``RunStore``
-can be shared by the dashboard's threads and by several processes. Checkpoints are written to a
-temporary file in the same folder and renamed over the old one, so a killed run leaves either
-the previous checkpoint or the new one, never half a file.
+can be shared by the dashboard's threads and by several processes.
+
+Checkpoints commit in three steps, so that a run killed at any instant leaves its metrics and
+its checkpoint at the same epoch (never metrics one epoch ahead of the weights):
+
+1. the weights go to a hidden temporary file beside the checkpoint, fsynced; its name carries the
+   writer's host, pid and process start time;
+2. one transaction records the epoch's metrics row *and* the checkpoint's epoch and temporary
+   file name (table ``checkpoints``): this is the commit point;
+3. the temporary file is renamed over the checkpoint.
+
+Opening the store reconciles what a dead writer left: a temporary file that step 2 committed is
+renamed into place (roll forward), any other one is deleted (roll back). A temporary file whose
+writer is still alive is left alone (another process may be mid-checkpoint); one whose writer
+cannot be checked (another host, or a name from an older PruneLens) goes after
+``STALE_TMP_SECONDS``.
 
 A run records the pid, host and process start time of its writer. Opening the store (or
 calling :meth:`RunStore.mark_interrupted`) marks ``running`` runs of this host whose process is
@@ -66,9 +79,27 @@ CREATE TABLE IF NOT EXISTS metrics (
     metrics TEXT NOT NULL,
     PRIMARY KEY (run_id, epoch)
 );
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id TEXT NOT NULL REFERENCES runs (id) ON DELETE CASCADE,
+    name   TEXT NOT NULL,
+    epoch  INTEGER,
+    file   TEXT NOT NULL,
+    saved  TEXT NOT NULL,
+    PRIMARY KEY (run_id, name)
+);
 """
 _RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+# .<name>.safetensors.<host>.<pid>.<start ticks>.<token>.tmp  (+ ".tmp" when save_model's own
+# temporary file was left behind)
+_TMP = re.compile(r"^\.(?P<name>[A-Za-z0-9_.-]+)\.safetensors\.(?P<host>[A-Za-z0-9-]+)\."
+                  r"(?P<pid>[0-9]+)\.(?P<start>[0-9]+)\.(?P<token>[0-9a-f]+)\.tmp"
+                  r"(?P<extra>(\.tmp)*)$")
+# what PruneLens wrote before the commit protocol: .<name>.safetensors.<pid>.<token>.tmp
+_LEGACY_TMP = re.compile(r"^\.(?P<name>[A-Za-z0-9_.-]+)\.safetensors\.(?P<pid>[0-9]+)\."
+                         r"(?P<token>[0-9a-f]+)\.tmp(\.tmp)*$")
+STALE_TMP_SECONDS = 6 * 3600
+"""Age after which a temporary checkpoint file whose writer cannot be checked is deleted."""
 
 
 def default_root() -> Path:
@@ -104,6 +135,17 @@ def _process_state(pid: int) -> str | None:
     return stat[stat.rindex(")") + 2:].split()[0]
 
 
+def _host_tag() -> str:
+    """This host's name as it goes into temporary file names (letters, digits, dashes)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:64] or "host"
+
+
+def _start_ticks(pid: int) -> str:
+    """The clock-tick part of :func:`_process_start`, ``"0"`` if unknown."""
+    start = _process_start(pid)
+    return start.rpartition(":")[2] if start else "0"
+
+
 def _alive(pid: int, start: str | None) -> bool:
     """Is the process that wrote ``(pid, start)`` still running on this host?"""
     if pid <= 0:
@@ -136,6 +178,10 @@ def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=_json_default, sort_keys=True)
 
 
+class RunStoreError(OSError):
+    """The run store's database cannot be opened or is not a PruneLens run store."""
+
+
 class RunStore:
     """Runs, their per-epoch metrics and checkpoints, in ``root``.
 
@@ -145,13 +191,19 @@ class RunStore:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(root) if root is not None else default_root()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.db_path = self.root / "runs.sqlite"
         self.checkpoint_root = self.root / "checkpoints"
-        with self._connect() as con:
-            con.execute("PRAGMA journal_mode=WAL")
-            con.executescript(_SCHEMA)
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"the run store folder {str(self.root)!r} is a file")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                con.execute("PRAGMA journal_mode=WAL")
+                con.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise RunStoreError(f"cannot open the run store {str(self.db_path)!r}: {e}") from None
         self.mark_interrupted()
+        self.reconcile_checkpoints()
 
     def __repr__(self) -> str:
         return f"RunStore({str(self.root)!r})"
@@ -285,6 +337,7 @@ class RunStore:
                 raise ValueError(f"run {run_id} is still running (pid {row['pid']} on "
                                  f"{row['host']}); pass force=True to delete it anyway")
             con.execute("DELETE FROM metrics WHERE run_id=?", (run_id,))
+            con.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
             con.execute("DELETE FROM runs WHERE id=?", (run_id,))
         shutil.rmtree(self._run_dir(run_id), ignore_errors=True)
 
@@ -317,19 +370,107 @@ class RunStore:
         return self._run_dir(run_id) / f"{name}.safetensors"
 
     def save_checkpoint(self, run_id: str, model: nn.Module | Mapping[str, torch.Tensor],
-                        name: str = "last", metadata: Mapping[str, str] | None = None) -> Path:
-        """Write ``model`` (a module or a state dict) atomically; returns the path.
+                        name: str = "last", metadata: Mapping[str, str] | None = None,
+                        epoch: int | None = None) -> Path:
+        """Write ``model`` (a module or a state dict) as checkpoint ``name``; returns the path.
 
         A PruneLens model is saved with :func:`core.models.save_model` (architecture in the
         metadata, pruning masks baked in, so ``load_model`` rebuilds it); other modules and
-        state dicts as plain tensors. ``metadata`` (str → str) is added, with ``run_id``.
+        state dicts as plain tensors. ``metadata`` (str → str) is added, with ``run_id`` (and
+        ``epoch`` if given). Committed as described in the module docstring: a kill at any
+        instant leaves the previous checkpoint or this one, never half a file.
         """
+        return self._commit(run_id, epoch, None, model, name, metadata)
+
+    def commit_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, Any],
+                     model: nn.Module | Mapping[str, torch.Tensor] | None = None,
+                     name: str = "last", metadata: Mapping[str, str] | None = None
+                     ) -> Path | None:
+        """Record ``epoch``'s metrics and, if ``model`` is given, its checkpoint, as one commit.
+
+        After a kill at any instant (and the next opening of the store) the run's last metrics
+        row and checkpoint ``name`` hold the same epoch. Returns the checkpoint path (None
+        without ``model``).
+        """
+        if model is None:
+            self.log_epoch(run_id, epoch, metrics)
+            return None
+        return self._commit(run_id, int(epoch), metrics, model, name, metadata)
+
+    def checkpoint_epoch(self, run_id: str, name: str = "last") -> int | None:
+        """The epoch recorded with checkpoint ``name`` (None: no checkpoint, or saved without
+        an epoch)."""
+        with self._connect() as con:
+            self._require(con, run_id)
+            row = con.execute("SELECT epoch FROM checkpoints WHERE run_id=? AND name=?",
+                              (run_id, name)).fetchone()
+        return None if row is None else row["epoch"]
+
+    def reconcile_checkpoints(self) -> dict[str, list[Path]]:
+        """Finish or undo the checkpoint commits of writers that died (see module docstring).
+
+        Called when the store opens. Returns ``{"rolled_forward": [...], "removed": [...]}``
+        (the checkpoint paths completed, the temporary files deleted).
+        """
+        done: dict[str, list[Path]] = {"rolled_forward": [], "removed": []}
+        try:
+            run_dirs = [e.path for e in os.scandir(self.checkpoint_root)
+                        if _RUN_ID.match(e.name) and e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return done
+        host, now = _host_tag(), time.time()
+        for run_dir in run_dirs:
+            try:
+                leftovers = [e for e in os.scandir(run_dir)
+                             if e.name.startswith(".") and e.name.endswith(".tmp")
+                             and e.is_file(follow_symlinks=False)]
+            except FileNotFoundError:  # the run was deleted meanwhile
+                continue
+            for entry in leftovers:
+                path = Path(entry.path)
+                try:
+                    age = now - entry.stat(follow_symlinks=False).st_mtime
+                except FileNotFoundError:  # its writer renamed it meanwhile
+                    continue
+                state = _writer_state(entry.name, host)
+                if state == "alive" or (state == "unknown" and age < STALE_TMP_SECONDS):
+                    continue
+                m = _TMP.match(entry.name)
+                final = path.with_name(f"{m['name']}.safetensors") if m else None
+                run_id = path.parent.name
+                # under the write lock: a live writer cannot commit between our read and rename
+                with self._connect() as con:
+                    con.execute("BEGIN IMMEDIATE")
+                    row = None
+                    if m is not None and not m["extra"]:
+                        row = con.execute("SELECT file FROM checkpoints WHERE run_id=? AND name=?",
+                                          (run_id, m["name"])).fetchone()
+                    try:
+                        if row is not None and row["file"] == entry.name:
+                            os.replace(path, final)
+                            done["rolled_forward"].append(final)
+                        else:
+                            path.unlink()
+                            done["removed"].append(path)
+                    except FileNotFoundError:  # another process reconciled it first
+                        pass
+        return done
+
+    def _commit(self, run_id: str, epoch: int | None, metrics: Mapping[str, Any] | None,
+                model: nn.Module | Mapping[str, torch.Tensor], name: str,
+                metadata: Mapping[str, str] | None) -> Path:
+        """The three-step checkpoint commit of the module docstring."""
         path = self.checkpoint_path(run_id, name)
         self.get_run(run_id)  # KeyError for an unknown run
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"run_id": run_id, "saved": _now(), **{k: str(v) for k, v in
                                                       (metadata or {}).items()}}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(3)}.tmp")
+        if epoch is not None:
+            meta["epoch"] = str(int(epoch))
+        pid = os.getpid()
+        tmp = path.with_name(f".{path.name}.{_host_tag()}.{pid}.{_start_ticks(pid)}."
+                             f"{secrets.token_hex(4)}.tmp")
+        committed = False
         try:
             if isinstance(model, nn.Module) and _is_prunelens_model(model):
                 from .models import save_model
@@ -341,9 +482,21 @@ class RunStore:
                 save_file(tensors, str(tmp), metadata=meta)
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+            now = _now()
+            with self._connect() as con:
+                self._require(con, run_id)
+                if metrics is not None:
+                    con.execute("INSERT OR REPLACE INTO metrics (run_id, epoch, time, metrics) "
+                                "VALUES (?,?,?,?)", (run_id, epoch, now, _dumps(dict(metrics))))
+                con.execute("INSERT OR REPLACE INTO checkpoints (run_id, name, epoch, file, saved)"
+                            " VALUES (?,?,?,?,?)", (run_id, name, epoch, tmp.name, now))
+                con.execute("UPDATE runs SET updated=? WHERE id=?", (now, run_id))
+            committed = True
             os.replace(tmp, path)
+            _fsync_dir(path.parent)
         finally:
-            tmp.unlink(missing_ok=True)
+            if not committed:
+                tmp.unlink(missing_ok=True)
         return path
 
     # ------------------------------------------------------------------ helpers
@@ -361,6 +514,37 @@ class RunStore:
         return row
 
 
+def _writer_state(tmp_name: str, host: str) -> str:
+    """Is the process that wrote temporary file ``tmp_name`` ``"alive"``, ``"dead"`` or
+    ``"unknown"`` (another host, an unparsable or older name whose pid is alive)?"""
+    m = _TMP.match(tmp_name)
+    if m is not None:
+        if m["host"] != host:
+            return "unknown"
+        pid, start = int(m["pid"]), m["start"]
+        if not _alive(pid, None):
+            return "dead"
+        return "alive" if start == "0" or _start_ticks(pid) in (start, "0") else "dead"
+    legacy = _LEGACY_TMP.match(tmp_name)
+    if legacy is not None and not _alive(int(legacy["pid"]), None):
+        return "dead"
+    return "unknown"
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on folders; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
 def _is_prunelens_model(model: nn.Module) -> bool:
     from .models import model_family
     try:
@@ -373,9 +557,9 @@ def _is_prunelens_model(model: nn.Module) -> bool:
 class RunStoreCallback(Callback):
     """Connects :func:`core.train.train` to a :class:`RunStore` run.
 
-    After each good epoch: logs its metrics and saves ``model`` as checkpoint ``"last"``. At
-    the end: sets the run's status and reason (a NaN run ends ``failed`` and keeps the last
-    good checkpoint, since train() never reports a bad epoch).
+    After each good epoch: commits its metrics and ``model`` as checkpoint ``"last"`` together
+    (:meth:`RunStore.commit_epoch`). At the end: sets the run's status and reason (a NaN run
+    ends ``failed`` and keeps the last good checkpoint, since train() never reports a bad epoch).
     """
 
     def __init__(self, store: RunStore, run_id: str, model: nn.Module,
@@ -383,10 +567,9 @@ class RunStoreCallback(Callback):
         self.store, self.run_id, self.model, self.checkpoint = store, run_id, model, checkpoint
 
     def on_epoch_end(self, event: EpochEvent) -> None:
-        self.store.log_epoch(self.run_id, event.epoch, event.metrics)
-        if self.checkpoint is not None:
-            self.store.save_checkpoint(self.run_id, self.model, self.checkpoint,
-                                       metadata={"epoch": str(event.epoch)})
+        model = self.model if self.checkpoint is not None else None
+        self.store.commit_epoch(self.run_id, event.epoch, event.metrics, model,
+                                self.checkpoint or "last")
 
     def on_end(self, result: TrainResult) -> None:
         self.store.finish(self.run_id, result.status, result.reason)

@@ -5,11 +5,16 @@ Sources (``list_datasets()``):
 - ``shapes``: procedural coloured shapes with object masks (default; options ``classes``,
   ``num_train=6000``, ``num_val=1200``).
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (option ``val_fraction=0.2``).
-- ``folder``: one sub-folder per class on disk (options ``root``, ``val_fraction=0.2``).
+- ``folder``: one sub-folder per class on disk (options ``root``, ``val_fraction=0.2``, and the
+  scan's bounds ``max_pixels``, ``max_files``, ``max_depth``, ``max_seconds``, ``roots``,
+  ``cancel``; see ``core.data.folder``).
 
 Every dataset yields ``(image, label)`` with ``image`` float32 ``(3, H, W)`` in ``[0, 1]`` (no
 normalisation: models do their own) and has ``classes``, ``targets`` and ``image_size``.
 ``calibration_batch`` draws a class-balanced batch for data-driven pruning criteria.
+
+Untrusted input: ``core.data.images.decode_image`` decodes an uploaded file (size refused from
+the header first); ``core.data.roots`` says which server folders a browser user may read.
 """
 
 from __future__ import annotations
@@ -21,17 +26,29 @@ from torch.utils.data import Dataset
 
 from .common import calibration_batch, validate_image_size, validate_seed
 from .digits import DigitsDataset, make_digits
-from .folder import FolderDataset, make_folder
+from .folder import FolderDataset, FolderScanError, ScanCancelled, make_folder, scan_folder
+from .images import ImageError, ImageTooLargeError, decode_image
+from .roots import DataPathError, data_roots, list_data_folders, resolve_under_roots
 from .shapes import SHAPE_CLASSES, ShapesDataset, make_shapes
 
 __all__ = [
     "SHAPE_CLASSES",
+    "DataPathError",
     "DigitsDataset",
     "FolderDataset",
+    "FolderScanError",
+    "ImageError",
+    "ImageTooLargeError",
+    "ScanCancelled",
     "ShapesDataset",
     "calibration_batch",
+    "data_roots",
+    "decode_image",
+    "list_data_folders",
     "list_datasets",
     "load_dataset",
+    "resolve_under_roots",
+    "scan_folder",
 ]
 
 _BUILDERS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {

@@ -123,6 +123,9 @@ def make_shapes(
     num_val: int = 1200,
 ) -> tuple[ShapesDataset, ShapesDataset]:
     """Train and val ``ShapesDataset`` from the same ``seed`` (independent streams)."""
+    for name, n in (("num_train", num_train), ("num_val", num_val)):
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{name} must be an int >= 1; got {n!r}")
     return (
         ShapesDataset(num_train, image_size, seed, "train", classes),
         ShapesDataset(num_val, image_size, seed, "val", classes),

@@ -1,0 +1,363 @@
+"""Hostile inputs, one subprocess each: outcome, wall time and peak memory against the targets.
+
+Target (the hardening issue): every hostile input answers within 5 s with a peak memory of at
+most 2 x what its file implies + 200 MB. "Peak" is how far the child's resident set rose above
+its level just before the case (Linux ``VmHWM`` after resetting it through
+``/proc/self/clear_refs``), so the interpreter and torch (loaded before) do not count; the
+child's whole ``ru_maxrss`` is printed too. "Implies" is the bytes the case hands over (the file's
+size; the decoded size where decoding is the expected outcome), stated per case.
+
+Each case is a :class:`Case`: ``prepare(workdir)`` builds its input (not timed) and returns the
+implied bytes, ``run(workdir)`` is timed and returns the outcome text. Add a case by appending
+to ``CASES`` (the callables must be module-level: the child looks them up by name).
+
+Run from the repository root:  python benchmarks/bench_hostile.py [--only NAME ...]
+[--timeout 60] (per case, preparation not counted). About two minutes, most of it building
+the inputs (the huge PNGs, 2000 images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+
+TARGET_SECONDS = 5.0
+TARGET_FIXED_MB = 200
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: ``prepare(workdir) -> implied bytes``, ``run(workdir) -> outcome``."""
+
+    name: str
+    prepare: Callable[[Path], int]
+    run: Callable[[Path], str]
+    hostile: bool = True  # False: a cost figure, not held to the targets
+
+
+# --------------------------------------------------------------------------- inputs
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def huge_png(width: int, height: int) -> bytes:
+    """A valid all-black RGB PNG: a few hundred KB that decode to ``width * height * 3`` bytes."""
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + 3 * width)
+    body = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", body)
+            + _chunk(b"IEND", b""))
+
+
+def _small_images(folder: Path, count: int, side: int = 32, seed: int = 0) -> int:
+    """``count`` smooth random images, half PNG and half JPEG, in two classes; bytes written."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    written = 0
+    for i in range(count):
+        walk = np.cumsum(rng.normal(0, 3, (side, side, 3)), axis=1) + 128
+        arr = np.clip(walk, 0, 255).astype(np.uint8)
+        path = folder / ("a" if i % 2 else "b") / (f"{i}.png" if i % 4 < 2 else f"{i}.jpg")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(arr).save(path, quality=90)
+        written += path.stat().st_size
+    return written
+
+
+def _scan(root: str | Path, **options) -> str:
+    from core.data import scan_folder
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        samples, classes = scan_folder(root, **options)
+    note = f"; warning: {str(caught[0].message)[:90]}..." if caught else ""
+    return f"{len(samples)} images, classes {classes}{note}"
+
+
+def _nothing(workdir: Path) -> int:
+    return 0
+
+
+# --------------------------------------------------------------------------- cases
+
+def prepare_roots(workdir: Path) -> int:
+    (workdir / "data" / "plants").mkdir(parents=True)
+    (workdir / "data" / "escape").symlink_to("/etc")
+    return 0
+
+
+def run_roots(workdir: Path) -> str:
+    """The dashboard's policy on /etc, /root, /nonexistent, ../.., a symlink out: one answer."""
+    from core.data.roots import DataPathError, resolve_under_roots
+
+    answers = set()
+    for text in ("/etc", "/root", "/nonexistent", "../..", "escape", "/proc/self", "/dev"):
+        try:
+            resolve_under_roots(text, roots=[workdir / "data"])
+            answers.add("ACCEPTED " + text)
+        except DataPathError as e:
+            answers.add(str(e))
+    return f"{len(answers)} distinct answer(s) for 7 paths: {sorted(answers)[0][:70]}..."
+
+
+def run_etc(workdir: Path) -> str:
+    return _scan("/etc")
+
+
+def run_parent_parent(workdir: Path) -> str:
+    os.chdir(workdir)
+    return _scan("../..")
+
+
+def run_dev(workdir: Path) -> str:
+    return _scan("/dev")
+
+
+def run_slash(workdir: Path) -> str:
+    return _scan("/")
+
+
+def run_proc_self(workdir: Path) -> str:
+    return _scan("/proc/self")
+
+
+def prepare_upload_13000(workdir: Path) -> int:
+    data = huge_png(13000, 13000)
+    (workdir / "upload.png").write_bytes(data)
+    return len(data)
+
+
+def run_upload_13000(workdir: Path) -> str:
+    from core.data.images import decode_image
+
+    data = (workdir / "upload.png").read_bytes()
+    try:
+        image = decode_image(data, size=(224, 224))
+    except ValueError as e:
+        return f"{type(e).__name__}: {e} ({len(data) / 1e3:.0f} KB file)"
+    return f"decoded {tuple(image.shape)}"
+
+
+def prepare_folder_144mp(workdir: Path) -> int:
+    _small_images(workdir / "f", 8)
+    data = huge_png(12000, 12000)
+    (workdir / "f" / "a" / "huge.png").write_bytes(data)
+    return sum(p.stat().st_size for p in (workdir / "f").rglob("*") if p.is_file())
+
+
+def run_folder(workdir: Path) -> str:
+    return _scan(workdir / "f")
+
+
+def prepare_truncated_jpeg(workdir: Path) -> int:
+    _small_images(workdir / "f", 8)
+    good = next((workdir / "f" / "b").glob("*.jpg")).read_bytes()
+    (workdir / "f" / "b" / "cut.jpg").write_bytes(good[: len(good) * 2 // 3])
+    return sum(p.stat().st_size for p in (workdir / "f").rglob("*") if p.is_file())
+
+
+def run_truncated_jpeg(workdir: Path) -> str:
+    """Scan, then decode every sample as training would."""
+    from core.data import load_dataset
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, val = load_dataset("folder", 32, root=workdir / "f")
+    for ds in (train, val):
+        for i in range(len(ds)):
+            ds[i]
+    return (f"{len(train) + len(val)} images, all decode; warning: "
+            f"{str(caught[0].message).split(': ', 1)[1][:80]}...")
+
+
+def prepare_png16(workdir: Path) -> int:
+    import numpy as np
+    from PIL import Image
+
+    grey = np.full((64, 64), 30000, dtype=np.uint16)
+    Image.fromarray(grey).save(workdir / "grey16.png")
+    return (workdir / "grey16.png").stat().st_size
+
+
+def run_png16(workdir: Path) -> str:
+    from core.data.images import decode_image
+
+    image = decode_image((workdir / "grey16.png").read_bytes())
+    return (f"mean {image.mean().item():.4f} (30000/65535 = {30000 / 65535:.4f}; "
+            "clipped to 8 bits it was 1.0)")
+
+
+def prepare_specials(workdir: Path) -> int:
+    written = _small_images(workdir / "f", 8)
+    os.mkfifo(workdir / "f" / "a" / "pipe.png")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(workdir / "f" / "b" / "sock.png"))  # the file stays after the socket closes
+    sock.close()
+    (workdir / "f" / "a" / "console.png").symlink_to("/dev/console")
+    (workdir / "f" / "b" / "loop").symlink_to(workdir / "f")
+    return written
+
+
+def run_not_an_image(workdir: Path) -> str:
+    from core.data.images import decode_image
+
+    try:
+        decode_image(b"%PDF-1.4\n" + bytes(5000))
+    except ValueError as e:
+        return f"{type(e).__name__}: {e}"
+    return "decoded?!"
+
+
+def prepare_2000(workdir: Path) -> int:
+    return _small_images(workdir / "f", 2000, side=256)
+
+
+def run_2000(workdir: Path) -> str:
+    """The scan's cost on 2000 images of 256x256, against the old verify()-only check."""
+    from PIL import Image
+
+    paths = sorted(str(p) for p in (workdir / "f").rglob("*") if p.is_file())
+    start = time.perf_counter()
+    for p in paths:
+        with Image.open(p) as im:
+            im.verify()
+    verify_only = time.perf_counter() - start
+    start = time.perf_counter()
+    outcome = _scan(workdir / "f")
+    scan = time.perf_counter() - start
+    return f"{outcome}; scan {scan:.2f} s, verify() alone {verify_only:.2f} s"
+
+
+CASES: list[Case] = [
+    Case("dashboard paths /etc /root ../.. link-out", prepare_roots, run_roots),
+    Case("folder root /etc (API)", _nothing, run_etc),
+    Case("folder root ../.. (API, from a tmp dir)", _nothing, run_parent_parent),
+    Case("folder root /dev", _nothing, run_dev),
+    Case("folder root /", _nothing, run_slash),
+    Case("folder root /proc/self", _nothing, run_proc_self),
+    Case("upload 13000x13000 PNG", prepare_upload_13000, run_upload_13000),
+    Case("folder with a 144 MP PNG", prepare_folder_144mp, run_folder),
+    Case("folder with a truncated JPEG", prepare_truncated_jpeg, run_truncated_jpeg),
+    Case("16-bit PNG upload", prepare_png16, run_png16),
+    Case("folder with FIFO, socket, /dev/console link, loop", prepare_specials, run_folder),
+    Case("upload that is not an image", _nothing, run_not_an_image),
+    Case("scan 2000 images 256x256 (cost, no target)", prepare_2000, run_2000, hostile=False),
+]
+
+
+# --------------------------------------------------------------------------- harness
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def child(name: str, workdir: Path) -> None:
+    """Run case ``name`` in this (fresh) process and print one JSON line."""
+    import torch  # noqa: F401  (loaded before the baseline, as in the dashboard and the CLI)
+
+    import core.data  # noqa: F401
+
+    case = next(c for c in CASES if c.name == name)
+    implied = case.prepare(workdir)
+    print("prepared", flush=True)  # the parent's timeout starts now
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        baseline = _status_bytes("VmRSS:")
+    except OSError:
+        baseline = None
+    start = time.perf_counter()
+    try:
+        outcome = case.run(workdir)
+    except Exception as e:  # the outcome of a hostile input may well be an error: report it
+        outcome = f"{type(e).__name__}: {e}"
+    seconds = time.perf_counter() - start
+    peak = _status_bytes("VmHWM:")
+    grew = None if baseline is None or peak is None else peak - baseline
+    print(json.dumps({"outcome": outcome, "seconds": seconds, "grew": grew, "implied": implied,
+                      "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+
+
+def _run_child(name: str, workdir: str, timeout: float) -> dict:
+    """Run case ``name`` in a fresh interpreter; its timeout starts once the input is ready."""
+    proc = subprocess.Popen([sys.executable, __file__, "--child", name, workdir],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc.stdout.readline()  # "prepared" (or nothing, if preparing failed)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        out, err = proc.stdout.read(), proc.stderr.read()
+        proc.wait()
+    finally:
+        timer.cancel()
+    if proc.returncode == -9:
+        return {"outcome": f"HANG: no answer within {timeout:g} s", "seconds": timeout,
+                "grew": None, "implied": 0, "maxrss": 0}
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return {"outcome": "CRASH: " + err.strip()[-300:], "seconds": 0, "grew": None,
+                "implied": 0, "maxrss": 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="*", help="case names (substrings) to run")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per case")
+    parser.add_argument("--child", nargs=2, metavar=("NAME", "WORKDIR"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child[0], Path(args.child[1]))
+        return
+
+    cases = [c for c in CASES if not args.only or any(o in c.name for o in args.only)]
+    print(f"target: <= {TARGET_SECONDS:g} s and peak <= 2 x implied + {TARGET_FIXED_MB} MB\n")
+    header = f"{'case':<50} {'time s':>7} {'peak MB':>8} {'limit MB':>9} {'rss MB':>7}  ok"
+    print(header)
+    print("-" * len(header))
+    outcomes = []
+    for case in cases:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _run_child(case.name, tmp, args.timeout)
+        limit = 2 * result["implied"] + TARGET_FIXED_MB * 2**20
+        grew = result["grew"]
+        ok = result["seconds"] <= TARGET_SECONDS and grew is not None and grew <= limit \
+            and not result["outcome"].startswith(("HANG", "CRASH"))
+        verdict = ("yes" if ok else "NO") if case.hostile else "-"
+        grew_text = "?" if grew is None else f"{grew / 2**20:.1f}"
+        print(f"{case.name:<50} {result['seconds']:>7.2f} {grew_text:>8} "
+              f"{limit / 2**20:>9.0f} {result['maxrss'] / 2**20:>7.0f}  {verdict}",
+              flush=True)
+        outcomes.append((case.name, result["outcome"]))
+    print("\noutcomes:")
+    for name, outcome in outcomes:
+        print(f"- {name}: {outcome}")
+
+
+if __name__ == "__main__":
+    main()
