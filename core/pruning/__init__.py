@@ -26,6 +26,7 @@ from .criteria import (AttentionSnipPruner, GraspPruner, MagnitudePruner, Random
 from .masks import (PruningMask, apply_masks, compute_masks, get_masks, layer_collapse,
                     mask_sparsity, num_pruned, remove_masks)
 from . import snp  # noqa: E402,F401  (registers the structured pruners: snp, gm, l2-norm, ...)
+from . import baselines  # noqa: E402,F401  (registers taylor and activation)
 from . import amap  # noqa: E402,F401  (registers the training-based AMAP pruner)
 
 __all__ = ["AttentionSnipPruner", "GraspPruner", "MagnitudePruner", "PrunableParam",
