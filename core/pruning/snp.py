@@ -41,7 +41,12 @@ Baselines, on exactly the same structures: ``l2-norm`` (row L2 norm; a q/k pair 
 other rows of its layer; near the geometric median = redundant = pruned first; q/k pairs sum
 the q and k scores), ``random`` (seeded uniform scores) and ``reverse`` (SNP's scores negated,
 i.e. SNP's order inverted). Heads: the L2 norm / FPGM distance of the head's whole weight set
-(its q, k, v rows and out-projection columns).
+(its q, k, v rows and out-projection columns). ``taylor`` and ``activation`` live in
+:mod:`core.pruning.baselines`; ``snp-act`` (:class:`SNPActPruner`) is PruneLens's variant of
+SNP whose value / FFN redundancy is weighted by the neuron's output size.
+
+Every structured pruner takes ``round_to`` (kept widths multiples of it) and ``ranking``
+(``"layer"`` or ``"global"``) besides ``ratios`` / ``heads``; see :class:`StructuredPruner`.
 """
 from __future__ import annotations
 
