@@ -22,7 +22,7 @@ head per round), the magnitude factor alone, ``snp-act``, l2 and random (3 seeds
 the Spearman correlation of SNP's ω with the neurons' output size.
 
 **latency** — DeiT-T and DeiT-S (random weights; latency does not depend on them) at the
-paper's ratio files with round_to 1 and 8, and with 8 plus a third of the heads (``snp``
+paper's ratio files with round_to 1, 8 and 16, and with 8 plus a third of the heads (``snp``
 on 8 random calibration images); batch 1, ``torch.set_num_threads(1)``, dense and pruned
 forwards interleaved, median of ``--runs``; speed-up divided by the MAC ratio.
 """
@@ -259,7 +259,7 @@ def latency_part(args) -> pd.DataFrame:
         dense = build_model(preset, 1000).eval()
         scores = get_pruner("snp").structured_scores(dense, calib)
         settings = [("paper ratios", 1, None), ("round_to=8", 8, None),
-                    ("round_to=8 + 1/3 heads", 8, 1 / 3)]
+                    ("round_to=16", 16, None), ("round_to=8 + 1/3 heads", 8, 1 / 3)]
         smalls = [get_pruner("snp", ratios=cases[preset], round_to=rt, heads=h)
                   .prune_scored(dense, scores).model.eval() for _, rt, h in settings]
         ms = latencies([dense, *smalls], x, args.runs, args.warmup)

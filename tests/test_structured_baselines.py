@@ -304,3 +304,23 @@ def test_labels_reach_the_criterion_through_every_entry_point():
     # criteria without labels still take the old two-argument call
     get_pruner("activation")(model, x)
     get_pruner("l2-norm").structured_scores(model, x)
+
+
+@pytest.mark.parametrize("variant", ["distilled", "registers", "layerscale", "avgpool",
+                                     "no_qkv_bias", "dist_reg_ls"])
+def test_new_criteria_on_every_vit_variant(variant):
+    from test_variants import make
+
+    model = make(variant)
+    x = torch.rand(4, 3, 16, 16)
+    y = torch.randint(0, 4, (4,))
+    ratios = {"qk": 0.4, "v": 0.3, "mlp": 0.5, "residual": 0.25}
+    for criterion in ("taylor", "activation", "snp-act"):
+        for ranking in ("layer", "global"):
+            res = prune(model, criterion, 0.0, images=x, labels=y, ratios=ratios, heads=0.34,
+                        round_to=2, ranking=ranking)
+            plan = res.extra["plan"]
+            assert all(torch.isfinite(t).all() for t in res.scores.values())
+            assert plan.residual.numel() == 18
+            with torch.no_grad():
+                assert (res.model(x) - masked_model(model, plan)(x)).abs().max() <= TOL
