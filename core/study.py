@@ -133,8 +133,8 @@ def score(model: nn.Module, criterion: str, images: Tensor | None = None,
     p = make_pruner(criterion, seed, options)
     opts = tuple(sorted((options or {}).items()))
     if info.kind == "structured":
-        return Scores(criterion, seed, structured=p.structured_scores(copy.deepcopy(model),
-                                                                      images), options=opts)
+        return Scores(criterion, seed, structured=p.structured_scores(
+            copy.deepcopy(model), images, labels), options=opts)
     return Scores(criterion, seed, weights=p.score(copy.deepcopy(model), images, labels),
                   options=opts)
 

@@ -124,7 +124,8 @@ def test_amap_and_macs_on_variants():
 def test_every_registered_pruner_is_covered():
     covered = {"magnitude", "random", "snip", "attention-snip", "grasp", "synflow", "snp", "amap",
                "reverse", "l2-norm", "gm", "structured-random"}
-    assert set(list_pruners()) <= covered | {"taylor", "activation"}, set(list_pruners())
+    assert set(list_pruners()) <= covered | {"taylor", "activation", "snp-act"}, \
+        set(list_pruners())
 
 
 def test_pipeline_rows_skip_special_tokens():

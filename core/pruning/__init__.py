@@ -13,6 +13,10 @@ Three separate steps (as ``torch.nn.utils.prune`` separates importance scores fr
 ``prune(model, name, sparsity, images, labels, scope, **options)`` runs all three on a copy and
 returns a :class:`PruneResult` (pruned model, masks, scores, per-layer table).
 
+Structured criteria (a physically smaller model): ``snp``, ``reverse``, ``snp-act``,
+``l2-norm``, ``gm``, ``structured-random``, ``taylor``, ``activation`` (:mod:`.snp`,
+:mod:`.baselines`), and the training-based ``amap``.
+
 Extension point for structured pruning: subclass :class:`Pruner` with ``kind = "structured"``,
 register it with ``@register_pruner("snp")``, and override ``prune_model(model, sparsity,
 images, labels, scope) -> PruneResult`` to return the physically smaller model with
@@ -26,6 +30,7 @@ from .criteria import (AttentionSnipPruner, GraspPruner, MagnitudePruner, Random
 from .masks import (PruningMask, apply_masks, compute_masks, get_masks, layer_collapse,
                     mask_sparsity, num_pruned, remove_masks)
 from . import snp  # noqa: E402,F401  (registers the structured pruners: snp, gm, l2-norm, ...)
+from . import baselines  # noqa: E402,F401  (registers taylor and activation)
 from . import amap  # noqa: E402,F401  (registers the training-based AMAP pruner)
 
 __all__ = ["AttentionSnipPruner", "GraspPruner", "MagnitudePruner", "PrunableParam",

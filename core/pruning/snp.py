@@ -41,11 +41,17 @@ Baselines, on exactly the same structures: ``l2-norm`` (row L2 norm; a q/k pair 
 other rows of its layer; near the geometric median = redundant = pruned first; q/k pairs sum
 the q and k scores), ``random`` (seeded uniform scores) and ``reverse`` (SNP's scores negated,
 i.e. SNP's order inverted). Heads: the L2 norm / FPGM distance of the head's whole weight set
-(its q, k, v rows and out-projection columns).
+(its q, k, v rows and out-projection columns). ``taylor`` and ``activation`` live in
+:mod:`core.pruning.baselines`; ``snp-act`` (:class:`SNPActPruner`) is PruneLens's variant of
+SNP whose value / FFN redundancy is weighted by the neuron's output size.
+
+Every structured pruner takes ``round_to`` (kept widths multiples of it) and ``ranking``
+(``"layer"`` or ``"global"``) besides ``ratios`` / ``heads``; see :class:`StructuredPruner`.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -57,8 +63,8 @@ from ..models.adapter import get_adapter
 from .api import PruneResult
 from .base import Pruner, check_batch, get_pruner, list_pruners, register_pruner
 from .ratios import StructuredRatios, resolve_ratios
-from .structured import (BlockView, StructuredScores, block_views, config_macs, plan_table,
-                         record_attention_inputs, residual_links, select, shrink)
+from .structured import (RANKINGS, BlockView, StructuredScores, block_views, config_macs,
+                         plan_table, record_attention_inputs, residual_links, select, shrink)
 
 # γ of the q/k criterion: how many leading singular directions of QKᵀ a pair is compared with
 # (None = all, up to d). The paper gives no value. On the trained vit-tiny (shapes, d = 16),
@@ -147,6 +153,89 @@ def _head_weights(b: BlockView) -> Tensor:
                       b.v_weight.reshape(H, -1), out.reshape(H, -1)], dim=1)
 
 
+# ---------------------------------------------------------------------------- calibration
+
+@dataclass(frozen=True, eq=False)
+class CalibrationStats:
+    """Per-block means over the calibration images (float32, CPU), one list entry per block.
+
+    qk: SNP's ω (H, d_qk) (None when not asked for); qk_act: ``(mean_t |q_{t,i}|)·(mean_s
+    |k_{s,i}|)`` (H, d_qk), the mean |entry| of pair i's term ``q_i k_iᵀ`` of the attention
+    logits; v_act: mean |v| (H, d_v) over the values the probabilities weigh; hidden_act: mean
+    |FFN hidden| after the activation (hidden,), the input of fc2; heads: each head's output
+    norm (H,) (:meth:`BlockView.head_output_norms`); stream: mean |x| (D,) of the residual
+    stream at every pre-norm input (2 per block).
+    """
+
+    qk: list[Tensor] | None
+    qk_act: list[Tensor]
+    v_act: list[Tensor]
+    hidden_act: list[Tensor]
+    heads: list[Tensor]
+    stream: list[Tensor]
+
+
+@contextmanager
+def record_inputs(modules: list[nn.Module]) -> Iterator[list[list[Tensor]]]:
+    """During the context, each forward appends the first input of ``modules[j]`` to
+    ``records[j]``. Hooks are removed on exit, errors included."""
+    records: list[list[Tensor]] = [[] for _ in modules]
+    handles = [m.register_forward_pre_hook(lambda _m, args, j=j: records[j].append(args[0]))
+               for j, m in enumerate(modules)]
+    try:
+        yield records
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, images: Tensor | None, batch_size: int = 16,
+              rank: int | None | bool = False, who: str = "this criterion") -> CalibrationStats:
+    """One pass over the calibration ``images`` (B, C, H, W) in chunks of ``batch_size``,
+    eval mode (restored after), every hook removed. ``rank=False`` skips SNP's ω (its SVDs);
+    otherwise γ for :func:`qk_pair_scores` (None = all directions). Per-image quantities are
+    averaged over images, so every image weighs the same."""
+    if images is None or len(images) == 0:
+        raise ValueError(f"{who} needs a calibration batch (images=...): its scores come from "
+                         "activations on real inputs")
+    views = block_views(model)
+    qk = [torch.zeros(b.num_heads, b.qk_dim, dtype=torch.float64) for b in views]
+    qk_act = [torch.zeros(b.num_heads, b.qk_dim, dtype=torch.float64) for b in views]
+    v_act = [torch.zeros(b.num_heads, b.v_dim, dtype=torch.float64) for b in views]
+    hid = [torch.zeros(b.mlp_hidden, dtype=torch.float64) for b in views]
+    heads = [torch.zeros(b.num_heads, dtype=torch.float64) for b in views]
+    taps = [n for b in views for n in (b.norm1, b.norm2)]
+    stream: list[Tensor] = [0.0] * len(taps)  # type: ignore[list-item]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        for chunk in images.split(batch_size):
+            with record_attention_inputs(model) as xs, record_inputs(
+                    [b.fc2 for b in views]) as hs, record_inputs(taps) as rs:
+                model(chunk.to(device))
+            for i, (b, x) in enumerate(zip(views, xs)):
+                q, k, v = b.qkv(x)
+                if rank is not False:
+                    qk[i] += qk_pair_scores(q, k, rank).double().sum(dim=0).cpu()
+                qk_act[i] += (q.abs().mean(dim=2) * k.abs().mean(dim=2)).double().sum(0).cpu()
+                v_act[i] += v.abs().mean(dim=2).double().sum(dim=0).cpu()
+                hid[i] += hs[i][0].abs().flatten(0, -2).double().mean(dim=0).cpu() * len(x)
+                heads[i] += b.head_output_norms(x).double().sum(dim=0).cpu()
+            for j, r in enumerate(rs):
+                x = r[0].abs().flatten(0, -2).double().mean(dim=0).cpu()
+                stream[j] = stream[j] + x * len(r[0])
+    finally:
+        model.train(was_training)
+    n = len(images)
+
+    def mean(ts: list[Tensor]) -> list[Tensor]:
+        return [(t / n).float() for t in ts]
+    return CalibrationStats(mean(qk) if rank is not False else None, mean(qk_act),
+                            mean(v_act), mean(hid), mean(heads), mean(stream))
+
+
 # ---------------------------------------------------------------------------- base class
 
 def scores_dict(scores: StructuredScores) -> dict[str, Tensor]:
@@ -163,8 +252,8 @@ def scores_dict(scores: StructuredScores) -> dict[str, Tensor]:
 @dataclass(frozen=True)
 class StructuredPruner(Pruner):
     """Base of the structured criteria: one registered class each, whose ``__call__(model,
-    images) -> StructuredScores`` scores every q/k pair, v channel, FFN neuron, head and
-    residual channel (higher = keep), and whose ``prune_model`` selects and returns a
+    images, labels) -> StructuredScores`` scores every q/k pair, v channel, FFN neuron, head
+    and residual channel (higher = keep), and whose ``prune_model`` selects and returns a
     physically smaller model (``PruneResult.masks`` None; ``extra`` holds the plan, ratios,
     per-structure scores and MACs before / after).
 
@@ -172,36 +261,56 @@ class StructuredPruner(Pruner):
     a dict of components (``{"qk": 0.5, "v": 0.3, "mlp": 0.2, "residual": 0.1, "heads":
     0.25}``, a number or one per block) or a :class:`StructuredRatios`; when None, the
     ``sparsity`` of ``prune()`` is removed from q/k, v and FFN of every block. ``heads`` adds
-    head pruning ("SNP + Head"). ``scope`` is not used: structured ratios are per layer.
-    The prunable-set fields of :class:`Pruner` do not apply (the structures are fixed).
+    head pruning ("SNP + Head"), with any criterion. ``round_to``: kept widths (q/k and v per
+    head, FFN hidden, residual) become multiples of it, rounded to the nearest multiple,
+    never 0 (:func:`~core.pruning.structured.rounded_keep`). ``ranking``: ``"layer"`` (the
+    ratios per block) or ``"global"`` (the same totals per component, spread over blocks by
+    the per-layer normalised scores, :func:`~core.pruning.structured.select`). ``scope`` is
+    not used. The prunable-set fields of :class:`Pruner` do not apply (the structures are
+    fixed). ``needs_labels``: the criterion reads the calibration labels (``taylor``).
     """
 
     kind: ClassVar[str] = "structured"
     needs_data: ClassVar[bool] = False
+    needs_labels: ClassVar[bool] = False
 
     ratios: Any = None
     heads: Any = None
+    round_to: int = 1
+    ranking: str = "layer"
 
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) \
+                or self.round_to < 1:
+            raise ValueError(f"round_to must be a positive int (e.g. 8), got {self.round_to!r}")
+        if self.ranking not in RANKINGS:
+            raise ValueError(f"ranking must be one of {RANKINGS}, got {self.ranking!r}")
+
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
         """The criterion itself: scores of every structure, no checks of the batch."""
         raise NotImplementedError
 
-    def structured_scores(self, model: nn.Module,
-                          images: Tensor | None = None) -> StructuredScores:
-        """The scores after checking the calibration batch against the model."""
+    def structured_scores(self, model: nn.Module, images: Tensor | None = None,
+                          labels: Tensor | None = None) -> StructuredScores:
+        """The scores after checking the calibration batch (and labels, for criteria that
+        read them) against the model."""
         if self.needs_data:
-            images, _ = check_batch(model, images, None, needs_labels=False)
-        return self(model, images)
+            images, labels = check_batch(model, images, labels,
+                                         needs_labels=self.needs_labels)
+        return self(model, images, labels)
 
     def score(self, model: nn.Module, images: Tensor | None = None,
               labels: Tensor | None = None) -> dict[str, Tensor]:
-        return scores_dict(self.structured_scores(model, images))
+        return scores_dict(self.structured_scores(model, images, labels))
 
     def prune_model(self, model: nn.Module, sparsity: float | None = None,
                     images: Tensor | None = None, labels: Tensor | None = None,
                     scope: str = "global") -> PruneResult:
         self._ratios(model, sparsity)  # a bad request fails before the (slow) scoring
-        return self.prune_scored(model, self.structured_scores(model, images), sparsity, scope)
+        return self.prune_scored(model, self.structured_scores(model, images, labels),
+                                 sparsity, scope)
 
     def prune_scored(self, model: nn.Module, scores: StructuredScores,
                      sparsity: float | None = None, scope: str = "global") -> PruneResult:
@@ -209,7 +318,7 @@ class StructuredPruner(Pruner):
         :meth:`structured_scores` on ``model``) and shrink, so that a curve over sparsities
         scores once (``core.study``)."""
         ratios = self._ratios(model, sparsity)
-        plan = select(model, scores, ratios)
+        plan = select(model, scores, ratios, self.round_to, self.ranking)
         small = shrink(model, plan)
         macs_before, macs_after = config_macs(model.config), config_macs(small.config)
         return PruneResult(
@@ -262,36 +371,18 @@ class SNPPruner(StructuredPruner):
             raise ValueError(f"residual_score must be 'redundancy' or 'l2', got "
                              f"{self.residual_score!r}")
 
-    @torch.no_grad()
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
-        if images is None or len(images) == 0:
-            raise ValueError("snp needs a calibration batch (images=...): its q/k and head "
-                             "scores come from the attention on real inputs")
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
+        stats = calibrate(model, images, self.batch_size, self.rank, self.name)
         views = block_views(model)
-        qk = [torch.zeros(b.num_heads, b.qk_dim, dtype=torch.float64) for b in views]
-        heads = [torch.zeros(b.num_heads, dtype=torch.float64) for b in views]
-        device = next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        try:
-            for chunk in images.split(self.batch_size):
-                with record_attention_inputs(model) as xs:
-                    model(chunk.to(device))
-                for i, (b, x) in enumerate(zip(views, xs)):
-                    q, k = b.qk(x)
-                    qk[i] += qk_pair_scores(q, k, self.rank).double().sum(dim=0).cpu()
-                    heads[i] += b.head_output_norms(x).double().sum(dim=0).cpu()
-        finally:
-            model.train(was_training)
-        n = len(images)
         per_layer = (lambda w: value_redundancy_scores(w, 1)) \
             if self.residual_score == "redundancy" else l2_scores
         return StructuredScores(
-            qk=[(s / n).float() for s in qk],
+            qk=stats.qk,
             v=[value_redundancy_scores(b.v_weight.flatten(0, 1), b.num_heads)
                .reshape(b.num_heads, b.v_dim).cpu() for b in views],
             mlp=[value_redundancy_scores(b.fc1.weight.detach(), 1).cpu() for b in views],
-            heads=[(s / n).float() for s in heads],
+            heads=stats.heads,
             residual=residual_scores(model, per_layer).cpu())
 
 
@@ -303,8 +394,75 @@ class ReversePruner(SNPPruner):
     explanation = ("SNP's order inverted: prunes the structures SNP would keep first. The "
                    "paper's sanity check that SNP's ranking, not the structure, keeps accuracy.")
 
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
-        return super().__call__(model, images).map(lambda s: -s)
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
+        return super().__call__(model, images, labels).map(lambda s: -s)
+
+
+def redundancy_times_output(w: Tensor, num_heads: int, act: Tensor, w_out: Tensor) -> Tensor:
+    """The ``snp-act`` score of v channels / FFN neurons, (n,):
+    ``ω_i · mean|a_i| · ‖W_out[:, i]‖``.
+
+    w: (n, C) the neurons' weight rows (SNP's redundancy ω over them,
+    :func:`value_redundancy_scores` with ``num_heads``); act: (n,) mean |activation| of each
+    neuron on the calibration batch; w_out: (C_out, n) the layer that reads them (the
+    attention out-projection, fc2). ``mean|a_i|·‖W_out[:, i]‖`` bounds the size of what
+    neuron i writes into the residual stream per token."""
+    omega = value_redundancy_scores(w, num_heads).double()
+    return (omega * act.double().flatten() * w_out.detach().double().norm(dim=0)).float()
+
+
+@register_pruner("snp-act")
+@dataclass(frozen=True)
+class SNPActPruner(SNPPruner):
+    """SNP whose value / FFN redundancy is weighted by what the neuron writes (a PruneLens
+    variant, not the paper's formula; ``snp`` stays the paper's).
+
+    q/k pairs, heads and residual channels: SNP's scores. v channel (h, i) and FFN neuron i:
+    ``s_i = ω_i · mean|a_i| · ‖W_out[:, i]‖`` (:func:`redundancy_times_output`): ω_i SNP's
+    inter-head redundancy of the weight rows, a_i the neuron's activation on the calibration
+    batch (v: the values the attention weighs; FFN: the hidden unit after the activation),
+    W_out the layer that reads it (out-projection; fc2).
+
+    Why. ``ω_i = Σ_j (1 − |cos(w_i, w_j)|)`` is lowest for the rows that point along the
+    directions most other rows share. In a trained ViT those are the dominant directions of
+    the LayerNorm-ed input, so the "most redundant" rows are the ones with the largest
+    activations: pruning the lowest ω removes the neurons that matter most, and SNP's order
+    inverted beats random on v and FFN (README, ``benchmarks/bench_structured.py --why``).
+    The reading of the figure is not the cause (the same sum over all heads' value rows, the
+    output-side reading of the vectors does no better), nor the normalisation (ω of one layer
+    share one sum, so scaling cannot change its order), and removing a whole group of
+    near-duplicates at once is a smaller effect (a greedy removal that re-scores the remaining
+    set after each pick helps the FFN a little at low ratios, not v). What was missing is the
+    magnitude: a direction shared with others says a neuron *could* be replaced, not that it
+    carries little. Multiplying by the neuron's output size ranks by contribution, and ω
+    still tilts the order towards removing, among neurons of similar contribution, the one
+    whose direction others cover.
+    """
+
+    formula = (r"s_i = \omega_i \cdot \overline{|a_i|} \cdot \lVert W_{out}[:, i] \rVert, \quad "
+               r"\omega_i = \sum_{j,l} \left(1 - |\cos(w_i, w_{j,l})|\right)")
+    explanation = (
+        "SNP with a magnitude factor (a PruneLens variant): q/k pairs as SNP; value and FFN "
+        "neurons by SNP's redundancy times the size of what the neuron writes (mean |activation| "
+        "on the calibration batch times the norm of its output weights). SNP's redundancy alone "
+        "ranks the strongest neurons as the most redundant, because they share the input's "
+        "dominant directions; the magnitude fixes that.")
+
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
+        stats = calibrate(model, images, self.batch_size, self.rank, self.name)
+        views = block_views(model)
+        per_layer = (lambda w: value_redundancy_scores(w, 1)) \
+            if self.residual_score == "redundancy" else l2_scores
+        return StructuredScores(
+            qk=stats.qk,
+            v=[redundancy_times_output(b.v_weight.flatten(0, 1), b.num_heads, a, b.out_weight)
+               .reshape(b.num_heads, b.v_dim) for b, a in zip(views, stats.v_act)],
+            mlp=[redundancy_times_output(b.fc1.weight.detach(), 1, a, b.fc2.weight)
+                 for b, a in zip(views, stats.hidden_act)],
+            heads=stats.heads,
+            residual=residual_scores(model, per_layer).cpu())
 
 
 def _per_row(model: nn.Module, row_fn: Callable[[Tensor], Tensor],
@@ -330,7 +488,8 @@ class L2NormPruner(StructuredPruner):
     explanation = ("Structured magnitude baseline: each neuron's weight row L2 norm (q/k "
                    "pairs add the q and k norms); the smallest go, on SNP's structures.")
 
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
         return _per_row(model, l2_scores, l2_scores)
 
 
@@ -343,7 +502,8 @@ class GeometricMedianPruner(StructuredPruner):
     explanation = ("Geometric-median baseline (FPGM): neurons whose weight rows lie near the "
                    "layer's geometric median are the most replaceable and go first.")
 
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
         return _per_row(model, gm_scores, gm_scores)
 
 
@@ -358,7 +518,8 @@ class StructuredRandomPruner(StructuredPruner):
 
     seed: int = 0
 
-    def __call__(self, model: nn.Module, images: Tensor | None = None) -> StructuredScores:
+    def __call__(self, model: nn.Module, images: Tensor | None = None,
+                 labels: Tensor | None = None) -> StructuredScores:
         g = torch.Generator().manual_seed(self.seed)
         views = block_views(model)
 
@@ -388,10 +549,12 @@ def structured_pruner(criterion: str, **options) -> StructuredPruner:
 
 def structured_prune(model: nn.Module, criterion: str = "snp", ratios: object = None,
                      images: Tensor | None = None, *, sparsity: float | None = None,
-                     heads: object = None, **options) -> PruneResult:
-    """Score with ``criterion`` (``snp``, ``l2-norm``, ``gm``, ``random``, ``reverse``), select
-    and physically shrink; ``model`` is not modified. See :class:`StructuredPruner` for
-    ``ratios`` / ``sparsity`` / ``heads``; ``options`` are the criterion's (``rank``,
-    ``seed``, ...). images: (B, C, H, W) in [0, 1], the calibration batch."""
+                     heads: object = None, labels: Tensor | None = None,
+                     **options) -> PruneResult:
+    """Score with ``criterion`` (``snp``, ``snp-act``, ``taylor``, ``activation``, ``l2-norm``,
+    ``gm``, ``random``, ``reverse``), select and physically shrink; ``model`` is not modified.
+    See :class:`StructuredPruner` for ``ratios`` / ``sparsity`` / ``heads`` / ``round_to`` /
+    ``ranking``; ``options`` are the criterion's (``rank``, ``seed``, ...). images: (B, C, H,
+    W) in [0, 1], the calibration batch; labels (B,): its classes (``taylor`` needs them)."""
     pruner = structured_pruner(criterion, ratios=ratios, heads=heads, **options)
-    return pruner.prune_model(model, sparsity, images)
+    return pruner.prune_model(model, sparsity, images, labels)

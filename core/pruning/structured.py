@@ -135,38 +135,120 @@ def keep_top(scores: Tensor, n_keep: int) -> Tensor:
     return order.sort(dim=-1).values
 
 
-def select(model: nn.Module, scores: StructuredScores, ratios: StructuredRatios) -> PruningPlan:
+RANKINGS = ("layer", "global")
+
+
+def rounded_keep(n: int, removed: int, round_to: int = 1) -> int:
+    """How many of ``n`` structures to keep when ``removed`` are asked away and kept widths
+    should be multiples of ``round_to``: ``n − removed`` rounded to the *nearest* multiple
+    (half up), at least ``round_to`` (never 0) and at most ``n`` (a structure narrower than
+    ``round_to`` stays whole). Nearest, not up or down, so the MACs of a ratio file move
+    both ways and stay closest to the request on average."""
+    keep = n - removed
+    if round_to <= 1:
+        return keep
+    keep = math.floor(keep / round_to + 0.5) * round_to
+    return min(max(keep, round_to), n)
+
+
+def normalise_layer(scores: Tensor) -> Tensor:
+    """Scores of one layer divided by their mean absolute value (float64), so layers whose
+    criteria live on different scales (Taylor magnitudes grow with depth, SNP's ω with the
+    layer's width) compete on equal terms in a global ranking: a layer of uniform scores
+    becomes all ±1 whatever its size. Dividing by a positive number keeps each layer's order
+    (also for negated scores, e.g. ``reverse``)."""
+    s = scores.double()
+    return s / s.abs().mean().clamp(min=1e-300)
+
+
+def global_removals(layers: list[Tensor], total: int) -> list[int]:
+    """Per layer how many *per-head slots* to remove so that ``total`` slots go in all, the
+    lowest normalised scores first (a slot = one channel in every head of the layer).
+
+    layers: one (H_i, n_i) score tensor per layer (H_i = 1 for FFN neurons and heads). A
+    layer's r-th slot costs the mean over its heads of the r-th lowest
+    :func:`normalise_layer` score; costs rise with r, so the ``total`` cheapest slots over
+    all layers form a prefix in every layer. Every layer keeps at least one slot."""
+    costs, owners = [], []
+    for i, s in enumerate(layers):
+        srt = normalise_layer(s).reshape(s.shape[0], -1).sort(dim=-1).values.mean(dim=0)
+        costs.append(srt[:-1])                     # the last slot is never removable
+        owners.append(torch.full((srt.numel() - 1,), i))
+    cost, owner = torch.cat(costs), torch.cat(owners)
+    if not 0 <= total <= cost.numel():
+        raise ValueError(f"cannot remove {total} of {cost.numel()} removable slots")
+    # stable: equal costs go to the earlier layer first, and within a layer in slot order
+    chosen = owner[cost.argsort(stable=True)[:total]]
+    return torch.bincount(chosen, minlength=len(layers)).tolist()
+
+
+def select(model: nn.Module, scores: StructuredScores, ratios: StructuredRatios,
+           round_to: int = 1, ranking: str = "layer") -> PruningPlan:
     """Scores and ratios → :class:`PruningPlan` (remove the lowest scores).
 
     Per block, first the heads (``removal_count(ratio, H)``, at least one kept), then within
     every kept head the same number of q/k pairs and of v channels, chosen per head; FFN
     neurons; one residual set. Counts follow :func:`~core.pruning.ratios.removal_count`.
+
+    ``ranking="global"``: per component (heads, q/k pairs, v channels, FFN neurons) the
+    total removed over all blocks is what the per-layer ratios would remove, but which
+    blocks give it up follows the scores, normalised per layer (:func:`normalise_layer`)
+    and ranked across blocks (:func:`global_removals`; q/k and v are counted in per-head
+    slots). The residual is one layer either way. For a family whose q/k and v share one
+    head dim (Linformer) a slot's cost is the mean of its q/k and v costs and both take
+    the same counts.
+
+    ``round_to``: kept q/k and v widths per head, FFN widths and the residual width become
+    multiples of it (:func:`rounded_keep`, applied after the ranking, so totals move by
+    less than ``round_to`` per structure); head counts are not rounded.
     """
+    if ranking not in RANKINGS:
+        raise ValueError(f"ranking must be one of {RANKINGS}, got {ranking!r}")
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be a positive int, got {round_to!r}")
     adapter = get_adapter(model)
     views = adapter.blocks(model)
     if ratios.depth != len(views):
         raise ValueError(f"ratios are for {ratios.depth} blocks; this model has {len(views)}")
-    blocks = []
+    rm_heads = [removal_count(ratios.heads[i], b.num_heads) for i, b in enumerate(views)]
+    rm_mlp = [removal_count(ratios.mlp[i], b.mlp_hidden) for i, b in enumerate(views)]
+    if ranking == "global":
+        rm_heads = global_removals([s[None] for s in scores.heads], sum(rm_heads))
+        rm_mlp = global_removals([s[None] for s in scores.mlp], sum(rm_mlp))
+    kept_heads = [keep_top(scores.heads[i].float(), b.num_heads - rm_heads[i])
+                  for i, b in enumerate(views)]
+    rm_qk = [removal_count(ratios.qk[i], b.qk_dim) for i, b in enumerate(views)]
+    rm_v = [removal_count(ratios.v[i], b.v_dim) for i, b in enumerate(views)]
     for i, b in enumerate(views):
-        heads = keep_top(scores.heads[i].float(), b.num_heads
-                         - removal_count(ratios.heads[i], b.num_heads))
-        n_qk = b.qk_dim - removal_count(ratios.qk[i], b.qk_dim)
-        n_v = b.v_dim - removal_count(ratios.v[i], b.v_dim)
-        if adapter.tied_qk_v and n_qk != n_v:
+        if adapter.tied_qk_v and rm_qk[i] != rm_v[i]:
             raise ValueError(
                 f"block {i}: Linformer's attention has one dim_head shared by q, k and v; the "
-                f"q/k ratio {ratios.qk[i]} keeps {n_qk} and the v ratio {ratios.v[i]} keeps "
-                f"{n_v} of {b.qk_dim} per head — give equal q/k and v ratios")
+                f"q/k ratio {ratios.qk[i]} keeps {b.qk_dim - rm_qk[i]} and the v ratio "
+                f"{ratios.v[i]} keeps {b.v_dim - rm_v[i]} of {b.qk_dim} per head — give "
+                "equal q/k and v ratios")
+    if ranking == "global":
+        qk = [scores.qk[i][h] for i, h in enumerate(kept_heads)]
+        v = [scores.v[i][h] for i, h in enumerate(kept_heads)]
+        if adapter.tied_qk_v:
+            both = [(normalise_layer(a) + normalise_layer(b)) / 2 for a, b in zip(qk, v)]
+            rm_qk = rm_v = global_removals(both, sum(rm_qk))
+        else:
+            rm_qk, rm_v = global_removals(qk, sum(rm_qk)), global_removals(v, sum(rm_v))
+    blocks = []
+    for i, b in enumerate(views):
+        heads = kept_heads[i]
+        n_qk = rounded_keep(b.qk_dim, rm_qk[i], round_to)
+        n_v = rounded_keep(b.v_dim, rm_v[i], round_to)
         blocks.append(BlockPlan(
             heads=heads,
             qk=keep_top(scores.qk[i].float()[heads], n_qk),
             v=keep_top(scores.v[i].float()[heads], n_v),
-            mlp=keep_top(scores.mlp[i].float(), b.mlp_hidden
-                         - removal_count(ratios.mlp[i], b.mlp_hidden))))
+            mlp=keep_top(scores.mlp[i].float(),
+                         rounded_keep(b.mlp_hidden, rm_mlp[i], round_to))))
     D = scores.residual.numel()
-    n_res = D - removal_count(ratios.residual, D)
+    n_res = rounded_keep(D, removal_count(ratios.residual, D), round_to)
     if adapter.heads_divide_width:
-        multiple = math.lcm(*(len(p.heads) for p in blocks))
+        multiple = math.lcm(round_to, *(len(p.heads) for p in blocks))
         n_res -= n_res % multiple
         if n_res == 0:
             raise ValueError(f"residual ratio {ratios.residual} leaves no width divisible by "
