@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import signal
 import sys
 import threading
@@ -41,12 +40,6 @@ from typing import Iterator, Sequence
 
 EXIT_OK, EXIT_USAGE, EXIT_CANCELLED = 0, 2, 130
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
-CHARTS = {  # file stem → (x, metric, caption)
-    "accuracy_vs_sparsity": ("sparsity", "accuracy", "Validation accuracy vs sparsity"),
-    "accuracy_vs_kept": ("kept", "accuracy",
-                         "Validation accuracy vs fraction of weights kept (log axis)"),
-    "accuracy_vs_macs": ("macs_kept", "accuracy", "Validation accuracy vs MACs kept"),
-}
 
 
 class _Usage(Exception):
@@ -260,73 +253,6 @@ class _Bar:
         self.bar.close()
 
 
-def sweep_command(model: str, data: str, criteria: Sequence[str], sparsities: Sequence[float],
-                  seeds: Sequence[int], val: int, calib: int, scope: str, out: str = "sweep_out",
-                  data_options: dict | None = None, untrained: bool = False,
-                  init_seed: int = 0) -> str:
-    """The ``python -m core sweep ...`` line that reproduces a sweep (the dashboard shows it)."""
-    args = ["python", "-m", "core", "sweep", "--model", model, "--data", data]
-    for k, v in (data_options or {}).items():
-        args += ["--data-opt", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
-    if untrained:
-        args += ["--untrained", "--init-seed", str(init_seed)]
-    args += ["--criteria", *criteria, "--sparsities", *[f"{s:g}" for s in sparsities]]
-    seeds = [int(s) for s in seeds]
-    args += (["--seeds", str(len(seeds))] if seeds == list(range(len(seeds)))
-             else ["--seed-list", *map(str, seeds)])
-    args += ["--val", str(val), "--calib", str(calib), "--scope", scope, "--out", out]
-    return shlex.join(args)
-
-
-def sweep_figures(df, kinds: dict[str, str]) -> dict[str, tuple[object, object, str]]:
-    """File stem → (matplotlib figure, its numbers as a DataFrame, caption) of every sweep
-    chart."""
-    from . import figures
-    from .study import curve_table
-
-    out = {stem: (figures.sweep_curves(df, x, metric, kinds=kinds), curve_table(df, x, metric),
-                  caption) for stem, (x, metric, caption) in CHARTS.items()}
-    if df["cls_cosine"].notna().any():
-        t = curve_table(df, "sparsity", "cls_cosine").merge(
-            curve_table(df, "sparsity", "rollout_cosine"), on=["criterion", "sparsity"],
-            suffixes=("_cls", "_rollout"))
-        out["fidelity_vs_sparsity"] = (figures.fidelity_curves(df, kinds=kinds), t,
-                                       "Attention fidelity (cosine to the dense model) vs "
-                                       "sparsity")
-    return out
-
-
-def grid_outputs(model, train_set, val_set, criteria, ratios, image_index: int, calib: int,
-                 scope: str, seed: int = 0, mode: str = "cls"):
-    """``(figure, similarity table)`` of SNP's Fig. 3 on validation image ``image_index``."""
-    import numpy as np
-    import pandas as pd
-
-    from . import figures, study
-
-    if not 0 <= image_index < len(val_set):
-        raise ValueError(f"image index must be in [0, {len(val_set) - 1}], got {image_index}")
-    image, _ = val_set[image_index]
-    images, labels = study.calibration(train_set, calib, seed)
-    g = study.fig3(model, image, list(criteria), list(ratios), images, labels,
-                   study.AttentionView(mode), scope, seed)
-    cols = ["dense" if r == 0 else f"{r:.0%}" for r in ratios]
-    fig = figures.grid_figure(g.rows, g.similarity, criteria, ratios, tuple(model.grid_size),
-                              image.permute(1, 2, 0).numpy().clip(0, 1),
-                              title=f"{'CLS attention' if mode == 'cls' else 'rollout'} of "
-                                    f"validation image {image_index} under pruning")
-    table = pd.DataFrame(np.round(g.similarity, 6), index=list(criteria), columns=cols)
-    table.index.name = "criterion"
-    return fig, table.reset_index(), g.errors
-
-
-def _write_chart(out: Path, stem: str, fig, table) -> None:
-    from . import figures
-
-    figures.save(fig, out / stem)
-    table.to_csv(out / f"{stem}.csv", index=False)
-
-
 # ---------------------------------------------------------------------------- commands
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -342,7 +268,7 @@ def _sweep(args: argparse.Namespace) -> int:
     import torch
     import torch.distributed as dist
 
-    from . import figures, report, study
+    from . import report, study
     from .train import init_distributed
 
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
@@ -390,65 +316,59 @@ def _sweep(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_CANCELLED
     kinds = {c: study.criterion_info(c).kind for c in args.criteria}
-    charts = sweep_figures(df, kinds)
-    for stem, (fig, table, _) in charts.items():
-        _write_chart(out, stem, fig, table)
-    report_figs = {caption: fig for fig, _, caption in charts.values()}
-    tables = {}
+    grid = sens = None
     if args.grid_image >= 0:
-        fig, sim, errors = grid_outputs(model, train_set, val_set, args.criteria, sparsities,
-                                        args.grid_image, args.calib, args.scope, seeds[0])
-        _write_chart(out, "grid", fig, sim)
-        report_figs[f"Fig. 3: CLS attention of validation image {args.grid_image} "
-                    "(cosine to the dense map under each cell)"] = fig
-        tables["Fig. 3 cosine similarity to the dense map"] = sim
+        fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
+                                               sparsities, args.grid_image, args.calib,
+                                               args.scope, seeds[0])
+        grid = (fig, sim, args.grid_image)
         for crit, msg in errors.items():
             print(f"grid: {crit}: {msg}", file=sys.stderr)
     if args.sensitivity is not None:
-        ratios = args.sensitivity or [0.3, 0.6, 0.9]
         bar = _Bar(100, "sensitivity", not args.no_progress, "%")
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            sens = study.layer_sensitivity(model, train_set, val, args.criteria, ratios,
+            sens = study.layer_sensitivity(model, train_set, val, args.criteria,
+                                           args.sensitivity or [0.3, 0.6, 0.9],
                                            calib=args.calib, seed=seeds[0], val_samples=n_val,
                                            batch_size=args.batch_size, progress=bar,
                                            cancel=cancel)
         bar.close()
         if sens.attrs.get("cancelled"):
-            print("sensitivity cancelled: not written", file=sys.stderr)
+            print("sensitivity cancelled: no figures written", file=sys.stderr)
             return EXIT_CANCELLED
-        fig = figures.sensitivity_figure(sens)
-        _write_chart(out, "sensitivity", fig, sens)
-        report_figs["Layer sensitivity: accuracy drop when one layer is pruned"] = fig
-    command = sweep_command(args.model, args.data, args.criteria, sparsities, seeds, n_val,
-                            args.calib, args.scope, str(out), data_options, args.untrained,
-                            args.init_seed)
+    command = report.sweep_command(args.model, args.data, args.criteria, sparsities, seeds,
+                                   n_val, args.calib, args.scope, str(out), data_options,
+                                   args.untrained, args.init_seed)
     setup = {"model": label, "dataset": f"{args.data} ({len(train_set)} train / "
                                         f"{len(val_set)} validation images)",
              "validation images": f"the first {n_val}", "criteria": ", ".join(args.criteria),
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
-    html = report.sweep_report(df, setup, report_figs, tables, command)
-    (out / "report.html").write_text(html, encoding="utf-8")
+    for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():
+        (out / name).write_bytes(data)
     print(f"{len(df)} points → {out / 'sweep.csv'}; figures and report.html in {out}")
     return EXIT_OK
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
+    from . import figures, report
+
     try:
         check_criteria(args.criteria)
         model, train_set, val_set, _ = resolve(args.model, args.data, dict(args.data_opt),
                                                args.untrained, args.init_seed)
         ratios = list(dict.fromkeys(args.ratios))
-        fig, sim, errors = grid_outputs(model, train_set, val_set, args.criteria, ratios,
-                                        args.image, args.calib, args.scope, args.seed,
-                                        args.mode)
+        fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
+                                               ratios, args.image, args.calib, args.scope,
+                                               args.seed, args.mode)
     except _usage_errors() as e:
         print(f"python -m core grid: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_chart(out, "grid", fig, sim)
+    figures.save(fig, out / "grid")
+    sim.to_csv(out / "grid.csv", index=False)
     for crit, msg in errors.items():
         print(f"{crit}: {msg}", file=sys.stderr)
     print(f"grid.png, grid.svg and grid.csv in {out}")
