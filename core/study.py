@@ -76,6 +76,13 @@ def criterion_info(name: str) -> CriterionInfo:
                          getattr(p, "formula", ""), getattr(p, "explanation", ""))
 
 
+def seed_free(name: str) -> bool:
+    """True when criterion ``name`` reads no calibration data and draws nothing at random:
+    its scores, and so its masks, are the same for every seed."""
+    info = criterion_info(name)
+    return not info.needs_data and "seed" not in {f.name for f in fields(get_pruner(name))}
+
+
 def make_pruner(name: str, seed: int = 0, options: Mapping[str, Any] | None = None) -> Pruner:
     """Pruner ``name`` with ``options``; criteria that draw at random get ``seed``."""
     opts = dict(options or {})
@@ -662,7 +669,22 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     total, done = len(points) * len(ratios), 0
     cancelled = False
     calib_of: dict[int, tuple[Tensor | None, Tensor | None]] = {}
+    # a criterion that reads no data and draws nothing at random (magnitude, SynFlow, L2)
+    # gives the same masks for every seed: measured once, its rows copied to the others
+    same: dict[tuple, list[dict]] = {}
     for seed, name, opts in points:
+        key = (name, tuple(sorted(opts.items())))
+        if key in same:
+            for row in same[key]:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                rows.append({**row, "seed": seed})
+                done += 1
+            if cancelled:
+                break
+            continue
+        first = len(rows)
         if seed not in calib_of:
             calib_of = {seed: calibration(train_set, calib, seed)}
         images, labels = calib_of[seed]
@@ -696,6 +718,8 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                          "rollout_cosine": roll_cos})
         if cancelled:
             break
+        if seed_free(name):
+            same[key] = rows[first:]
     if progress and not cancelled:
         progress(1.0, "done")
     df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
