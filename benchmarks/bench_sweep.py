@@ -67,8 +67,8 @@ def timed_sweep(model, train_set, val, criteria, seeds, label: str, cancel_after
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
     if cancel.is_set():
-        print(f"  cancelled {last[2] - t0:.1f} s in: returned {time.perf_counter() - last[2]:.2f} s "
-              f"later with {len(df)} points")
+        print(f"  cancelled {last[2] - t0:.1f} s in: returned "
+              f"{time.perf_counter() - last[2]:.2f} s later with {len(df)} points")
         return df
     filled = not df.isna().any().any()
     print(f"  wall {wall:.1f} s, CPU {cpu:.1f} s, peak RSS {peak:.2f} GiB, {len(df)} rows, "

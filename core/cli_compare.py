@@ -42,10 +42,6 @@ EXIT_OK, EXIT_USAGE, EXIT_CANCELLED = 0, 2, 130
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 
-class _Usage(Exception):
-    """Bad input: one usage line, exit code 2."""
-
-
 def _data_option(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep or not key:

@@ -54,7 +54,8 @@ def test_compare_page_exports_and_report_offline(tmp_path):
         page.wait_for_timeout(200)
         idle(page)
         assert page.get_by_role("heading", name="Compare").count() == 1
-        page.get_by_label("Sparsities (%)", exact=True).and_(page.get_by_role("textbox")).fill("0, 50, 90")
+        box = page.get_by_label("Sparsities (%)", exact=True).and_(page.get_by_role("textbox"))
+        box.fill("0, 50, 90")
         page.get_by_role("spinbutton", name="Validation images").fill("32")
         page.get_by_role("button", name="Run the comparison").click()
         page.locator('[data-testid="stAlertContentSuccess"]', has_text="Done in").wait_for()
