@@ -261,3 +261,27 @@ def test_torchrun_two_ranks_write_the_single_process_csv(model_file, tmp_path):
     a, b = pd.read_csv(tmp_path / "one" / "sweep.csv"), pd.read_csv(tmp_path / "two" / "sweep.csv")
     assert len(a) == 3 * 3 * 2
     pd.testing.assert_frame_equal(a, b, rtol=1e-9, atol=0)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_cli_cleanly_with_the_points_done(model_file, tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "core", "sweep", "--model", str(model_file), "--data", "shapes",
+         *DATA_OPTS, "--criteria", "random", "magnitude", "snip", "--sparsities",
+         *[f"{i / 100:g}" for i in range(99)], "--seeds", "3", "--val", "40",
+         "--out", str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    deadline = time.monotonic() + 180
+    while "at 2%" not in seen and time.monotonic() < deadline:  # progress is on stderr
+        seen += proc.stderr.read(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "SIGTERM: stopping before the next point" in err
+    df = pd.read_csv(tmp_path / "sweep.csv")
+    assert list(df.columns) == study.SWEEP_COLUMNS and 0 < len(df) < 3 * 3 * 99
+    assert not (tmp_path / "report.html").exists()

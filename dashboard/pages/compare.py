@@ -7,7 +7,6 @@ import streamlit as st
 from dashboard import plots_compare, state
 from dashboard.state import compare
 
-K_JOB = "compare_job"
 X_CHOICES = {"sparsity": "sparsity", "kept": "fraction kept (log axis)",
              "macs_kept": "MACs kept (structured and unstructured together)"}
 METRIC_CHOICES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss"}
@@ -107,7 +106,7 @@ def _exports(snap: dict) -> None:
 with state.page_errors():
     s = state.setup_or_stop(exp)
     state.untrained_notice(s, "compare")
-    job_id = st.session_state.get(K_JOB)
+    job_id = compare.current_sweep_id()
     job = compare.get_sweep(job_id)
     running = job is not None and job.status == "running"
     with st.form("compare_form", border=True):
@@ -139,7 +138,7 @@ with state.page_errors():
     if start:
         spec = compare.Spec(tuple(criteria), compare.parse_sparsities(text), int(seeds),
                             int(val), exp.calib, exp.scope, bool(sens))
-        st.session_state[K_JOB] = compare.start_sweep(s, spec)
+        compare.follow_sweep(compare.start_sweep(s, spec))
         st.rerun()
     if job is not None:
         if running:

@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 import pandas as pd
+import streamlit as st
 from torch.utils.data import Subset
 
 from core import report, study
@@ -24,6 +25,7 @@ log = logging.getLogger("prunelens.dashboard")
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 SENSITIVITY_RATIOS = (0.3, 0.6, 0.9)
 JOBS_KEPT = 8  # finished comparisons kept in memory (each holds its export files)
+K_JOB = "compare_job"  # session state: the comparison this session follows
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,15 @@ def _registry() -> dict[str, SweepJob]:
 
 _LOCK = threading.Lock()
 _IDS = itertools.count(1)
+
+
+def current_sweep_id() -> str | None:
+    """The comparison this session started last (its job id), if any."""
+    return st.session_state.get(K_JOB)
+
+
+def follow_sweep(job_id: str) -> None:
+    st.session_state[K_JOB] = job_id
 
 
 def get_sweep(job_id: str | None) -> SweepJob | None:
