@@ -284,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="PruneLens: prune and inspect vision transformers")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
+    from .cli_compare import add_grid_parser, add_sweep_parser
+    add_sweep_parser(sub), add_grid_parser(sub)
     return parser
 
 

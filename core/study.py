@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
@@ -35,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import attention as attn
 from .data import calibration_batch
-from .models import DEFAULT_LAYOUT, TokenLayout, count_macs, token_layout
+from .models import DEFAULT_LAYOUT, TokenLayout, count_macs, get_adapter, token_layout
 from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
                       layer_collapse, layer_saliency, prune)
 from .train import evaluate
@@ -73,6 +74,13 @@ def criterion_info(name: str) -> CriterionInfo:
                          bool(getattr(p, "needs_data", True)),
                          bool(getattr(cls, "needs_training", False)),
                          getattr(p, "formula", ""), getattr(p, "explanation", ""))
+
+
+def seed_free(name: str) -> bool:
+    """True when criterion ``name`` reads no calibration data and draws nothing at random:
+    its scores, and so its masks, are the same for every seed."""
+    info = criterion_info(name)
+    return not info.needs_data and "seed" not in {f.name for f in fields(get_pruner(name))}
 
 
 def make_pruner(name: str, seed: int = 0, options: Mapping[str, Any] | None = None) -> Pruner:
@@ -546,12 +554,82 @@ def _criteria(criteria: Sequence[str] | Mapping[str, Mapping[str, Any]]
     return [(n, {}) for n in criteria]
 
 
+class Measure:
+    """Accuracy, loss, macro-F1 and the attention rows of the sweep's validation images in
+    one forward per chunk (``evaluate`` and :func:`attention_rows` would take two).
+
+    The images are stacked once, (n, C, H, W); chunks are sized so one chunk's attention
+    maps (blocks × B × H × N × N float32) stay under ``attn_bytes``. Metrics are computed as
+    ``core.train.evaluate`` does (summed float64 cross-entropy, confusion → macro-F1)."""
+
+    def __init__(self, base: nn.Module, val: Dataset, batch_size: int = 256,
+                 attention: bool = True, attn_bytes: int = 256 * 2**20):
+        self.x = torch.stack([val[i][0] for i in range(len(val))])
+        self.y = torch.tensor([int(val[i][1]) for i in range(len(val))])
+        self.attention = attention
+        chunk = int(batch_size)
+        if attention:
+            maps = attn.capture_attention(base, self.x[:1])
+            per_image = sum(m[0].numel() for m in maps) * 4
+            chunk = max(1, min(chunk, attn_bytes // max(per_image, 1)))
+        self.chunk = chunk
+
+    @torch.no_grad()
+    def __call__(self, net: nn.Module) -> tuple[dict[str, float], np.ndarray | None,
+                                                 np.ndarray | None]:
+        """``({"accuracy", "loss", "macro_f1"}, cls rows (n, N-1), rollout rows (n, N-1))``
+        of ``net`` (rows None without attention)."""
+        from .train import macro_f1
+
+        was_training = net.training
+        net.eval()
+        loss = torch.zeros((), dtype=torch.float64)
+        conf = None
+        cls_rows, roll_rows = [], []
+        try:
+            for i in range(0, len(self.x), self.chunk):
+                x, y = self.x[i:i + self.chunk], self.y[i:i + self.chunk]
+                if self.attention:
+                    with attn.record_attention(net) as maps:
+                        logits = net(x)
+                    layout = token_layout(net)
+                    cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
+                    roll_rows.append(attn.rollout_map(attn.attention_rollout(maps), layout)
+                                     .float().numpy())
+                    del maps
+                else:
+                    logits = net(x)
+                C = logits.shape[-1]
+                if conf is None:
+                    conf = torch.zeros(C, C, dtype=torch.int64)
+                loss += torch.nn.functional.cross_entropy(logits.float(), y,
+                                                          reduction="sum").double()
+                conf += torch.bincount(y * C + logits.argmax(-1), minlength=C * C).view(C, C)
+        finally:
+            net.train(was_training)
+        n = len(self.y)
+        ev = {"accuracy": float(conf.diagonal().sum()) / n, "loss": float(loss) / n,
+              "macro_f1": float(macro_f1(conf))}
+        if not self.attention:
+            return ev, None, None
+        return ev, np.concatenate(cls_rows), np.concatenate(roll_rows)
+
+
+def sweep_points(criteria: Sequence[str] | Mapping[str, Mapping[str, Any]],
+                 seeds: Sequence[int]) -> list[tuple[int, str, dict]]:
+    """The units a sweep is split into, in its row order: ``(seed, criterion, options)``,
+    each scored once (a rank of a distributed sweep takes every ``world``-th one)."""
+    return [(int(seed), name, opts) for seed in seeds for name, opts in _criteria(criteria)]
+
+
 def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
           criteria: Sequence[str] | Mapping[str, Mapping[str, Any]],
           sparsities: Sequence[float], *, calib: int = 64, seeds: Sequence[int] = (0,),
           val_samples: int = 128, scope: str = "global", attention: bool = True,
           batch_size: int = 256,
-          progress: Callable[[float, str], None] | None = None) -> pd.DataFrame:
+          progress: Callable[[float, str], None] | None = None,
+          cancel: threading.Event | None = None,
+          shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
     """Accuracy, cost and attention similarity of every criterion × sparsity × seed.
 
     Each criterion (a name, or a mapping name → its options) is scored once per seed on a
@@ -559,6 +637,12 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     sparsities only the thresholds change (iterative criteria such as SynFlow re-run).
     Sparsity 0 is the dense model. Everything is measured on the same ``val_samples``
     validation images (:func:`val_subset`); ``model`` is not modified.
+
+    ``progress(fraction, text)`` is called before each point; when ``cancel`` is set the
+    sweep stops before the next point and returns the rows done so far, with
+    ``df.attrs["cancelled"] = True``. ``shard=(rank, world)`` computes only the
+    :func:`sweep_points` whose index is ``rank`` modulo ``world`` (a distributed sweep
+    concatenates the ranks' frames and sorts them with :func:`sort_sweep`).
 
     Returns one row per point with the columns of :data:`SWEEP_COLUMNS`: ``cls_cosine`` is
     the cosine of the last block's CLS→patch map (mean of heads) to the dense model's,
@@ -573,41 +657,199 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                          f"and sparsities {list(sparsities)}")
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if not seeds:
+        raise ValueError("need at least one seed")
+    rank, world = int(shard[0]), int(shard[1])
+    if not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    for name, _ in crits:
+        if criterion_info(name).needs_training:
+            raise ValueError(f"{name} learns its masks during training and has no one-shot "
+                             "sweep; leave it out")
+    points = sweep_points(criteria, seeds)[rank::world]
     base = copy.deepcopy(model).eval()
     scratch = copy.deepcopy(base)
-    val = val_subset(val_set, val_samples)
+    measure = Measure(base, val_subset(val_set, val_samples), batch_size, attention)
     dense = dense_cost(base)
-    dense_eval = evaluate(base, val, batch_size=batch_size)
-    dense_rows = attention_rows(base, val) if attention else None
-    rows = []
-    total, done = len(seeds) * len(crits) * len(ratios), 0
-    for seed in seeds:
-        images, labels = calibration(train_set, calib, seed)
-        for name, opts in crits:
-            scores = score(base, name, images, labels, seed, opts) if any(ratios) else None
-            for s in ratios:
+    dense_ev, dense_cls, dense_roll = measure(base)
+    rows: list[dict] = []
+    total, done = len(points) * len(ratios), 0
+    cancelled = False
+    calib_of: dict[int, tuple[Tensor | None, Tensor | None]] = {}
+    # a criterion that reads no data and draws nothing at random (magnitude, SynFlow, L2)
+    # gives the same masks for every seed: measured once, its rows copied to the others
+    same: dict[tuple, list[dict]] = {}
+    for seed, name, opts in points:
+        key = (name, tuple(sorted(opts.items())))
+        if key in same:
+            for row in same[key]:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                rows.append({**row, "seed": seed})
                 done += 1
-                if progress:
-                    progress(done / total, f"{name} at {s:.0%}, seed {seed}")
-                p = prune_at(base, name, s, images, labels, scope, seed, scores, opts)
-                ev = dense_eval if p.dense else evaluate_pruned(base, p, val, scratch,
-                                                                batch_size)
-                c = cost(dense, p)
+            if cancelled:
+                break
+            continue
+        first = len(rows)
+        if seed not in calib_of:
+            calib_of = {seed: calibration(train_set, calib, seed)}
+        images, labels = calib_of[seed]
+        scores = None
+        for s in ratios:
+            if cancel is not None and cancel.is_set():
+                cancelled = True
+                break
+            if progress:
+                progress(done / total, f"{name} at {s:.0%}, seed {seed}")
+            done += 1
+            if s and scores is None:
+                scores = score(base, name, images, labels, seed, opts)
+            p = prune_at(base, name, s, images, labels, scope, seed, scores, opts)
+            c = cost(dense, p)
+            if p.dense:
+                ev, cls_cos, roll_cos = dense_ev, 1.0, 1.0
+            else:
+                with forward_model(base, p, scratch) as net:
+                    ev, got_cls, got_roll = measure(net)
                 cls_cos = roll_cos = math.nan
-                if dense_rows is not None:
-                    if p.dense:
-                        cls_cos = roll_cos = 1.0
-                    else:
-                        with forward_model(base, p, scratch) as net:
-                            got = attention_rows(net, val)
-                        cls_cos = mean_cosine(got[0], dense_rows[0])
-                        roll_cos = mean_cosine(got[1], dense_rows[1])
-                rows.append({"criterion": name, "sparsity": s, "seed": int(seed),
-                             "accuracy": ev["accuracy"], "loss": ev["loss"],
-                             "macro_f1": ev["macro_f1"], "params_kept": c["params_kept"],
-                             "macs_kept": c["macs_kept"], "cls_cosine": cls_cos,
-                             "rollout_cosine": roll_cos})
-    return pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+                if attention:
+                    cls_cos = mean_cosine(got_cls, dense_cls)
+                    roll_cos = mean_cosine(got_roll, dense_roll)
+            if not attention:
+                cls_cos = roll_cos = math.nan
+            rows.append({"criterion": name, "sparsity": s, "seed": seed,
+                         "accuracy": ev["accuracy"], "loss": ev["loss"],
+                         "macro_f1": ev["macro_f1"], "params_kept": c["params_kept"],
+                         "macs_kept": c["macs_kept"], "cls_cosine": cls_cos,
+                         "rollout_cosine": roll_cos})
+        if cancelled:
+            break
+        if seed_free(name):
+            same[key] = rows[first:]
+    if progress and not cancelled:
+        progress(1.0, "done")
+    df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)
+    df.attrs["cancelled"] = cancelled
+    return df
+
+
+def sort_sweep(df: pd.DataFrame, criteria: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+    """Rows in :func:`sweep`'s order (seed, then criterion as given, then sparsity as run),
+    e.g. after concatenating the ranks of a distributed sweep."""
+    seed_rank = {int(s): i for i, s in enumerate(seeds)}
+    crit_rank = {c: i for i, c in enumerate(criteria)}
+    key = pd.DataFrame({"s": df["seed"].map(seed_rank), "c": df["criterion"].map(crit_rank),
+                        "o": df.groupby(["seed", "criterion"]).cumcount()})
+    order = key.sort_values(["s", "c", "o"], kind="stable").index
+    return df.loc[order].reset_index(drop=True)
+
+
+def curve_table(df: pd.DataFrame, x: str = "sparsity", metric: str = "accuracy") -> pd.DataFrame:
+    """The numbers behind one curve chart: per criterion and x, the mean and std of ``metric``
+    over seeds (``x="kept"`` is 1 − sparsity; ``macs_kept`` / ``params_kept`` averaged per
+    sparsity). Columns ``criterion, sparsity, x, mean, std, n``."""
+    g = df.groupby(["criterion", "sparsity"], sort=False)
+    out = g[metric].agg(["mean", "std", "count"]).rename(columns={"count": "n"})
+    out["std"] = out["std"].fillna(0.0)
+    if x == "kept":
+        out.insert(0, x, 1.0 - out.index.get_level_values("sparsity").to_numpy())
+    elif x != "sparsity":
+        out.insert(0, x, g[x].mean())
+    out = out.reset_index()
+    order = {c: i for i, c in enumerate(dict.fromkeys(df["criterion"]))}
+    return (out.assign(_o=out["criterion"].map(order))
+            .sort_values(["_o", "sparsity"], kind="stable").drop(columns="_o")
+            .reset_index(drop=True))
+
+
+# ---------------------------------------------------------------------------- layer sensitivity
+
+SENSITIVITY_COLUMNS = ["criterion", "layer", "ratio", "accuracy", "accuracy_drop"]
+STRUCTURED_UNITS = ("qk", "v", "mlp")
+
+
+def layer_sensitivity(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
+                      criteria: Sequence[str], ratios: Sequence[float] = (0.3, 0.6, 0.9), *,
+                      calib: int = 64, seed: int = 0, val_samples: int = 128,
+                      batch_size: int = 256,
+                      progress: Callable[[float, str], None] | None = None,
+                      cancel: threading.Event | None = None) -> pd.DataFrame:
+    """Prune one layer at a time (NNI's sensitivity analysis): for an unstructured criterion
+    each scored weight matrix alone at each ratio (its lowest keep-scores removed, every other
+    layer dense); for a structured one each block's q/k pairs, v channels or FFN neurons alone
+    (layers named ``blocks.<i>.qk`` / ``.v`` / ``.mlp``). Scores once per criterion.
+
+    Returns the columns of :data:`SENSITIVITY_COLUMNS`, ``accuracy_drop`` = dense accuracy −
+    accuracy (positive: worse), on the :func:`val_subset` of ``val_samples`` images. A
+    ``cancel`` set stops before the next evaluation (``df.attrs["cancelled"]``)."""
+    from .pruning.ratios import StructuredRatios
+
+    ratios = [round(float(r), 6) for r in ratios]
+    if not ratios or any(not 0.0 < r < 1.0 for r in ratios):
+        raise ValueError(f"need ratios in (0, 1), got {list(ratios)}")
+    base = copy.deepcopy(model).eval()
+    scratch = copy.deepcopy(base)
+    measure = Measure(base, val_subset(val_set, val_samples), batch_size, attention=False)
+    dense_acc = measure(base)[0]["accuracy"]
+    images, labels = calibration(train_set, calib, seed)
+    plans: list[tuple[str, str, list[tuple[str, Callable[[float], Pruned]]]]] = []
+    for name in criteria:
+        info = criterion_info(name)
+        if info.needs_training:
+            raise ValueError(f"{name} learns its masks during training: no sensitivity")
+        sc = score(base, name, images, labels, seed)
+        units: list[tuple[str, Callable[[float], Pruned]]] = []
+        if info.kind == "structured":
+            depth = get_adapter(base).depth(base)
+            for i in range(depth):
+                for comp in STRUCTURED_UNITS:
+                    def one(r: float, i=i, comp=comp, sc=sc, name=name) -> Pruned:
+                        per = {c: tuple(r if (c == comp and j == i) else 0.0
+                                        for j in range(depth)) for c in STRUCTURED_UNITS}
+                        rat = StructuredRatios(per["qk"], per["v"], per["mlp"], (0.0,) * depth)
+                        pr = make_pruner(name, seed, {"ratios": rat})
+                        if sc is not None:
+                            res = pr.prune_scored(base, sc.structured, None)
+                        else:
+                            res = prune(base, pr, None, images, labels)
+                        return _from_result(name, r, "layer", res)
+                    units.append((f"blocks.{i}.{comp}", one))
+        else:
+            weights = sc.weights if sc is not None else make_pruner(name, seed).score(
+                copy.deepcopy(base), images, labels)
+            for key in weights:
+                def one(r: float, key=key, w=weights, name=name) -> Pruned:
+                    masks = {k: torch.ones_like(v, dtype=torch.bool) for k, v in w.items()}
+                    masks.update(compute_masks({key: w[key]}, r, "layer"))
+                    return Pruned(name, r, "layer", masks, w)
+                units.append((key.removesuffix(".weight"), one))
+        plans.append((name, info.kind, units))
+    total = sum(len(u) for _, _, u in plans) * len(ratios)
+    done, rows, cancelled = 0, [], False
+    for name, _, units in plans:
+        for layer, make in units:
+            for r in ratios:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                if progress:
+                    progress(done / total, f"{name}: {layer} at {r:.0%}")
+                done += 1
+                with forward_model(base, make(r), scratch) as net:
+                    acc = measure(net)[0]["accuracy"]
+                rows.append({"criterion": name, "layer": layer, "ratio": r, "accuracy": acc,
+                             "accuracy_drop": dense_acc - acc})
+            if cancelled:
+                break
+        if cancelled:
+            break
+    if progress and not cancelled:
+        progress(1.0, "done")
+    df = pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
+    df.attrs["cancelled"] = cancelled
+    df.attrs["dense_accuracy"] = dense_acc
+    return df
 
 
 # ---------------------------------------------------------------------------- AMAP's last step

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -78,15 +79,22 @@ def test_sweep_point_equals_a_hand_computation(model, data):
 
 
 def test_sweep_scores_once_per_criterion_and_seed(model, data, monkeypatch):
-    """Along the curve only the thresholds move: each seed scores each criterion once."""
+    """Along the curve only the thresholds move: each seed scores each criterion once, and a
+    criterion that reads no data and draws nothing at random (magnitude) only once in all."""
     train_set, val_set = data
-    cls = type(get_pruner("magnitude"))
     calls = []
-    real = cls.score
-    monkeypatch.setattr(cls, "score", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-    df = study.sweep(model, train_set, val_set, ["magnitude"], [0.0, 0.2, 0.5, 0.8],
+    for name in ("magnitude", "snip"):
+        cls = type(get_pruner(name))
+        monkeypatch.setattr(cls, "score", lambda self, *a, real=cls.score, name=name, **k:
+                            calls.append(name) or real(self, *a, **k))
+    df = study.sweep(model, train_set, val_set, ["magnitude", "snip"], [0.0, 0.2, 0.5, 0.8],
                      calib=8, seeds=(0, 1), val_samples=8, attention=False)
-    assert len(calls) == 2
+    assert sorted(calls) == ["magnitude", "snip", "snip"]
+    m = df[df.criterion == "magnitude"].drop(columns="seed")
+    pd.testing.assert_frame_equal(m.iloc[:4].reset_index(drop=True),
+                                  m.iloc[4:].reset_index(drop=True))
+    snip = df[(df.criterion == "snip") & (df.sparsity == 0.8)]["loss"].to_numpy()
+    assert snip[0] != snip[1]  # another calibration batch, another mask
     assert df["cls_cosine"].isna().all()
     kept = df[df.seed == 0].sort_values("sparsity")["params_kept"].tolist()
     assert kept == sorted(kept, reverse=True) and kept[0] == 1.0

@@ -33,8 +33,9 @@ def preset_input_shape(preset: str) -> tuple[int, int, int]:
     return tuple(build_model(preset, num_classes=2).input_shape)
 
 
-@cache_resource(show_spinner="Loading the dataset…", max_entries=6)
-def dataset(key: DataKey):
+def dataset_options(key: DataKey) -> dict:
+    """The ``load_dataset`` options behind ``dataset(key)`` (also in the command line that
+    reproduces a comparison)."""
     options: dict = {}
     if key.name == "folder":
         if not key.root:
@@ -49,7 +50,12 @@ def dataset(key: DataKey):
         options.update(num_train=1200, num_val=300)
     elif key.name == "shapes" and not key.full:
         options.update(num_train=CALIBRATION_POOL)
-    return load_dataset(key.name, key.image_size, seed=DATASET_SEED, **options)
+    return options
+
+
+@cache_resource(show_spinner="Loading the dataset…", max_entries=6)
+def dataset(key: DataKey):
+    return load_dataset(key.name, key.image_size, seed=DATASET_SEED, **dataset_options(key))
 
 
 def training_set(s: Setup):

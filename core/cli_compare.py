@@ -1,0 +1,371 @@
+"""``python -m core sweep`` and ``python -m core grid``: criteria compared the way papers do,
+from the command line (and under ``torchrun``).
+
+    python -m core sweep --model vit-tiny --data shapes --criteria magnitude snip \\
+        --sparsities 0 0.5 0.9 0.99 --seeds 1 --val 256 --out DIR
+
+writes ``DIR/sweep.csv`` (columns of ``core.study.SWEEP_COLUMNS``), each chart as PNG, SVG
+and the CSV of its numbers (``accuracy_vs_sparsity``, ``accuracy_vs_kept``,
+``accuracy_vs_macs``, ``fidelity_vs_sparsity``; ``grid`` for SNP's Fig. 3 on validation image
+``--grid-image``; ``sensitivity`` with ``--sensitivity``) and ``report.html``, a
+self-contained report. ``python -m core grid`` writes the Fig. 3 figure alone.
+
+The model (``--model``) is a preset name, loaded from its shipped checkpoint trained on
+``--data`` where one exists (the dashboard's default; otherwise, or with ``--untrained``, the
+preset at its seeded initialisation), or the path of a model file saved by PruneLens
+(``core.models.load_model``). ``--val N`` is the first N images of the validation split of
+``load_dataset(data, image_size=<the model's>, seed=0)``. ``--seeds K`` runs the calibration
+seeds 0 … K−1 (``--seed-list`` names them instead); a seed draws the calibration batch and
+the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
+threshold unless ``--scope layer``.
+
+Under ``torchrun --nproc_per_node=N -m core sweep ...`` the (criterion, seed) points are
+split across the ranks (gloo on CPU) and gathered on rank 0, which writes the files: the CSV
+is the one a single process writes.
+
+Exit codes as ``python -m core``: 0 done, 2 bad arguments (one usage line, no traceback),
+130 cancelled (Ctrl-C / SIGTERM stop before the next point; the points done are written to
+``sweep.csv``, no figures).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+EXIT_OK, EXIT_USAGE, EXIT_CANCELLED = 0, 2, 130
+DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+
+
+def _data_option(text: str) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in [0, 1) (write 0.9 for 90%)")
+    return v
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="vit-tiny",
+                   help="preset name (its shipped checkpoint on --data where one exists) or "
+                        "the path of a PruneLens model file")
+    p.add_argument("--data", default="shapes", help="dataset (core.data.list_datasets)")
+    p.add_argument("--data-opt", action="append", type=_data_option, default=[],
+                   metavar="KEY=VALUE", help="dataset option, repeatable (e.g. root=/images)")
+    p.add_argument("--untrained", action="store_true",
+                   help="the preset at its initialisation (seeded by --init-seed), even where "
+                        "a checkpoint is shipped: pruning at init")
+    p.add_argument("--init-seed", type=int, default=0, help="seed of the untrained weights")
+    p.add_argument("--criteria", nargs="+", default=["magnitude", "snip"], metavar="NAME",
+                   help="criteria to compare (core.pruning.list_pruners)")
+    p.add_argument("--calib", type=_positive, default=64,
+                   help="calibration images drawn from the training split")
+    p.add_argument("--scope", choices=("global", "layer"), default="global",
+                   help="one threshold over all layers, or the same sparsity per layer "
+                        "(unstructured criteria)")
+    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+
+
+def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="accuracy, cost and attention fidelity over criteria × sparsities",
+        description="One-shot sweep of criteria × sparsities × calibration seeds; writes "
+                    "sweep.csv, the charts (PNG, SVG, CSV) and report.html to --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p)
+    p.add_argument("--sparsities", nargs="+", type=_fraction, default=list(DEFAULT_SPARSITIES),
+                   metavar="S", help="fractions removed, in [0, 1); 0 is the dense model")
+    seeds = p.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_positive, default=1, metavar="K",
+                       help="calibration seeds 0 … K-1 (mean ± std bands over them)")
+    seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="SEED",
+                       help="these calibration seeds instead of 0 … K-1")
+    p.add_argument("--val", type=_positive, default=256,
+                   help="the first N images of the validation split")
+    p.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
+    p.add_argument("--no-attention", action="store_true",
+                   help="skip the attention fidelity (cls_cosine, rollout_cosine left empty)")
+    p.add_argument("--grid-image", type=int, default=0,
+                   help="validation image of the Fig. 3 grid in the report (-1: no grid)")
+    p.add_argument("--sensitivity", type=_fraction, nargs="*", default=None, metavar="R",
+                   help="also prune one layer at a time at these ratios (none given: 0.3 0.6 "
+                        "0.9) and add the heat map")
+    p.set_defaults(func=cmd_sweep)
+
+
+def add_grid_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "grid", help="SNP's Fig. 3: CLS attention of one image across criteria × ratios",
+        description="The Fig. 3 grid (criteria × pruning ratios over one validation image, "
+                    "each map's cosine similarity to the dense map, a colour bar) as grid.png, "
+                    "grid.svg and grid.csv (the similarities) in --out.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _common(p)
+    p.add_argument("--ratios", nargs="+", type=_fraction,
+                   default=[round(0.1 * i, 1) for i in range(10)], metavar="R",
+                   help="pruning ratios (columns); 0 is the dense model")
+    p.add_argument("--image", type=int, default=0, help="validation image index")
+    p.add_argument("--seed", type=int, default=0, help="calibration seed")
+    p.add_argument("--mode", choices=("cls", "rollout"), default="cls",
+                   help="the last block's CLS row (mean of heads) or the rollout's")
+    p.set_defaults(func=cmd_grid)
+
+
+# ---------------------------------------------------------------------------- shared steps
+
+def _usage_errors():
+    from .models import CheckpointError
+
+    return (ValueError, TypeError, FileNotFoundError, NotADirectoryError, CheckpointError,
+            KeyError)
+
+
+def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = False,
+            init_seed: int = 0):
+    """``(model, train_set, val_set, label)``: the model (shipped checkpoint of a preset on
+    ``data`` where one exists, else its seeded initialisation; or a saved model file) and the
+    dataset at the model's image size, split with seed 0."""
+    import torch
+
+    from .data import load_dataset
+    from .models import build_model, list_models, load_model, pretrained_path
+
+    path = Path(model_spec).expanduser()
+    if model_spec in list_models():
+        shape = build_model(model_spec, num_classes=2).input_shape
+        train_set, val_set = load_dataset(data, tuple(shape[1:]), seed=0, **data_options)
+        n = len(train_set.classes)
+        if not untrained and pretrained_path(model_spec, data).exists():
+            return (build_model(model_spec, n, pretrained=True, dataset=data).eval(), train_set,
+                    val_set, f"{model_spec} trained on {data} (shipped checkpoint)")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            model = build_model(model_spec, n).eval()
+        label = f"{model_spec} (untrained, seed {init_seed})"
+        if not untrained:
+            print(f"note: no shipped checkpoint for {model_spec} on {data}: {label}",
+                  file=sys.stderr)
+        return model, train_set, val_set, label
+    if path.exists():
+        if path.is_dir():
+            found = sorted(path.glob("*.safetensors"))
+            if len(found) != 1:
+                raise FileNotFoundError(f"{path}: expected one .safetensors model file in the "
+                                        f"folder, found {len(found)}")
+            path = found[0]
+        model = load_model(path).eval()
+        train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0,
+                                          **data_options)
+        if model.num_classes != len(train_set.classes):
+            raise ValueError(f"{path.name} has {model.num_classes} outputs but {data} has "
+                             f"{len(train_set.classes)} classes")
+        return model, train_set, val_set, f"{path.name} ({model.preset or 'saved model'})"
+    raise ValueError(f"--model {model_spec!r} is neither a preset ({', '.join(list_models())}) "
+                     "nor an existing model file")
+
+
+def check_criteria(names: Sequence[str]) -> None:
+    from .pruning import list_pruners
+    from .study import criterion_info
+
+    known = list_pruners()
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"unknown criteria {unknown}; known: {', '.join(known)}")
+    trained = [n for n in names if criterion_info(n).needs_training]
+    if trained:
+        raise ValueError(f"{trained} learn their masks during training: no one-shot sweep")
+    if len(set(names)) != len(names):
+        raise ValueError(f"criteria repeated: {list(names)}")
+
+
+@contextmanager
+def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
+    """First Ctrl-C / SIGTERM sets ``cancel`` (stop before the next point); a second Ctrl-C
+    raises KeyboardInterrupt. Handlers restored on exit."""
+    previous = {}
+
+    def handler(signum: int, _frame: object) -> None:
+        cancel.set()
+        print(f"\n{signal.Signals(signum).name}: stopping before the next point "
+              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+class _Bar:
+    """tqdm fed by ``core.study``'s ``progress(fraction, text)`` callbacks."""
+
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "pt"):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled,
+                        dynamic_ncols=True)
+        self.total = total
+
+    def __call__(self, fraction: float, text: str) -> None:
+        n = round(fraction * self.total)
+        if n > self.bar.n:
+            self.bar.update(n - self.bar.n)
+        self.bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+# ---------------------------------------------------------------------------- commands
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    try:
+        return _sweep(args)
+    except _usage_errors() as e:
+        print(f"python -m core sweep: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    import pandas as pd
+    import torch
+    import torch.distributed as dist
+
+    from . import report, study
+    from .train import init_distributed
+
+    seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeated: {seeds}")
+    sparsities = list(dict.fromkeys(args.sparsities))
+    check_criteria(args.criteria)
+    data_options = dict(args.data_opt)
+    _, rank, world = init_distributed(torch.device("cpu"))
+    main = rank == 0
+    try:
+        model, train_set, val_set, label = resolve(args.model, args.data, data_options,
+                                                   args.untrained, args.init_seed)
+        n_val = min(args.val, len(val_set))
+        val = torch.utils.data.Subset(val_set, list(range(n_val)))
+        points = len(study.sweep_points(args.criteria, seeds)[rank::world]) * len(sparsities)
+        bar = _Bar(points, "sweep" if world == 1 else f"sweep rank {rank}",
+                   not args.no_progress)
+        cancel = threading.Event()
+        with stop_on_signals(cancel):
+            df = study.sweep(model, train_set, val, args.criteria, sparsities,
+                             calib=args.calib, seeds=seeds, val_samples=n_val,
+                             scope=args.scope, attention=not args.no_attention,
+                             batch_size=args.batch_size, progress=bar, cancel=cancel,
+                             shard=(rank, world))
+        bar.close()
+        cancelled = bool(df.attrs.get("cancelled"))
+        if world > 1:
+            parts = [None] * world if main else None
+            dist.gather_object((df, cancelled), parts, dst=0)
+            if main:
+                df = study.sort_sweep(pd.concat([p[0] for p in parts], ignore_index=True),
+                                      args.criteria, seeds)
+                cancelled = any(p[1] for p in parts)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not main:
+        return EXIT_CANCELLED if cancelled else EXIT_OK
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "sweep.csv", index=False)
+    if cancelled:
+        print(f"cancelled: {len(df)} points written to {out / 'sweep.csv'} (no figures)",
+              file=sys.stderr)
+        return EXIT_CANCELLED
+    kinds = {c: study.criterion_info(c).kind for c in args.criteria}
+    grid = sens = None
+    if args.grid_image >= 0:
+        fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
+                                               sparsities, args.grid_image, args.calib,
+                                               args.scope, seeds[0])
+        grid = (fig, sim, args.grid_image)
+        for crit, msg in errors.items():
+            print(f"grid: {crit}: {msg}", file=sys.stderr)
+    if args.sensitivity is not None:
+        bar = _Bar(100, "sensitivity", not args.no_progress, "%")
+        cancel = threading.Event()
+        with stop_on_signals(cancel):
+            sens = study.layer_sensitivity(model, train_set, val, args.criteria,
+                                           args.sensitivity or [0.3, 0.6, 0.9],
+                                           calib=args.calib, seed=seeds[0], val_samples=n_val,
+                                           batch_size=args.batch_size, progress=bar,
+                                           cancel=cancel)
+        bar.close()
+        if sens.attrs.get("cancelled"):
+            print("sensitivity cancelled: no figures written", file=sys.stderr)
+            return EXIT_CANCELLED
+    command = report.sweep_command(args.model, args.data, args.criteria, sparsities, seeds,
+                                   n_val, args.calib, args.scope, str(out), data_options,
+                                   args.untrained, args.init_seed)
+    setup = {"model": label, "dataset": f"{args.data} ({len(train_set)} train / "
+                                        f"{len(val_set)} validation images)",
+             "validation images": f"the first {n_val}", "criteria": ", ".join(args.criteria),
+             "sparsities": ", ".join(f"{s:g}" for s in sparsities),
+             "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
+    for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():
+        (out / name).write_bytes(data)
+    print(f"{len(df)} points → {out / 'sweep.csv'}; figures and report.html in {out}")
+    return EXIT_OK
+
+
+def cmd_grid(args: argparse.Namespace) -> int:
+    from . import figures, report
+
+    try:
+        check_criteria(args.criteria)
+        model, train_set, val_set, _ = resolve(args.model, args.data, dict(args.data_opt),
+                                               args.untrained, args.init_seed)
+        ratios = list(dict.fromkeys(args.ratios))
+        fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
+                                               ratios, args.image, args.calib, args.scope,
+                                               args.seed, args.mode)
+    except _usage_errors() as e:
+        print(f"python -m core grid: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figures.save(fig, out / "grid")
+    sim.to_csv(out / "grid.csv", index=False)
+    for crit, msg in errors.items():
+        print(f"{crit}: {msg}", file=sys.stderr)
+    print(f"grid.png, grid.svg and grid.csv in {out}")
+    return EXIT_OK

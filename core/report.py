@@ -1,0 +1,197 @@
+"""The files of a comparison (charts as PNG, SVG and CSV, the Fig. 3 grid, layer sensitivity)
+and its self-contained HTML report: setup, sweep curves, the Fig. 3 grid,
+layer sensitivity and tables in one file that opens offline (no script, no stylesheet or
+font from a network: every figure is an SVG embedded as a ``data:`` URI), to send to a
+colleague or hand out in class.
+
+    html = report.sweep_report(df, setup={"model": "vit-tiny", ...},
+                               figures={"Accuracy vs sparsity": fig, ...})
+    Path("report.html").write_text(html)
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+import shlex
+from typing import Mapping, Sequence
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from . import figures
+
+_CSS = """
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
+padding:0 1em;color:#1b1b1b}
+h1{font-size:1.6em;margin-bottom:.2em}
+h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;font-size:12px;margin:.5em 0}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}th{background:#f5f5f5}
+figure{margin:1em 0}figure img{max-width:100%;height:auto;border:0}
+figcaption{font-size:12px;color:#555}code,pre{background:#f5f5f5;padding:2px 4px;
+white-space:pre-wrap;word-break:break-all}.muted{color:#666;font-size:12px}
+"""
+
+
+def svg_data_uri(fig: Figure | bytes) -> str:
+    """A ``data:image/svg+xml;base64,…`` URI of a figure (or of SVG bytes)."""
+    data = fig if isinstance(fig, bytes) else figures.to_bytes(fig, "svg")
+    return "data:image/svg+xml;base64," + base64.b64encode(data).decode("ascii")
+
+
+def _table(df: pd.DataFrame, floatfmt: str = "{:.3f}") -> str:
+    return df.to_html(index=False, border=0, na_rep="–",
+                      float_format=lambda v: floatfmt.format(v), escape=True)
+
+
+def summary_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
+    """Criteria × sparsities of the mean ``metric`` over seeds (the table papers print)."""
+    t = df.pivot_table(index="criterion", columns="sparsity", values=metric, aggfunc="mean",
+                       sort=False)
+    t.columns = ["dense" if c == 0 else f"{c:.0%}" for c in t.columns]
+    return t.reset_index()
+
+
+def sweep_report(df: pd.DataFrame, setup: Mapping[str, object],
+                 figures: Mapping[str, Figure | bytes],
+                 tables: Mapping[str, pd.DataFrame] | None = None,
+                 command: str | None = None, title: str = "PruneLens: criteria compared") -> str:
+    """The report as one HTML string: ``setup`` (what was run, a key → value list),
+    ``figures`` (caption → matplotlib figure or SVG bytes, embedded in order), the mean
+    accuracy and attention-fidelity tables of the sweep ``df``, extra ``tables`` (caption →
+    DataFrame), the full sweep as a table, and the ``command`` that reproduces it."""
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{esc(title)}</h1>",
+             f"<p class='muted'>Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+             "PruneLens. One-shot pruning (no fine-tuning): every number is measured on the "
+             "same validation images.</p>", "<h2>Setup</h2><table>"]
+    for k, v in setup.items():
+        parts.append(f"<tr><th style='text-align:left'>{esc(str(k))}</th>"
+                     f"<td style='text-align:left'>{esc(str(v))}</td></tr>")
+    parts.append("</table>")
+    if command:
+        parts.append(f"<p>Reproduce with:</p><pre><code>{esc(command)}</code></pre>")
+    parts.append("<h2>Figures</h2>")
+    for caption, fig in figures.items():
+        parts.append(f"<figure><img alt='{esc(caption)}' src='{svg_data_uri(fig)}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    parts.append("<h2>Tables</h2>")
+    parts.append("<h3>Validation accuracy (mean over seeds)</h3>"
+                 + _table(summary_table(df, "accuracy")))
+    if df["cls_cosine"].notna().any():
+        parts.append("<h3>CLS attention cosine to dense (mean over seeds)</h3>"
+                     + _table(summary_table(df, "cls_cosine")))
+    for caption, t in (tables or {}).items():
+        parts.append(f"<h3>{esc(caption)}</h3>" + _table(t))
+    parts.append("<h3>Every point</h3>" + _table(df, "{:.4f}"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+# ------------------------------------------------------------------ the files of a comparison
+
+CHARTS = {  # file stem → (x, metric, caption)
+    "accuracy_vs_sparsity": ("sparsity", "accuracy", "Validation accuracy vs sparsity"),
+    "accuracy_vs_kept": ("kept", "accuracy",
+                         "Validation accuracy vs fraction of weights kept (log axis)"),
+    "accuracy_vs_macs": ("macs_kept", "accuracy", "Validation accuracy vs MACs kept"),
+}
+
+
+def sweep_command(model: str, data: str, criteria: Sequence[str],
+                  sparsities: Sequence[float], seeds: Sequence[int], val: int, calib: int,
+                  scope: str, out: str = "sweep_out",
+                  data_options: dict | None = None, untrained: bool = False,
+                  init_seed: int = 0) -> str:
+    """The ``python -m core sweep ...`` line that reproduces a sweep (the dashboard shows it)."""
+    args = ["python", "-m", "core", "sweep", "--model", model, "--data", data]
+    for k, v in (data_options or {}).items():
+        args += ["--data-opt", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
+    if untrained:
+        args += ["--untrained", "--init-seed", str(init_seed)]
+    args += ["--criteria", *criteria, "--sparsities", *[f"{s:g}" for s in sparsities]]
+    seeds = [int(s) for s in seeds]
+    args += (["--seeds", str(len(seeds))] if seeds == list(range(len(seeds)))
+             else ["--seed-list", *map(str, seeds)])
+    args += ["--val", str(val), "--calib", str(calib), "--scope", scope, "--out", out]
+    return shlex.join(args)
+
+
+def sweep_figures(df: pd.DataFrame, kinds: Mapping[str, str]
+                  ) -> dict[str, tuple[Figure, pd.DataFrame, str]]:
+    """File stem → (matplotlib figure, its numbers as a DataFrame, caption) of every sweep
+    chart."""
+    from .study import curve_table
+
+    out = {stem: (figures.sweep_curves(df, x, metric, kinds=kinds), curve_table(df, x, metric),
+                  caption) for stem, (x, metric, caption) in CHARTS.items()}
+    if df["cls_cosine"].notna().any():
+        t = curve_table(df, "sparsity", "cls_cosine").merge(
+            curve_table(df, "sparsity", "rollout_cosine"), on=["criterion", "sparsity"],
+            suffixes=("_cls", "_rollout"))
+        out["fidelity_vs_sparsity"] = (figures.fidelity_curves(df, kinds=kinds), t,
+                                       "Attention fidelity (cosine to the dense model) vs "
+                                       "sparsity")
+    return out
+
+
+def grid_outputs(model, train_set, val_set, criteria: Sequence[str], ratios: Sequence[float],
+                 image_index: int, calib: int, scope: str, seed: int = 0, mode: str = "cls"
+                 ) -> tuple[Figure, pd.DataFrame, dict[str, str]]:
+    """``(figure, similarity table, errors)`` of SNP's Fig. 3 on validation image
+    ``image_index`` (``errors``: criterion → why its row is empty)."""
+    import numpy as np
+
+    from . import study
+
+    if not 0 <= image_index < len(val_set):
+        raise ValueError(f"image index must be in [0, {len(val_set) - 1}], got {image_index}")
+    image, _ = val_set[image_index]
+    images, labels = study.calibration(train_set, calib, seed)
+    g = study.fig3(model, image, list(criteria), list(ratios), images, labels,
+                   study.AttentionView(mode), scope, seed)
+    cols = ["dense" if r == 0 else f"{r:.0%}" for r in ratios]
+    fig = figures.grid_figure(g.rows, g.similarity, criteria, ratios, tuple(model.grid_size),
+                              image.permute(1, 2, 0).numpy().clip(0, 1),
+                              title=f"{'CLS attention' if mode == 'cls' else 'rollout'} of "
+                                    f"validation image {image_index} under pruning")
+    table = pd.DataFrame(np.round(g.similarity, 6), index=list(criteria), columns=cols)
+    table.index.name = "criterion"
+    return fig, table.reset_index(), g.errors
+
+
+def comparison_files(df: pd.DataFrame, kinds: Mapping[str, str],
+                     setup: Mapping[str, object], command: str | None = None,
+                     grid: tuple | None = None,
+                     sensitivity: pd.DataFrame | None = None) -> dict[str, bytes]:
+    """Every file of a comparison by name: ``sweep.csv``; per chart ``<stem>.png``,
+    ``.svg`` and ``.csv`` (its numbers); the Fig. 3 ``grid.*`` when ``grid`` = (figure,
+    similarity table, image index); ``sensitivity.*`` with a layer-sensitivity frame; and
+    ``report.html`` embedding the same SVGs. The CLI writes them, the dashboard serves them."""
+    files = {"sweep.csv": df.to_csv(index=False).encode()}
+    report_figs: dict[str, bytes] = {}
+    tables: dict[str, pd.DataFrame] = {}
+
+    def add(stem: str, fig: Figure, table: pd.DataFrame, caption: str) -> None:
+        files[f"{stem}.png"] = figures.to_bytes(fig, "png")
+        files[f"{stem}.svg"] = figures.to_bytes(fig, "svg")
+        files[f"{stem}.csv"] = table.to_csv(index=False).encode()
+        report_figs[caption] = files[f"{stem}.svg"]
+
+    for stem, (fig, table, caption) in sweep_figures(df, kinds).items():
+        add(stem, fig, table, caption)
+    if grid is not None:
+        fig, sim, index = grid
+        add("grid", fig, sim, f"Fig. 3: CLS attention of validation image {index} (cosine to "
+                              "the dense map under each cell)")
+        tables["Fig. 3 cosine similarity to the dense map"] = sim
+    if sensitivity is not None and len(sensitivity):
+        add("sensitivity", figures.sensitivity_figure(sensitivity), sensitivity,
+            "Layer sensitivity: accuracy drop when one layer alone is pruned")
+    files["report.html"] = sweep_report(df, setup, report_figs, tables, command).encode()
+    return files
