@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .keys import (K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE,
+from .keys import (SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE,
                    K_SEED, K_SOURCE, K_SPARSITY, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL,
                    Experiment)
 
@@ -41,6 +41,12 @@ def seed_experiment_widgets() -> None:
                        (K_SPARSITY, round(d.sparsity * 100)), (K_SCOPE, d.scope),
                        (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples)):
         widget_default(key, value)
+    st.session_state[K_SPARSITY] = snap_sparsity(st.session_state[K_SPARSITY])
+
+
+def snap_sparsity(percent: float) -> int:
+    """The slider option nearest to ``percent`` (a value set elsewhere, e.g. 7 or 99.5)."""
+    return min(SPARSITY_OPTIONS, key=lambda o: abs(o - float(percent)))
 
 
 def remember_upload(digest: str, name: str) -> None:
