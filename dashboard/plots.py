@@ -232,9 +232,10 @@ def mask_heatmaps(masks: Mapping[str, np.ndarray], layer: str, per_row: int = 3)
             hovertemplate=f"{name}<br>out %{{y}}, in %{{x}}: %{{z}}% kept<extra></extra>"))
         x0 = c * (width + pad_x)
         y1 = 1 - r * (height + pad_y)
-        layout[f"xaxis{ax}"] = dict(domain=[x0, x0 + width], showticklabels=False,
-                                    constrain="domain")
-        layout[f"yaxis{ax}"] = dict(domain=[y1 - height, y1], autorange="reversed",
+        layout[f"xaxis{ax}"] = dict(domain=[max(0.0, x0), min(1.0, x0 + width)],
+                                    showticklabels=False, constrain="domain")
+        layout[f"yaxis{ax}"] = dict(domain=[max(0.0, y1 - height), min(1.0, y1)],
+                                    autorange="reversed",
                                     showticklabels=False, scaleanchor=f"x{ax}",
                                     constrain="domain")
         notes.append(dict(text=f"<b>{name}</b><br>{float(m.mean()):.1%} kept",

@@ -1,4 +1,5 @@
 """Prune: pick a model, data and criteria; compare what each keeps, costs and breaks."""
+import re
 from dataclasses import replace
 
 import streamlit as st
@@ -69,8 +70,7 @@ with st.sidebar:
 def validation_input(s: "state.Setup") -> int:
     """The validation-image count, bounded by the split's size (and saying so)."""
     cap = len(s.val_set)
-    if st.session_state.get(state.K_VAL, 0) > cap:
-        st.session_state[state.K_VAL] = cap
+    state.bound_widget(state.K_VAL, cap)
     with val_slot.container():
         n = st.number_input("Validation images", 1, cap, step=64, key=state.K_VAL,
                             persist_state=PERSIST,
@@ -91,9 +91,11 @@ def si(x: float, unit: str = "") -> str:
     return f"{x:.3g} {unit}".strip()
 
 
-def headline(results: dict, ok: list[str], sparsity: float, label: str) -> None:
+def headline(results: dict, ok: list[str], sparsity: float, label: str,
+             masked: tuple[str, ...] = ()) -> None:
     """One card for the dense model and one per criterion (three to a row): accuracy, loss,
-    what is kept. Criteria still being computed get a card that says so."""
+    what is kept. Criteria still being computed get a card that says which step they are at
+    (``masked``: scored and masked, being evaluated)."""
     d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
     names = ["dense", *ok]
     per_row = min(len(names), 3)
@@ -112,7 +114,7 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str) -> None:
                 r = results[name]
                 st.markdown(f"**{name}** at {sparsity:.0%}")
                 if r is None:
-                    st.caption("scoring and masking…")
+                    st.caption("evaluating…" if name in masked else "scoring and masking…")
                     continue
                 a, b = st.columns(2)
                 a.metric("Accuracy", f"{r['eval']['accuracy']:.1%}",
@@ -169,9 +171,17 @@ def details(keys: dict, ok: list[str], exp: "state.Experiment"):
             st.markdown(f"**{n}** · {info['kind']} · "
                         + ("needs calibration data" if info["needs_data"] else "data-free"))
             if info["formula"]:
-                st.latex(info["formula"])
+                st.latex(stacked(info["formula"]))
             st.markdown(info["explanation"] or "_No description._")
     return numbers, crit
+
+
+def stacked(formula: str) -> str:
+    """A formula's ``\\quad``-separated parts on lines of their own (one column of a card is
+    too narrow for GraSP's, SynFlow's or SNP's on one line)."""
+    parts = [p.strip().rstrip(",").strip() for p in re.split(r"\\quad", formula) if p.strip()]
+    return parts[0] if len(parts) == 1 else (r"\begin{gathered}" + r" \\ ".join(parts)
+                                             + r"\end{gathered}")
 
 
 def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
@@ -195,11 +205,11 @@ def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
                          key="prune_layer_table")
 
 
-def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str]) -> None:
+def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str], label: str) -> None:
     """Per-layer kept fraction of every criterion, in the slot above the details."""
     long = pd.concat([tables[n].assign(criterion=n) for n in ok])
     with kept_slot.container():
-        st.subheader("Kept fraction per layer", anchor=False)
+        st.subheader(f"Kept fraction per layer · {label}", anchor=False)
         st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
                         key="prune_chart_kept", config={"displayModeBar": False})
 
@@ -211,11 +221,9 @@ def plural(n: int, word: str) -> str:
 
 def model_changed(exp: "state.Experiment") -> bool:
     """Whether this run shows another model or dataset than the last one drew cards for."""
-    shown = (exp.preset, exp.source, exp.dataset, exp.folder, exp.upload,
-             exp.seed if exp.source == "init" else 0)
-    changed = st.session_state.get("prune_cards_for") != shown
-    st.session_state["prune_cards_for"] = shown
-    return changed
+    return state.changed_since_last_run(
+        "prune_cards_for", (exp.preset, exp.source, exp.dataset, exp.folder, exp.upload,
+                            exp.seed if exp.source == "init" else 0))
 
 
 def page() -> None:
@@ -252,7 +260,7 @@ def page() -> None:
         state.untrained_notice(s, "prune")
     work = state.start_work(state.PRUNE_SLOT, state.prune_signature(s, exp),
                             state.prune_basis(s, exp), state.prune_and_evaluate(s, exp),
-                            restart=st.session_state.pop("prune_restart", False))
+                            restart=state.take_flag("prune_restart"))
     shown, drawn_details, numbers, crit = -1, False, None, None
     bar = None
     while True:
@@ -287,10 +295,11 @@ def page() -> None:
                     st.caption(f":material/hourglass_top: Numbers on the first "
                                f"{plural(m, 'validation image')} of {r['n']}; refining…")
                 headline(results, [n for n in exp.pruners if n in results and n != "dense"],
-                         exp.sparsity, s.base.label)
+                         exp.sparsity, s.base.label, tuple(ok))
             if not drawn_details and ok and len(ok) + len(r["failed"]) == len(exp.pruners):
                 keys = {n: s.key(n) for n in exp.pruners if n in ok}
-                kept_chart(exp, {n: state.layer_kept(k) for n, k in keys.items()}, list(keys))
+                kept_chart(exp, {n: state.layer_kept(k) for n, k in keys.items()}, list(keys),
+                           s.base.label)
                 drawn = drawn_details = True
                 numbers, crit = details(keys, list(keys), exp)
         if snap["status"] != "running":
@@ -304,7 +313,7 @@ def page() -> None:
             st.warning(f"Stopped after {snap['elapsed']:.0f} s ({snap['reason']}): the numbers "
                        "below are those computed so far.", icon=":material/stop_circle:")
             st.button("Resume", key="prune_resume", icon=":material/play_arrow:",
-                      on_click=lambda: st.session_state.update(prune_restart=True))
+                      on_click=state.set_flag, args=("prune_restart",))
         return
     if snap["status"] == "failed":
         raise RuntimeError(snap["reason"])

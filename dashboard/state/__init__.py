@@ -30,7 +30,8 @@ from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  
                    K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS, SOURCES,
                    SCORE_MB, SPARSITY_OPTIONS, DataKey,
                    Experiment, ImageRef, LoadedModel, ModelKey, PruneKey, Setup)
-from .widgets import (current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
+from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
+                      current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
                       seed_experiment_widgets, set_pending_delete, snap_sparsity, upload_name,
                       use_trained_checkpoint, widget_default)
 from .catalogue import (dataset_names, has_checkpoint, model_names, pruner_info,  # noqa: E402
@@ -53,7 +54,8 @@ from .ui import (follow_work, colour_bar, scale_note, default_grid_criteria, hea
                  page_errors, pruner_label, source_label, untrained_notice, sidebar_summary)
 
 __all__ = [
-    "PRUNE_SLOT", "SCORE_MB", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
+    "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
+    "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
     "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",

@@ -21,7 +21,7 @@ from core import study
 
 from .cache import BIG, byte_cached
 from .catalogue import pruner_info
-from .data import base_model, calibration, dense_cost, val_subset
+from .data import base_model, calibration, dense_cost, image_bytes, val_subset
 from .keys import DataKey, ModelKey, PruneKey, cache_data, cache_resource
 
 
@@ -80,6 +80,7 @@ def forward_only(key: PruneKey) -> Iterator[nn.Module]:
 # criterion: numbers after a slider move within a couple of seconds on a 224×224 model, one
 # slice (the whole subset at once) on the 32×32 ones.
 QUICK_MACS = 6e9
+EVAL_MB = 512
 MIN_SLICE = 4
 
 
@@ -103,9 +104,12 @@ def eval_counts(key: PruneKey, val_samples: int, start: int,
     fixed subset (``study.evaluate_counts``)."""
     data = val_subset(key.data, val_samples)
     p = pruned(key)
+    # a batch's activations within EVAL_MB (256 images on the 32×32 models, as core's
+    # evaluate; about a dozen on the 224×224 ones)
+    batch = int(max(1, min(256, EVAL_MB * 2**20 // max(image_bytes(key.model), 1))))
     with HOOK_LOCK:
         return study.evaluate_counts(base_model(key.model).model, p, data, start, stop,
-                                     _scratch(key.model), batch_size=32)
+                                     _scratch(key.model), batch_size=batch)
 
 
 def val_size(key: PruneKey, val_samples: int) -> int:

@@ -15,7 +15,7 @@ from core import attention as attn
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, Setup
-from .widgets import use_trained_checkpoint
+from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -162,7 +162,7 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
         job.publish(result=fn(lambda f, text: job.report(f, 1.0, text)))
 
     restart_key = f"{slot}_restart"
-    job = w.start(slot, signature, basis, body, restart=st.session_state.pop(restart_key, False))
+    job = w.start(slot, signature, basis, body, restart=take_flag(restart_key))
     box = st.empty()
     w.wait(job, 0, quick_s)
     if job.running:
@@ -183,5 +183,5 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
     st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({snap['reason']}).",
                icon=":material/stop_circle:")
     st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
-              on_click=lambda: st.session_state.update({restart_key: True}))
+              on_click=set_flag, args=(restart_key,))
     st.stop()

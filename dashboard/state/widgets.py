@@ -82,3 +82,26 @@ def follow_run(run_id: str | None) -> None:
         st.query_params["run"] = run_id
     elif "run" in st.query_params:
         del st.query_params["run"]
+
+
+def bound_widget(key: str, top: int) -> None:
+    """Lower a number widget's value to ``top`` before it is drawn with that maximum."""
+    if st.session_state.get(key, 0) > top:
+        st.session_state[key] = top
+
+
+def changed_since_last_run(key: str, value: object) -> bool:
+    """Whether ``value`` differs from the one this session recorded under ``key`` last time
+    (and record it)."""
+    changed = st.session_state.get(key) != value
+    st.session_state[key] = value
+    return changed
+
+
+def set_flag(key: str) -> None:
+    """Widget callback: raise a one-shot flag (read by :func:`take_flag`)."""
+    st.session_state[key] = True
+
+
+def take_flag(key: str) -> bool:
+    return bool(st.session_state.pop(key, False))

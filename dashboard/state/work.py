@@ -218,7 +218,8 @@ def sweep_ended_sessions(alive: Callable[[str], bool] | None = None) -> list[Wor
             work.reason = "the browser session ended"
             work.cancel.set()
             stopped.append(work)
-            log.info("cancelled %s work of ended session %s", work.slot, work.session)
+            log.warning("cancelled the %s work of session %s: its browser session ended",
+                        work.slot, work.session)
         else:
             with _LOCK:
                 if _WORK.get(key) is work:
