@@ -163,7 +163,8 @@ CLIPPED = """() => {
     const col = e.closest('[data-testid="stColumn"]') || e.closest('[data-testid="stMain"]');
     const r = e.querySelector('.katex-html').getBoundingClientRect(), c = col.getBoundingClientRect();
     if (r.right > c.right + 1 || r.left < c.left - 1) out.push('formula ' + e.innerText.slice(0, 40));
-    for (let a = e; a && a !== col; a = a.parentElement) if (clipped(a)) { out.push('formula scrolls ' + e.innerText.slice(0, 40)); break; }
+    // .katex-display reports 2 px of scroll from KaTeX's own struts: 4 px is clipping
+    for (let a = e; a && a !== col; a = a.parentElement) if (a.scrollWidth > a.clientWidth + 4) { out.push('formula scrolls ' + e.innerText.slice(0, 40)); break; }
   });
   document.querySelectorAll('[data-testid="stPlotlyChart"]').forEach(ch => {
     if (!ch.innerText.includes('mask of')) return;
@@ -273,3 +274,44 @@ def test_closing_the_tab_stops_the_prune_work(server):
             return
         time.sleep(0.25)
     raise AssertionError("the work of the closed tab was not cancelled")
+
+
+def test_attention_controls_survive_an_upload(server):
+    """Rollout with discard 50%, then an uploaded picture: the controls keep their values
+    and the grid is the rollout of the upload (the browser forgot them before)."""
+    import io
+    import re
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    with chromium(1440, 1000) as pg:
+        pg.set_default_timeout(240_000)
+        pg.goto(server[0])
+        charts(pg, 3)
+        idle(pg)
+        goto(pg, "Attention")
+        charts(pg, 2)
+        pg.locator("label").filter(has_text=re.compile(r"^rollout$")).click()
+        idle(pg)
+        slider = pg.get_by_role("slider").first  # the discard ratio
+        slider.focus()
+        for _ in range(10):
+            pg.keyboard.press("ArrowRight")
+        idle(pg, 800)
+        title = pg.locator('[data-testid="stPlotlyChart"] .gtitle').first
+        assert "discard 50%" in title.text_content()
+        pg.locator("label").filter(has_text=re.compile(r"^upload$")).first.click()
+        idle(pg)
+        pg.locator('input[type="file"]').first.set_input_files(
+            files=[{"name": "red.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+        idle(pg, 800)
+        charts(pg, 2)
+        no_errors(pg)
+        assert pg.get_by_role("radio", name="rollout").is_checked()
+        assert "0.50" in pg.get_by_role("slider").first.get_attribute("aria-valuenow") \
+            or pg.get_by_role("slider").first.get_attribute("aria-valuenow") == "0.5"
+        grid = pg.locator('[data-testid="stPlotlyChart"]').first
+        assert "rollout (mean, discard 50%)" in grid.locator(".gtitle").text_content()
+        assert "input (uploaded)" in grid.inner_text()

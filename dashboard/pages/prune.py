@@ -91,6 +91,16 @@ def si(x: float, unit: str = "") -> str:
     return f"{x:.3g} {unit}".strip()
 
 
+def pct(x: float) -> str:
+    """A fraction as a percentage that fits a card: "93.0%", "100%"."""
+    return "100%" if x >= 0.9995 else f"{x:.1%}"
+
+
+def num(x: float) -> str:
+    """A loss with at most five characters before any unit: 0.221, 12.34, 123.4."""
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}" if abs(x) < 100 else f"{x:.4g}"
+
+
 def headline(results: dict, ok: list[str], sparsity: float, label: str,
              masked: tuple[str, ...] = ()) -> None:
     """One card for the dense model and one per criterion (three to a row): accuracy, loss,
@@ -106,8 +116,8 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
                 if name == "dense":
                     st.markdown(f"**Dense model** · {label}")
                     a, b = st.columns(2)
-                    a.metric("Accuracy", f"{d_eval['accuracy']:.1%}")
-                    b.metric("Loss", f"{d_eval['loss']:.3f}")
+                    a.metric("Accuracy", pct(d_eval["accuracy"]))
+                    b.metric("Loss", num(d_eval["loss"]))
                     a.metric("Parameters", si(d_cost["params"]))
                     b.metric("MACs", si(d_cost["macs"]))
                     continue
@@ -117,12 +127,12 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
                     st.caption("evaluating…" if name in masked else "scoring and masking…")
                     continue
                 a, b = st.columns(2)
-                a.metric("Accuracy", f"{r['eval']['accuracy']:.1%}",
+                a.metric("Accuracy", pct(r["eval"]["accuracy"]),
                          f"{(r['eval']['accuracy'] - d_eval['accuracy']) * 100:+.1f} pp")
-                b.metric("Loss", f"{r['eval']['loss']:.3f}",
+                b.metric("Loss", num(r["eval"]["loss"]),
                          f"{r['eval']['loss'] - d_eval['loss']:+.3f}", delta_color="inverse")
-                a.metric("Params kept", f"{r['cost']['params_kept']:.1%}")
-                b.metric("MACs kept", f"{r['cost']['macs_kept']:.1%}",
+                a.metric("Params kept", pct(r["cost"]["params_kept"]))
+                b.metric("MACs kept", pct(r["cost"]["macs_kept"]),
                          help="Masked weights count as removed (sparse MACs); structured "
                               "criteria are counted on the smaller model.")
                 collapsed = state.collapsed_layers(r["key"])
