@@ -271,11 +271,12 @@ def page() -> None:
     work = state.start_work(state.PRUNE_SLOT, state.prune_signature(s, exp),
                             state.prune_basis(s, exp), state.prune_and_evaluate(s, exp),
                             restart=state.take_flag("prune_restart"))
-    shown, drawn_details, numbers, crit = -1, False, None, None
+    seen, shown, drawn_details, numbers, crit = 0, -1, False, None, None
     bar = None
     while True:
-        state.wait_work(work, shown, 0.25 if bar is None else 0.5)
+        state.wait_work(work, seen, 0.25 if bar is None else 0.5)
         snap = work.snapshot()
+        seen = snap["version"]
         if snap["status"] == "running" and bar is None and snap["elapsed"] > 0.3:
             with progress.container():
                 bar = st.progress(0.0)
