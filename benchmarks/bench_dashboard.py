@@ -118,6 +118,9 @@ def reset_peak_rss(pid: int) -> bool:
         return False
 
 
+# the Prune page's slider (dashboard.state.keys.SPARSITY_OPTIONS; importing the state package
+# here would start Streamlit's caches outside a server)
+SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 CARDS_WITH_NUMBERS = """pct => [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
   .filter(e => e.innerText.endsWith(' at ' + pct + '%'))
   .filter(e => { const card = e.closest('[data-testid="stVerticalBlock"]');
@@ -155,8 +158,6 @@ def until_numbers(page, pct: int, n: int, t0: float, timeout: float = 900) -> fl
 def slider_moves(page, proc, repeat: int, n_criteria: int, start_pct: int) -> list[str]:
     """Move the sparsity slider right ``repeat`` times; per move: first criterion's numbers,
     all criteria's numbers, the run's end (wall s), server CPU s and the load."""
-    from dashboard.state import SPARSITY_OPTIONS
-
     out, pct = [], start_pct
     slider = page.get_by_role("slider").first
     for _ in range(repeat):

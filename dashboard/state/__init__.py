@@ -11,6 +11,9 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
 - :mod:`.pruning`: scores → masks or shrunk model → evaluation, cost, tables, and the warm-up;
 - :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
 - :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
+- :mod:`.work`: a page's long computation in a per-session worker thread (progress, estimate,
+  cancel, stopped when the browser session ends); :mod:`.prune_work`: the Prune page's
+  (scores, masks, progressive evaluation);
 - :mod:`.ui`: the error guard, notices, labels and image cells;
 - :mod:`.cache`: the byte-bounded cache of the big results (``PRUNELENS_CACHE_MB``).
 
