@@ -695,7 +695,7 @@ class Cancelled(Exception):
 
 
 _CANCEL = threading.local()
-_CANCEL_HOOK: list = []
+_CANCEL_HOOK: list = []  # [handle, number of active blocks]
 _CANCEL_HOOK_LOCK = threading.Lock()
 
 
@@ -709,13 +709,14 @@ def _check_cancel(_module: nn.Module, _inputs: tuple) -> None:
 def cancellable(event: threading.Event) -> Iterator[None]:
     """Within this block, in this thread, every module forward first checks ``event`` and
     raises :class:`Cancelled` once it is set: scoring, pruning and evaluation stop within one
-    layer's forward, without each criterion having to poll. (A global forward pre-hook,
-    installed once per process, that looks at a thread-local event: other threads, and this
-    one outside the block, pay one attribute lookup per forward.)"""
+    layer's forward, without each criterion having to poll. (A global forward pre-hook that
+    looks at a thread-local event, installed while any such block is active: other threads
+    pay one attribute lookup per module forward meanwhile, nothing otherwise.)"""
     with _CANCEL_HOOK_LOCK:
         if not _CANCEL_HOOK:
-            _CANCEL_HOOK.append(
-                torch.nn.modules.module.register_module_forward_pre_hook(_check_cancel))
+            _CANCEL_HOOK[:] = [
+                torch.nn.modules.module.register_module_forward_pre_hook(_check_cancel), 0]
+        _CANCEL_HOOK[1] += 1
     previous = getattr(_CANCEL, "event", None)
     _CANCEL.event = event
     try:
@@ -724,3 +725,8 @@ def cancellable(event: threading.Event) -> Iterator[None]:
         yield
     finally:
         _CANCEL.event = previous
+        with _CANCEL_HOOK_LOCK:
+            _CANCEL_HOOK[1] -= 1
+            if _CANCEL_HOOK[1] == 0:
+                _CANCEL_HOOK[0].remove()
+                _CANCEL_HOOK.clear()

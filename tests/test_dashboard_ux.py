@@ -310,11 +310,12 @@ def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
     and keeps what it had; Resume computes the rest."""
     from dashboard.state import prune_work, work
 
-    release = threading.Event()
+    release, hanging = threading.Event(), threading.Event()
     real = prune_work.eval_counts
 
     def slow(key, n, a, b):
         if key.pruner == "snip":
+            hanging.set()
             while not release.is_set():
                 with torch.no_grad():  # a forward: the cancellation point
                     torch.nn.Linear(2, 2)(torch.zeros(1, 2))
@@ -324,7 +325,7 @@ def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
     monkeypatch.setattr(prune_work, "eval_counts", slow)
 
     def cancel_soon():
-        time.sleep(2.0)
+        hanging.wait(200)
         with work._LOCK:
             jobs = [j for (s, slot), j in work._WORK.items() if slot == "prune" and j.running]
         for j in jobs:
@@ -374,3 +375,22 @@ def test_a_slow_prune_page_shows_progress_and_a_cancel_button(runs_dir, monkeypa
     assert "button:Cancel:prune_cancel" in seen
     texts = [t for t in seen if t.startswith("progress:") and "so far" in t]
     assert texts and any("≈" in t and "s left" in t for t in texts)
+
+
+def test_cancellable_stops_a_forward_and_leaves_no_hook(tiny):
+    from core import study
+
+    event = threading.Event()
+    calls = []
+    x = torch.zeros(1, *tiny.input_shape)
+    others = bool(study._CANCEL_HOOK)  # another thread's block (a test's leftover worker)
+    with study.cancellable(event):
+        tiny(x)  # runs
+        event.set()
+        with pytest.raises(study.Cancelled):
+            tiny(x)
+            calls.append("finished")
+    assert calls == []
+    if not others:
+        assert not torch.nn.modules.module._global_forward_pre_hooks
+    tiny(x)  # outside the block: no check
