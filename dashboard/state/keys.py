@@ -27,7 +27,7 @@ CELL_PX = 96      # side of one attention-grid cell on screen
 # Activation memory a criterion may use to score its calibration batch (one forward and
 # backward of the whole batch at once): on a 224×224 model 64 images would take 3 GB (SNIP)
 # and 9 GB (GraSP's double backward), so the batch is capped to fit and the page says so.
-SCORE_MB = float(os.environ.get("PRUNELENS_SCORE_MB", 1600))
+SCORE_MB = float(os.environ.get("PRUNELENS_SCORE_MB", 1024))
 # Activation bytes per image relative to the sum of a forward's module outputs; GraSP keeps
 # the graph of its gradient for a second backward (measured on deit-tiny: 0.85× and 2.9×).
 SCORE_MEMORY_FACTOR = {"grasp": 3.0}
