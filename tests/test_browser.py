@@ -9,6 +9,7 @@ the README's ``assets/screenshots``.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,18 @@ def test_every_page_in_chromium(server, page, shots):
 
 # ---------------------------------------------------------------------------- issue 15
 
+@contextmanager
+def tab(page, width: int = 1440):
+    """Another tab of the module's browser (one Playwright per thread) at ``width`` px."""
+    pg = page.context.browser.new_page(viewport={"width": width, "height": 1000})
+    pg.set_default_timeout(240_000)
+    try:
+        yield pg
+    finally:
+        if not pg.is_closed():
+            pg.close()
+
+
 CLIPPED = """() => {
   const out = [];
   const clipped = e => e.scrollWidth > e.clientWidth + 1;
@@ -193,12 +206,11 @@ def choose(page, label: str, names) -> None:
 
 
 @pytest.mark.parametrize("width", [1280, 1600])
-def test_six_criteria_fit_their_cards(server, shots, width):
+def test_six_criteria_fit_their_cards(server, page, shots, width):
     """Cards, mask captions and formulas with six criteria: no truncated number, no overlap,
     no clipped formula, at 1280 and 1600 px."""
     url = server[0]
-    with chromium(width, 1000) as pg:
-        pg.set_default_timeout(240_000)
+    with tab(page, width) as pg:
         pg.goto(url)
         charts(pg, 3)
         idle(pg)
@@ -225,10 +237,9 @@ STALE = """() => {
 }"""
 
 
-def test_previous_model_cards_go_while_the_new_model_loads(server):
+def test_previous_model_cards_go_while_the_new_model_loads(server, page):
     url = server[0]
-    with chromium(1280, 1000) as pg:
-        pg.set_default_timeout(240_000)
+    with tab(page, 1280) as pg:
         pg.goto(url)
         charts(pg, 3)
         idle(pg)
@@ -250,12 +261,11 @@ def test_previous_model_cards_go_while_the_new_model_loads(server):
         no_errors(pg)
 
 
-def test_closing_the_tab_stops_the_prune_work(server):
+def test_closing_the_tab_stops_the_prune_work(server, page):
     """A long Prune run (1200 validation images, six criteria) shows progress with a Cancel
     button; closing the tab cancels it on the server within seconds (its log says so)."""
     url, _runs, log = server
-    with chromium(1280, 1000) as pg:
-        pg.set_default_timeout(240_000)
+    with tab(page, 1280) as pg:
         pg.goto(url)
         charts(pg, 3)
         idle(pg)
@@ -276,7 +286,7 @@ def test_closing_the_tab_stops_the_prune_work(server):
     raise AssertionError("the work of the closed tab was not cancelled")
 
 
-def test_attention_controls_survive_an_upload(server):
+def test_attention_controls_survive_an_upload(server, page):
     """Rollout with discard 50%, then an uploaded picture: the controls keep their values
     and the grid is the rollout of the upload (the browser forgot them before)."""
     import io
@@ -286,8 +296,7 @@ def test_attention_controls_survive_an_upload(server):
 
     buf = io.BytesIO()
     Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
-    with chromium(1440, 1000) as pg:
-        pg.set_default_timeout(240_000)
+    with tab(page) as pg:
         pg.goto(server[0])
         charts(pg, 3)
         idle(pg)
