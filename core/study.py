@@ -39,7 +39,7 @@ from .data import calibration_batch
 from .models import DEFAULT_LAYOUT, TokenLayout, count_macs, get_adapter, token_layout
 from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
                       layer_collapse, layer_saliency, prune)
-from .train import evaluate
+from .train import _eval_counts, _metrics_from_counts, evaluate
 
 SWEEP_COLUMNS = ["criterion", "sparsity", "seed", "accuracy", "loss", "macro_f1", "params_kept",
                  "macs_kept", "cls_cosine", "rollout_cosine"]
@@ -243,6 +243,36 @@ def evaluate_pruned(base: nn.Module, pruned: Pruned, val_set: Dataset,
     """``core.train.evaluate`` (accuracy, loss, macro-F1) of the pruned model, no fine-tuning."""
     with forward_model(base, pruned, scratch) as net:
         return evaluate(net, val_set, batch_size=batch_size)
+
+
+def evaluate_counts(base: nn.Module, pruned: Pruned, val_set: Dataset, start: int, stop: int,
+                    scratch: nn.Module | None = None,
+                    batch_size: int = 64) -> tuple[float, int, np.ndarray]:
+    """Sum of cross-entropy, sample count and ``(C, C)`` confusion counts of the pruned model on
+    ``val_set[start:stop]``. Counts of disjoint slices add up, so a page can show numbers on
+    the first few images at once and refine them slice by slice (:func:`metrics_from_counts`
+    of the summed counts equals :func:`evaluate_pruned` on the whole set)."""
+    if not 0 <= start < stop <= len(val_set):
+        raise ValueError(f"slice [{start}, {stop}) is outside the {len(val_set)} validation "
+                         "samples")
+    part = Subset(val_set, list(range(start, stop)))
+    with forward_model(base, pruned, scratch) as net:
+        dev = next(net.parameters()).device
+        loader = DataLoader(part, batch_size=batch_size, shuffle=False)
+        with torch.no_grad():
+            loss_sum, count, conf = _eval_counts(net.eval(), loader, dev, None)
+    return float(loss_sum), int(count), conf.cpu().numpy()
+
+
+def metrics_from_counts(counts: Sequence[tuple[float, int, np.ndarray]]) -> dict[str, float]:
+    """Accuracy, mean loss and macro-F1 from the summed counts of :func:`evaluate_counts`."""
+    if not counts:
+        raise ValueError("no evaluation counts to combine")
+    loss = sum(c[0] for c in counts)
+    n = sum(c[1] for c in counts)
+    conf = sum(np.asarray(c[2], dtype=np.int64) for c in counts)
+    return _metrics_from_counts(torch.tensor(loss, dtype=torch.float64), torch.tensor(n),
+                                torch.from_numpy(conf))
 
 
 @dataclass(frozen=True)
@@ -903,3 +933,47 @@ def nbytes(obj: object) -> int:
     if hasattr(obj, "__dataclass_fields__"):
         return sum(nbytes(getattr(obj, f.name)) for f in fields(obj))
     return 0
+
+
+# ---------------------------------------------------------------------------- cancellation
+
+class Cancelled(Exception):
+    """Raised inside a computation run under :func:`cancellable` once its event is set."""
+
+
+_CANCEL = threading.local()
+_CANCEL_HOOK: list = []  # [handle, number of active blocks]
+_CANCEL_HOOK_LOCK = threading.Lock()
+
+
+def _check_cancel(_module: nn.Module, _inputs: tuple) -> None:
+    event = getattr(_CANCEL, "event", None)
+    if event is not None and event.is_set():
+        raise Cancelled("cancelled")
+
+
+@contextmanager
+def cancellable(event: threading.Event) -> Iterator[None]:
+    """Within this block, in this thread, every module forward first checks ``event`` and
+    raises :class:`Cancelled` once it is set: scoring, pruning and evaluation stop within one
+    layer's forward, without each criterion having to poll. (A global forward pre-hook that
+    looks at a thread-local event, installed while any such block is active: other threads
+    pay one attribute lookup per module forward meanwhile, nothing otherwise.)"""
+    with _CANCEL_HOOK_LOCK:
+        if not _CANCEL_HOOK:
+            _CANCEL_HOOK[:] = [
+                torch.nn.modules.module.register_module_forward_pre_hook(_check_cancel), 0]
+        _CANCEL_HOOK[1] += 1
+    previous = getattr(_CANCEL, "event", None)
+    _CANCEL.event = event
+    try:
+        if event.is_set():
+            raise Cancelled("cancelled")
+        yield
+    finally:
+        _CANCEL.event = previous
+        with _CANCEL_HOOK_LOCK:
+            _CANCEL_HOOK[1] -= 1
+            if _CANCEL_HOOK[1] == 0:
+                _CANCEL_HOOK[0].remove()
+                _CANCEL_HOOK.clear()

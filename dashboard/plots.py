@@ -36,7 +36,8 @@ def image_grid(cells: Sequence[Sequence[np.ndarray | None]], row_labels: Sequenc
                col_labels: Sequence[str], captions: Sequence[Sequence[str]] | None = None,
                hover: Sequence[Sequence[str]] | None = None, left: np.ndarray | None = None,
                left_label: str = "", title: str = "", bottom_label: str = "",
-               max_width: int = 960, max_cell: int = 192, gap: int = 3) -> go.Figure:
+               max_width: int = 960, max_cell: int = 192, gap: int = 3,
+               colorbar: Mapping | None = None) -> go.Figure:
     """A grid of equal-sized uint8 RGB cells (None = blank) composed into one image.
 
     Layout, left to right: the optional ``left`` picture (the input image, as in SNP's
@@ -44,6 +45,8 @@ def image_grid(cells: Sequence[Sequence[np.ndarray | None]], row_labels: Sequenc
     above and ``captions`` (e.g. similarities) under each. Cells are resized so the figure is
     at most ``max_width`` pixels wide (and cells at most ``max_cell``). Every label lies inside
     the axes (plotly hides data-anchored annotations outside them), at 1 unit = 1 pixel.
+    ``colorbar`` (``cmin``, ``cmax``, ``title``, ``colorscale``) adds a colour bar on the
+    right saying what the cells' colours mean.
     """
     rows, cols = len(cells), max(len(r) for r in cells)
     label_w = 14 + 7 * max((len(line) for t in row_labels for line in t.split("<br>")),
@@ -99,10 +102,25 @@ def image_grid(cells: Sequence[Sequence[np.ndarray | None]], row_labels: Sequenc
                                  hovertext=[p[2] for p in pts], mode="markers",
                                  hoverinfo="text", showlegend=False,
                                  marker=dict(size=c * 0.9, symbol="square", opacity=0)))
+    bar_w = 0
+    if colorbar is not None:
+        bar_w = 90
+        # a one-point invisible marker trace carries the colour bar (go.Image has none)
+        traces.append(go.Scatter(
+            x=[0], y=[0], mode="markers", hoverinfo="skip", showlegend=False,
+            marker=dict(size=0.1, opacity=0, color=[colorbar["cmin"]],
+                        colorscale=colorbar.get("colorscale", "Jet"), cmin=colorbar["cmin"],
+                        cmax=colorbar["cmax"], showscale=True,
+                        colorbar=dict(title=dict(text=colorbar.get("title", ""),
+                                                 font=dict(size=11)),
+                                      thickness=12, len=min(1.0, max(0.5, 200 / H)),
+                                      x=1.0, xanchor="left", xpad=8,
+                                      tickfont=dict(size=10)))))
     top = 30 if title else 0
     fig = go.Figure(traces)
     fig.update_layout(
-        width=W, height=H + top, margin=dict(l=0, r=0, t=top, b=0), annotations=ann,
+        width=W + bar_w, height=H + top, margin=dict(l=0, r=bar_w, t=top, b=0),
+        annotations=ann,
         title=dict(text=title, x=0, xanchor="left", y=1, yanchor="top", pad=dict(t=6),
                    font=dict(size=15)) if title else None,
         xaxis=dict(visible=False, range=[-0.5, W - 0.5], fixedrange=True),
@@ -188,32 +206,45 @@ def score_boxes(stats: pd.DataFrame, cut: float | None, criterion: str) -> go.Fi
     return fig
 
 
-def mask_heatmaps(masks: Mapping[str, np.ndarray], layer: str) -> go.Figure:
+def mask_heatmaps(masks: Mapping[str, np.ndarray], layer: str, per_row: int = 3) -> go.Figure:
     """One heat map per criterion of a layer's mask (rows = output units, columns = inputs;
-    a block-averaged value is the kept fraction of that block). Sent as whole percent in
-    uint8 (1 byte a cell, not 8: the figure is re-sent at every slider move)."""
+    a block-averaged value is the kept fraction of that block), ``per_row`` to a row with the
+    criterion and its kept fraction on two lines above each, so six criteria do not overlap.
+    Sent as whole percent in uint8 (1 byte a cell, not 8: the figure is re-sent at every
+    slider move)."""
     names = list(masks)
     n = max(len(names), 1)
-    traces, layout = [], {}
-    pad = 0.04
-    width = (1 - pad * (n - 1)) / n
+    cols = min(n, per_row)
+    rows = -(-n // cols)
+    pad_x, pad_y = 0.06, 0.14 if rows > 1 else 0.0
+    width = (1 - pad_x * (cols - 1)) / cols
+    height = (1 - pad_y * (rows - 1)) / rows
+    traces, layout, notes = [], {}, []
     for i, name in enumerate(names):
         m = masks[name]
         ax = "" if i == 0 else str(i + 1)
+        r, c = divmod(i, cols)
         traces.append(go.Heatmap(
             z=np.rint(np.asarray(m, dtype=np.float64) * 100).astype(np.uint8), zmin=0,
             zmax=100, xaxis=f"x{ax}", yaxis=f"y{ax}",
             colorscale=[[0, "#1f1f1f"], [1, "#f2f2f2"]], showscale=i == n - 1,
             colorbar=dict(title="kept", ticksuffix="%", len=0.8, thickness=12),
             hovertemplate=f"{name}<br>out %{{y}}, in %{{x}}: %{{z}}% kept<extra></extra>"))
-        x0 = i * (width + pad)
-        layout[f"xaxis{ax}"] = dict(domain=[x0, x0 + width],
-                                    title=f"{name}: {float(m.mean()):.1%} kept",
+        x0 = c * (width + pad_x)
+        y1 = 1 - r * (height + pad_y)
+        layout[f"xaxis{ax}"] = dict(domain=[max(0.0, x0), min(1.0, x0 + width)],
                                     showticklabels=False, constrain="domain")
-        layout[f"yaxis{ax}"] = dict(autorange="reversed", showticklabels=False,
-                                    scaleanchor=f"x{ax}", constrain="domain")
+        layout[f"yaxis{ax}"] = dict(domain=[max(0.0, y1 - height), min(1.0, y1)],
+                                    autorange="reversed",
+                                    showticklabels=False, scaleanchor=f"x{ax}",
+                                    constrain="domain")
+        notes.append(dict(text=f"<b>{name}</b><br>{float(m.mean()):.1%} kept",
+                          x=x0 + width / 2, y=y1, xref="paper", yref="paper",
+                          xanchor="center", yanchor="bottom", showarrow=False,
+                          font=dict(size=12)))
     fig = go.Figure(traces)
-    fig.update_layout(**layout, height=340, margin=dict(l=10, r=10, t=40, b=10), font=FONT,
+    fig.update_layout(**layout, annotations=notes, height=60 + 300 * rows,
+                      margin=dict(l=10, r=10, t=80, b=10), font=FONT,
                       title=dict(text=f"mask of {layer} (white = kept)", x=0, font=dict(size=14)))
     return fig
 

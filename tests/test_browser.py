@@ -9,6 +9,7 @@ the README's ``assets/screenshots``.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def server(tmp_path_factory):
     runs = tmp_path_factory.mktemp("browser_runs")
     log = tmp_path_factory.mktemp("browser_log") / "streamlit.log"
     with serve(runs, timeout=120, log_path=log) as (url, _proc, _t0):
-        yield url, runs
+        yield url, runs, log
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +80,7 @@ def goto(page, title: str) -> None:
 
 
 def test_every_page_in_chromium(server, page, shots):
-    url, runs = server
+    url, runs, _log = server
     page.goto(url)
     charts(page, 3)
     idle(page)
@@ -100,6 +101,10 @@ def test_every_page_in_chromium(server, page, shots):
     page.keyboard.press("ArrowRight")
     idle(page)
     page.get_by_text("random at 55%", exact=True).wait_for()
+    slider.focus()
+    page.keyboard.press("End")  # the slider goes to 99%
+    idle(page)
+    page.get_by_text("random at 99%", exact=True).wait_for()
     charts(page, 3)
     no_errors(page)
     legend = page.locator('[data-testid="stPlotlyChart"]').first.inner_text()
@@ -145,3 +150,176 @@ def test_every_page_in_chromium(server, page, shots):
     from core.runs import RunStore
 
     assert RunStore(runs).list_runs()["status"].tolist() == ["cancelled"]
+
+
+# ---------------------------------------------------------------------------- issue 15
+
+@contextmanager
+def tab(page, width: int = 1440):
+    """Another tab of the module's browser (one Playwright per thread) at ``width`` px."""
+    pg = page.context.browser.new_page(viewport={"width": width, "height": 1000})
+    pg.set_default_timeout(240_000)
+    try:
+        yield pg
+    finally:
+        if not pg.is_closed():
+            pg.close()
+
+
+CLIPPED = """() => {
+  const out = [];
+  const clipped = e => e.scrollWidth > e.clientWidth + 1;
+  document.querySelectorAll('[data-testid="stMetricValue"]').forEach(e => {
+    [e, ...e.querySelectorAll('*')].forEach(c => { if (clipped(c)) out.push('metric ' + e.innerText); });
+  });
+  document.querySelectorAll('.katex-display').forEach(e => {
+    const col = e.closest('[data-testid="stColumn"]') || e.closest('[data-testid="stMain"]');
+    const r = e.querySelector('.katex-html').getBoundingClientRect(), c = col.getBoundingClientRect();
+    if (r.right > c.right + 1 || r.left < c.left - 1) out.push('formula ' + e.innerText.slice(0, 40));
+    // .katex-display reports 2 px of scroll from KaTeX's own struts: 4 px is clipping
+    for (let a = e; a && a !== col; a = a.parentElement) if (a.scrollWidth > a.clientWidth + 4) { out.push('formula scrolls ' + e.innerText.slice(0, 40)); break; }
+  });
+  document.querySelectorAll('[data-testid="stPlotlyChart"]').forEach(ch => {
+    if (!ch.innerText.includes('mask of')) return;
+    const boxes = [...ch.querySelectorAll('g.annotation')].map(g => g.getBoundingClientRect());
+    boxes.forEach((a, i) => boxes.slice(i + 1).forEach(b => {
+      if (a.left < b.right && b.left < a.right && a.top < b.bottom && b.top < a.bottom)
+        out.push('mask captions overlap');
+    }));
+  });
+  return out;
+}"""
+
+SIX = ("magnitude", "snip", "random", "grasp", "synflow", "snp")
+
+
+def choose(page, label: str, names) -> None:
+    import re
+
+    box = page.get_by_role("combobox", name=label)
+    for name in names:
+        box.click()
+        box.fill(name)
+        page.get_by_role("option", name=re.compile("^" + re.escape(name) + r"( \(|$)")).first.click()
+        page.keyboard.press("Escape")
+        idle(page)
+
+
+@pytest.mark.parametrize("width", [1280, 1600])
+def test_six_criteria_fit_their_cards(server, page, shots, width):
+    """Cards, mask captions and formulas with six criteria: no truncated number, no overlap,
+    no clipped formula, at 1280 and 1600 px."""
+    url = server[0]
+    with tab(page, width) as pg:
+        pg.goto(url)
+        charts(pg, 3)
+        idle(pg)
+        choose(pg, "Criteria to compare", [n for n in SIX if n not in ("magnitude", "snip")])
+        idle(pg, 1000)
+        pg.get_by_text("synflow at 50%", exact=True).wait_for()
+        pg.locator('[data-testid="stMetric"]').nth(4 * 6).wait_for()  # dense + 6 cards
+        no_errors(pg)
+        assert pg.locator(".katex-display").count() >= 6
+        assert pg.evaluate(CLIPPED) == []
+        height = pg.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")
+        pg.set_viewport_size({"width": width, "height": int(height) + 40})
+        pg.wait_for_timeout(500)
+        assert pg.evaluate(CLIPPED) == []
+        pg.screenshot(path=str(shots / f"prune_six_{width}.png"))
+
+
+STALE = """() => {
+  const cards = [...document.querySelectorAll('[data-testid="stMarkdownContainer"]')]
+    .map(e => e.innerText).filter(t => t.startsWith('Dense model'));
+  const heads = [...document.querySelectorAll('h3')].map(e => e.innerText)
+    .filter(t => t.startsWith('Kept fraction per layer'));
+  return [cards, heads];
+}"""
+
+
+def test_previous_model_cards_go_while_the_new_model_loads(server, page):
+    url = server[0]
+    with tab(page, 1280) as pg:
+        pg.goto(url)
+        charts(pg, 3)
+        idle(pg)
+        old = pg.evaluate(STALE)[0][0].split("·")[1].strip()
+        pg.get_by_role("combobox", name="Model").click()
+        pg.get_by_role("option", name="linformer-vit-tiny", exact=True).click()
+        seen_new_chart = False
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            cards, heads = pg.evaluate(STALE)
+            new_chart = any("linformer" in h for h in heads)
+            seen_new_chart |= new_chart
+            if new_chart:
+                assert not any(old in c and "linformer" not in c for c in cards), cards
+            if new_chart and any("linformer" in c for c in cards) and not pg.evaluate(BUSY):
+                break
+            pg.wait_for_timeout(15)
+        assert seen_new_chart
+        no_errors(pg)
+
+
+def test_closing_the_tab_stops_the_prune_work(server, page):
+    """A long Prune run (1200 validation images, six criteria) shows progress with a Cancel
+    button; closing the tab cancels it on the server within seconds (its log says so)."""
+    url, _runs, log = server
+    with tab(page, 1280) as pg:
+        pg.goto(url)
+        charts(pg, 3)
+        idle(pg)
+        box = pg.get_by_role("spinbutton", name="Validation images")
+        box.fill("1200")
+        box.press("Enter")  # new work: three models on 1200 images
+        pg.get_by_role("button", name="Cancel").wait_for()
+        bar = pg.get_by_role("progressbar").first
+        bar.wait_for()
+        assert "left" in pg.locator('[data-testid="stProgress"]').first.inner_text()
+        before = Path(log).read_text().count("its browser session ended")
+        pg.close()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if Path(log).read_text().count("its browser session ended") > before:
+            return
+        time.sleep(0.25)
+    raise AssertionError("the work of the closed tab was not cancelled")
+
+
+def test_attention_controls_survive_an_upload(server, page):
+    """Rollout with discard 50%, then an uploaded picture: the controls keep their values
+    and the grid is the rollout of the upload (the browser forgot them before)."""
+    import io
+    import re
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 30, 30)).save(buf, format="PNG")
+    with tab(page) as pg:
+        pg.goto(server[0])
+        charts(pg, 3)
+        idle(pg)
+        goto(pg, "Attention")
+        charts(pg, 2)
+        pg.locator("label").filter(has_text=re.compile(r"^rollout$")).click()
+        idle(pg)
+        slider = pg.get_by_role("slider").first  # the discard ratio
+        slider.focus()
+        for _ in range(10):
+            pg.keyboard.press("ArrowRight")
+        idle(pg, 800)
+        title = pg.locator('[data-testid="stPlotlyChart"] .gtitle').first
+        assert "discard 50%" in title.text_content()
+        pg.locator("label").filter(has_text=re.compile(r"^upload$")).first.click()
+        idle(pg)
+        pg.locator('input[type="file"]').first.set_input_files(
+            files=[{"name": "red.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+        idle(pg, 800)
+        charts(pg, 2)
+        no_errors(pg)
+        assert pg.get_by_role("radio", name="rollout").is_checked()
+        assert "0.50" in pg.locator('[data-testid="stSliderThumbValue"]').first.inner_text()
+        grid = pg.locator('[data-testid="stPlotlyChart"]').first
+        assert "rollout (mean, discard 50%)" in grid.locator(".gtitle").text_content()
+        assert "input (uploaded)" in grid.inner_text()

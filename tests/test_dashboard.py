@@ -89,7 +89,7 @@ def test_prune_page_compares_criteria(runs_dir):
     assert any("SNIP" in md.value for md in at.markdown)  # its explanation
 
     before = m["Params kept"]
-    at.slider(key="prune_sparsity").set_value(80).run()
+    at.select_slider(key="prune_sparsity").set_value(80).run()
     ok(at)
     after = metrics(at)["Params kept"]
     assert after != before and float(after[0].rstrip("%")) < float(before[0].rstrip("%"))
@@ -129,7 +129,8 @@ def test_warm_up_fills_the_default_prune_page(runs_dir, monkeypatch):
     def computed_again(*args, **kwargs):
         raise AssertionError("computed again after the warm-up")
 
-    for name in ("evaluate", "make_pruner", "score", "compute_masks", "count_macs"):
+    for name in ("evaluate", "evaluate_counts", "make_pruner", "score", "compute_masks",
+                 "count_macs"):
         monkeypatch.setattr(study, name, computed_again)
     at = ok(AppTest.from_file(APP, default_timeout=240).run())
     assert not errors(at)
@@ -249,7 +250,7 @@ def test_attention_page_rejects_a_corrupt_image(runs_dir):
     ok(at)
     at.file_uploader(key="att_upload").set_value(("cat.png", b"\x89PNG broken", "image/png")).run()
     ok(at)
-    assert any("cat.png is not a readable image" in e for e in errors(at))
+    assert any("cat.png is not an image PIL can read" in e for e in errors(at))
 
 
 def test_attention_page_accepts_an_image(runs_dir):
@@ -401,13 +402,13 @@ def test_two_sessions_do_not_mix_and_the_base_model_is_untouched(runs_dir):
 
 def test_settings_follow_the_session_across_pages(runs_dir):
     at = ok(make_app(prune_pruners=["magnitude"]).run())
-    at.slider(key="prune_sparsity").set_value(70).run()
+    at.select_slider(key="prune_sparsity").set_value(70).run()
     at.switch_page("pages/rollout.py").run()
     ok(at)
     assert any("70%" in m.value for m in at.sidebar.markdown)
     at.switch_page("pages/prune.py").run()
     ok(at)
-    assert at.slider(key="prune_sparsity").value == 70
+    assert at.select_slider(key="prune_sparsity").value == 70
 
 
 # ---------------------------------------------------------------------------- AMAP

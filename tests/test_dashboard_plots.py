@@ -90,7 +90,16 @@ def test_layer_kept_and_scores():
     fig = plots.mask_heatmaps({"x": np.array([[1.0, 0.0, 0.256]]), "y": np.ones((1, 3))},
                               "head")
     assert [t.type for t in fig.data] == ["heatmap", "heatmap"]
-    assert fig.layout.xaxis.title.text == "x: 41.9% kept"
+    assert [a.text for a in fig.layout.annotations] == ["<b>x</b><br>41.9% kept",
+                                                        "<b>y</b><br>100.0% kept"]
+    # six criteria: two rows of three, no two panels overlapping
+    six = plots.mask_heatmaps({f"c{i}": np.ones((4, 4)) for i in range(6)}, "head")
+    boxes = [(tuple(six.layout[f"xaxis{'' if i == 0 else i + 1}"].domain),
+              tuple(six.layout[f"yaxis{'' if i == 0 else i + 1}"].domain)) for i in range(6)]
+    assert len({b[1] for b in boxes}) == 2 and len({b[0] for b in boxes}) == 3
+    for i, (x, y) in enumerate(boxes):
+        for x2, y2 in boxes[i + 1:]:
+            assert x[1] <= x2[0] or x2[1] <= x[0] or y[1] <= y2[0] or y2[1] <= y[0]
     assert fig.data[0].z.tolist() == [[100, 0, 26]] and fig.data[0].zmax == 100  # percent
 
 

@@ -5,6 +5,9 @@ import streamlit as st
 
 from dashboard import plots, state
 
+KEEP = "session"  # controls keep their values across page switches and uploads
+SCALES = {"cell": "per cell", "shared": "shared"}
+
 exp = state.experiment()
 state.sidebar_summary(exp)
 st.title("Attention", anchor=False)
@@ -14,54 +17,71 @@ with state.page_errors():
     state.untrained_notice(s, "attention")
     depth = state.num_blocks(s)
 
-    # ---- image and view
+    # ---- image and view: every control is drawn before anything can stop the page, so an
+    # upload in progress never resets them (Streamlit forgets widgets a run did not draw)
     c_img, c_view = st.columns([1, 2], gap="medium")
     with c_img:
         src = st.radio("Image", ["validation sample", "upload"], key="att_image_source",
-                       horizontal=True)
+                       horizontal=True, persist_state=KEEP)
         if src == "upload":
             up = st.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
                                   key="att_upload", max_upload_size=state.MAX_IMAGE_MB)
-            if up is None:
-                st.info("Upload a picture, or switch back to a validation sample.")
-                st.stop()
-            ref = state.accept_image_upload(up.name, up.getvalue(), s.data.image_size)
         else:
             idx = st.number_input(f"Sample (0–{len(s.val_set) - 1})", 0, len(s.val_set) - 1,
-                                  value=0, step=1, key="att_sample")
-            ref = state.ImageRef(index=int(idx))
-        image, label = state.image_tensor(s, ref)
+                                  value=0, step=1, key="att_sample", persist_state=KEEP)
     with c_view:
         mode = st.radio("Map", ["CLS attention", "rollout"], key="att_mode", horizontal=True,
+                        persist_state=KEEP,
                         help="CLS attention: the CLS token's row of one block. Rollout: "
                              "attention multiplied through all blocks (Abnar & Zuidema 2020).")
-        a, b = st.columns(2)
+        a, b, c = st.columns(3)
         if mode == "CLS attention":
-            layer = a.selectbox("Block", list(range(depth)), index=depth - 1, key="att_layer",
+            layer = a.selectbox("Block shown in the grid", list(range(depth)), index=depth - 1,
+                                key="att_layer", persist_state=KEEP,
                                 format_func=lambda i: f"block {i + 1} of {depth}")
             heads = state.num_heads(s, layer)
             head = b.selectbox("Head", ["mean of heads", *range(heads)], key="att_head",
+                               persist_state=KEEP,
                                format_func=lambda h: h if isinstance(h, str) else f"head {h + 1}")
             view = state.AttentionView("cls", int(layer),
                                        None if isinstance(head, str) else int(head))
         else:
-            layer = depth - 1
-            fusion = a.selectbox("Head fusion", ["mean", "max", "min"], key="att_fusion")
-            discard = b.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="att_discard")
+            fusion = a.selectbox("Head fusion", ["mean", "max", "min"], key="att_fusion",
+                                 persist_state=KEEP)
+            discard = b.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="att_discard",
+                               persist_state=KEEP)
             view = state.AttentionView("rollout", fusion=fusion, discard=float(discard))
+        scale = c.radio("Colour scale", list(SCALES), key="att_scale", persist_state=KEEP,
+                        format_func=SCALES.get,
+                        help="Per cell: each map stretched to its own maximum (a near-uniform "
+                             "map then looks as hot as a peaked one). Shared: one scale for "
+                             "the whole grid, so colours compare across cells.")
         crit_options = list(state.pruner_names())
         state.widget_default("att_criteria", state.default_grid_criteria(exp))
         criteria = st.multiselect("Rows: criteria", crit_options, key="att_criteria",
-                                  format_func=state.pruner_label, max_selections=6)
+                                  format_func=state.pruner_label, max_selections=6,
+                                  persist_state=KEEP)
+    if src == "upload":
+        if up is None:
+            st.info("Upload a picture, or switch back to a validation sample.")
+            st.stop()
+        ref = state.accept_image_upload(up.name, up.getvalue(), s.data.image_size)
+    else:
+        ref = state.ImageRef(index=int(idx))
+    image, label = state.image_tensor(s, ref)
     if not criteria:
         st.info("Choose at least one criterion for the rows.")
         st.stop()
+    shared = scale == "shared"
 
     # ---- the grid (cached per model, criterion, ratio and image)
-    bar = st.progress(0.0, text="Pruning and capturing attention…")
-    grid = state.attention_grid(s, criteria, state.RATIOS, ref, view,
-                                progress=lambda f, t: bar.progress(f, text=t))
-    bar.empty()
+    grid = state.follow_work(
+        "attention_grid",
+        (tuple(s.key(c, 0.5) for c in criteria), ref, view, shared, state.RATIOS),
+        (s.model_key, s.data),
+        lambda report: state.attention_grid(s, criteria, state.RATIOS, ref, view,
+                                            shared=shared, progress=report),
+        "Pruning and capturing attention")
     for crit, msg in grid.errors.items():
         st.error(f"{crit}: {msg}", icon=":material/error:")
     cols = ["dense" if r == 0 else f"{r:.0%}" for r in state.RATIOS]
@@ -76,11 +96,12 @@ with state.page_errors():
         plots.image_grid(grid.cells, criteria, cols, captions=captions, hover=hover,
                          left=grid.image, left_label=f"input ({who})",
                          bottom_label="pruning ratio →",
-                         title=f"CLS attention over the image: {what}"),
+                         title=f"CLS attention over the image: {what}",
+                         colorbar=state.colour_bar(grid.vmax)),
         key="att_chart_grid", config={"displayModeBar": False}, width="content")
-    st.caption("Under each cell: cosine similarity of its CLS→patch map to the dense model's "
-               "(1.00 = the same map). Unstructured criteria mask weights; structured ones "
-               "remove heads and channels.")
+    st.caption(state.scale_note(grid.vmax) + " Under each cell: cosine similarity of its "
+               "CLS→patch map to the dense model's (1.00 = the same map). Unstructured criteria "
+               "mask weights; structured ones remove heads and channels.")
     sim = pd.DataFrame(grid.similarity, index=criteria, columns=cols)
 
     # ---- per-head maps of one block, before vs after
@@ -90,17 +111,20 @@ with state.page_errors():
                          format_func=state.pruner_label)
     h_ratio = b.select_slider("Pruning ratio", options=list(state.RATIOS[1:]),
                               value=0.5, key="att_head_ratio", format_func=lambda r: f"{r:.0%}")
-    h_layer = c.selectbox("Block", list(range(depth)), index=depth - 1, key="att_head_layer",
-                          format_func=lambda i: f"block {i + 1}")
+    h_layer = c.selectbox("Block of the per-head maps", list(range(depth)), index=depth - 1,
+                          key="att_head_layer", format_func=lambda i: f"block {i + 1}")
     if h_crit in grid.errors:
         st.stop()
     with st.spinner("Capturing per-head attention…"):
-        before, after = state.head_maps(s, s.key(h_crit, h_ratio), ref, int(h_layer))
+        before, after, h_vmax = state.head_maps(s, s.key(h_crit, h_ratio), ref, int(h_layer),
+                                                shared=shared)
     n = max(len(before), len(after))
     rows = [before + [None] * (n - len(before)), after + [None] * (n - len(after))]
     st.plotly_chart(
         plots.image_grid(rows, ["dense", f"{h_crit} {h_ratio:.0%}"],
-                         [f"head {h + 1}" for h in range(n)], max_cell=128),
+                         [f"head {h + 1}" for h in range(n)], max_cell=128,
+                         colorbar=state.colour_bar(h_vmax)),
         key="att_chart_heads", config={"displayModeBar": False}, width="content")
+    st.caption(state.scale_note(h_vmax))
     with st.expander("Similarity table", icon=":material/table:"):
         st.dataframe(sim.style.format("{:.3f}", na_rep="–"), key="att_sim_table")

@@ -1,5 +1,6 @@
 """Prune: pick a model, data and criteria; compare what each keeps, costs and breaks."""
-import time
+import re
+from dataclasses import replace
 
 import streamlit as st
 
@@ -51,8 +52,10 @@ with st.sidebar:
         st.caption(f"Training-based: {', '.join(state.training_pruner_names())} — run it from "
                    "the Train page (mode “AMAP”), where it shows its progress and can be "
                    "cancelled.")
-    st.slider("Sparsity (% of prunable weights removed)", 5, 95, step=5, key=state.K_SPARSITY,
-              persist_state=PERSIST, format="%d%%")
+    st.select_slider("Sparsity (% of prunable weights removed)", state.SPARSITY_OPTIONS,
+                     key=state.K_SPARSITY, persist_state=PERSIST, format_func=lambda v: f"{v}%",
+                     help="Steps of 5% up to 90%, then of 1%: the region where unstructured "
+                          "criteria part ways.")
     st.radio("Scope", ["global", "layer"], key=state.K_SCOPE, persist_state=PERSIST,
              horizontal=True, help="global: one threshold over all layers; layer: the same "
                                    "fraction removed from every layer.")
@@ -61,74 +64,81 @@ with st.sidebar:
                     key=state.K_CALIB, persist_state=PERSIST,
                     help="Images the data-driven criteria score on.")
     c2.number_input("Seed", 0, 2**31 - 1, key=state.K_SEED, persist_state=PERSIST)
-    st.number_input("Validation images", 16, 100_000, step=64, key=state.K_VAL,
-                    persist_state=PERSIST, help="Accuracy and loss are measured on a fixed "
-                    "subset of the validation split: more images, finer numbers, slower "
-                    "re-renders (each criterion evaluates them at every slider move).")
+    val_slot = st.empty()  # filled once the validation split's size is known (page())
 
 
-def prune_all(s: "state.Setup", exp: "state.Experiment",
-              bar) -> tuple[dict, dict, dict[str, str]]:
-    """Prune with every criterion (scores cached: a slider move only re-thresholds them).
-    Returns the criteria's keys and per-layer kept tables by name, and the failures."""
-    keys, tables, failed = {}, {}, {}
-    for i, name in enumerate(exp.pruners):
-        bar.progress(i / (2 * len(exp.pruners) + 1), text=f"{name}: scoring and masking")
-        try:
-            key = s.key(name)
-            tables[name] = state.layer_kept(key)
-            keys[name] = key
-        except state.EXPECTED_ERRORS as e:
-            failed[name] = str(e)
-    return keys, tables, failed
+def validation_input(s: "state.Setup") -> int:
+    """The validation-image count, bounded by the split's size (and saying so)."""
+    cap = len(s.val_set)
+    state.bound_widget(state.K_VAL, cap)
+    with val_slot.container():
+        n = st.number_input("Validation images", 1, cap, step=64, key=state.K_VAL,
+                            persist_state=PERSIST,
+                            help="Accuracy and loss are measured on a fixed subset of the "
+                                 "validation split: more images, finer numbers, slower. The "
+                                 "page shows numbers on the first few images at once and "
+                                 "refines them.")
+        st.caption(f"The {s.exp.dataset} validation split has {cap} images (the most "
+                   "this can be).")
+    return int(n)
 
 
-def evaluate_all(s: "state.Setup", exp: "state.Experiment", keys: dict,
-                 bar) -> tuple[dict, dict[str, str]]:
-    """Accuracy, loss and cost of the dense model and of each pruned one (no fine-tuning)."""
-    dense = s.key(exp.pruners[0], 0.0)
-    results = {"dense": {"eval": state.evaluation(dense, exp.val_samples),
-                         "cost": state.cost(dense)}}
-    failed = {}
-    n = len(exp.pruners)
-    for i, (name, key) in enumerate(keys.items()):
-        bar.progress((n + 1 + i) / (2 * n + 1), text=f"{name}: evaluating")
-        try:
-            results[name] = {"key": key, "eval": state.evaluation(key, exp.val_samples),
-                             "cost": state.cost(key)}
-        except state.EXPECTED_ERRORS as e:
-            failed[name] = str(e)
-    return results, failed
+def si(x: float, unit: str = "") -> str:
+    """1234567 → "1.23 M" (three significant digits, so a number fits its card)."""
+    for div, p in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.3g} {p}{unit}"
+    return f"{x:.3g} {unit}".strip()
 
 
-def headline(results: dict, ok: list[str], sparsity: float) -> None:
-    """One card for the dense model and one per criterion: accuracy, loss, what is kept."""
+def pct(x: float) -> str:
+    """A fraction as a percentage that fits a card: "93.0%", "100%"."""
+    return "100%" if x >= 0.9995 else f"{x:.1%}"
+
+
+def num(x: float) -> str:
+    """A loss with at most five characters before any unit: 0.221, 12.34, 123.4."""
+    return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}" if abs(x) < 100 else f"{x:.4g}"
+
+
+def headline(results: dict, ok: list[str], sparsity: float, label: str,
+             masked: tuple[str, ...] = ()) -> None:
+    """One card for the dense model and one per criterion (three to a row): accuracy, loss,
+    what is kept. Criteria still being computed get a card that says which step they are at
+    (``masked``: scored and masked, being evaluated)."""
     d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
-    cards = st.columns(min(len(ok) + 1, 4))
-    with cards[0].container(border=True):
-        st.markdown("**Dense model**")
-        a, b = st.columns(2)
-        a.metric("Accuracy", f"{d_eval['accuracy']:.1%}")
-        b.metric("Loss", f"{d_eval['loss']:.3f}")
-        a.metric("Parameters", f"{d_cost['params'] / 1e6:.3f} M")
-        b.metric("MACs", f"{d_cost['macs'] / 1e6:.2f} M")
-    for i, name in enumerate(ok, start=1):
-        r = results[name]
-        with cards[i % len(cards)].container(border=True):
-            st.markdown(f"**{name}** at {sparsity:.0%}")
-            a, b = st.columns(2)
-            a.metric("Accuracy", f"{r['eval']['accuracy']:.1%}",
-                     f"{(r['eval']['accuracy'] - d_eval['accuracy']) * 100:+.1f} pp")
-            b.metric("Loss", f"{r['eval']['loss']:.3f}",
-                     f"{r['eval']['loss'] - d_eval['loss']:+.3f}", delta_color="inverse")
-            a.metric("Params kept", f"{r['cost']['params_kept']:.1%}")
-            b.metric("MACs kept", f"{r['cost']['macs_kept']:.1%}",
-                     help="Masked weights count as removed (sparse MACs); structured "
-                          "criteria are counted on the smaller model.")
-            collapsed = state.collapsed_layers(r["key"])
-            if collapsed:
-                st.warning(f"Layer collapse: {collapsed} layer(s) lost ≥ 99% of their weights.",
-                           icon=":material/warning:")
+    names = ["dense", *ok]
+    per_row = min(len(names), 3)
+    for start in range(0, len(names), per_row):
+        cols = st.columns(per_row)
+        for col, name in zip(cols, names[start:start + per_row]):
+            with col.container(border=True):
+                if name == "dense":
+                    st.markdown(f"**Dense model** · {label}")
+                    a, b = st.columns(2)
+                    a.metric("Accuracy", pct(d_eval["accuracy"]))
+                    b.metric("Loss", num(d_eval["loss"]))
+                    a.metric("Parameters", si(d_cost["params"]))
+                    b.metric("MACs", si(d_cost["macs"]))
+                    continue
+                r = results[name]
+                st.markdown(f"**{name}** at {sparsity:.0%}")
+                if r is None:
+                    st.caption("evaluating…" if name in masked else "scoring and masking…")
+                    continue
+                a, b = st.columns(2)
+                a.metric("Accuracy", pct(r["eval"]["accuracy"]),
+                         f"{(r['eval']['accuracy'] - d_eval['accuracy']) * 100:+.1f} pp")
+                b.metric("Loss", num(r["eval"]["loss"]),
+                         f"{r['eval']['loss'] - d_eval['loss']:+.3f}", delta_color="inverse")
+                a.metric("Params kept", pct(r["cost"]["params_kept"]))
+                b.metric("MACs kept", pct(r["cost"]["macs_kept"]),
+                         help="Masked weights count as removed (sparse MACs); structured "
+                              "criteria are counted on the smaller model.")
+                collapsed = state.collapsed_layers(r["key"])
+                if collapsed:
+                    st.warning(f"Layer collapse: {collapsed} layer(s) lost ≥ 99% of their "
+                               "weights.", icon=":material/warning:")
 
 
 def details(keys: dict, ok: list[str], exp: "state.Experiment"):
@@ -171,9 +181,17 @@ def details(keys: dict, ok: list[str], exp: "state.Experiment"):
             st.markdown(f"**{n}** · {info['kind']} · "
                         + ("needs calibration data" if info["needs_data"] else "data-free"))
             if info["formula"]:
-                st.latex(info["formula"])
+                st.latex(stacked(info["formula"]))
             st.markdown(info["explanation"] or "_No description._")
     return numbers, crit
+
+
+def stacked(formula: str) -> str:
+    """A formula's ``\\quad``-separated parts on lines of their own (one column of a card is
+    too narrow for GraSP's, SynFlow's or SNP's on one line)."""
+    parts = [p.strip().rstrip(",").strip() for p in re.split(r"\\quad", formula) if p.strip()]
+    return parts[0] if len(parts) == 1 else (r"\begin{gathered}" + r" \\ ".join(parts)
+                                             + r"\end{gathered}")
 
 
 def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
@@ -197,21 +215,39 @@ def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
                          key="prune_layer_table")
 
 
-def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str]) -> None:
+def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str], label: str) -> None:
     """Per-layer kept fraction of every criterion, in the slot above the details."""
     long = pd.concat([tables[n].assign(criterion=n) for n in ok])
     with kept_slot.container():
-        st.subheader("Kept fraction per layer", anchor=False)
+        st.subheader(f"Kept fraction per layer · {label}", anchor=False)
         st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
                         key="prune_chart_kept", config={"displayModeBar": False})
 
 
+def plural(n: int, word: str) -> str:
+    """"1 image", "2 images", "6 classes"."""
+    return f"{n} {word}" + ("" if n == 1 else "es" if word.endswith("s") else "s")
+
+
+def model_changed(exp: "state.Experiment") -> bool:
+    """Whether this run shows another model or dataset than the last one drew cards for."""
+    return state.changed_since_last_run(
+        "prune_cards_for", (exp.preset, exp.source, exp.dataset, exp.folder, exp.upload,
+                            exp.seed if exp.source == "init" else 0))
+
+
 def page() -> None:
-    """Masks and charts first, then the evaluations, whose numbers fill the cards above: the
-    browser draws the charts while the server evaluates."""
+    """Setup, then the work in a background thread (``state.prune_work``): cards as numbers
+    arrive (first slice of the validation images, then refined), the charts once every
+    criterion is masked, progress with an estimate and a Cancel button meanwhile."""
     global drawn
+    exp = state.experiment()
     with head:
-        exp = state.experiment()
+        info, progress, problems, cards = (st.container(), st.empty(), st.container(),
+                                           st.container())
+    # the previous model's cards must not stay beside the new model's chart while it loads
+    holder = cards.empty() if model_changed(exp) else None
+    with info:
         if exp.dataset == "folder" and not exp.folder.strip():
             st.info("Enter the path of an image folder on the server in the sidebar "
                     "(one sub-folder per class).", icon=":material/folder_open:")
@@ -220,35 +256,89 @@ def page() -> None:
             st.info("Choose at least one criterion in the sidebar.", icon=":material/checklist:")
             return
         s = state.setup(exp)
-        st.caption(f"**{s.base.label}** · {exp.dataset} ({len(s.classes)} classes) · "
-                   f"{exp.scope} scope · calibration {exp.calib} images · seed {exp.seed}")
+        exp = replace(exp, val_samples=validation_input(s))
+        s = replace(s, exp=exp)
+        st.caption(f"**{s.base.label}** · {exp.dataset} ({plural(len(s.classes), 'class')}) · "
+                   f"{exp.scope} scope · calibration {plural(exp.calib, 'image')} · "
+                   f"{plural(exp.val_samples, 'validation image')} · seed {exp.seed}")
+        capped = {n: s.calib(n) for n in exp.pruners if s.calib(n) < exp.calib}
+        if capped:
+            st.caption(":material/memory: Calibration batch capped so that scoring fits "
+                       f"{state.SCORE_MB:.0f} MB of activations (PRUNELENS_SCORE_MB): "
+                       + ", ".join(f"{n} on {plural(c, 'image')}" for n, c in capped.items())
+                       + ".")
         state.untrained_notice(s, "prune")
-        progress = st.empty()  # a progress bar while working, then one line of what was done
-        problems, cards = st.container(), st.container()
-    started = time.perf_counter()
-    bar = progress.progress(0.0, text="pruning")
-    keys, tables, failed = prune_all(s, exp, bar)
-    ok = list(keys)
-    numbers, crit = None, None
-    if ok:
-        kept_chart(exp, tables, ok)
-        drawn = True
-        numbers, crit = details(keys, ok, exp)
-    results, eval_failed = evaluate_all(s, exp, keys, bar)
-    failed.update(eval_failed)
-    ok = [n for n in ok if n in results]
-    progress.caption(f":material/{'error' if failed else 'check_circle'}: "
-                     f"{len(ok)} of {len(exp.pruners)} criteria at {exp.sparsity:.0%} "
-                     f"sparsity · {time.perf_counter() - started:.2f} s")
+    work = state.start_work(state.PRUNE_SLOT, state.prune_signature(s, exp),
+                            state.prune_basis(s, exp), state.prune_and_evaluate(s, exp),
+                            restart=state.take_flag("prune_restart"))
+    seen, shown, drawn_details, numbers, crit = 0, -1, False, None, None
+    bar = None
+    while True:
+        state.wait_work(work, seen, 0.25 if bar is None else 0.5)
+        snap = work.snapshot()
+        seen = snap["version"]
+        if snap["status"] == "running" and bar is None and snap["elapsed"] > 0.3:
+            with progress.container():
+                bar = st.progress(0.0)
+                st.button("Cancel", key="prune_cancel", icon=":material/stop_circle:",
+                          on_click=state.cancel_work, args=(state.PRUNE_SLOT,))
+        if bar is not None and snap["status"] == "running":
+            bar.progress(snap["fraction"], text=state.describe_work(snap))
+        r = snap["results"]
+        if snap["version"] != shown and r.get("upto", {}).get("dense"):
+            shown = snap["version"]
+            ok = [n for n in r["order"] if n in r["pruned"]]
+            holder = holder or cards.empty()
+            with holder.container():
+                upto = r["upto"]
+                have = [n for n in ok if upto.get(n)]
+                m = min(upto[n] for n in ("dense", *have))
+                results = {"dense": {"eval": state.evaluation(s.key(exp.pruners[0], 0.0),
+                                                              exp.val_samples, m),
+                                     "cost": state.cost(s.key(exp.pruners[0], 0.0))}}
+                for n in exp.pruners:
+                    if n in r["failed"]:
+                        continue
+                    results[n] = None if n not in have else {
+                        "key": s.key(n), "cost": state.cost(s.key(n)),
+                        "eval": state.evaluation(s.key(n), exp.val_samples, m)}
+                if m < r["n"]:
+                    st.caption(f":material/hourglass_top: Numbers on the first "
+                               f"{plural(m, 'validation image')} of {r['n']}; refining…")
+                headline(results, [n for n in exp.pruners if n in results and n != "dense"],
+                         exp.sparsity, s.base.label, tuple(ok))
+            if not drawn_details and ok and len(ok) + len(r["failed"]) == len(exp.pruners):
+                keys = {n: s.key(n) for n in exp.pruners if n in ok}
+                kept_chart(exp, {n: state.layer_kept(k) for n, k in keys.items()}, list(keys),
+                           s.base.label)
+                drawn = drawn_details = True
+                numbers, crit = details(keys, list(keys), exp)
+        if snap["status"] != "running":
+            break
+    r = snap["results"]
     with problems:
-        for name, msg in failed.items():
+        for name, msg in r.get("failed", {}).items():
             st.error(f"{name}: {msg}", icon=":material/error:")
-    if not ok:
+    if snap["status"] == "cancelled":
+        with progress.container():
+            st.warning(f"Stopped after {snap['elapsed']:.0f} s ({snap['reason']}): the numbers "
+                       "below are those computed so far.", icon=":material/stop_circle:")
+            st.button("Resume", key="prune_resume", icon=":material/play_arrow:",
+                      on_click=state.set_flag, args=("prune_restart",))
         return
-    with cards:
-        headline(results, ok, exp.sparsity)
-    with numbers:
-        numbers_table(results, ok, crit)
+    if snap["status"] == "failed":
+        raise RuntimeError(snap["reason"])
+    ok = [n for n in exp.pruners if n in r.get("pruned", [])]
+    progress.caption(f":material/{'error' if r.get('failed') else 'check_circle'}: "
+                     f"{len(ok)} of {len(exp.pruners)} criteria at {exp.sparsity:.0%} "
+                     f"sparsity · {snap['elapsed']:.2f} s")
+    if numbers is not None and ok:
+        results = {"dense": {"eval": state.evaluation(s.key(ok[0], 0.0), exp.val_samples),
+                             "cost": state.cost(s.key(ok[0], 0.0))}}
+        results.update({n: {"key": s.key(n), "eval": state.evaluation(s.key(n), exp.val_samples),
+                            "cost": state.cost(s.key(n))} for n in ok})
+        with numbers:
+            numbers_table(results, ok, crit)
 
 
 drawn = False

@@ -15,41 +15,54 @@ with state.page_errors():
     a, b, c = st.columns(3, gap="medium")
     criteria = list(exp.pruners) or list(state.pruner_names())
     crit = a.selectbox("Criterion", criteria, key="ro_criterion", format_func=state.pruner_label)
-    sparsity = a.slider("Sparsity", 5, 95, int(round(exp.sparsity * 100)) or 50, 5,
-                        key="ro_sparsity", format="%d%%")
+    state.widget_default("ro_sparsity", state.snap_sparsity(exp.sparsity * 100))
+    sparsity = a.select_slider("Sparsity", state.SPARSITY_OPTIONS, key="ro_sparsity",
+                               format_func=lambda v: f"{v}%")
     fusion = b.selectbox("Head fusion (rollout)", ["mean", "max", "min"], key="ro_fusion")
     discard = b.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="ro_discard",
                        help="Rollout drops this fraction of the weakest attention links per "
                             "block before multiplying (CLS→CLS is kept).")
-    idx = c.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0, len(s.val_set) - 1,
-                         value=0, step=1, key="ro_sample")
+    src = c.radio("Image", ["validation sample", "upload"], key="ro_image_source",
+                  horizontal=True)
+    if src == "upload":
+        up = c.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
+                             key="ro_upload", max_upload_size=state.MAX_IMAGE_MB)
+    else:
+        idx = c.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
+                             len(s.val_set) - 1, value=0, step=1, key="ro_sample")
     target = c.selectbox("Explain class", ["predicted", *s.classes], key="ro_target")
-
-    ref = state.ImageRef(index=int(idx))
+    if src == "upload":
+        if up is None:
+            st.info("Upload a picture, or switch back to a validation sample.")
+            st.stop()
+        ref = state.accept_image_upload(up.name, up.getvalue(), s.data.image_size)
+    else:
+        ref = state.ImageRef(index=int(idx))
     image, label = state.image_tensor(s, ref)
     key = s.key(crit, sparsity / 100)
-    with st.spinner("Rollout, gradient rollout, saliency and integrated gradients for both "
-                    "models…", show_time=True):
-        ex = state.explanations(key, ref, fusion, float(discard),
-                                None if target == "predicted" else s.classes.index(target),
-                                image)
+    tgt = None if target == "predicted" else s.classes.index(target)
+    ex = state.follow_work(
+        "rollout", (key, ref, fusion, float(discard), tgt), (s.model_key, s.data),
+        lambda report: state.explanations(key, ref, fusion, float(discard), tgt, image),
+        "Rollout, gradient rollout, saliency and integrated gradients for both models")
 
     def row_label(name: str) -> str:
         e = ex[name]
         who = "dense" if name == "dense" else f"{crit} {sparsity}%"
         return f"{who}<br>{s.classes[e['pred']]} {e['prob']:.0%}"
 
+    truth = "uploaded" if label is None else s.classes[label]
     rows = [[state.heat_cell(image, ex[n]["heats"][m]) for m in state.METHODS]
             for n in ("dense", "pruned")]
     st.plotly_chart(
         plots.image_grid(rows, [row_label("dense"), row_label("pruned")], list(state.METHODS),
                          left=state.image_cell(image, 2 * state.CELL_PX),
-                         left_label=f"input ({s.classes[label]})",
+                         left_label=f"input ({truth})", colorbar=state.colour_bar(None),
                          title=f"dense vs {crit} at {sparsity}%: explaining class "
                                f"“{s.classes[ex['dense']['target']]}”"),
         key="ro_chart", config={"displayModeBar": False}, width="content")
     m1, m2, m3 = st.columns(3)
-    m1.metric("True class", s.classes[label])
+    m1.metric("True class", "unknown (upload)" if label is None else truth)
     m2.metric("Dense prediction", s.classes[ex["dense"]["pred"]],
               f"{ex['dense']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
     m3.metric(f"{crit} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],

@@ -12,6 +12,9 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
 - :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
 - :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
 - :mod:`.compare`: the Compare page's sweep job (imported by that page only);
+- :mod:`.work`: a page's long computation in a per-session worker thread (progress, estimate,
+  cancel, stopped when the browser session ends); :mod:`.prune_work`: the Prune page's
+  (scores, masks, progressive evaluation);
 - :mod:`.ui`: the error guard, notices, labels and image cells;
 - :mod:`.cache`: the byte-bounded cache of the big results (``PRUNELENS_CACHE_MB``).
 
@@ -28,10 +31,12 @@ boot.apply_torch_threads()
 
 from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  # noqa: E402
                    K_CALIB, K_DATASET, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE,
-                   K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS, SOURCES, DataKey,
+                   K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS, SOURCES,
+                   SCORE_MB, SPARSITY_OPTIONS, DataKey,
                    Experiment, ImageRef, LoadedModel, ModelKey, PruneKey, Setup)
-from .widgets import (current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
-                      seed_experiment_widgets, set_pending_delete, upload_name,
+from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
+                      current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
+                      seed_experiment_widgets, set_pending_delete, snap_sparsity, upload_name,
                       use_trained_checkpoint, widget_default)
 from .catalogue import (dataset_names, has_checkpoint, model_names, pruner_info,  # noqa: E402
                         pruner_names, training_pruner_names)
@@ -43,12 +48,19 @@ from .pruning import (collapsed_layers, cost, evaluation, forward_only, layer_ke
                       score_distribution, warm_up)
 from .attention import (Grid, attention_grid, attention_maps, explanations,  # noqa: E402
                         head_maps, num_blocks, num_heads)
+from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
+from .work import start as start_work, wait as wait_work  # noqa: E402
+from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
+from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
                    start_training)
-from .ui import (default_grid_criteria, heat_cell, image_cell, overlay_cell,  # noqa: E402
+from .ui import (follow_work, colour_bar, scale_note, default_grid_criteria, heat_cell, image_cell, overlay_cell,  # noqa: E402
                  page_errors, pruner_label, source_label, untrained_notice, sidebar_summary)
 
 __all__ = [
+    "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
+    "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
+    "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
     "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL", "LoadedModel",

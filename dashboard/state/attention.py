@@ -34,36 +34,43 @@ class Grid:
     similarity: np.ndarray
     image: np.ndarray
     errors: dict[str, str] = field(default_factory=dict)
+    vmax: float | None = None  # the shared colour scale's top; None: each cell its own max
 
 
 def attention_grid(s: Setup, criteria: list[str], ratios: tuple[float, ...], ref: ImageRef,
-                   view: AttentionView,
+                   view: AttentionView, shared: bool = False,
                    progress: Callable[[float, str], None] | None = None) -> Grid:
     """Fig. 3 of SNP (``study.attention_grid``): rows = criteria, columns = pruning ratios;
     each cell the attention over the image and its cosine similarity to the dense model's
     map. A criterion that fails (e.g. no calibration data) leaves its row empty and reports
-    why in ``errors``."""
+    why in ``errors``. ``shared``: one colour scale for every cell (0 → the largest value in
+    the grid) instead of each cell stretched to its own maximum."""
     image, _ = image_tensor(s, ref)
     grid = s.base.model.grid_size
     view = replace(view, layout=token_layout(s.base.model))  # skip dist/register tokens
     g = study.attention_grid(lambda c, r: attention_maps(s.key(c, r), ref, image), criteria,
                              ratios, view, expected=EXPECTED_ERRORS, progress=progress)
-    dense_cell = overlay_cell(image, g.dense, grid)
+    vmax = (max(float(np.max(r)) for rows in g.rows for r in rows if r is not None)
+            if shared else None)
+    dense_cell = overlay_cell(image, g.dense, grid, vmax=vmax)
     cells = [[None if row is None else dense_cell if row is g.dense
-              else overlay_cell(image, row, grid) for row in rows] for rows in g.rows]
-    return Grid(cells, g.similarity, image_cell(image), g.errors)
+              else overlay_cell(image, row, grid, vmax=vmax) for row in rows] for rows in g.rows]
+    return Grid(cells, g.similarity, image_cell(image), g.errors, vmax)
 
 
-def head_maps(s: Setup, key: PruneKey, ref: ImageRef, layer: int) -> tuple[list, list]:
-    """Per-head CLS attention of block ``layer``: (dense cells, pruned cells)."""
+def head_maps(s: Setup, key: PruneKey, ref: ImageRef, layer: int,
+              shared: bool = False) -> tuple[list, list, float | None]:
+    """Per-head CLS attention of block ``layer``: (dense cells, pruned cells, the shared
+    colour scale's top or None when each cell is scaled to its own maximum)."""
     image, _ = image_tensor(s, ref)
     grid, layout = s.base.model.grid_size, token_layout(s.base.model)
-    out = []
+    rows = []
     for k in (key.at(0.0), key):
         a = torch.from_numpy(attention_maps(k, ref, image)[layer])[None]
-        out.append([overlay_cell(image, attn.cls_attention(a, h, layout)[0], grid)
-                    for h in range(a.shape[1])])
-    return out[0], out[1]
+        rows.append([attn.cls_attention(a, h, layout)[0] for h in range(a.shape[1])])
+    vmax = max(float(r.max()) for row in rows for r in row) if shared else None
+    cells = [[overlay_cell(image, r, grid, vmax=vmax) for r in row] for row in rows]
+    return cells[0], cells[1], vmax
 
 
 @cache_resource(show_spinner=False, max_entries=8)

@@ -154,8 +154,12 @@ def accept_image_upload(name: str, data: bytes, image_size: tuple[int, int]) -> 
             with Image.open(io.BytesIO(data)) as im:
                 im = im.convert("RGB").resize((image_size[1], image_size[0]), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.float32) / 255.0
-        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{name} is not a readable image: {e}") from None
+        except Image.DecompressionBombError:
+            raise ValueError(f"{name} has too many pixels to decode safely") from None
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+            # PIL's own text names a BytesIO object at some address: no help to the user
+            raise ValueError(f"{name} is not an image PIL can read (PNG, JPEG, BMP, WebP, …)"
+                             ) from None
         store[digest] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
         while len(store) > MAX_IMAGES_KEPT:
             store.pop(next(iter(store)))
@@ -210,6 +214,28 @@ def base_model(key: ModelKey) -> LoadedModel:
 
 
 @cache_resource(show_spinner=False, max_entries=8)
+def image_bytes(key: ModelKey) -> int:
+    """Bytes of every module output in a forward of one image (no gradients): the scale of
+    the activation memory scoring needs per calibration image."""
+    net = copy.deepcopy(base_model(key).model)  # hooks on a private copy
+    total = 0
+
+    def add(_m, _i, out) -> None:
+        nonlocal total
+        if isinstance(out, Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(add) for m in net.modules()]
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, *net.input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+@cache_resource(show_spinner=False, max_entries=8)
 def dense_cost(model: ModelKey) -> study.DenseCost:
     return study.dense_cost(base_model(model).model)
 
@@ -247,4 +273,4 @@ def setup(exp: Experiment) -> Setup:
     if base.model.num_classes != len(classes):
         raise ValueError(f"the model has {base.model.num_classes} outputs but {exp.dataset} has "
                          f"{len(classes)} classes")
-    return Setup(exp, data, mkey, base, train_set, val_set, classes)
+    return Setup(exp, data, mkey, base, train_set, val_set, classes, image_bytes(mkey))

@@ -3,6 +3,7 @@ experiment the Prune page sets up, the widget keys and the dashboard's fixed set
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, replace
 
 import streamlit as st
@@ -14,12 +15,22 @@ MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
 MAX_IMAGE_MB = 10
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
+# The sparsity slider: steps of 5 % up to 90 %, then of 1 % up to 99 % (core takes 0.99; the
+# unstructured criteria part ways between 90 and 99 %).
+SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))          # the Fig. 3 columns, 0% … 90%
 SOURCES = {"checkpoint": "shipped checkpoint (trained)", "init": "untrained (pruning at init)",
            "upload": "uploaded checkpoint"}
 DATASET_SEED = 0  # the shipped checkpoints were trained on seed 0's split; keep its val set
 CALIBRATION_POOL = 1024  # shapes training images generated for calibration batches
 CELL_PX = 96      # side of one attention-grid cell on screen
+# Activation memory a criterion may use to score its calibration batch (one forward and
+# backward of the whole batch at once): on a 224×224 model 64 images would take 3 GB (SNIP)
+# and 9 GB (GraSP's double backward), so the batch is capped to fit and the page says so.
+SCORE_MB = float(os.environ.get("PRUNELENS_SCORE_MB", 1024))
+# Activation bytes per image relative to the sum of a forward's module outputs; GraSP keeps
+# the graph of its gradient for a second backward (measured on deit-tiny: 0.85× and 2.9×).
+SCORE_MEMORY_FACTOR = {"grasp": 3.0}
 
 # Widget keys of the experiment set up on the Prune page (read by every page).
 K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
@@ -126,11 +137,22 @@ class Setup:
     train_set: object
     val_set: object
     classes: tuple[str, ...]
+    image_bytes: int = 0  # sum of one image's module outputs in a forward (activation memory)
+
+    def calib(self, pruner: str) -> int:
+        """The calibration batch ``pruner`` scores on: the experiment's, capped so that its
+        activations fit :data:`SCORE_MB` (data-free criteria: the experiment's)."""
+        from .catalogue import pruner_info
+
+        if not self.image_bytes or not pruner_info(pruner)["needs_data"]:
+            return self.exp.calib
+        per_image = self.image_bytes * SCORE_MEMORY_FACTOR.get(pruner, 1.0)
+        return max(1, min(self.exp.calib, int(SCORE_MB * 2**20 // per_image)))
 
     def key(self, pruner: str, sparsity: float | None = None) -> PruneKey:
         s = self.exp.sparsity if sparsity is None else sparsity
         return PruneKey(self.model_key, self.data, pruner, self.exp.sparsity, self.exp.scope,
-                        self.exp.calib, self.exp.seed).at(s)
+                        self.calib(pruner), self.exp.seed).at(s)
 
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred

@@ -15,7 +15,7 @@ from core import attention as attn
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, Setup
-from .widgets import use_trained_checkpoint
+from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -104,10 +104,37 @@ def _resized(image: Tensor, px: int) -> Tensor:
 
 
 def overlay_cell(image: Tensor, row: np.ndarray | Tensor, grid: tuple[int, int],
-                 px: int = CELL_PX) -> np.ndarray:
-    """Heat map of a (N-1,) row over the image, both at ``px``×``px`` → uint8 (px, px, 3)."""
-    heat = attn.patch_heatmap(torch.as_tensor(row)[None], grid, (px, px))[0]
+                 px: int = CELL_PX, vmax: float | None = None) -> np.ndarray:
+    """Heat map of a (N-1,) row over the image, both at ``px``×``px`` → uint8 (px, px, 3).
+    Colours run from 0 to ``vmax`` (a scale shared by several cells), or to the row's own
+    maximum when ``vmax`` is None."""
+    row = torch.as_tensor(row, dtype=torch.float32)
+    heat = attn.patch_heatmap(row[None], grid, (px, px))[0]
+    if vmax is not None:  # patch_heatmap stretches to the row's own max: undo it
+        heat = heat * (float(row.clamp(min=0).max()) / max(float(vmax), 1e-12))
     return attn.overlay(_resized(image, px), heat, alpha=0.5, cmap="jet")
+
+
+CMAP = "Jet"  # matplotlib's "jet" of the cells, as a plotly colour scale for the colour bar
+
+
+def colour_bar(vmax: float | None) -> dict:
+    """The colour bar of an attention grid: 0 → ``vmax`` (shared scale) or 0 → 1 of each
+    cell's own maximum."""
+    if vmax is None:
+        return {"cmin": 0.0, "cmax": 1.0, "title": "fraction of<br>each cell's max",
+                "colorscale": CMAP}
+    return {"cmin": 0.0, "cmax": float(vmax), "title": "attention<br>(shared scale)",
+            "colorscale": CMAP}
+
+
+def scale_note(vmax: float | None) -> str:
+    """One sentence saying which colour scaling is on."""
+    if vmax is None:
+        return ("Colours: each cell is scaled to its own maximum (red = that cell's largest "
+                "value), so a near-uniform map looks as hot as a peaked one.")
+    return (f"Colours: one scale shared by every cell, from 0 to {vmax:.3g} (the largest "
+            "attention value shown), so colours compare across cells.")
 
 
 def image_cell(image: Tensor, px: int = CELL_PX) -> np.ndarray:
@@ -120,3 +147,41 @@ def heat_cell(image: Tensor, heat: np.ndarray, px: int = 2 * CELL_PX) -> np.ndar
     h = torch.nn.functional.interpolate(torch.as_tensor(heat)[None, None], size=(px, px),
                                         mode="bilinear", align_corners=False)[0, 0]
     return attn.overlay(_resized(image, px), h.clamp(0, 1), alpha=0.5, cmap="jet")
+
+
+# ---------------------------------------------------------------------------- long work
+
+def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3):
+    """Run ``fn(report)`` (``report(fraction, text)``) as the session's background work for
+    ``slot`` and return its result. Past ``quick_s`` seconds the page shows a progress bar with
+    an estimate of the time left and a Cancel button; cancelled (or the session gone), the page
+    says so, offers to compute again, and stops there."""
+    from . import work as w
+
+    def body(job: w.Work) -> None:
+        job.publish(result=fn(lambda f, text: job.report(f, 1.0, text)))
+
+    restart_key = f"{slot}_restart"
+    job = w.start(slot, signature, basis, body, restart=take_flag(restart_key))
+    box = st.empty()
+    w.wait(job, 0, quick_s)
+    if job.running:
+        with box.container():
+            bar = st.progress(0.0, text=what)
+            st.button("Cancel", key=f"{slot}_cancel", icon=":material/stop_circle:",
+                      on_click=w.cancel, args=(slot,))
+        while job.running:
+            w.wait(job, job.version, 0.5)
+            snap = job.snapshot()
+            bar.progress(snap["fraction"], text=f"{what} · {w.describe(snap)}")
+    box.empty()
+    snap = job.snapshot()
+    if snap["status"] == "done":
+        return snap["results"]["result"]
+    if snap["status"] == "failed":
+        raise job.error if job.error is not None else RuntimeError(snap["reason"])
+    st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({snap['reason']}).",
+               icon=":material/stop_circle:")
+    st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
+              on_click=set_flag, args=(restart_key,))
+    st.stop()

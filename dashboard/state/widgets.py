@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .keys import (K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE,
+from .keys import (SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE,
                    K_SEED, K_SOURCE, K_SPARSITY, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL,
                    Experiment)
 
@@ -41,6 +41,12 @@ def seed_experiment_widgets() -> None:
                        (K_SPARSITY, round(d.sparsity * 100)), (K_SCOPE, d.scope),
                        (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples)):
         widget_default(key, value)
+    st.session_state[K_SPARSITY] = snap_sparsity(st.session_state[K_SPARSITY])
+
+
+def snap_sparsity(percent: float) -> int:
+    """The slider option nearest to ``percent`` (a value set elsewhere, e.g. 7 or 99.5)."""
+    return min(SPARSITY_OPTIONS, key=lambda o: abs(o - float(percent)))
 
 
 def remember_upload(digest: str, name: str) -> None:
@@ -76,3 +82,26 @@ def follow_run(run_id: str | None) -> None:
         st.query_params["run"] = run_id
     elif "run" in st.query_params:
         del st.query_params["run"]
+
+
+def bound_widget(key: str, top: int) -> None:
+    """Lower a number widget's value to ``top`` before it is drawn with that maximum."""
+    if st.session_state.get(key, 0) > top:
+        st.session_state[key] = top
+
+
+def changed_since_last_run(key: str, value: object) -> bool:
+    """Whether ``value`` differs from the one this session recorded under ``key`` last time
+    (and record it)."""
+    changed = st.session_state.get(key) != value
+    st.session_state[key] = value
+    return changed
+
+
+def set_flag(key: str) -> None:
+    """Widget callback: raise a one-shot flag (read by :func:`take_flag`)."""
+    st.session_state[key] = True
+
+
+def take_flag(key: str) -> bool:
+    return bool(st.session_state.pop(key, False))

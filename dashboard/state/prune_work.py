@@ -1,0 +1,103 @@
+"""The Prune page's computation as background work (``work.py``): every criterion scored and
+masked, then evaluated progressively — a small first slice of the validation images for every
+criterion (numbers within seconds), then doubling slices until the whole subset — so the page
+shows numbers early, refines them, can be cancelled, and stops when its session ends.
+
+Criteria whose masks are cached (a slider move: only a re-threshold) go first, so their numbers
+come back at once while a new criterion is still scoring.
+"""
+from __future__ import annotations
+
+from .catalogue import pruner_info
+from .data import dense_cost
+from .keys import EXPECTED_ERRORS, Experiment, Setup
+from .pruning import eval_bounds, eval_counts, is_pruned, layer_kept, pruned, val_size
+from .work import Work
+
+SLOT = "prune"
+
+
+def signature(s: Setup, exp: Experiment) -> tuple:
+    """What the numbers depend on; ``basis``: what the scores depend on (a change there
+    cancels running work at once)."""
+    return (s.model_key, s.data, exp.pruners, exp.sparsity, exp.scope, exp.calib, exp.seed,
+            exp.val_samples)
+
+
+def basis(s: Setup, exp: Experiment) -> tuple:
+    return (s.model_key, s.data, exp.calib, exp.seed)
+
+
+def _score_units(name: str, calib: int, cached: bool) -> float:
+    """Rough cost of scoring + masking in image-forwards (progress units; the estimate of time
+    left comes from the measured rate, so only proportions matter)."""
+    if cached:
+        return 0.05
+    info = pruner_info(name)
+    if info["iterative"]:
+        return 3.0 * 100  # SynFlow: 100 rounds of a forward and a backward of one input
+    return 3.0 * calib if info["needs_data"] else 0.5
+
+
+def prune_and_evaluate(s: Setup, exp: Experiment):
+    """``fn(work)`` for ``work.start``: publishes ``order`` (criteria in computing order),
+    ``pruned`` (names done), ``failed`` (name → reason), ``upto`` (name → images evaluated)
+    and ``n`` (validation images); numbers are read from the caches by the page."""
+    def fn(w: Work) -> None:
+        n = val_size(s.key(exp.pruners[0], 0.0), exp.val_samples)
+        bounds = eval_bounds(n, dense_cost(s.model_key).macs)
+        ready = [p for p in exp.pruners if is_pruned(s.key(p))]
+        order = ready + [p for p in exp.pruners if p not in ready]
+        units = {p: _score_units(p, exp.calib, p in ready) for p in order}
+        total = sum(units.values()) + n * (len(order) + 1)
+        done_units = 0.0
+        done: list[str] = []
+        failed: dict[str, str] = {}
+        upto = {"dense": 0}
+        w.publish(order=order, pruned=[], failed={}, upto=dict(upto), n=n, bounds=bounds)
+
+        def evaluate(name: str, a: int, b: int) -> None:
+            nonlocal done_units
+            key = s.key(exp.pruners[0], 0.0) if name == "dense" else s.key(name)
+            w.report(done_units, total, f"{name}: images {a + 1}–{b} of {n}")
+            eval_counts(key, exp.val_samples, a, b)
+            done_units += b - a
+            upto[name] = b
+
+        def checked(name: str, a: int, b: int) -> None:
+            try:
+                evaluate(name, a, b)
+            except EXPECTED_ERRORS as e:
+                if name == "dense":
+                    raise
+                failed[name] = str(e)
+                done.remove(name)
+
+        evaluate("dense", *bounds[0])
+        w.publish(upto=dict(upto))
+        for name in order:
+            if w.stop_here():
+                return
+            w.report(done_units, total,
+                     f"{name}: {'masking' if name in ready else 'scoring and masking'}")
+            try:
+                layer_kept(s.key(name))  # computes the masks (or the shrunk model)
+                pruned(s.key(name))
+            except EXPECTED_ERRORS as e:
+                failed[name] = str(e)
+                w.publish(failed=dict(failed))
+                continue
+            done_units += units[name]
+            done.append(name)
+            w.publish(pruned=list(done))
+            checked(name, *bounds[0])
+            w.publish(upto=dict(upto), failed=dict(failed), pruned=list(done))
+        for a, b in bounds[1:]:
+            for name in ("dense", *done):
+                if w.stop_here():
+                    return
+                checked(name, a, b)
+            w.publish(upto=dict(upto), failed=dict(failed), pruned=list(done))
+        w.report(total, total, "done")
+
+    return fn

@@ -1,0 +1,396 @@
+"""The dashboard as a new user meets it (issue 15): controls that match the picture, honest
+colour scales, bounded inputs with their bounds said, plain error messages, and long work
+that shows progress, can be cancelled and stops when its session ends.
+
+AppTest with widgets addressed by key; the layout checks that only a browser can make
+(clipped numbers and formulas, stale cards) are in ``test_browser.py``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
+FAST = {"prune_val": 64, "prune_calib": 32}
+
+
+def make_app(**session) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=240)
+    for key, value in {**FAST, **session}.items():
+        at.session_state[key] = value
+    return at
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def errors(at: AppTest) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def figure(at: AppTest, key: str) -> dict:
+    for chart in at.get("plotly_chart"):
+        if key in chart.proto.id:
+            return json.loads(chart.proto.spec)
+    raise AssertionError(f"no chart {key!r}")
+
+
+def png(colour=(200, 30, 30), size=(64, 48)) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def colour_bars(fig: dict) -> list[dict]:
+    return [t["marker"] for t in fig["data"]
+            if t.get("marker", {}).get("showscale") or t.get("showscale")]
+
+
+# ---------------------------------------------------------------------------- Attention
+
+def test_attention_controls_survive_an_upload_and_the_grid_follows_them(runs_dir):
+    at = make_app(prune_pruners=["magnitude"], att_criteria=["magnitude", "random"]).run()
+    at.switch_page("pages/attention.py").run()
+    at.radio(key="att_mode").set_value("rollout").run()
+    at.slider(key="att_discard").set_value(0.5).run()
+    ok(at)
+    at.radio(key="att_image_source").set_value("upload").run()  # nothing uploaded yet
+    ok(at)
+    at.file_uploader(key="att_upload").set_value(("red.png", png(), "image/png")).run()
+    ok(at)
+    assert not errors(at)
+    assert at.radio(key="att_mode").value == "rollout"
+    assert at.slider(key="att_discard").value == 0.5
+    assert at.multiselect(key="att_criteria").value == ["magnitude", "random"]
+    grid = figure(at, "att_chart_grid")
+    assert "rollout (mean, discard 50%)" in grid["layout"]["title"]["text"]
+    texts = [a["text"] for a in grid["layout"]["annotations"]]
+    assert "<b>magnitude</b>" in texts and "<b>random</b>" in texts
+    assert "input (uploaded)" in texts
+    # back to CLS attention: the grid says so
+    at.radio(key="att_mode").set_value("CLS attention").run()
+    ok(at)
+    assert "block" in figure(at, "att_chart_grid")["layout"]["title"]["text"]
+
+
+def test_attention_colour_scale_is_said_and_has_a_bar(runs_dir):
+    at = make_app(prune_pruners=["magnitude"], att_criteria=["magnitude"]).run()
+    at.switch_page("pages/attention.py").run()
+    ok(at)
+    for key in ("att_chart_grid", "att_chart_heads"):
+        bars = colour_bars(figure(at, key))
+        assert len(bars) == 1 and bars[0]["cmin"] == 0 and bars[0]["cmax"] == 1
+        assert "each cell's max" in bars[0]["colorbar"]["title"]["text"]
+    assert any("scaled to its own maximum" in c.value for c in at.caption)
+    at.radio(key="att_scale").set_value("shared").run()
+    ok(at)
+    bar = colour_bars(figure(at, "att_chart_grid"))[0]
+    assert "shared" in bar["colorbar"]["title"]["text"]
+    assert 0 < bar["cmax"] < 1  # attention probabilities: the largest value in the grid
+    assert any(f"from 0 to {bar['cmax']:.3g}" in c.value for c in at.caption)
+
+
+def test_shared_scale_cell_colours_match_the_value_over_the_shared_max():
+    """A uniform map at a quarter of the shared maximum is drawn in jet(0.25) (blended with
+    the picture), not stretched to red as with its own maximum."""
+    from matplotlib import colormaps
+
+    from dashboard import state
+
+    image = torch.zeros(3, 8, 8)  # black: the overlay is 0.5 · colour
+    row = np.full(4, 0.1, dtype=np.float32)
+    own = state.overlay_cell(image, row, (2, 2), px=8)
+    shared = state.overlay_cell(image, row, (2, 2), px=8, vmax=0.4)
+    expect = lambda v: np.round(0.5 * np.asarray(colormaps["jet"](v)[:3]) * 255)  # noqa: E731
+    assert np.abs(own[4, 4] - expect(1.0)).max() <= 1
+    assert np.abs(shared[4, 4] - expect(0.25)).max() <= 1
+
+
+def test_widget_labels_are_unique_on_each_page(runs_dir):
+    at = make_app(prune_pruners=["magnitude", "snip"], att_criteria=["magnitude"]).run()
+    for page in ("pages/prune.py", "pages/attention.py", "pages/rollout.py", "pages/train.py"):
+        at.switch_page(page).run()
+        ok(at)
+        labels = [w.label for kind in ("selectbox", "slider", "select_slider", "radio",
+                                       "number_input", "multiselect", "text_input", "toggle")
+                  for w in at.get(kind)]
+        assert len(labels) == len(set(labels)), (page, sorted(labels))
+
+
+def test_non_image_upload_says_what_is_wrong(runs_dir):
+    at = make_app(att_criteria=["magnitude"]).run()
+    at.switch_page("pages/attention.py").run()
+    at.radio(key="att_image_source").set_value("upload").run()
+    at.file_uploader(key="att_upload").set_value(("notes.png", b"just text", "image/png")).run()
+    ok(at)
+    (msg,) = errors(at)
+    assert "notes.png is not an image PIL can read (PNG, JPEG, BMP, WebP" in msg
+    assert "BytesIO" not in msg and "0x" not in msg
+
+
+# ---------------------------------------------------------------------------- Rollout
+
+def test_rollout_page_explains_an_uploaded_image(runs_dir):
+    at = make_app(prune_pruners=["magnitude"]).run()
+    at.switch_page("pages/rollout.py").run()
+    at.radio(key="ro_image_source").set_value("upload").run()
+    ok(at)
+    assert any("Upload a picture" in i.value for i in at.info)
+    at.file_uploader(key="ro_upload").set_value(("red.png", png(), "image/png")).run()
+    ok(at)
+    assert not errors(at)
+    fig = figure(at, "ro_chart")
+    assert "input (uploaded)" in [a["text"] for a in fig["layout"]["annotations"]]
+    assert len(colour_bars(fig)) == 1
+    assert {m.label: m.value for m in at.metric}["True class"] == "unknown (upload)"
+
+
+# ---------------------------------------------------------------------------- Prune
+
+def metrics(at: AppTest) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for m in at.metric:
+        out.setdefault(m.label, []).append(m.value)
+    return out
+
+
+def test_sparsity_slider_reaches_99_in_steps_of_one_near_the_top(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude"]).run())
+    slider = at.select_slider(key="prune_sparsity")
+    assert {"85%", "90%", "91%", "95%", "98%", "99%"} <= set(slider.options)
+    assert "92.5%" not in slider.options and "96%" in slider.options
+    kept = {}
+    for pct in (95, 99):
+        at.select_slider(key="prune_sparsity").set_value(pct).run()
+        ok(at)
+        assert any(f"magnitude** at {pct}%" in m.value for m in at.markdown)
+        kept[pct] = float(metrics(at)["Params kept"][0].rstrip("%"))
+    # 4 more percent of the prunable weights gone (the unprunable ones stay)
+    assert 3.0 < kept[95] - kept[99] < 4.0
+
+
+def test_validation_count_is_bounded_and_the_bound_is_said(runs_dir):
+    from dashboard import state
+
+    at = ok(make_app(prune_pruners=["magnitude"], prune_val=100_000, prune_calib=1).run())
+    assert not errors(at)
+    n_val = len(state.setup(state.Experiment(calib=1)).val_set)
+    box = at.number_input(key="prune_val")
+    assert box.value == n_val and box.max == n_val
+    assert any(f"validation split has {n_val} images" in c.value for c in at.caption)
+    caption = next(c.value for c in at.caption if "calibration" in c.value)
+    assert "calibration 1 image ·" in caption and f"{n_val} validation images" in caption
+    assert "1 images" not in caption
+
+
+def test_progressive_numbers_equal_the_whole_evaluation():
+    """Counts of slices add up to the evaluation of the whole subset (what the cards refine
+    to), and a first slice gives the numbers of those images alone."""
+    from core import study
+    from core.data import load_dataset
+    from core.models import build_model
+    from core.train import evaluate
+
+    torch.manual_seed(0)
+    model = build_model("vit-tiny", 6).eval()
+    _, val_set = load_dataset("shapes", (32, 32), seed=0, num_train=64, num_val=60)
+    p = study.prune_at(model, "magnitude", 0.7)
+    parts = [study.evaluate_counts(model, p, val_set, a, b) for a, b in ((0, 7), (7, 30),
+                                                                          (30, 60))]
+    whole = study.evaluate_pruned(model, p, val_set)
+    got = study.metrics_from_counts(parts)
+    assert got["accuracy"] == whole["accuracy"] and got["macro_f1"] == whole["macro_f1"]
+    # float32 forwards of other batch sizes: round-off only
+    assert got["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    first = study.metrics_from_counts(parts[:1])
+    masked = p.model(model)
+    assert first == pytest.approx(evaluate(masked, torch.utils.data.Subset(val_set, range(7))),
+                                  rel=1e-5)
+
+
+def test_eval_slices_start_small_on_a_224_model_and_cover_the_subset():
+    from dashboard.state.pruning import eval_bounds
+
+    deit = eval_bounds(128, 1.26e9)  # deit-tiny's MACs per image
+    assert deit[0] == (0, 4) and deit[-1][1] == 128
+    assert all(a == b for (_, a), (b, _) in zip(deit, deit[1:]))  # contiguous
+    assert eval_bounds(128, 1.1e7) == [(0, 128)]  # vit-tiny: one slice, as before
+
+
+def test_scoring_memory_caps_the_calibration_batch_and_says_so(runs_dir):
+    from dashboard import state
+
+    s = state.setup(state.Experiment(preset="deit-tiny", source="init", calib=64))
+    # GraSP keeps about three forwards' activations per image: the smallest cap
+    assert s.calib("magnitude") == 64  # data-free: whatever the batch
+    assert 1 <= s.calib("grasp") < s.calib("snip") <= 64
+    assert s.calib("grasp") * s.image_bytes * 3 <= state.SCORE_MB * 2**20
+
+
+# ---------------------------------------------------------------------------- long work
+
+def spin(model: torch.nn.Module, stop: threading.Event) -> None:
+    """Forwards until told to stop: stands for minutes of scoring."""
+    x = torch.zeros(2, *model.input_shape)
+    with torch.no_grad():
+        while not stop.is_set():
+            model(x)
+            time.sleep(0.001)
+
+
+@pytest.fixture
+def tiny():
+    from core.models import build_model
+
+    return build_model("vit-tiny", 6).eval()
+
+
+def test_cancel_stops_work_inside_a_forward(tiny):
+    from dashboard.state import work
+
+    never = threading.Event()
+    job = work.start("test_cancel", 1, 1, lambda w: spin(tiny, never), session="s1")
+    time.sleep(0.3)
+    assert job.running
+    t0 = time.monotonic()
+    assert work.cancel("test_cancel", session="s1")
+    job.thread.join(5)
+    assert not job.thread.is_alive() and time.monotonic() - t0 < 2
+    assert job.status == "cancelled"
+
+
+def test_work_stops_when_its_session_ends(tiny):
+    from dashboard.state import work
+
+    never = threading.Event()
+    job = work.start("test_session", 1, 1, lambda w: spin(tiny, never), session="gone")
+    other = work.start("test_session", 1, 1, lambda w: spin(tiny, never), session="here")
+    time.sleep(0.2)
+    stopped = work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
+    assert stopped == [job]
+    job.thread.join(5)
+    assert job.status == "cancelled" and "session ended" in job.reason
+    assert other.running
+    work.cancel("test_session", session="here")
+    other.thread.join(5)
+    # a finished job of an ended session is forgotten at the next sweep
+    work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
+    assert work.current("test_session", session="gone") is None
+
+
+def test_new_settings_cancel_old_work_at_once_or_after_its_step(tiny):
+    from dashboard.state import work
+
+    never = threading.Event()
+    a = work.start("test_swap", "sig-a", "model-1", lambda w: spin(tiny, never), session="s")
+    b = work.start("test_swap", "sig-b", "model-1", lambda w: spin(tiny, never), session="s")
+    assert a.superseded.is_set() and not a.cancel.is_set()  # same inputs: let its step end
+    c = work.start("test_swap", "sig-c", "model-2", lambda w: spin(tiny, never), session="s")
+    assert b.cancel.is_set()  # other inputs: at once
+    assert work.start("test_swap", "sig-c", "model-2", lambda w: None, session="s") is c
+    for j in (a, b, c):
+        j.cancel.set()
+        j.thread.join(5)
+
+
+def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
+    """A Prune page whose evaluation hangs: cancelled (as by its Cancel button), it says so
+    and keeps what it had; Resume computes the rest."""
+    from dashboard.state import prune_work, work
+
+    release, hanging = threading.Event(), threading.Event()
+    real = prune_work.eval_counts
+
+    def slow(key, n, a, b):
+        if key.pruner == "snip":
+            hanging.set()
+            while not release.is_set():
+                with torch.no_grad():  # a forward: the cancellation point
+                    torch.nn.Linear(2, 2)(torch.zeros(1, 2))
+                time.sleep(0.01)
+        return real(key, n, a, b)
+
+    monkeypatch.setattr(prune_work, "eval_counts", slow)
+
+    def cancel_soon():
+        hanging.wait(200)
+        with work._LOCK:
+            jobs = [j for (s, slot), j in work._WORK.items() if slot == "prune" and j.running]
+        for j in jobs:
+            j.reason = "cancelled"
+            j.cancel.set()
+
+    threading.Thread(target=cancel_soon, daemon=True).start()
+    at = ok(make_app(prune_pruners=["magnitude", "snip"]).run())
+    assert any("Stopped after" in w.value for w in at.warning)
+    assert len(metrics(at)["Accuracy"]) == 2  # dense and magnitude, computed before
+    release.set()
+    at.button(key="prune_resume").click().run()
+    ok(at)
+    assert not at.warning
+    assert len(metrics(at)["Accuracy"]) == 3
+
+
+def test_a_slow_prune_page_shows_progress_and_a_cancel_button(runs_dir, monkeypatch):
+    """While the work runs past a moment, the page draws a progress bar with an estimate and a
+    Cancel button (checked in the messages the page sent, as the browser would see them)."""
+    from dashboard.state import prune_work
+
+    real = prune_work.eval_counts
+
+    def slow(key, n, a, b):
+        time.sleep(0.4)
+        return real(key, n, a, b)
+
+    monkeypatch.setattr(prune_work, "eval_counts", slow)
+    seen: list[str] = []
+    import streamlit as st
+    import streamlit.elements.progress as progress_mod
+
+    real_button, real_progress = st.button, progress_mod.ProgressMixin.progress
+
+    def button(label, *a, **k):
+        seen.append(f"button:{label}:{k.get('key')}")
+        return real_button(label, *a, **k)
+
+    def progress(self, value, text=None):
+        seen.append(f"progress:{text}")
+        return real_progress(self, value, text)
+
+    monkeypatch.setattr(st, "button", button)
+    monkeypatch.setattr(progress_mod.ProgressMixin, "progress", progress)
+    ok(make_app(prune_pruners=["magnitude", "random"], prune_sparsity=35).run())
+    assert "button:Cancel:prune_cancel" in seen
+    texts = [t for t in seen if t.startswith("progress:") and "so far" in t]
+    assert texts and any("≈" in t and "s left" in t for t in texts)
+
+
+def test_cancellable_stops_a_forward_and_leaves_no_hook(tiny):
+    from core import study
+
+    event = threading.Event()
+    calls = []
+    x = torch.zeros(1, *tiny.input_shape)
+    others = bool(study._CANCEL_HOOK)  # another thread's block (a test's leftover worker)
+    with study.cancellable(event):
+        tiny(x)  # runs
+        event.set()
+        with pytest.raises(study.Cancelled):
+            tiny(x)
+            calls.append("finished")
+    assert calls == []
+    if not others:
+        assert not torch.nn.modules.module._global_forward_pre_hooks
+    tiny(x)  # outside the block: no check
