@@ -181,19 +181,18 @@ def test_prune_page_upload_with_wrong_classes(runs_dir, tmp_path):
     assert any("10 outputs" in e and "6 classes" in e for e in errors(at))
 
 
-def test_prune_page_folder_paths(runs_dir, tmp_path):
+def test_prune_page_folder_paths(runs_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNELENS_DATA_ROOTS", str(tmp_path))
     at = ok(make_app(prune_dataset="folder").run())
     assert any("folder" in i.value.lower() for i in at.info)  # asks for a path
     assert not errors(at)
     assert not at.get("plotly_chart")  # the first run's placeholder chart is gone
     empty = tmp_path / "empty"
     empty.mkdir()
-    at.text_input(key="prune_folder").set_value(str(empty)).run()
-    ok(at)
+    at = ok(make_app(prune_dataset="folder", prune_folder=str(empty)).run())
     assert errors(at), "an empty folder must be reported"
-    at.text_input(key="prune_folder").set_value(str(tmp_path / "missing")).run()
-    ok(at)
-    assert any("not found" in e for e in errors(at))
+    at = ok(make_app(prune_dataset="folder", prune_folder=str(tmp_path / "missing")).run())
+    assert any("does not exist" in e for e in errors(at))
 
 
 def test_untrained_model_says_so_and_offers_the_trained_one(runs_dir):
@@ -250,7 +249,8 @@ def test_attention_page_rejects_a_corrupt_image(runs_dir):
     ok(at)
     at.file_uploader(key="att_upload").set_value(("cat.png", b"\x89PNG broken", "image/png")).run()
     ok(at)
-    assert any("cat.png is not an image PIL can read" in e for e in errors(at))
+    assert any(e.startswith("cat.png: ") and "not an image Pillow can read" in e
+               for e in errors(at))
 
 
 def test_attention_page_accepts_an_image(runs_dir):
@@ -341,7 +341,8 @@ def test_train_runs_to_the_end_then_runs_page(runs_dir):
     assert len(at.dataframe) == 1
     assert figure(at, "runs_chart")["data"]
     labels = [b.label for b in at.get("download_button")]
-    assert "Pruned model (.safetensors)" in labels and "Metrics (.csv)" in labels
+    assert {"PruneLens (.safetensors)", "Hugging Face (.zip)", "ONNX (.onnx)",
+            "Metrics (.csv)"} <= set(labels)
     store = RunStore(runs_dir)
     assert store.checkpoint_path(run_id).exists()
     assert store.get_run(run_id)["sparsity"] == pytest.approx(0.6)

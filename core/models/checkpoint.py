@@ -29,10 +29,14 @@ def one_line(message: object, limit: int = 300) -> str:
     plain = _ANSI.sub("", str(message))
     lines = [ln.strip() for ln in plain.splitlines() if ln.strip()]
     text = lines[0] if lines else type(message).__name__
-    culprit = re.search(r"Unsupported global: GLOBAL (\S+)", plain)
-    if culprit and "Weights only load failed" in text:
+    if "Weights only load failed" in text:  # torch words the culprit in several ways
+        culprit = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", plain)
+        opcode = re.search(r"Unsupported operand (\d+)", plain)
+        what = (f"it asks for the Python object {culprit.group(1)}" if culprit else
+                "it holds pickle instructions a weights-only load refuses (opcode "
+                f"{opcode.group(1)})" if opcode else "it is not a file of plain tensors")
         text = (text[:text.index("Weights only load failed")] + "refused before anything in "
-                f"it ran: it asks for the Python object {culprit.group(1)}")
+                f"it ran: {what}")
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 

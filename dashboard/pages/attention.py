@@ -15,6 +15,8 @@ st.title("Attention", anchor=False)
 with state.page_errors():
     s = state.setup_or_stop(exp)
     state.untrained_notice(s, "attention")
+    if note := state.no_class_token_note(s):
+        st.caption(note)
     depth = state.num_blocks(s)
 
     # ---- image and view: every control is drawn before anything can stop the page, so an

@@ -30,9 +30,11 @@ with st.sidebar:
     dataset = st.selectbox("Dataset", state.dataset_names(), key=state.K_DATASET,
                            persist_state=PERSIST)
     if dataset == "folder":
-        st.text_input("Folder on the server", key=state.K_FOLDER, persist_state=PERSIST,
-                      placeholder="/data/plantvillage/train",
-                      help="One sub-folder of images per class (torchvision ImageFolder layout).")
+        st.selectbox("Folder on the server", state.dataset_folders(), key=state.K_FOLDER,
+                     persist_state=PERSIST, format_func=state.folder_label,
+                     accept_new_options=True, placeholder="Choose, or type a path",
+                     help="One sub-folder of images per class (ImageFolder layout), inside the "
+                          "server's data folders (PRUNELENS_DATA_ROOTS).")
     source = st.radio("Weights", list(state.SOURCES), key=state.K_SOURCE, persist_state=PERSIST,
                       format_func=lambda src: state.source_label(src, preset, dataset))
     if source == "upload":
@@ -41,11 +43,20 @@ with st.sidebar:
                               max_upload_size=state.MAX_MODEL_MB)
         if up is not None:
             try:
-                state.accept_model_upload(up.name, up.getvalue())
+                state.accept_model_upload(up.name, up.getvalue(), up.file_id)
             except state.EXPECTED_ERRORS as e:
                 st.error(f"Upload rejected: {e}", icon=":material/error:")
         elif state.upload_name():
             st.caption(f"Using {state.upload_name()}")
+    elif source == "folder":
+        st.selectbox("Model folder on the server", state.model_folders(),
+                     key=state.K_MODEL_FOLDER, persist_state=PERSIST,
+                     format_func=state.folder_label, accept_new_options=True,
+                     placeholder="Choose, or type a path",
+                     help="A Hugging Face save_pretrained or timm folder (config.json + "
+                          "model.safetensors) inside the server's data folders, or a model in "
+                          "its Hugging Face cache.")
+    model_note = st.empty()  # what was loaded, once the page has set it up
     st.multiselect("Criteria to compare", state.pruner_names(), format_func=state.pruner_label,
                    key=state.K_PRUNERS, persist_state=PERSIST, max_selections=6)
     if state.training_pruner_names():
@@ -258,6 +269,7 @@ def page() -> None:
         s = state.setup(exp)
         exp = replace(exp, val_samples=validation_input(s))
         s = replace(s, exp=exp)
+        model_note.caption(state.model_note(s))
         st.caption(f"**{s.base.label}** · {exp.dataset} ({plural(len(s.classes), 'class')}) · "
                    f"{exp.scope} scope · calibration {plural(exp.calib, 'image')} · "
                    f"{plural(exp.val_samples, 'validation image')} · seed {exp.seed}")
@@ -339,6 +351,9 @@ def page() -> None:
                             "cost": state.cost(s.key(n))} for n in ok})
         with numbers:
             numbers_table(results, ok, crit)
+    if ok:
+        with cards:
+            state.pruned_downloads({n: s.key(n) for n in ok})
 
 
 drawn = False

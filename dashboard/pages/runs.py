@@ -64,17 +64,10 @@ with state.page_errors():
     with left:
         st.subheader("Download", anchor=False)
         run_id = st.selectbox("Run", ids, key="runs_download_run", format_func=label)
-        ckpt = store.checkpoint_path(run_id)
-        a, b = st.columns(2)
-        a.download_button("Pruned model (.safetensors)",
-                          data=ckpt.read_bytes() if ckpt.exists() else b"",
-                          file_name=f"prunelens_{run_id}.safetensors",
-                          mime="application/octet-stream", key="runs_dl_model",
-                          disabled=not ckpt.exists(), icon=":material/download:",
-                          help=None if ckpt.exists() else "No epoch finished: no checkpoint.")
-        b.download_button("Metrics (.csv)", data=store.metrics(run_id).to_csv(index=False),
-                          file_name=f"prunelens_{run_id}_metrics.csv", mime="text/csv",
-                          key="runs_dl_csv", icon=":material/download:")
+        state.run_downloads(store.checkpoint_path(run_id), f"prunelens_{run_id}")
+        st.download_button("Metrics (.csv)", data=store.metrics(run_id).to_csv(index=False),
+                           file_name=f"prunelens_{run_id}_metrics.csv", mime="text/csv",
+                           key="runs_dl_csv", icon=":material/download:")
     with right:
         st.subheader("Delete", anchor=False)
         doomed = st.multiselect("Runs to delete", ids, key="runs_delete_select",

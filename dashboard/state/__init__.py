@@ -8,6 +8,10 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
   aside, read before this package is imported);
 - :mod:`.catalogue`: models, datasets and criteria the selectboxes offer;
 - :mod:`.data`: datasets, base models, uploads, ``setup(experiment)``;
+- :mod:`.uploads`: each browser session's uploaded files, deleted when it ends or sits unused;
+- :mod:`.folders`: the server folders a user may pick (inside the data roots), folder scans
+  with progress and cancel;
+- :mod:`.exports`: downloads of a pruned model or a run in PruneLens, Hugging Face and ONNX;
 - :mod:`.pruning`: scores → masks or shrunk model → evaluation, cost, tables, and the warm-up;
 - :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
 - :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
@@ -30,10 +34,10 @@ boot.configure()  # the server did it already; AppTest and scripts may not have
 boot.apply_torch_threads()
 
 from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  # noqa: E402
-                   K_CALIB, K_DATASET, K_FOLDER, K_MODEL, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE,
-                   K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS, SOURCES,
-                   SCORE_MB, SPARSITY_OPTIONS, DataKey,
-                   Experiment, ImageRef, LoadedModel, ModelKey, PruneKey, Setup)
+                   K_CALIB, K_DATASET, K_FOLDER, K_MODEL, K_MODEL_FOLDER, K_PRUNERS, K_SCOPE,
+                   K_SEED, K_SOURCE, K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS,
+                   SCORE_MB, SOURCES, SPARSITY_OPTIONS, DataKey, Experiment, ImageRef,
+                   LoadedModel, ModelKey, PruneKey, Setup)
 from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
                       current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
                       seed_experiment_widgets, set_pending_delete, snap_sparsity, upload_name,
@@ -52,10 +56,13 @@ from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
 from .work import start as start_work, wait as wait_work  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
 from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
+from .folders import dataset_folders, label as folder_label, model_folders  # noqa: E402
+from .exports import pruned_downloads, run_downloads  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
                    start_training)
-from .ui import (follow_work, colour_bar, scale_note, default_grid_criteria, heat_cell, image_cell, overlay_cell,  # noqa: E402
-                 page_errors, pruner_label, source_label, untrained_notice, sidebar_summary)
+from .ui import (colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
+                 image_cell, model_note, no_class_token_note, overlay_cell, page_errors,
+                 pruner_label, scale_note, sidebar_summary, source_label, untrained_notice)
 
 __all__ = [
     "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
@@ -63,17 +70,18 @@ __all__ = [
     "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
-    "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL", "LoadedModel",
-    "MAX_IMAGE_MB", "MAX_MODEL_MB", "METHODS", "ModelKey", "PruneKey", "RATIOS", "SOURCES",
-    "Setup", "accept_image_upload", "accept_model_upload", "attention_grid", "attention_maps",
-    "attention_row", "base_model", "calibration", "cancel_job", "collapsed_layers", "cost",
-    "current_run_id", "dataset", "dataset_names", "default_grid_criteria", "dense_cost",
-    "evaluation", "experiment", "explanations", "follow_run", "forward_only", "get_job",
-    "has_checkpoint", "head_maps", "heat_cell", "image_cell", "image_tensor", "layer_kept",
-    "mask_layers", "mask_matrix", "model_names", "num_blocks", "num_heads", "overlay_cell",
-    "page_errors", "pending_delete", "pruned", "pruned_model", "pruner_info", "pruner_label",
-    "pruner_names", "run_store", "running_jobs", "saliency_table", "score_distribution",
-    "scores", "seed_experiment_widgets", "set_pending_delete", "setup", "setup_or_stop",
-    "sidebar_summary", "source_label", "start_amap", "start_training", "training_pruner_names",
-    "training_set", "untrained_notice", "upload_name", "use_trained_checkpoint", "val_subset",
-    "warm_up", "widget_default"]
+    "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL",
+    "LoadedModel", "MAX_IMAGE_MB", "MAX_MODEL_MB", "METHODS", "ModelKey", "PruneKey", "RATIOS",
+    "SOURCES", "Setup", "accept_image_upload", "accept_model_upload", "attention_grid",
+    "attention_maps", "attention_row", "base_model", "calibration", "cancel_job",
+    "collapsed_layers", "cost", "current_run_id", "dataset", "dataset_folders", "dataset_names",
+    "default_grid_criteria", "dense_cost", "evaluation", "experiment", "explanations",
+    "folder_label", "follow_run", "forward_only", "get_job", "has_checkpoint", "head_maps",
+    "heat_cell", "image_cell", "image_tensor", "layer_kept", "mask_layers", "mask_matrix",
+    "model_folders", "model_names", "model_note", "no_class_token_note", "num_blocks",
+    "num_heads", "overlay_cell", "page_errors", "pending_delete", "pruned", "pruned_downloads",
+    "pruned_model", "pruner_info", "pruner_label", "pruner_names", "run_downloads", "run_store",
+    "running_jobs", "saliency_table", "score_distribution", "scores", "seed_experiment_widgets",
+    "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary", "source_label",
+    "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
+    "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "widget_default"]

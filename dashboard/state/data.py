@@ -1,29 +1,32 @@
 """Datasets, base models and uploads, and the experiment resolved to them (:func:`setup`).
 
+Uploads are this session's only (:mod:`.uploads`); server folders are those inside the data
+roots (:mod:`.folders`).
+
 Cached objects are shared by every browser session, so nothing here hands one out to be
 mutated: pruning, training and hooked forwards work on copies.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
-import io
-import tempfile
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 import torch
 from torch import Tensor, nn
 
 from core import study
-from core.data import load_dataset
+from core.data import ImageError, decode_image, load_dataset
 from core.models import CheckpointError, build_model, checkpoint_info, load_model, load_weights
+from core.models.checkpoint import one_line
+from core.models.registry import load_folder
 
-from .keys import (CALIBRATION_POOL, DATASET_SEED, MAX_IMAGE_MB, MAX_MODEL_MB, MODEL_SUFFIXES,
-                   SOURCES, DataKey, Experiment, ImageRef, LoadedModel, ModelKey, Setup,
-                   cache_resource)
+from . import folders, uploads
+from .keys import (CALIBRATION_POOL, DATASET_SEED, K_UPLOAD_DIGEST, K_UPLOAD_FILE_ID,
+                   MAX_IMAGE_MB, MAX_IMAGE_PIXELS, MAX_MODEL_MB, MODEL_SUFFIXES, SOURCES, DataKey,
+                   Experiment, ImageRef, LoadedModel, ModelKey, Setup, cache_resource)
 from .widgets import remember_upload
 
 
@@ -38,14 +41,9 @@ def dataset_options(key: DataKey) -> dict:
     reproduces a comparison)."""
     options: dict = {}
     if key.name == "folder":
-        if not key.root:
-            raise ValueError("enter the server-side path of a folder with one sub-folder of "
-                             "images per class")
-        root = Path(key.root).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"folder not found on the server: {root}")
-        options["root"] = str(root)
-    elif key.name == "shapes" and max(key.image_size) > 64:
+        # key.root was resolved inside the data roots by setup(); the scan is bounded there
+        return folders.folder_dataset(key)
+    if key.name == "shapes" and max(key.image_size) > 64:
         # 6000 images of 224×224 would be 900 MB; a dashboard needs far fewer
         options.update(num_train=1200, num_val=300)
     elif key.name == "shapes" and not key.full:
@@ -75,25 +73,19 @@ def calibration(key: DataKey, size: int, seed: int) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------------------------- uploads
 
-def _upload_dir() -> Path:
-    d = Path(tempfile.gettempdir()) / "prunelens_uploads"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def _upload_path(digest: str) -> Path:
-    found = sorted(_upload_dir().glob(f"{digest}.*"))
-    if not found:
-        raise FileNotFoundError("the uploaded checkpoint is gone from the server; upload it again")
-    return found[0]
-
-
-def accept_model_upload(name: str, data: bytes) -> str:
+def accept_model_upload(name: str, data: bytes, file_id: str = "") -> str:
     """Check an uploaded checkpoint (size, suffix, readable as safetensors / weights-only),
-    store it server-side and remember it in the session. Returns its sha256.
+    keep it in this session's upload folder and remember it in the session. Returns its
+    sha256. ``file_id``: the uploader's id of the file; the same file is not checked twice.
 
     Raises ValueError / CheckpointError with the reason; nothing is remembered then.
     """
+    if file_id and file_id == st.session_state.get(K_UPLOAD_FILE_ID):
+        try:
+            uploads.path("model", st.session_state.get(K_UPLOAD_DIGEST, ""))
+            return st.session_state[K_UPLOAD_DIGEST]
+        except uploads.UploadGoneError:
+            pass  # deleted after sitting unused: keep it again
     suffix = Path(name).suffix.lower()
     if suffix not in MODEL_SUFFIXES:
         raise ValueError(f"{name}: only .safetensors or weights-only PyTorch checkpoints "
@@ -102,77 +94,67 @@ def accept_model_upload(name: str, data: bytes) -> str:
         raise ValueError(f"{name} is {len(data) / 2**20:.0f} MB; the limit is {MAX_MODEL_MB} MB")
     if not data:
         raise ValueError(f"{name} is empty")
-    digest = hashlib.sha256(data).hexdigest()[:32]
-    path = _upload_dir() / f"{digest}{suffix}"
-    if not path.exists():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+    path = uploads.save("model", name, data)
     try:
-        _uploaded_architecture(digest)  # reads it: a corrupt file fails here, with the reason
+        _uploaded_architecture(str(path))  # reads it: a corrupt file fails here, with the reason
     except CheckpointError as e:
-        path.unlink(missing_ok=True)
-        raise CheckpointError(str(e).replace(path.name, name)) from None
+        shutil.rmtree(path.parent, ignore_errors=True)
+        raise CheckpointError(one_line(e)) from None
     except Exception:
-        path.unlink(missing_ok=True)
+        shutil.rmtree(path.parent, ignore_errors=True)
         raise
+    digest = path.parent.name
     remember_upload(digest, name)
+    st.session_state[K_UPLOAD_FILE_ID] = file_id
     return digest
 
 
 @cache_resource(show_spinner=False, max_entries=4)
-def _uploaded_architecture(digest: str) -> nn.Module | None:
+def _uploaded_architecture(path: str) -> nn.Module | None:
     """The uploaded model if it carries PruneLens architecture metadata, else None (plain
     weights, to be loaded into the selected preset). Unreadable files raise CheckpointError."""
-    path = _upload_path(digest)
     if "prunelens_config" not in checkpoint_info(path):
         return None
     return load_model(path).eval()
 
 
-MAX_IMAGES_KEPT = 64
-
-
-@cache_resource(show_spinner=False)
-def _uploaded_images() -> dict[str, Tensor]:
-    """Decoded uploads by digest (process-wide, oldest dropped beyond MAX_IMAGES_KEPT)."""
-    return {}
+@cache_resource(show_spinner="Loading the model folder…", max_entries=4)
+def _folder_model(path: str) -> nn.Module:
+    """A Hugging Face / timm model folder (or PruneLens file) already resolved inside the data
+    roots, or a cached hub snapshot. CheckpointError with the reason otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"no model folder at {folders.label(path)}")
+    model = load_folder(p) if p.is_dir() else load_model(p)
+    return model.eval()
 
 
 def accept_image_upload(name: str, data: bytes, image_size: tuple[int, int]) -> ImageRef:
-    """Decode an uploaded picture (resized to the model's input) → its reference.
-    A file that is not an image raises ValueError with the reason."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Keep an uploaded picture in this session's upload folder and decode it (resized to
+    the model's input) → its reference. A file that is not an image, or one over
+    :data:`MAX_IMAGE_PIXELS`, raises ValueError with the reason (checked from its header)."""
     if len(data) > MAX_IMAGE_MB * 2**20:
         raise ValueError(f"{name} is {len(data) / 2**20:.1f} MB; the limit for images is "
                          f"{MAX_IMAGE_MB} MB")
-    digest = hashlib.sha256(data).hexdigest()[:32] + f"-{image_size[0]}x{image_size[1]}"
-    store = _uploaded_images()
-    if digest not in store:
-        try:
-            with Image.open(io.BytesIO(data)) as im:
-                im = im.convert("RGB").resize((image_size[1], image_size[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except Image.DecompressionBombError:
-            raise ValueError(f"{name} has too many pixels to decode safely") from None
-        except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
-            # PIL's own text names a BytesIO object at some address: no help to the user
-            raise ValueError(f"{name} is not an image PIL can read (PNG, JPEG, BMP, WebP, …)"
-                             ) from None
-        store[digest] = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-        while len(store) > MAX_IMAGES_KEPT:
-            store.pop(next(iter(store)))
-    return ImageRef(digest=digest)
+    path = uploads.save("image", name, data)
+    try:
+        _image_file(str(path), tuple(image_size))  # cached: reruns do not decode again
+    except ImageError as e:
+        shutil.rmtree(path.parent, ignore_errors=True)  # a bad file is not kept
+        raise ImageError(f"{name}: {e}") from None
+    return ImageRef(digest=path.parent.name)
+
+
+@cache_resource(show_spinner=False, max_entries=32)
+def _image_file(path: str, size: tuple[int, int]) -> Tensor:
+    """(3, H, W) in [0, 1]; pixel count checked from the header before decoding."""
+    return decode_image(Path(path).read_bytes(), size=size, max_pixels=MAX_IMAGE_PIXELS)
 
 
 def image_tensor(s: Setup, ref: ImageRef) -> tuple[Tensor, int | None]:
-    """(3, H, W) in [0, 1] and its label (None for uploads)."""
+    """(3, H, W) in [0, 1] and its label (None for uploads: this session's only)."""
     if ref.digest:
-        img = _uploaded_images().get(ref.digest)
-        if img is None:
-            raise ValueError("the uploaded image is no longer on the server; upload it again")
-        return img, None
+        return _image_file(str(uploads.path("image", ref.digest)), s.data.image_size), None
     if not 0 <= ref.index < len(s.val_set):
         raise ValueError(f"sample index must be in [0, {len(s.val_set) - 1}]")
     img, label = s.val_set[ref.index]
@@ -185,16 +167,17 @@ def image_tensor(s: Setup, ref: ImageRef) -> tuple[Tensor, int | None]:
 def base_model(key: ModelKey) -> LoadedModel:
     label = f"{key.preset} · {SOURCES[key.source]}"
     if key.source == "upload":
-        if not key.upload:
-            raise ValueError("upload a .safetensors (or weights-only .pt) checkpoint first")
         arch = _uploaded_architecture(key.upload)
         if arch is not None:
             model = copy.deepcopy(arch)
         else:
             model = build_model(key.preset, key.num_classes)
-            load_weights(model, _upload_path(key.upload))
+            load_weights(model, key.upload)
         name = model.preset or key.preset
         return LoadedModel(model.eval(), True, "", f"uploaded checkpoint ({name})")
+    if key.source == "folder":
+        model = copy.deepcopy(_folder_model(key.folder))
+        return LoadedModel(model, True, "", f"{folders.label(key.folder)} (model folder)")
     note = ""
     trained = False
     if key.source == "checkpoint":
@@ -254,21 +237,27 @@ def setup(exp: Experiment) -> Setup:
 
     Raises ValueError / CheckpointError / FileNotFoundError with a message for the user.
     """
+    upload = folder = ""
     if exp.source == "upload":
         if not exp.upload:
             raise ValueError("upload a .safetensors (or weights-only .pt) checkpoint in the "
                              "sidebar of the Prune page first")
-        arch = _uploaded_architecture(exp.upload)
+        upload = str(uploads.path("model", exp.upload))
+        arch = _uploaded_architecture(upload)
         shape = tuple(arch.input_shape) if arch is not None else preset_input_shape(exp.preset)
+    elif exp.source == "folder":
+        folder = str(folders.resolve_model(exp.model_folder))
+        shape = tuple(_folder_model(folder).input_shape)
     else:
         shape = preset_input_shape(exp.preset)
-    data = DataKey(exp.dataset, exp.folder.strip() if exp.dataset == "folder" else "",
-                   (int(shape[1]), int(shape[2])))
+    root = str(folders.resolve_folder(exp.folder)) if exp.dataset == "folder" else ""
+    data = DataKey(exp.dataset, root, (int(shape[1]), int(shape[2])))
+    if data.name == "folder":
+        folders.wait_for_scan(data)
     train_set, val_set = dataset(data)
     classes = tuple(train_set.classes)
     mkey = ModelKey(exp.preset, exp.source, exp.dataset, len(classes),
-                    exp.seed if exp.source == "init" else 0,
-                    exp.upload if exp.source == "upload" else "")
+                    exp.seed if exp.source == "init" else 0, upload, folder)
     base = base_model(mkey)
     if base.model.num_classes != len(classes):
         raise ValueError(f"the model has {base.model.num_classes} outputs but {exp.dataset} has "

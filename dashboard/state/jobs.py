@@ -114,7 +114,7 @@ def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: 
     store = run_store()
     model = pruned_model(key)  # our own copy: the cached base is never touched
     train_set = _train_subset(s, train_samples, config.seed)
-    run_cfg = {"model": s.exp.preset, "source": s.exp.source, "dataset": s.exp.dataset,
+    run_cfg = {"model": _model_name(s), "source": s.exp.source, "dataset": s.exp.dataset,
                "pruner": key.pruner if key.sparsity else None, "sparsity": key.sparsity,
                "scope": key.scope,
                "calibration": key.calib, "seed": key.seed, "train_samples": len(train_set),
@@ -155,7 +155,7 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
     images, _ = calibration(s.data, s.exp.calib, s.exp.seed)
     val_set = val_subset(s.data, s.exp.val_samples)
     sparsity = round(1.0 - budget, 4)
-    run_cfg = {"model": s.exp.preset, "source": s.exp.source, "dataset": s.exp.dataset,
+    run_cfg = {"model": _model_name(s), "source": s.exp.source, "dataset": s.exp.dataset,
                "pruner": "amap", "sparsity": sparsity, "budget": budget, "scope": "layer",
                "calibration": s.exp.calib, "seed": s.exp.seed, "train_samples": len(train_set),
                "steps": int(steps), "batch_size": int(batch_size),
@@ -178,6 +178,11 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
 
     _launch(job, store, work, finish_on_end=False)
     return run_id
+
+
+def _model_name(s: Setup) -> str:
+    """The preset's name, or what was loaded for an uploaded / server-folder model."""
+    return s.base.label if s.exp.source in ("upload", "folder") else s.exp.preset
 
 
 def _train_subset(s: Setup, n: int, seed: int):

@@ -13,6 +13,7 @@ from core.models import CheckpointError
 
 MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
 MAX_IMAGE_MB = 10
+MAX_IMAGE_PIXELS = 40_000_000  # an uploaded picture's width × height, checked from its header
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
 IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
 # The sparsity slider: steps of 5 % up to 90 %, then of 1 % up to 99 % (core takes 0.99; the
@@ -20,7 +21,7 @@ IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
 SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))          # the Fig. 3 columns, 0% … 90%
 SOURCES = {"checkpoint": "shipped checkpoint (trained)", "init": "untrained (pruning at init)",
-           "upload": "uploaded checkpoint"}
+           "upload": "uploaded checkpoint", "folder": "model folder on the server"}
 DATASET_SEED = 0  # the shipped checkpoints were trained on seed 0's split; keep its val set
 CALIBRATION_POOL = 1024  # shapes training images generated for calibration batches
 CELL_PX = 96      # side of one attention-grid cell on screen
@@ -36,8 +37,10 @@ SCORE_MEMORY_FACTOR = {"grasp": 3.0}
 K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
 K_FOLDER, K_PRUNERS, K_SPARSITY = "prune_folder", "prune_pruners", "prune_sparsity"
 K_SCOPE, K_CALIB, K_SEED, K_VAL = "prune_scope", "prune_calib", "prune_seed", "prune_val"
+K_MODEL_FOLDER = "prune_model_folder"
 K_UPLOAD_DIGEST = "upload_digest"  # not a widget: the accepted upload's sha256
 K_UPLOAD_NAME = "upload_name"
+K_UPLOAD_FILE_ID = "upload_file_id"  # the uploader's id of the accepted file
 K_DELETE_PENDING = "runs_delete_pending"
 
 # What a page reports as a plain reason (``page_errors``) rather than an unexpected failure.
@@ -59,7 +62,8 @@ class Experiment:
     calib: int = 64
     seed: int = 0
     val_samples: int = 128
-    upload: str = ""
+    upload: str = ""        # the accepted upload's sha256 (this session's file)
+    model_folder: str = ""  # source "folder": what the user chose (checked on use)
 
 
 @dataclass(frozen=True)
@@ -76,12 +80,16 @@ class DataKey:
 
 @dataclass(frozen=True)
 class ModelKey:
+    """A base model. ``upload``: the path of the session's uploaded checkpoint; ``folder``:
+    the resolved model folder (or cached hub snapshot) it is loaded from."""
+
     preset: str
     source: str
     dataset: str
     num_classes: int
     seed: int = 0
     upload: str = ""
+    folder: str = ""
 
 
 @dataclass(frozen=True)

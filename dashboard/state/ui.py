@@ -3,6 +3,7 @@ labels, and the image cells (attention and attribution heat maps over the pictur
 from __future__ import annotations
 
 import logging
+import re
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -12,12 +13,16 @@ import torch
 from torch import Tensor
 
 from core import attention as attn
+from core.models import CheckpointError, get_adapter, token_layout
+from core.models.checkpoint import one_line
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
+from .data import dense_cost
 from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, Setup
 from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes torch puts in its messages
 
 
 @contextmanager
@@ -30,11 +35,16 @@ def page_errors() -> Iterator[None]:
         st.error(f"{_reason(e)}", icon=":material/error:")
     except Exception as e:
         log.exception("dashboard page failed")
-        st.error(f"Unexpected error ({type(e).__name__}): {e}", icon=":material/error:")
+        st.error(f"Unexpected error ({type(e).__name__}): {_reason(e)}",
+                 icon=":material/error:")
 
 
 def _reason(e: BaseException) -> str:
-    msg = str(e).strip() or type(e).__name__
+    """One readable line: checkpoint errors and torch's unpickling refusal (a coloured essay)
+    cut to their first line without ANSI codes; others without ANSI codes."""
+    if isinstance(e, CheckpointError) or "Weights only load failed" in str(e):
+        return one_line(e)
+    msg = ANSI.sub("", str(e)).strip() or type(e).__name__
     if isinstance(e, KeyError):
         msg = f"missing entry {msg}"
     return msg
@@ -59,11 +69,44 @@ def sidebar_summary(exp: Experiment) -> None:
         st.header("Setup", divider="gray")
         src = {"checkpoint": "trained" if has_checkpoint(exp.preset, exp.dataset)
                else "untrained: no checkpoint", "init": "untrained",
-               "upload": "uploaded"}[exp.source]
+               "upload": "uploaded", "folder": "model folder"}.get(exp.source, exp.source)
         st.markdown(f"**{exp.preset}** ({src}) on **{exp.dataset}**  \n"
                     f"{', '.join(exp.pruners) or 'no criteria'} · {exp.sparsity:.0%} · "
                     f"{exp.scope} scope · seed {exp.seed}")
         st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
+
+
+_TOKEN_NAMES = {"cls": "class", "dist": "distillation"}
+NO_CLASS_TOKEN = ("This model has no class token (it averages the patch tokens): each “CLS” "
+                  "map shows the mean attention over all patch queries.")
+
+
+def model_note(s: Setup) -> str:
+    """What was loaded, in one short paragraph: family, special tokens, input size, mean/std,
+    parameters and MACs (one image)."""
+    model = s.base.model
+    layout = token_layout(model)
+    regs = sum(t.startswith("reg") for t in layout.prefix)
+    tokens = [_TOKEN_NAMES.get(t, t) for t in layout.prefix if not t.startswith("reg")]
+    tokens += [f"{regs} register"] if regs else []
+    cost = dense_cost(s.model_key)
+    C, H, W = model.input_shape
+    cfg = getattr(model, "config", None)
+    stats = (f" · mean {_floats(cfg.mean)}, std {_floats(cfg.std)}"
+             if hasattr(cfg, "mean") and hasattr(cfg, "std") else "")
+    text = (f"{get_adapter(model).family} · tokens: {', '.join(tokens) or 'none'} · "
+            f"input {C}×{H}×{W}{stats} · {cost.params / 1e6:.2f} M parameters · "
+            f"{cost.macs / 1e6:.1f} M MACs")
+    return text + ("  \n" + NO_CLASS_TOKEN if layout.cls_index is None else "")
+
+
+def no_class_token_note(s: Setup) -> str | None:
+    """The one caption line for attention views of a model without a class token."""
+    return NO_CLASS_TOKEN if token_layout(s.base.model).cls_index is None else None
+
+
+def _floats(xs) -> str:
+    return "(" + ", ".join(f"{float(x):.3g}" for x in xs) + ")"
 
 
 def default_grid_criteria(exp: Experiment) -> list[str]:

@@ -1,0 +1,246 @@
+"""Server folders a browser user may use, and folder scans with progress and cancel.
+
+Everything a browser user names on the server goes through ``core.data.roots``: a dataset or
+model folder must resolve (symlinks and ``..`` included) inside the data roots
+(``PRUNELENS_DATA_ROOTS``, default ``./data``); anything else gets the one refusal message,
+whatever is or is not there. The select boxes offer the folders that exist
+(``list_data_folders``); a typed path is checked the same way. Models may also come from the
+local Hugging Face cache (``hub:<org>/<name>``, only ids found there).
+
+A folder dataset is scanned in a worker thread, bounded (:data:`SCAN_SECONDS`,
+:data:`SCAN_MAX_FILES`, :data:`SCAN_MAX_DEPTH`, symlinks kept inside the roots), while the page
+shows the time used and a cancel button. One scan per browser session at a time; a failed or
+cancelled one is remembered (and reported) until the user asks to scan again or picks another
+folder, so a slider move does not restart a 20-second scan.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import streamlit as st
+
+from core.data import (DataPathError, ScanCancelled, data_roots, list_data_folders,
+                       load_dataset, resolve_under_roots)
+
+from .keys import DATASET_SEED, K_FOLDER, K_MODEL_FOLDER, DataKey, cache_resource
+from .uploads import session_token
+
+SCAN_SECONDS = 20.0
+SCAN_MAX_FILES = 100_000
+SCAN_MAX_DEPTH = 4
+HUB = "hub:"
+DATASETS_KEPT = 6
+
+
+# ---------------------------------------------------------------------------- choices
+
+def label(option: str) -> str:
+    """How a folder option reads: ``<root name>/<path inside it>``, or the hub id."""
+    if option.startswith(HUB):
+        return f"{option[len(HUB):]} (Hugging Face cache)"
+    path = Path(option)
+    for root in data_roots():
+        if path == root or path.is_relative_to(root):
+            return str(Path(root.name) / path.relative_to(root))
+    return option
+
+
+def _is_model_folder(path: Path) -> bool:
+    return (path / "config.json").is_file()
+
+
+def _has_subfolder(path: Path) -> bool:
+    try:
+        with os.scandir(path) as it:
+            return any(not e.name.startswith(".") and e.is_dir() for e in it)
+    except OSError:
+        return False
+
+
+def _with_current(options: list[str], key: str) -> list[str]:
+    """``options`` and, if the user typed one that is not among them, that one (checked on
+    use like any other)."""
+    current = st.session_state.get(key)
+    return options + [current] if isinstance(current, str) and current and \
+        current not in options else options
+
+
+def dataset_folders() -> list[str]:
+    """Folders inside the data roots that could hold a dataset: with sub-folders (classes),
+    not model folders; and the path the user typed, if any."""
+    return _with_current([str(p) for p in list_data_folders()
+                          if not _is_model_folder(p) and _has_subfolder(p)], K_FOLDER)
+
+
+def hub_ids() -> list[str]:
+    """``org/name`` of the models in the local Hugging Face cache (nothing is downloaded)."""
+    from core.models.hf import hub_cache_dir
+
+    cache = hub_cache_dir()
+    try:
+        names = sorted(e.name for e in os.scandir(cache)
+                       if e.name.startswith("models--") and e.is_dir())
+    except OSError:
+        return []
+    return [n[len("models--"):].replace("--", "/", 1) for n in names]
+
+
+def model_folders() -> list[str]:
+    """Model folders (``config.json`` inside) in the data roots, then ``hub:<id>`` entries;
+    and the path the user typed, if any."""
+    return _with_current([str(p) for p in list_data_folders(max_depth=3) if _is_model_folder(p)]
+                         + [HUB + i for i in hub_ids()], K_MODEL_FOLDER)
+
+
+def resolve_folder(text: str) -> Path:
+    """A dataset folder the user chose or typed → its resolved path inside the data roots.
+    :class:`DataPathError` (one fixed message) otherwise."""
+    return resolve_under_roots(text)
+
+
+def resolve_model(text: str) -> Path:
+    """A model source the user chose or typed → a path to load: a cached hub snapshot for
+    ``hub:<id>`` (only ids the cache lists), else a folder or file inside the data roots."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("choose a model folder (Hugging Face save_pretrained or timm layout) "
+                         "from the list in the sidebar")
+    if text.startswith(HUB):
+        repo = text[len(HUB):]
+        if repo not in hub_ids():
+            raise DataPathError()
+        from core.models.hf import hub_snapshot
+
+        return hub_snapshot(repo)
+    return resolve_under_roots(text)
+
+
+# ---------------------------------------------------------------------------- scans
+
+@dataclass(eq=False)
+class Scan:
+    """One session's folder scan in a worker thread; ``error`` is set, if it failed, before
+    ``done``."""
+
+    key: DataKey
+    token: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event = field(default_factory=threading.Event)
+    started: float = field(default_factory=time.monotonic)
+    error: BaseException | None = None
+
+
+@cache_resource(show_spinner=False)
+def _registry() -> tuple[dict[str, Scan], OrderedDict, threading.Lock]:
+    """Process-wide: each session's latest scan, finished datasets by key (LRU), a lock."""
+    return {}, OrderedDict(), threading.Lock()
+
+
+def _load(key: DataKey, cancel: threading.Event | None) -> tuple:
+    return load_dataset("folder", key.image_size, seed=DATASET_SEED, root=key.root,
+                        roots=data_roots(), max_seconds=SCAN_SECONDS,
+                        max_files=SCAN_MAX_FILES, max_depth=SCAN_MAX_DEPTH, cancel=cancel)
+
+
+def _keep(key: DataKey, result: tuple) -> None:
+    _, done, lock = _registry()
+    with lock:
+        done[key] = result
+        done.move_to_end(key)
+        while len(done) > DATASETS_KEPT:
+            done.popitem(last=False)
+
+
+def _run(scan: Scan) -> None:
+    try:
+        _keep(scan.key, _load(scan.key, scan.cancel))
+        scans, _, lock = _registry()
+        with lock:  # its dataset is kept by key now; only failures stay to be reported
+            if scans.get(scan.token) is scan:
+                del scans[scan.token]
+    except ScanCancelled:
+        scan.error = ValueError("the folder scan was cancelled: press “Scan again”, or choose "
+                                "another folder")
+    except Exception as e:  # noqa: BLE001  shown to the user by wait_for_scan
+        scan.error = e
+    finally:
+        scan.done.set()
+
+
+def folder_dataset(key: DataKey) -> tuple:
+    """(train, val) of a folder dataset: the finished scan's, else scanned here (bounded, no
+    progress: only after the dataset fell out of the cache)."""
+    key = replace(key, full=False)  # the whole folder is scanned either way
+    _, done, lock = _registry()
+    with lock:
+        if key in done:
+            done.move_to_end(key)
+            return done[key]
+    result = _load(key, None)
+    _keep(key, result)
+    return result
+
+
+def start_scan(key: DataKey) -> Scan:
+    """This session's scan of ``key``: the running or finished one, else a new one (a scan of
+    another folder still running is cancelled)."""
+    key = replace(key, full=False)
+    token = session_token()
+    scans, _, lock = _registry()
+    with lock:
+        scan = scans.get(token)
+        if scan is not None and scan.key == key:
+            return scan
+        if scan is not None:
+            scan.cancel.set()
+        scan = scans[token] = Scan(key, token)
+    threading.Thread(target=_run, args=(scan,), name="prunelens-folder-scan",
+                     daemon=True).start()
+    return scan
+
+
+def cancel_scan() -> None:
+    """Button callback: cancel this session's running scan."""
+    scan = _registry()[0].get(session_token())
+    if scan is not None:
+        scan.cancel.set()
+
+
+def forget_scan() -> None:
+    """Button callback: forget this session's failed scan, so that the next run scans again."""
+    scans, _, lock = _registry()
+    with lock:
+        scans.pop(session_token(), None)
+
+
+def wait_for_scan(key: DataKey) -> None:
+    """Scan folder ``key`` unless a scan already gave its dataset: a progress bar (time used
+    of :data:`SCAN_SECONDS`) and a cancel button meanwhile. Raises the scan's error (a
+    readable ``ValueError`` / ``OSError``) under a “Scan again” button."""
+    key = replace(key, full=False)
+    _, done, lock = _registry()
+    with lock:
+        if key in done:
+            return
+    scan = start_scan(key)
+    if not scan.done.is_set():
+        slot = st.empty()
+        with slot.container():
+            bar = st.progress(0.0, text=f"Scanning {label(key.root)}…")
+            st.button("Cancel scan", key="scan_cancel", on_click=cancel_scan,
+                      icon=":material/cancel:")
+        while not scan.done.wait(0.25):
+            used = time.monotonic() - scan.started
+            bar.progress(min(used / SCAN_SECONDS, 1.0),
+                         text=f"Scanning {label(key.root)}: {used:.0f} s (at most "
+                              f"{SCAN_SECONDS:.0f} s)…")
+        slot.empty()
+    if scan.error is not None:
+        st.button("Scan again", key="scan_again", on_click=forget_scan,
+                  icon=":material/refresh:")
+        raise scan.error.with_traceback(None)
