@@ -246,6 +246,85 @@ def run_2000(workdir: Path) -> str:
     return f"{outcome}; scan {scan:.2f} s, verify() alone {verify_only:.2f} s"
 
 
+# --------------------------------------------------------------------------- dashboard cases
+# What the dashboard adds around the core: per-session uploads under a cap, scans run in a
+# worker thread that the page cancels, model sources (folders, hub ids) under the same roots.
+# The dashboard's modules are imported while preparing, so their import is not counted.
+
+def prepare_upload_cap(workdir: Path) -> int:
+    from dashboard.state import uploads  # noqa: F401
+
+    return 5 * 2**20
+
+
+def run_upload_cap(workdir: Path) -> str:
+    """Eleven sessions upload 5 MB of junk each into a 50 MB cap."""
+    from dashboard.state.uploads import SessionUploads, UploadsFullError
+
+    store = SessionUploads(workdir / "uploads", cap_bytes=50 * 2**20)
+    junk = os.urandom(5 * 2**20)
+    for i in range(11):
+        try:
+            store.save(f"session{i}", "model", "junk.safetensors", junk[:-1] + bytes([i]))
+        except UploadsFullError as e:
+            kept = store.total_bytes() / 2**20
+            return f"upload {i + 1} refused: {str(e)[:80]}...; {kept:.0f} MB kept"
+    return f"all 11 kept?! {store.total_bytes() / 2**20:.0f} MB"
+
+
+def prepare_scan_cancel(workdir: Path) -> int:
+    from dashboard.state import folders  # noqa: F401
+
+    written = _small_images(workdir / "data" / "big", 200, side=16)
+    for c in ("a", "b"):  # 6000 more files: copies, the scan checks each
+        one = next((workdir / "data" / "big" / c).glob("*.png")).read_bytes()
+        for i in range(3000):
+            (workdir / "data" / "big" / c / f"copy{i}.png").write_bytes(one)
+    os.environ["PRUNELENS_DATA_ROOTS"] = str(workdir / "data")
+    return written + 6000 * len(one)
+
+
+def run_scan_cancel(workdir: Path) -> str:
+    """The page's Cancel button during a scan of 6200 images: how long until the scan stops."""
+    from dashboard.state import folders
+    from dashboard.state.keys import DataKey
+
+    scan = folders.Scan(DataKey("folder", str(workdir / "data" / "big"), (32, 32)), "session")
+    worker = threading.Thread(target=folders._run, args=(scan,))
+    worker.start()
+    time.sleep(1.0)
+    start = time.perf_counter()
+    scan.cancel.set()
+    scan.done.wait()
+    return f"stopped {time.perf_counter() - start:.3f} s after cancel: {scan.error}"
+
+
+def prepare_model_sources(workdir: Path) -> int:
+    from dashboard.state import folders  # noqa: F401
+
+    (workdir / "data").mkdir()
+    (workdir / "data" / "link").symlink_to("/usr")
+    os.environ["PRUNELENS_DATA_ROOTS"] = str(workdir / "data")
+    os.environ["HF_HUB_CACHE"] = str(workdir / "hub")
+    return 0
+
+
+def run_model_sources(workdir: Path) -> str:
+    """Model sources a browser user may type: outside the roots, a link out, a hub id the
+    cache does not hold."""
+    from core.data import DataPathError
+    from dashboard.state.folders import resolve_model
+
+    answers = set()
+    for text in ("/etc", "link", "../..", "hub:google/vit-base-patch16-224", "hub:../../etc"):
+        try:
+            resolve_model(text)
+            answers.add("ACCEPTED " + text)
+        except DataPathError as e:
+            answers.add(str(e))
+    return f"{len(answers)} distinct answer(s) for 5 sources: {sorted(answers)[0][:70]}..."
+
+
 CASES: list[Case] = [
     Case("dashboard paths /etc /root ../.. link-out", prepare_roots, run_roots),
     Case("folder root /etc (API)", _nothing, run_etc),
@@ -260,6 +339,10 @@ CASES: list[Case] = [
     Case("folder with FIFO, socket, /dev/console link, loop", prepare_specials, run_folder),
     Case("upload that is not an image", _nothing, run_not_an_image),
     Case("scan 2000 images 256x256 (cost, no target)", prepare_2000, run_2000, hostile=False),
+    Case("dashboard: 11 uploads of 5 MB junk, 50 MB cap", prepare_upload_cap, run_upload_cap),
+    Case("dashboard: scan of 6200 images cancelled", prepare_scan_cancel, run_scan_cancel),
+    Case("dashboard: model sources outside the roots, hub", prepare_model_sources,
+         run_model_sources),
 ]
 
 

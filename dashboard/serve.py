@@ -33,10 +33,13 @@ def free_port() -> int:
 
 @contextmanager
 def serve(runs_dir: str | Path, port: int | None = None, timeout: float = 90.0,
-          log_path: Path | None = None) -> Iterator[tuple[str, subprocess.Popen, float]]:
-    """Run the dashboard; yields (url, process, start time). Killed on exit, also on error."""
+          log_path: Path | None = None, env: dict[str, str] | None = None
+          ) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """Run the dashboard (``env``: extra environment variables); yields (url, process, start
+    time). Killed on exit, also on error."""
     port = port or free_port()
-    env = {**os.environ, "PRUNELENS_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PRUNELENS_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1",
+           **(env or {})}
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     t0 = time.monotonic()
     proc = subprocess.Popen(

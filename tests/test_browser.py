@@ -24,12 +24,19 @@ if not Path(CHROMIUM).exists():
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def data_root(tmp_path_factory):
+    """The server's data root (``PRUNELENS_DATA_ROOTS``), empty until a test fills it."""
+    return tmp_path_factory.mktemp("browser_data")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, data_root):
     """The dashboard on a free port with its own run store; killed at the end, also when a
     test fails. Yields (url, runs dir)."""
     runs = tmp_path_factory.mktemp("browser_runs")
     log = tmp_path_factory.mktemp("browser_log") / "streamlit.log"
-    with serve(runs, timeout=120, log_path=log) as (url, _proc, _t0):
+    with serve(runs, timeout=120, log_path=log,
+               env={"PRUNELENS_DATA_ROOTS": str(data_root)}) as (url, _proc, _t0):
         yield url, runs, log
 
 
@@ -323,3 +330,80 @@ def test_attention_controls_survive_an_upload(server, page):
         grid = pg.locator('[data-testid="stPlotlyChart"]').first
         assert "rollout (mean, discard 50%)" in grid.locator(".gtitle").text_content()
         assert "input (uploaded)" in grid.inner_text()
+
+
+def download(page, name: str, path: Path) -> Path:
+    """Click the download button ``name`` (its file is built on the server on click)."""
+    with page.expect_download(timeout=120_000) as info:
+        page.get_by_role("button", name=name).click()
+    info.value.save_as(path)
+    return path
+
+
+def test_downloads_and_a_cancelled_scan_in_chromium(server, data_root, page, tmp_path):
+    import zipfile
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from core.models import load_model
+
+    url = server[0]
+    page.goto(url)
+    charts(page, 3)
+    idle(page)
+
+    # the three formats of the pruned model, each built when clicked; they give the same logits
+    page.get_by_role("button", name="Download a pruned model").click()
+    onnx = download(page, "ONNX (.onnx)", tmp_path / "m.onnx")
+    zipped = download(page, "Hugging Face (.zip)", tmp_path / "m.zip")
+    own = download(page, "PruneLens (.safetensors)", tmp_path / "m.safetensors")
+    page.keyboard.press("Escape")
+    with zipfile.ZipFile(zipped) as zf:
+        zf.extractall(tmp_path / "hf")
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = load_model(own).eval()(x)
+        hf = load_model(tmp_path / "hf" / "model").eval()(x)
+    got = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(
+        ["logits"], {"images": x.numpy()})[0]
+    assert want.shape == (2, 6)
+    np.testing.assert_allclose(got, want.numpy(), atol=1e-4, rtol=0)
+    torch.testing.assert_close(hf, want, atol=1e-4, rtol=0)
+    no_errors(page)
+
+    # a folder of 10 000 images: its scan shows progress and stops when cancelled
+    data = _tiny_png()
+    for c in ("a", "b"):
+        (data_root / "slow" / c).mkdir(parents=True)
+        for i in range(5000):
+            (data_root / "slow" / c / f"{i}.png").write_bytes(data)
+    box = page.get_by_role("combobox", name="Dataset")
+    box.click()
+    page.get_by_role("option", name="folder", exact=True).click()
+    idle(page)
+    box = page.get_by_role("combobox", name="Folder on the server")
+    box.click()
+    page.get_by_role("option", name=f"{data_root.name}/slow", exact=True).click()
+    cancel = page.get_by_role("button", name="Cancel scan")
+    cancel.wait_for()
+    page.get_by_role("progressbar").first.wait_for()
+    cancel.click()
+    page.locator('[data-testid="stAlertContentError"]', has_text="cancelled").wait_for()
+    page.get_by_role("button", name="Scan again").wait_for()
+    idle(page)
+    no_errors(page, allowed=("the folder scan was cancelled",))
+    assert page.locator(".js-plotly-plot").count() == 0
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    arr = np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import streamlit as st
+from streamlit.errors import StreamlitDuplicateElementKey
 
 from core.data import (DataPathError, ScanCancelled, data_roots, list_data_folders,
                        load_dataset, resolve_under_roots)
@@ -232,8 +233,7 @@ def wait_for_scan(key: DataKey) -> None:
         slot = st.empty()
         with slot.container():
             bar = st.progress(0.0, text=f"Scanning {label(key.root)}…")
-            st.button("Cancel scan", key="scan_cancel", on_click=cancel_scan,
-                      icon=":material/cancel:")
+            _button("Cancel scan", "scan_cancel", cancel_scan, ":material/cancel:")
         while not scan.done.wait(0.25):
             used = time.monotonic() - scan.started
             bar.progress(min(used / SCAN_SECONDS, 1.0),
@@ -241,6 +241,13 @@ def wait_for_scan(key: DataKey) -> None:
                               f"{SCAN_SECONDS:.0f} s)…")
         slot.empty()
     if scan.error is not None:
-        st.button("Scan again", key="scan_again", on_click=forget_scan,
-                  icon=":material/refresh:")
+        _button("Scan again", "scan_again", forget_scan, ":material/refresh:")
         raise scan.error.with_traceback(None)
+
+
+def _button(text: str, key: str, on_click, icon: str) -> None:
+    """A button once per page run (a page that sets up twice gets it the first time)."""
+    try:
+        st.button(text, key=key, on_click=on_click, icon=icon)
+    except StreamlitDuplicateElementKey:
+        pass
