@@ -43,7 +43,41 @@ def picture() -> bytes:
     return buf.getvalue()
 
 
-def shoot(out: Path, width: int = 1440, deit: bool = True) -> list[Path]:
+def others_pages(page, save, upload) -> None:
+    """prune, attention, rollout, train, runs (vit-tiny trained on shapes)."""
+    choose(page, "Criteria to compare", SIX)
+    wait_idle(page, timeout_ms=900_000, settle_ms=1000)
+    save("prune")
+
+    timed(page, page.get_by_role("link", name="Attention").first.click)
+    wait_charts(page, 2, timeout_ms=900_000)
+    page.locator("label").filter(has_text=re.compile(r"^shared$")).first.click()
+    wait_idle(page, timeout_ms=900_000)
+    upload()
+    wait_charts(page, 2, timeout_ms=900_000)
+    save("attention")
+
+    timed(page, page.get_by_role("link", name="Rollout & attribution").first.click)
+    upload()
+    wait_charts(page, 1, timeout_ms=900_000)
+    save("rollout")
+
+    page.get_by_role("link", name="Train").first.click()
+    wait_idle(page)
+    page.get_by_label("Epochs").fill("2")
+    page.get_by_label("Training images").fill("1000")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_selector('[data-testid="stAlertContentSuccess"]', timeout=900_000)
+    wait_charts(page, 1)
+    wait_idle(page)
+    save("train")
+    page.get_by_role("link", name="Runs").first.click()
+    wait_charts(page, 1)
+    wait_idle(page)
+    save("runs")
+
+
+def shoot(out: Path, width: int = 1440, deit: bool = True, others: bool = True) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     saved = []
     runs = tempfile.mkdtemp(prefix="prunelens_shots_runs_")
@@ -74,37 +108,8 @@ def shoot(out: Path, width: int = 1440, deit: bool = True) -> list[Path]:
             page.goto(url)
             wait_charts(page, 3)
             wait_idle(page)
-            choose(page, "Criteria to compare", SIX)
-            wait_idle(page, timeout_ms=900_000, settle_ms=1000)
-            save("prune")
-
-            timed(page, page.get_by_role("link", name="Attention").first.click)
-            wait_charts(page, 2, timeout_ms=900_000)
-            page.locator("label").filter(has_text=re.compile(r"^shared$")).first.click()
-            wait_idle(page, timeout_ms=900_000)
-            upload()
-            wait_charts(page, 2, timeout_ms=900_000)
-            save("attention")
-
-            timed(page, page.get_by_role("link", name="Rollout & attribution").first.click)
-            upload()
-            wait_charts(page, 1, timeout_ms=900_000)
-            save("rollout")
-
-            page.get_by_role("link", name="Train").first.click()
-            wait_idle(page)
-            page.get_by_label("Epochs").fill("2")
-            page.get_by_label("Training images").fill("1000")
-            page.get_by_role("button", name="Start training").click()
-            page.wait_for_selector('[data-testid="stAlertContentSuccess"]', timeout=900_000)
-            wait_charts(page, 1)
-            wait_idle(page)
-            save("train")
-            page.get_by_role("link", name="Runs").first.click()
-            wait_charts(page, 1)
-            wait_idle(page)
-            save("runs")
-
+            if others:
+                others_pages(page, save, upload)
             if deit:
                 page.get_by_role("link", name="Prune").first.click()
                 wait_idle(page, timeout_ms=900_000)
@@ -129,10 +134,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "assets" / "screenshots")
     ap.add_argument("--width", type=int, default=1440)
     ap.add_argument("--no-deit", action="store_true", help="skip the slow deit-tiny page")
+    ap.add_argument("--deit-only", action="store_true", help="only the deit-tiny page")
     args = ap.parse_args()
     if not Path(CHROMIUM).exists():
         sys.exit(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    shoot(args.out, args.width, deit=not args.no_deit)
+    shoot(args.out, args.width, deit=not args.no_deit, others=not args.deit_only)
 
 
 if __name__ == "__main__":

@@ -226,6 +226,16 @@ def test_six_criteria_fit_their_cards(server, page, shots, width):
         pg.get_by_text("synflow at 50%", exact=True).wait_for()
         pg.locator('[data-testid="stMetric"]').nth(4 * 6).wait_for()  # dense + 6 cards
         no_errors(pg)
+        # one card per criterion, none left over from an earlier (progressive) render
+        assert pg.locator('[data-testid="stMetric"]').count() == 4 * 7
+        assert pg.get_by_text("Dense model", exact=False).count() == 1
+        # 600 images: two slices, the cards drawn twice; none of the first drawing is left
+        box = pg.get_by_role("spinbutton", name="Validation images")
+        box.fill("600")
+        box.press("Enter")
+        pg.wait_for_timeout(500)
+        idle(pg, 1000)
+        assert pg.locator('[data-testid="stMetric"]').count() == 4 * 7
         assert pg.locator(".katex-display").count() >= 6
         assert pg.evaluate(CLIPPED) == []
         height = pg.evaluate("document.querySelector('[data-testid=\"stMain\"]').scrollHeight")

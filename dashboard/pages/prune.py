@@ -113,7 +113,7 @@ def num(x: float) -> str:
 
 
 def headline(results: dict, ok: list[str], sparsity: float, label: str,
-             masked: tuple[str, ...] = ()) -> None:
+             masked: tuple[str, ...] = (), failed: dict | None = None) -> None:
     """One card for the dense model and one per criterion (three to a row): accuracy, loss,
     what is kept. Criteria still being computed get a card that says which step they are at
     (``masked``: scored and masked, being evaluated)."""
@@ -135,7 +135,8 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
                 r = results[name]
                 st.markdown(f"**{name}** at {sparsity:.0%}")
                 if r is None:
-                    st.caption("evaluating…" if name in masked else "scoring and masking…")
+                    st.caption("failed: the reason is above" if name in (failed or {})
+                               else "evaluating…" if name in masked else "scoring and masking…")
                     continue
                 a, b = st.columns(2)
                 a.metric("Accuracy", pct(r["eval"]["accuracy"]),
@@ -300,7 +301,9 @@ def page() -> None:
         if snap["version"] != shown and r.get("upto", {}).get("dense"):
             shown = snap["version"]
             ok = [n for n in r["order"] if n in r["pruned"]]
-            holder = holder or cards.empty()
+            # every re-render draws the same elements (a line, a card per criterion):
+            # Streamlit keeps those of the same run it does not overwrite
+            holder = cards.empty() if holder is None else holder
             with holder.container():
                 upto = r["upto"]
                 have = [n for n in ok if upto.get(n)]
@@ -309,16 +312,14 @@ def page() -> None:
                                                               exp.val_samples, m),
                                      "cost": state.cost(s.key(exp.pruners[0], 0.0))}}
                 for n in exp.pruners:
-                    if n in r["failed"]:
-                        continue
                     results[n] = None if n not in have else {
                         "key": s.key(n), "cost": state.cost(s.key(n)),
                         "eval": state.evaluation(s.key(n), exp.val_samples, m)}
-                if m < r["n"]:
-                    st.caption(f":material/hourglass_top: Numbers on the first "
-                               f"{plural(m, 'validation image')} of {r['n']}; refining…")
-                headline(results, [n for n in exp.pruners if n in results and n != "dense"],
-                         exp.sparsity, s.base.label, tuple(ok))
+                st.caption(f":material/hourglass_top: Numbers on the first "
+                           f"{plural(m, 'validation image')} of {r['n']}; refining…"
+                           if m < r["n"] else f"Numbers on all {plural(m, 'validation image')}.")
+                headline(results, list(exp.pruners), exp.sparsity, s.base.label, tuple(ok),
+                         r["failed"])
             if not drawn_details and ok and len(ok) + len(r["failed"]) == len(exp.pruners):
                 keys = {n: s.key(n) for n in exp.pruners if n in ok}
                 kept_chart(exp, {n: state.layer_kept(k) for n, k in keys.items()}, list(keys),
