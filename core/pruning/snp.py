@@ -377,13 +377,15 @@ class SNPPruner(StructuredPruner):
         views = block_views(model)
         per_layer = (lambda w: value_redundancy_scores(w, 1)) \
             if self.residual_score == "redundancy" else l2_scores
-        return StructuredScores(
-            qk=stats.qk,
-            v=[value_redundancy_scores(b.v_weight.flatten(0, 1), b.num_heads)
-               .reshape(b.num_heads, b.v_dim).cpu() for b in views],
-            mlp=[value_redundancy_scores(b.fc1.weight.detach(), 1).cpu() for b in views],
-            heads=stats.heads,
-            residual=residual_scores(model, per_layer).cpu())
+        v, mlp = self.neuron_scores(views, stats)
+        return StructuredScores(qk=stats.qk, v=v, mlp=mlp, heads=stats.heads,
+                                residual=residual_scores(model, per_layer).cpu())
+
+    def neuron_scores(self, views: list[BlockView], stats) -> tuple[list[Tensor], list[Tensor]]:
+        """v channels (H, d_v) and FFN neurons (hidden,) per block: SNP's redundancy ω."""
+        return ([value_redundancy_scores(b.v_weight.flatten(0, 1), b.num_heads)
+                 .reshape(b.num_heads, b.v_dim).cpu() for b in views],
+                [value_redundancy_scores(b.fc1.weight.detach(), 1).cpu() for b in views])
 
 
 @register_pruner("reverse")
@@ -449,20 +451,12 @@ class SNPActPruner(SNPPruner):
         "ranks the strongest neurons as the most redundant, because they share the input's "
         "dominant directions; the magnitude fixes that.")
 
-    def __call__(self, model: nn.Module, images: Tensor | None = None,
-                 labels: Tensor | None = None) -> StructuredScores:
-        stats = calibrate(model, images, self.batch_size, self.rank, self.name)
-        views = block_views(model)
-        per_layer = (lambda w: value_redundancy_scores(w, 1)) \
-            if self.residual_score == "redundancy" else l2_scores
-        return StructuredScores(
-            qk=stats.qk,
-            v=[redundancy_times_output(b.v_weight.flatten(0, 1), b.num_heads, a, b.out_weight)
-               .reshape(b.num_heads, b.v_dim) for b, a in zip(views, stats.v_act)],
-            mlp=[redundancy_times_output(b.fc1.weight.detach(), 1, a, b.fc2.weight)
-                 for b, a in zip(views, stats.hidden_act)],
-            heads=stats.heads,
-            residual=residual_scores(model, per_layer).cpu())
+    def neuron_scores(self, views: list[BlockView], stats) -> tuple[list[Tensor], list[Tensor]]:
+        """ω weighted by what each neuron writes (:func:`redundancy_times_output`)."""
+        return ([redundancy_times_output(b.v_weight.flatten(0, 1), b.num_heads, a, b.out_weight)
+                 .reshape(b.num_heads, b.v_dim) for b, a in zip(views, stats.v_act)],
+                [redundancy_times_output(b.fc1.weight.detach(), 1, a, b.fc2.weight)
+                 for b, a in zip(views, stats.hidden_act)])
 
 
 def _per_row(model: nn.Module, row_fn: Callable[[Tensor], Tensor],

@@ -25,6 +25,7 @@ with state.page_errors():
     with c_img:
         src = st.radio("Image", ["validation sample", "upload"], key="att_image_source",
                        horizontal=True, persist_state=KEEP)
+        up, idx = None, 0
         if src == "upload":
             up = st.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
                                   key="att_upload", max_upload_size=state.MAX_IMAGE_MB)
@@ -63,13 +64,7 @@ with state.page_errors():
         criteria = st.multiselect("Rows: criteria", crit_options, key="att_criteria",
                                   format_func=state.pruner_label, max_selections=6,
                                   persist_state=KEEP)
-    if src == "upload":
-        if up is None:
-            st.info("Upload a picture, or switch back to a validation sample.")
-            st.stop()
-        ref = state.accept_image_upload(up.name, up.getvalue(), s.data.image_size)
-    else:
-        ref = state.ImageRef(index=int(idx))
+    ref = state.chosen_image(s, src, up, idx)
     image, label = state.image_tensor(s, ref)
     if not criteria:
         st.info("Choose at least one criterion for the rows.")

@@ -24,6 +24,7 @@ with state.page_errors():
                             "block before multiplying (CLS→CLS is kept).")
     src = c.radio("Image", ["validation sample", "upload"], key="ro_image_source",
                   horizontal=True)
+    up, idx = None, 0
     if src == "upload":
         up = c.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
                              key="ro_upload", max_upload_size=state.MAX_IMAGE_MB)
@@ -31,13 +32,7 @@ with state.page_errors():
         idx = c.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
                              len(s.val_set) - 1, value=0, step=1, key="ro_sample")
     target = c.selectbox("Explain class", ["predicted", *s.classes], key="ro_target")
-    if src == "upload":
-        if up is None:
-            st.info("Upload a picture, or switch back to a validation sample.")
-            st.stop()
-        ref = state.accept_image_upload(up.name, up.getvalue(), s.data.image_size)
-    else:
-        ref = state.ImageRef(index=int(idx))
+    ref = state.chosen_image(s, src, up, idx)
     image, label = state.image_tensor(s, ref)
     key = s.key(crit, sparsity / 100)
     tgt = None if target == "predicted" else s.classes.index(target)

@@ -60,11 +60,12 @@ from .folders import dataset_folders, label as folder_label, model_folders  # no
 from .exports import pruned_downloads, run_downloads  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
                    start_training)
-from .ui import (colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
+from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
                  image_cell, model_note, no_class_token_note, overlay_cell, page_errors,
                  pruner_label, scale_note, sidebar_summary, source_label, untrained_notice)
 
 __all__ = [
+    "chosen_image",
     "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
     "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
     "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",

@@ -17,8 +17,8 @@ from core.models import CheckpointError, get_adapter, token_layout
 from core.models.checkpoint import one_line
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
-from .data import dense_cost
-from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, Setup
+from .data import accept_image_upload, dense_cost
+from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, ImageRef, Setup
 from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
@@ -228,3 +228,14 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
     st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
               on_click=set_flag, args=(restart_key,))
     st.stop()
+
+
+def chosen_image(s: Setup, source: str, upload, index: int) -> ImageRef:
+    """The picture a page explains: the uploaded file (the page stops with a hint until one
+    is given) or validation sample ``index``."""
+    if source == "upload":
+        if upload is None:
+            st.info("Upload a picture, or switch back to a validation sample.")
+            st.stop()
+        return accept_image_upload(upload.name, upload.getvalue(), s.data.image_size)
+    return ImageRef(index=int(index))
