@@ -276,8 +276,12 @@ def test_sigterm_stops_the_cli_cleanly_with_the_points_done(model_file, tmp_path
          "--out", str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     seen = ""
     deadline = time.monotonic() + 180
-    while "at 2%" not in seen and time.monotonic() < deadline:  # progress is on stderr
-        seen += proc.stderr.read(1)
+    # progress is on stderr (tqdm prints at most every 0.1 s, so wait for any "<name> at N%")
+    while not re.search(r" at \d+%", seen) and time.monotonic() < deadline:
+        char = proc.stderr.read(1)
+        if not char:
+            break
+        seen += char
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]

@@ -41,8 +41,7 @@ def dataset_options(key: DataKey) -> dict:
     reproduces a comparison)."""
     options: dict = {}
     if key.name == "folder":
-        # key.root was resolved inside the data roots by setup(); the scan is bounded there
-        return folders.folder_dataset(key)
+        return {"root": key.root}
     if key.name == "shapes" and max(key.image_size) > 64:
         # 6000 images of 224×224 would be 900 MB; a dashboard needs far fewer
         options.update(num_train=1200, num_val=300)
@@ -53,6 +52,9 @@ def dataset_options(key: DataKey) -> dict:
 
 @cache_resource(show_spinner="Loading the dataset…", max_entries=6)
 def dataset(key: DataKey):
+    if key.name == "folder":
+        # key.root was resolved inside the data roots by setup(); the scan is bounded there
+        return folders.folder_dataset(key)
     return load_dataset(key.name, key.image_size, seed=DATASET_SEED, **dataset_options(key))
 
 
