@@ -4,6 +4,7 @@ per-criterion breakdown of ``core.study.sweep``.
     python benchmarks/bench_sweep.py            # all three targets
     python benchmarks/bench_sweep.py vit        # vit-tiny, 1 and 3 seeds
     python benchmarks/bench_sweep.py deit       # deit-tiny at 224 × 224 (random weights)
+    python benchmarks/bench_sweep.py deit-point # deit-tiny: cost of one point, memory, cancel
 
 Targets: 6 unstructured criteria × 12 sparsities, one-shot, every CSV column filled
 (attention fidelity included): vit-tiny (shipped checkpoint, 512 validation images) ≤ 5 s
@@ -44,7 +45,8 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def timed_sweep(model, train_set, val, criteria, seeds, label: str, cancel_after: float = 0):
+def timed_sweep(model, train_set, val, criteria, seeds, label: str, cancel_after: float = 0,
+                sparsities: list[float] | None = None):
     """Run one sweep; print wall, CPU, peak RSS and the seconds spent per criterion."""
     per: dict[str, float] = defaultdict(float)
     last = [time.perf_counter(), None]
@@ -59,10 +61,11 @@ def timed_sweep(model, train_set, val, criteria, seeds, label: str, cancel_after
             cancel.set()
             last.append(now)
 
-    print(f"\n{label}: {len(criteria)} criteria × {len(SPARSITIES)} sparsities (+ dense) × "
+    sparsities = SPARSITIES if sparsities is None else sparsities
+    print(f"\n{label}: {len(criteria)} criteria × {len(sparsities)} sparsities (+ dense) × "
           f"{len(seeds)} seed(s), {len(val)} validation images; {load()}", flush=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
-    df = study.sweep(model, train_set, val, criteria, [0.0, *SPARSITIES], calib=64,
+    df = study.sweep(model, train_set, val, criteria, [0.0, *sparsities], calib=64,
                      seeds=seeds, val_samples=len(val), progress=progress, cancel=cancel)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
@@ -101,9 +104,22 @@ def deit() -> None:
                 cancel_after=5.0)
 
 
+def deit_point() -> None:
+    """deit-tiny: wall/CPU of a few points of the cheapest criterion (the per-point cost of
+    the full target), peak memory, and how fast cancel returns."""
+    torch.manual_seed(0)
+    model = build_model("deit-tiny", 6)
+    train_set, val_set = load_dataset("shapes", tuple(model.input_shape[1:]), seed=0,
+                                      num_train=256, num_val=128)
+    timed_sweep(model, train_set, val_set, ["magnitude"], [0], "deit-tiny, 3 points",
+                sparsities=[0.5, 0.9, 0.99])
+    timed_sweep(model, train_set, val_set, unstructured(), [0], "deit-tiny, cancel after 5 s",
+                cancel_after=5.0)
+
+
 if __name__ == "__main__":
     which = sys.argv[1:] or ["vit", "deit"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; criteria {unstructured()}")
     for name in which:
-        {"vit": vit, "deit": deit}[name]()
+        {"vit": vit, "deit": deit, "deit-point": deit_point}[name]()

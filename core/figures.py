@@ -6,9 +6,9 @@ all draw their files here; the dashboard's on-screen charts are plotly.
 Why matplotlib and not plotly's static export: plotly writes PNG/SVG only through kaleido,
 which drives a Chromium (and tries to download one, impossible offline); driving Debian's
 Chromium ourselves works but starts a browser per export session and loads plotly.js into
-it. ``benchmarks/bench_figures.py`` measures both for the same four sweep charts; matplotlib
-was several times cheaper per export and needs no browser on the machine (a server or a
-torchrun node has none), which decided it. SVG text stays text (``svg.fonttype: none``) so
+it. ``benchmarks/bench_figures.py`` measures both for the same four sweep charts (figures in
+the README): matplotlib took less than half the wall time for no more CPU, and needs no
+browser on the machine (a server or a torchrun node has none), which decided it. SVG text stays text (``svg.fonttype: none``) so
 titles can be searched and edited in a drawing program.
 
     from core import figures, study

@@ -701,6 +701,8 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     scratch = copy.deepcopy(base)
     measure = Measure(base, val_subset(val_set, val_samples), batch_size, attention)
     dense = dense_cost(base)
+    if progress:
+        progress(0.0, "the dense model")
     dense_ev, dense_cls, dense_roll = measure(base)
     rows: list[dict] = []
     total, done = len(points) * len(ratios), 0

@@ -190,11 +190,11 @@ def test_cancel_stops_before_the_next_point(model, data):
 
     def progress(frac, text):
         seen.append(text)
-        if len(seen) == 3:
+        if len(seen) == 4:  # the dense model, then 3 points
             cancel.set()
     df = study.sweep(model, train_set, val_set, ["magnitude", "snip"], [0.0, 0.5, 0.9],
                      calib=8, val_samples=8, progress=progress, cancel=cancel)
-    assert df.attrs["cancelled"] and len(df) == 3
+    assert df.attrs["cancelled"] and len(df) == 3 and seen[0] == "the dense model"
     assert study.sweep(model, train_set, val_set, ["magnitude"], [0.0], val_samples=8,
                        cancel=threading.Event()).attrs["cancelled"] is False
 
@@ -276,12 +276,9 @@ def test_sigterm_stops_the_cli_cleanly_with_the_points_done(model_file, tmp_path
          "--out", str(tmp_path)], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
     seen = ""
     deadline = time.monotonic() + 180
-    # progress is on stderr (tqdm prints at most every 0.1 s, so wait for any "<name> at N%")
-    while not re.search(r" at \d+%", seen) and time.monotonic() < deadline:
-        char = proc.stderr.read(1)
-        if not char:
-            break
-        seen += char
+    while not re.search(r" (\d\d+)/891 ", seen) and time.monotonic() < deadline:
+        seen += proc.stderr.read(1)  # tqdm on stderr: wait for 10 points done
+    assert proc.poll() is None, "the sweep ended before it could be stopped"
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
