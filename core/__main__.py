@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 import tempfile
 import threading
@@ -176,7 +175,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if main:
         _check_runs_dir(args.runs_dir)
     cancel = threading.Event()
-    previous = _cancel_on_signals(cancel)
+    from .cli_compare import catch_stop_signals, restore_signals
+
+    previous = catch_stop_signals(cancel, what="step")
     if args.data == "folder":  # Ctrl-C stops a long folder scan at once
         data_options.setdefault("cancel", cancel)
     try:
@@ -193,15 +194,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = build_model(args.model, num_classes=len(train_set.classes),
                             pretrained=args.pretrained, dataset=args.data, **overrides)
     except ScanCancelled as e:
-        _restore_signals(previous)
+        restore_signals(previous)
         print(f"cancelled: {e}", file=sys.stderr)
         return EXIT_CANCELLED
     except (ValueError, TypeError, OSError) as e:
-        _restore_signals(previous)
+        restore_signals(previous)
         raise UsageError(str(e)) from None
     data_options.pop("cancel", None)
     if cancel.is_set():  # Ctrl-C while the data or the model was being prepared
-        _restore_signals(previous)
+        restore_signals(previous)
         print("cancelled before training started", file=sys.stderr)
         return EXIT_CANCELLED
 
@@ -211,7 +212,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             store = _open_store(args.runs_dir)
         except UsageError:
-            _restore_signals(previous)
+            restore_signals(previous)
             raise
         run_id = store.create_run(
             model=args.model, dataset=args.data, pruner=None, sparsity=None, name=args.name,
@@ -227,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         result = train(model, train_set, val_set, config, callbacks=callbacks, cancel=cancel)
     finally:
-        _restore_signals(previous)
+        restore_signals(previous)
         if dist.is_initialized():
             dist.destroy_process_group()
 
@@ -250,27 +251,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif args.out:
             print(f"model saved to {save_model(model, args.out)}")
     return {"finished": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(result.status, EXIT_FAILED)
-
-
-def _cancel_on_signals(cancel: threading.Event) -> dict:
-    """First Ctrl-C / SIGTERM sets ``cancel`` (clean stop, run recorded); a second Ctrl-C raises."""
-    previous = {}
-
-    def handler(signum: int, frame: object) -> None:
-        cancel.set()
-        print(f"\n{signal.Signals(signum).name}: stopping before the next step "
-              "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, handler)
-    return previous
-
-
-def _restore_signals(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
 
 
 def _prog() -> str:

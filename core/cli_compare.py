@@ -207,26 +207,37 @@ def check_criteria(names: Sequence[str]) -> None:
         raise ValueError(f"criteria repeated: {list(names)}")
 
 
-@contextmanager
-def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
-    """First Ctrl-C / SIGTERM sets ``cancel`` (stop before the next point); a second Ctrl-C
-    raises KeyboardInterrupt. Handlers restored on exit."""
+def catch_stop_signals(cancel: threading.Event, what: str = "point") -> dict:
+    """First Ctrl-C / SIGTERM sets ``cancel`` (stop before the next ``what``); a second
+    Ctrl-C raises KeyboardInterrupt. Returns the previous handlers for
+    :func:`restore_signals` (none outside the main thread)."""
     previous = {}
 
     def handler(signum: int, _frame: object) -> None:
         cancel.set()
-        print(f"\n{signal.Signals(signum).name}: stopping before the next point "
+        print(f"\n{signal.Signals(signum).name}: stopping before the next {what} "
               "(Ctrl-C again to abort)", file=sys.stderr, flush=True)
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, handler)
+    return previous
+
+
+def restore_signals(previous: dict) -> None:
+    for sig, h in previous.items():
+        signal.signal(sig, h)
+
+
+@contextmanager
+def stop_on_signals(cancel: threading.Event) -> Iterator[None]:
+    """:func:`catch_stop_signals` for the block; handlers restored on exit."""
+    previous = catch_stop_signals(cancel)
     try:
         yield
     finally:
-        for sig, h in previous.items():
-            signal.signal(sig, h)
+        restore_signals(previous)
 
 
 class _Bar:

@@ -286,6 +286,26 @@ class DenseCost:
     uses: dict[str, int] = field(default_factory=dict)
 
 
+def activation_bytes(model: nn.Module) -> int:
+    """Bytes of every module output in a forward of one image (no gradients): the scale of
+    the activation memory scoring needs per calibration image. Hooks are removed after."""
+    total = 0
+
+    def add(_m, _i, out) -> None:
+        nonlocal total
+        if isinstance(out, Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(add) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *model.input_shape))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
 def dense_cost(model: nn.Module) -> DenseCost:
     net = copy.deepcopy(model).eval()  # hooks and mode changes on a private copy
     uses: dict[str, int] = {}

@@ -11,31 +11,13 @@ import io
 import json
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
-FAST = {"prune_val": 64, "prune_calib": 32}
-
-
-def make_app(**session) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=240)
-    for key, value in {**FAST, **session}.items():
-        at.session_state[key] = value
-    return at
-
-
-def ok(at: AppTest) -> AppTest:
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+from test_dashboard import errors, make_app, ok  # the shared AppTest helpers
 
 
 def figure(at: AppTest, key: str) -> dict:

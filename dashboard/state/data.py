@@ -200,24 +200,9 @@ def base_model(key: ModelKey) -> LoadedModel:
 
 @cache_resource(show_spinner=False, max_entries=8)
 def image_bytes(key: ModelKey) -> int:
-    """Bytes of every module output in a forward of one image (no gradients): the scale of
-    the activation memory scoring needs per calibration image."""
-    net = copy.deepcopy(base_model(key).model)  # hooks on a private copy
-    total = 0
-
-    def add(_m, _i, out) -> None:
-        nonlocal total
-        if isinstance(out, Tensor):
-            total += out.numel() * out.element_size()
-
-    handles = [m.register_forward_hook(add) for m in net.modules()]
-    try:
-        with torch.no_grad():
-            net(torch.zeros(1, *net.input_shape))
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    """``study.activation_bytes`` of the base model (hooks on a private copy: the cached model
+    is shared by every session)."""
+    return study.activation_bytes(copy.deepcopy(base_model(key).model))
 
 
 @cache_resource(show_spinner=False, max_entries=8)

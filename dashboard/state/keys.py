@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 import streamlit as st
 from torch import nn
 
+from core import study
 from core.models import CheckpointError
 
 MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
@@ -150,9 +151,7 @@ class Setup:
     def calib(self, pruner: str) -> int:
         """The calibration batch ``pruner`` scores on: the experiment's, capped so that its
         activations fit :data:`SCORE_MB` (data-free criteria: the experiment's)."""
-        from .catalogue import pruner_info
-
-        if not self.image_bytes or not pruner_info(pruner)["needs_data"]:
+        if not self.image_bytes or not _needs_data(pruner):
             return self.exp.calib
         per_image = self.image_bytes * SCORE_MEMORY_FACTOR.get(pruner, 1.0)
         return max(1, min(self.exp.calib, int(SCORE_MB * 2**20 // per_image)))
@@ -161,6 +160,11 @@ class Setup:
         s = self.exp.sparsity if sparsity is None else sparsity
         return PruneKey(self.model_key, self.data, pruner, self.exp.sparsity, self.exp.scope,
                         self.calib(pruner), self.exp.seed).at(s)
+
+
+@functools.lru_cache(maxsize=None)
+def _needs_data(pruner: str) -> bool:
+    return study.criterion_info(pruner).needs_data
 
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred
