@@ -14,6 +14,7 @@ printed). The machine may be shared: compare the CPU seconds, not only the wall 
 """
 from __future__ import annotations
 
+import math
 import os
 import resource
 import sys
@@ -80,11 +81,33 @@ def timed_sweep(model, train_set, val, criteria, seeds, label: str, cancel_after
     return df
 
 
+def floor(model, val, points: int, label: str) -> None:
+    """The least any exact float32 sweep can cost here: ``points`` plain forwards of the
+    dense model over the validation images (no hooks, no maps, no scoring; the best of two
+    chunk sizes, twice each), and
+    the share of it that is matrix multiplies at this machine's measured GEMM rate."""
+    x = torch.stack([val[i][0] for i in range(len(val))])
+    net = model.eval()
+    best = math.inf
+    with torch.inference_mode():
+        for chunk in (64, 256):
+            for _ in range(2):
+                t0 = time.perf_counter()
+                for i in range(0, len(x), chunk):
+                    net(x[i:i + chunk])
+                best = min(best, time.perf_counter() - t0)
+    print(f"  floor ({label}): one plain forward of {len(x)} images {best:.3f} s × {points} "
+          f"points = {best * points:.1f} s (no attention maps, no scoring, no thresholds)")
+
+
 def vit() -> None:
     model = build_model("vit-tiny", 6, pretrained=True, dataset="shapes")
     train_set, val_set = load_dataset("shapes", tuple(model.input_shape[1:]), seed=0)
     val = torch.utils.data.Subset(val_set, range(512))
     crits = unstructured()
+    n_seeded = sum(not study.seed_free(c) for c in crits)
+    floor(model, val, len(crits) * len(SPARSITIES) + 1, "1 seed")
+    floor(model, val, (len(crits) + 2 * n_seeded) * len(SPARSITIES) + 1, "3 seeds")
     timed_sweep(model, train_set, val, crits, [0], "vit-tiny (target 5 s)")
     timed_sweep(model, train_set, val, crits, [0, 1, 2], "vit-tiny, 3 seeds (target 15 s)")
     fast = [c for c in crits if not study.criterion_info(c).iterative]
@@ -98,6 +121,7 @@ def deit() -> None:
     model = build_model("deit-tiny", 6)
     train_set, val_set = load_dataset("shapes", tuple(model.input_shape[1:]), seed=0,
                                       num_train=256, num_val=128)
+    floor(model, val_set, len(unstructured()) * len(SPARSITIES) + 1, "deit-tiny")
     timed_sweep(model, train_set, val_set, unstructured(), [0],
                 "deit-tiny, random weights, 224 × 224 (target 3 min, 3 GB)")
     timed_sweep(model, train_set, val_set, unstructured(), [0], "deit-tiny, cancel after 5 s",

@@ -139,6 +139,34 @@ def attention_rollout(attentions: list[Tensor], head_fusion: HeadFusion = "mean"
                     discard_ratio)
 
 
+def rollout_row(attentions: list[Tensor], layout: TokenLayout = DEFAULT_LAYOUT) -> Tensor:
+    """The query row of the rollout (mean fusion, nothing discarded) over the patch columns,
+    (B, P): equal to ``rollout_map(attention_rollout(attentions), layout)`` but computed as
+    vector–matrix products ``v ← v Â_l`` from the last block down (``vᵀ A_L ⋯ A_1``), without
+    the (B, N, N) product of the blocks' matrices.
+
+    ``v`` starts as the class token's one-hot row, or, without a class token, the mean over
+    the patch rows. With ``Â = (0.5 |A| + 0.5 I) / r`` (r its row sums),
+    ``v Â = 0.5 (v / r) |A| + 0.5 (v / r)``: one batched (1 × N)(N × N) product per block.
+    """
+    if not attentions:
+        raise ValueError("no attention maps given")
+    first = attentions[0]
+    B, _, N, _ = first.shape
+    dtype = torch.promote_types(first.dtype, torch.float32)
+    p = layout.num_prefix
+    v = torch.zeros(B, 1, N, dtype=dtype, device=first.device)
+    if layout.cls_index is None:
+        v[:, 0, p:] = 1.0 / (N - p)
+    else:
+        v[:, 0, layout.cls_index] = 1.0
+    for a in reversed(attentions):
+        fused = a.to(dtype).abs().mean(dim=1)  # (B, N, N)
+        w = v / (0.5 * fused.sum(dim=-1) + 0.5).unsqueeze(1)
+        v = 0.5 * torch.bmm(w, fused) + 0.5 * w
+    return v[:, 0, p:]
+
+
 def gradient_rollout(model: nn.Module, images: Tensor, target: int | Tensor | None = None,
                      discard_ratio: float = 0.0) -> Tensor:
     """Gradient-weighted rollout (vit-explain's "grad rollout"), (B, N, N).
@@ -186,6 +214,9 @@ def cls_attention(attention: Tensor, head: int | None = None,
     """CLS → patch row of one block's (B, H, N, N) map: (B, P) over the P patch tokens;
     head None → mean of heads. ``layout`` (:func:`token_layout` of the model) says which
     special tokens to skip; distillation and register tokens are never image cells."""
+    if layout.cls_index is not None:  # one row of each head: no need to touch the others
+        row = attention[:, :, layout.cls_index, layout.num_prefix:].abs()
+        return row.mean(dim=1) if head is None else row[:, head]
     a = attention.abs()
     a = a.mean(dim=1) if head is None else a[:, head]
     return _query_row(a, layout)

@@ -552,13 +552,20 @@ def attention_rows(model: nn.Module, dataset: Dataset,
     for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         maps = attn.capture_attention(model, x)
         cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
-        roll_rows.append(attn.rollout_map(attn.attention_rollout(maps), layout).float().numpy())
+        roll_rows.append(attn.rollout_row(maps, layout).float().numpy())
     return np.concatenate(cls_rows), np.concatenate(roll_rows)
 
 
 def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over rows of the cosine similarity of ``a[i]`` and ``b[i]`` (n, d)."""
-    return float(np.mean([cosine(x, y) for x, y in zip(a, b)]))
+    """Mean over rows of the cosine similarity of ``a[i]`` and ``b[i]`` (n, d), each as
+    :func:`cosine` (0 where either row is all zero), in float64."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"need two (n, d) arrays of one shape, got {a.shape} and {b.shape}")
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    ok = (na > 0) & (nb > 0)
+    cos = np.einsum("ij,ij->i", a, b) / np.where(ok, na * nb, 1.0)
+    return float(np.where(ok, cos, 0.0).mean())
 
 
 # ---------------------------------------------------------------------------- explanations
@@ -624,7 +631,7 @@ class Measure:
             chunk = max(1, min(chunk, attn_bytes // max(per_image, 1)))
         self.chunk = chunk
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def __call__(self, net: nn.Module) -> tuple[dict[str, float], np.ndarray | None,
                                                  np.ndarray | None]:
         """``({"accuracy", "loss", "macro_f1"}, cls rows (n, N-1), rollout rows (n, N-1))``
@@ -644,8 +651,7 @@ class Measure:
                         logits = net(x)
                     layout = token_layout(net)
                     cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
-                    roll_rows.append(attn.rollout_map(attn.attention_rollout(maps), layout)
-                                     .float().numpy())
+                    roll_rows.append(attn.rollout_row(maps, layout).float().numpy())
                     del maps
                 else:
                     logits = net(x)

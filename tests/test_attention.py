@@ -7,7 +7,8 @@ import torch
 
 from core.attention import (attention_modules, attention_rollout, capture_attention,
                             cls_attention, gradient_rollout, overlay, patch_heatmap,
-                            record_attention, rollout_map)
+                            record_attention, rollout_map, rollout_row)
+from core.models.adapter import TokenLayout
 from core.models import build_model
 
 
@@ -117,6 +118,37 @@ def test_rollout_matches_hand_computation(discard):
     np.testing.assert_allclose(got, rollout_by_hand([m[0].numpy() for m in maps], discard),
                                rtol=1e-10)
     np.testing.assert_allclose(got.sum(-1), np.ones(6), rtol=1e-10)
+
+
+@pytest.mark.parametrize("layout", [TokenLayout(), TokenLayout(("cls", "dist"), 0),
+                                    TokenLayout(("reg0", "cls", "reg1"), 1),
+                                    TokenLayout((), None), TokenLayout(("reg0",), None)])
+def test_rollout_row_equals_the_row_of_the_hand_rollout(layout):
+    """The sweep's vector–matrix rollout row is the query row of the full rollout (float64
+    by hand), also for signed (Linformer-like) maps and layouts without a class token."""
+    g = torch.Generator().manual_seed(1)
+    N, p = 7, layout.num_prefix
+    for signed in (False, True):
+        maps = [torch.randn(2, 3, N, N, generator=g, dtype=torch.float64) if signed else
+                torch.rand(2, 3, N, N, generator=g, dtype=torch.float64).softmax(-1)
+                for _ in range(3)]
+        got = rollout_row(maps, layout).numpy()
+        for b in range(2):
+            R = rollout_by_hand([np.abs(m[b].numpy()).mean(0)[None] for m in maps], 0.0)
+            want = R[layout.cls_index, p:] if layout.cls_index is not None \
+                else R[p:, p:].mean(0)
+            np.testing.assert_allclose(got[b], want, rtol=1e-10)
+        np.testing.assert_allclose(got, rollout_map(attention_rollout(maps), layout).numpy(),
+                                   rtol=1e-10)
+
+
+def test_cls_attention_row_path_equals_full_map(vit, lin):
+    x = torch.rand(2, 3, 32, 32)
+    for model in (vit, lin):
+        a = capture_attention(model, x)[-1]
+        for head in (None, 1):
+            full = a.abs().mean(1) if head is None else a[:, head].abs()
+            torch.testing.assert_close(cls_attention(a, head), full[:, 0, 1:])
 
 
 def test_rollout_options_and_errors(vit, lin):

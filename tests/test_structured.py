@@ -48,6 +48,27 @@ def test_vit_shrunk_equals_masked(case):
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("make", [tiny_vit, tiny_linformer])
+def test_shrunk_model_owns_its_tensors(make):
+    """Training the shrunk model never writes into the dense one: no storage is shared, no
+    tensor is left on the meta device, buffers included, and gradients flow."""
+    model = make()
+    plan = plan_for(model, mlp=0.4)
+    small = shrink(model, plan)
+    old = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+    for name, t in [*small.named_parameters(), *small.named_buffers()]:
+        assert not t.is_meta, name
+        assert t.untyped_storage().data_ptr() not in old, name
+    assert all(p.requires_grad for p in small.parameters())
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    small(torch.rand(2, 3, 16, 16)).sum().backward()
+    with torch.no_grad():
+        for p in small.parameters():
+            p.add_(1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
 @pytest.mark.parametrize("case", ["qkv", "mlp", "heads", "residual", "combined"])
 def test_linformer_shrunk_equals_masked(case):
     model = tiny_linformer()

@@ -194,3 +194,17 @@ def test_nbytes_counts_tensors_arrays_and_modules():
     p = study.Pruned("x", 0.5, "global", {"w": torch.zeros(10, dtype=torch.bool)},
                      {"w": torch.zeros(10)})
     assert p.nbytes() == 10  # the scores belong to the criterion's cache entry
+
+
+def test_mean_cosine_equals_the_per_row_cosine():
+    """The vectorised mean cosine of the sweep equals the loop over rows, zero rows → 0."""
+    g = np.random.default_rng(0)
+    a, b = g.random((9, 16)).astype(np.float32), g.standard_normal((9, 16)).astype(np.float32)
+    a[3] = 0.0
+    b[5] = 0.0
+    want = np.mean([study.cosine(x.astype(np.float64), y.astype(np.float64))
+                    for x, y in zip(a, b)])
+    assert study.cosine(a[3], b[3]) == 0.0
+    np.testing.assert_allclose(study.mean_cosine(a, b), want, rtol=1e-12)
+    with pytest.raises(ValueError, match="one shape"):
+        study.mean_cosine(a, b[:4])

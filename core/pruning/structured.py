@@ -336,19 +336,25 @@ def shrink(model: nn.Module, plan: PruningPlan) -> nn.Module:
     adapter = get_adapter(model)
     sd = model.state_dict()
     slices = adapter.slices(model, plan)
-    new_sd = {k: _take(v, slices[k]) if k in slices else v for k, v in sd.items()}
+    # every tensor owned by the new model (``state_dict`` shares the old model's storage)
+    new_sd = {k: (_take(v, slices[k]) if k in slices else v).clone(
+        memory_format=torch.contiguous_format) for k, v in sd.items()}
     for i, (p, b) in enumerate(zip(plan.blocks, adapter.blocks(model))):
         fold = b.scale * math.sqrt(p.qk.shape[1])  # new scale d'^-0.5 · fold = old scale
         adapter.fold_query_scale(new_sd, i, p.qk.numel(), fold)
     param = next(model.parameters())
     with torch.device("meta"):  # skip the random init: every tensor is overwritten below
         new = adapter.build(adapter.shrunk_config(model, plan))
-    new = new.to_empty(device=param.device).to(dtype=param.dtype)
-    new.load_state_dict(new_sd, strict=True)
+    # the meta tensors are replaced by ``new_sd``'s (no to_empty: allocating from meta
+    # tensors imports torch's symbolic-shape machinery, a second on first use)
+    new.load_state_dict(new_sd, strict=True, assign=True)
     old_buffers = dict(model.named_buffers())
-    for name, buf in new.named_buffers():  # non-persistent ones (pixel mean / std)
+    for name, buf in list(new.named_buffers()):  # non-persistent ones (pixel mean / std)
         if name not in new_sd:
-            buf.copy_(old_buffers[name])
+            owner, _, attr = name.rpartition(".")
+            setattr(new.get_submodule(owner) if owner else new, attr,
+                    old_buffers[name].clone())
+    new = new.to(device=param.device, dtype=param.dtype)
     new.train(model.training)
     new.preset = getattr(model, "preset", "")
     return new
