@@ -11,18 +11,26 @@ a copy). On a masked model, ``w`` below is the masked weight: a pruned entry sco
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from ..attention import attention_modules
 from .base import (Pruner, check_batch, check_logits, check_sparsity, register_pruner,
                    scoring_state)
-from .masks import compute_masks, get_masks, remove_masks
-from .result import finish_mask_prune
+from .masks import (SCOPES, _keep_numpy, _keep_torch, compute_masks, get_masks, num_pruned,
+                    remove_masks)
+from .result import PruneResult, finish_mask_prune
+
+# one batched SynFlow round (prune_many) stays under this: parameter sets + saved activations
+_BATCH_BYTES = 512 * 2**20
 
 
 def _normalise(scores: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -230,6 +238,12 @@ class SynflowPruner(Pruner):
     exponential schedule: for k = 1..``iterations`` re-score and keep the global top density
     ``d^{k/n}``, pruned weights staying pruned. Scores are float64 and not normalised
     (R grows like a product of layer norms; float32 would overflow on deep Linformers).
+    Float32 is not offered even where nothing overflows: the q/k scores come out of the
+    softmax/LayerNorm backward by cancellation (float64 scores of the same model computed two
+    ways agree only to ~1e-9), and in float32 thousands of them are exactly 0. Measured after
+    100 rounds (``benchmarks/bench_synflow.py --precision``): 31,864 / 11,674 / 0 of 134,528
+    mask entries differ on vit-tiny at 50 / 90 / 99% sparsity, 48,660 / 18,588 / 2,966 of
+    200,064 on linformer-vit-tiny. ``prune_many`` runs several target sparsities together.
     """
 
     needs_data = False
@@ -330,6 +344,177 @@ class SynflowPruner(Pruner):
             masks = {key: new[key] & masks[key] for key in new}  # pruned stays pruned
         return finish_mask_prune(self, model, masks, scores, s, scope)
 
+    def prune_many(self, model: nn.Module, sparsities: Sequence[float],
+                   images: Tensor | None = None, labels: Tensor | None = None,
+                   scope: str = "global") -> list[PruneResult]:
+        """``[prune_model(model, s, images, labels, scope) for s in sparsities]``, faster.
+
+        The schedules of all targets run together: each round is one forward/backward of
+        the stacked parameter sets (``torch.func.vmap`` of ``functional_call``; one set per
+        target, its masks baked in), in groups bounded by ``_BATCH_BYTES``. Each set's
+        ``R_b`` depends on its own parameters only, so the gradient of ``Σ_b R_b`` with
+        respect to set b is ``∂R_b/∂θ_b``. The mask update prunes only among the entries
+        still alive, which keeps the same set as :func:`compute_masks` on the full ranking
+        (pruned entries rank −∞ below all of them; ties: lower flat index pruned first). A set
+        whose target count does not grow in a round keeps its mask, so its scores of that
+        round are not needed and it sits the round out (sparsity 0: one round instead of
+        ``iterations``). A model vmap cannot run falls back to the per-sparsity loop.
+
+        Results are in the order given (duplicates computed once). The batched matmuls round
+        differently from the single ones: scores agree to ~1e-9 relative, not bit for bit (the
+        LayerNorm and softmax backward cancel), so masks could only differ where two alive
+        scores that close straddle a round's threshold; on vit-tiny all 12 sweep sparsities
+        gave identical masks (``benchmarks/bench_synflow.py``). Memory: per group, 4 float64
+        copies of the prunable weights and the saved activations per set.
+        """
+        if isinstance(sparsities, (str, bytes)) or not hasattr(sparsities, "__iter__"):
+            raise ValueError(f"sparsities must be a list of numbers in [0, 1), got "
+                             f"{sparsities!r}")
+        targets = [check_sparsity(s) for s in sparsities]
+        if not targets:
+            raise ValueError("sparsities is empty: give at least one target sparsity")
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        shape = self._input_shape(model, images)
+        unique = list(dict.fromkeys(targets))
+        try:
+            found = self._batched_schedules(model, shape, unique, scope)
+        except _VmapUnsupported:
+            return [self.prune_model(model, s, images, labels, scope) for s in targets]
+        return [finish_mask_prune(self, model, *found[s], s, scope) for s in targets]
+
+    def _batched_schedules(self, model: nn.Module, shape: tuple[int, ...],
+                           targets: list[float], scope: str, dtype: torch.dtype = torch.float64
+                           ) -> dict[float, tuple[dict[str, Tensor], dict[str, Tensor]]]:
+        """{target: (masks, last round's scores)} of ``targets`` (distinct), run together.
+
+        ``dtype`` other than float64 only for measuring (benchmarks/bench_synflow.py): float32
+        changes the masks (catastrophic cancellation in the q/k flows, see the class doc)."""
+        net = self._abs_copy(model).to(dtype)
+        params = self.parameters(net)
+        keys = [p.key for p in params]
+        shapes = [tuple(p.param.shape) for p in params]
+        sizes = [p.param.numel() for p in params]
+        dense = torch.cat([p.param.detach().reshape(-1) for p in params])  # (n,)
+        n, B, steps = dense.numel(), len(targets), self.iterations
+        existing = get_masks(model)
+        alive = torch.cat([existing[k].reshape(-1).to(dense.device) if k in existing
+                           else torch.ones(m, dtype=torch.bool, device=dense.device)
+                           for k, m in zip(keys, sizes)]).expand(B, n).clone()  # (B, n)
+        # global scope: one segment of all n entries; layer scope: one per parameter
+        bounds = ([(0, n)] if scope == "global" else
+                  [(a, a + m) for a, m in zip([0, *itertools.accumulate(sizes)], sizes)])
+        first = [(b - a) - int(alive[0, a:b].sum()) for a, b in bounds]  # pruned so far
+        pruned = [list(first) for _ in range(B)]
+        group = self._group_size(net, params, shape)
+        final: dict[int, Tensor] = {}
+        for k in range(1, steps + 1):
+            # counts each segment must reach this round: compute_masks' floor(target · n)
+            want = [[num_pruned(s if k == steps else 1.0 - (1.0 - s) ** (k / steps), b - a)
+                     for a, b in bounds] for s in targets]
+            active = [i for i in range(B)
+                      if k == steps or any(w > c for w, c in zip(want[i], pruned[i]))]
+            for start in range(0, len(active), group):
+                chunk = active[start:start + group]
+                flat = self._batched_round(net, params, shape, dense * alive[chunk])  # (b, n)
+                for row, i in enumerate(chunk):
+                    _prune_lowest(flat[row], alive[i], want[i], pruned[i], bounds, keys, sizes)
+                    if k == steps:
+                        final[i] = flat[row]
+        out = {}
+        for i, s in enumerate(targets):
+            masks = dict(zip(keys, (m.view(sh) for m, sh in
+                                    zip(alive[i].split(sizes), shapes))))
+            scores = dict(zip(keys, (v.view(sh) for v, sh in
+                                     zip(final[i].split(sizes), shapes))))
+            out[s] = (masks, scores)
+        return out
+
+    def _batched_round(self, net: nn.Module, params: list, shape: tuple[int, ...],
+                       theta: Tensor) -> Tensor:
+        """Scores ``|θ_b ⊙ ∂R_b/∂θ_b|`` (b, n) of the b flat parameter sets ``theta`` (b, n)."""
+        b = theta.shape[0]
+        parts = [t.reshape(b, *p.param.shape) for t, p in
+                 zip(theta.split([p.param.numel() for p in params], dim=1), params)]
+        leaves = [t.detach().requires_grad_(True) for t in parts]
+        x = torch.ones(1, *shape, dtype=theta.dtype, device=theta.device)
+        keys = [p.key for p in params]
+
+        def flow(*ps: Tensor) -> Tensor:
+            return functional_call(net, dict(zip(keys, ps)), (x,)).sum()
+
+        with torch.enable_grad():
+            try:
+                R = torch.func.vmap(flow)(*leaves)  # (b,)
+            except (RuntimeError, NotImplementedError) as e:
+                raise _VmapUnsupported(str(e)) from e
+            grads = _grads(leaves, R.sum())
+        with torch.no_grad():
+            return torch.cat([g.reshape(b, -1) for g in grads], 1).mul_(theta).abs_()
+
+    def _group_size(self, net: nn.Module, params: list, shape: tuple[int, ...]) -> int:
+        """Parameter sets per batched round so one round stays under ``_BATCH_BYTES``:
+        per set ~4 copies of the prunable weights (θ, ∂R/∂θ, their flat concatenation, the
+        alive mask and index) and the activations autograd saves (measured on one plain
+        forward: ~76 MB for deit-tiny in float64, so 2 sets a group; vit-tiny: all)."""
+        saved = [0]
+        leaves = [p.param for p in params]
+        weights = {p.data_ptr() for p in leaves}  # saved by reference, counted in the 4 copies
+
+        def pack(t: Tensor) -> Tensor:
+            if t.data_ptr() not in weights:
+                saved[0] += t.numel() * t.element_size()
+            return t
+
+        for p in leaves:
+            p.requires_grad_(True)
+        try:
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                net(torch.ones(1, *shape, dtype=leaves[0].dtype, device=leaves[0].device))
+        finally:
+            for p in leaves:
+                p.requires_grad_(False)
+        per_set = 4 * sum(p.numel() * p.element_size() for p in leaves) + saved[0]
+        return max(1, _BATCH_BYTES // per_set)
+
+
+class _VmapUnsupported(Exception):
+    """The model cannot run under ``torch.func.vmap`` (prune_many then loops)."""
+
+
+def _prune_lowest(scores: Tensor, alive: Tensor, want: list[int], pruned: list[int],
+                  bounds: list[tuple[int, int]], keys: list[str], sizes: list[int]) -> None:
+    """One round's mask update of one set, in place: in every segment ``bounds[j]`` of the flat
+    ``alive`` (n,) prune the ``want[j] − pruned[j]`` lowest ``scores`` (n,) among the alive
+    entries, ties to the lower index; ``pruned`` is updated.
+
+    Equal to ``compute_masks`` on the scores with −∞ at the pruned entries, ANDed with the
+    old mask (``prune_model``): the −∞ entries are the lowest, so the k-th smallest overall is
+    the (k − pruned)-th smallest alive one and its tie group is the same; a segment whose
+    count does not grow keeps its mask. Alive NaN scores raise compute_masks' error.
+    """
+    cpu = scores.device.type == "cpu"
+    idx = np.flatnonzero(alive.numpy()) if cpu else alive.nonzero().squeeze(1)
+    vals = scores.numpy()[idx] if cpu else scores[idx]
+    nan = np.isnan(vals) if cpu else torch.isnan(vals)
+    if bool(nan.any()):
+        first = int(idx[int(nan.nonzero()[0][0])])
+        key = keys[next(j for j, end in enumerate(itertools.accumulate(sizes)) if first < end)]
+        raise ValueError(f"scores of {key!r} contain NaN")
+    cuts = (np.searchsorted(idx, [a for a, _ in bounds] + [bounds[-1][1]]) if cpu else
+            torch.searchsorted(idx, torch.tensor([a for a, _ in bounds] + [bounds[-1][1]],
+                                                 device=idx.device)).tolist())
+    for j in range(len(bounds)):
+        extra = want[j] - pruned[j]
+        if extra <= 0:
+            continue
+        lo, hi = int(cuts[j]), int(cuts[j + 1])
+        if cpu:
+            gone = idx[lo:hi][~_keep_numpy(vals[lo:hi], extra)]
+            alive.numpy()[gone] = False
+        else:
+            alive[idx[lo:hi][~_keep_torch(vals[lo:hi], extra)]] = False
+        pruned[j] = want[j]
 
 class _AffineOnly(nn.Module):
     """LayerNorm without its statistics: ``γ x + β`` (SynFlow's ``layernorm="affine"``)."""
