@@ -91,6 +91,8 @@ def test_sparsity_zero_and_duplicates():
     for k in many[1].masks:
         assert torch.equal(many[1].masks[k], many[3].masks[k])
     assert many[1].model is not many[3].model  # each result owns its pruned copy
+    key = next(iter(many[1].masks))
+    assert many[1].masks[key].data_ptr() != many[3].masks[key].data_ptr()
     _same(many[:2], [p.prune_model(model, 0.0), p.prune_model(model, 0.6)])
 
 
