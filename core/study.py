@@ -24,7 +24,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -203,6 +203,30 @@ def prune_at(model: nn.Module, criterion: str, sparsity: float, images: Tensor |
     else:
         res = prune(model, pruner, s, images, labels, scope=scope)
     return _from_result(criterion, s, scope, res)
+
+
+def prune_many(model: nn.Module, criterion: str, sparsities: Sequence[float],
+               images: Tensor | None = None, labels: Tensor | None = None,
+               scope: str = "global", seed: int = 0, scores: Scores | None = None,
+               options: Mapping[str, Any] | None = None) -> list[Pruned]:
+    """``[prune_at(model, criterion, s, …) for s in sparsities]``. An iterative criterion
+    whose pruner offers ``prune_many`` (SynFlow: every target's schedule in one batched
+    forward/backward per round) runs its targets together; the others re-threshold one
+    set of scores."""
+    ratios = [round(float(s), 6) for s in sparsities]
+    info = criterion_info(criterion)
+    pruner = make_pruner(criterion, seed, options)
+    todo = sorted({s for s in ratios if s})
+    if not (info.iterative and hasattr(pruner, "prune_many") and len(todo) > 1):
+        if scores is None and todo and not info.iterative:
+            scores = score(model, criterion, images, labels, seed, options)
+        return [prune_at(model, criterion, s, images, labels, scope, seed, scores, options)
+                for s in ratios]
+    if scope not in SCOPES:
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    done = dict(zip(todo, pruner.prune_many(model, todo, images, labels, scope)))
+    return [_from_result(criterion, s, scope, done[s]) if s else Pruned(criterion, 0.0, scope)
+            for s in ratios]
 
 
 def _from_result(criterion: str, sparsity: float, scope: str, res: PruneResult) -> Pruned:
@@ -754,6 +778,18 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
             calib_of = {seed: calibration(train_set, calib, seed)}
         images, labels = calib_of[seed]
         scores = None
+        together: dict[float, Pruned] = {}
+        if criterion_info(name).iterative and sum(1 for s in ratios if s) > 1:
+            # SynFlow: the schedules of all sparsities at once (one batched pass per round)
+            if progress:
+                progress(done / total, f"{name} at every sparsity together, seed {seed}")
+            try:
+                with cancellable(cancel) if cancel is not None else nullcontext():
+                    together = dict(zip(ratios, prune_many(base, name, ratios, images, labels,
+                                                           scope, seed, options=opts)))
+            except Cancelled:
+                cancelled = True
+                break
         for s in ratios:
             if cancel is not None and cancel.is_set():
                 cancelled = True
@@ -761,9 +797,10 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
             if progress:
                 progress(done / total, f"{name} at {s:.0%}, seed {seed}")
             done += 1
-            if s and scores is None:
+            if s and scores is None and not together:
                 scores = score(base, name, images, labels, seed, opts)
-            p = prune_at(base, name, s, images, labels, scope, seed, scores, opts)
+            p = together.get(s) or prune_at(base, name, s, images, labels, scope, seed,
+                                            scores, opts)
             c = cost(dense, p)
             if p.dense:
                 ev, cls_cos, roll_cos = dense_ev, 1.0, 1.0

@@ -40,7 +40,8 @@ def _warm_up() -> None:
             # first what a page needs to draw its placeholder chart, then torch and core
             from dashboard import plots, session  # noqa: F401
             from dashboard import state
-            state.warm_up()
+            state.warm_up()       # the Prune page's defaults first: the first page shown
+            state.warm_up_grid()  # then the Attention page's default grid
         except Exception:  # noqa: BLE001  a failed warm-up only loses time; the page reports
             log.exception("warm-up failed")
     log.info("warm-up done in %.2f s", time.perf_counter() - t0)

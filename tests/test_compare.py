@@ -20,6 +20,7 @@ from PIL import Image
 
 from core import figures, report, study
 from core.__main__ import main
+from core.attention import capture_attention
 from core.data import calibration_batch, load_dataset
 from core.models import build_model, save_model
 from core.pruning import prune
@@ -286,3 +287,38 @@ def test_sigterm_stops_the_cli_cleanly_with_the_points_done(model_file, tmp_path
     df = pd.read_csv(tmp_path / "sweep.csv")
     assert list(df.columns) == study.SWEEP_COLUMNS and 0 < len(df) < 3 * 3 * 99
     assert not (tmp_path / "report.html").exists()
+
+
+def test_synflow_sweep_rows_equal_prune_at_each_sparsity(model, data):
+    """The sweep runs SynFlow's schedules of every sparsity together (``prune_many``); each
+    row equals pruning at that sparsity alone and evaluating the same images, attention
+    fidelity included (cosine of the CLS rows, by hand)."""
+    train_set, val_set = data
+    val = study.val_subset(val_set, 16)  # the images the sweep measures on
+    df = study.sweep(model, train_set, val_set, ["synflow"], [0.0, 0.5, 0.9], val_samples=16)
+    assert df["sparsity"].tolist() == [0.0, 0.5, 0.9] and not df.isna().any().any()
+    x = torch.stack([val[i][0] for i in range(16)])
+    dense_maps = capture_attention(model, x)
+    for s in (0.5, 0.9):
+        res = prune(model, "synflow", s)
+        ev = evaluate(res.model, val)
+        row = df[df.sparsity == s].iloc[0]
+        assert row["accuracy"] == pytest.approx(ev["accuracy"])
+        assert row["loss"] == pytest.approx(ev["loss"], rel=1e-5)
+        maps = capture_attention(res.model, x)
+        a, b = maps[-1].mean(1)[:, 0, 1:], dense_maps[-1].mean(1)[:, 0, 1:]
+        cos = torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1).mean()
+        assert row["cls_cosine"] == pytest.approx(float(cos), rel=1e-5)
+
+
+def test_cancel_reaches_into_synflow_schedules(model, data):
+    """Cancel set while SynFlow's batched schedules run stops them within a forward."""
+    train_set, val_set = data
+    cancel = threading.Event()
+
+    def progress(frac, text):
+        if "together" in text:
+            cancel.set()
+    df = study.sweep(model, train_set, val_set, ["synflow"], [0.0, 0.5, 0.9], val_samples=8,
+                     progress=progress, cancel=cancel)
+    assert df.attrs["cancelled"] and len(df) == 0

@@ -28,6 +28,28 @@ def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.nda
         return study.attention_maps(net, _image)
 
 
+def warm_up_grid(exp=None) -> None:
+    """Fill the caches of the default Attention page (after :func:`pruning.warm_up` has filled
+    the Prune page's): the default grid criteria's scores and the attention maps of every
+    cell for validation image 0. Run by ``dashboard/app.py`` in its background warm-up, so
+    the first visit to the page draws from caches; a criterion that fails is left to the page
+    to report."""
+    from .data import setup
+    from .keys import RATIOS, Experiment
+    from .ui import default_grid_criteria
+
+    exp = exp or Experiment()
+    s = setup(exp)
+    ref = ImageRef(index=0)
+    image, _ = image_tensor(s, ref)
+    for crit in default_grid_criteria(exp):
+        for r in RATIOS:
+            try:
+                attention_maps(s.key(crit, r), ref, image)
+            except EXPECTED_ERRORS:
+                break
+
+
 @dataclass
 class Grid:
     cells: list[list[np.ndarray | None]]
