@@ -58,17 +58,23 @@ def timed_sweep(model, train_set, val, criteria, seeds, label: str, cancel_after
         if last[1] is not None:
             per[last[1]] += now - last[0]
         last[0], last[1] = now, text.split(" at ")[0]
-        if cancel_after and now - t0 > cancel_after and not cancel.is_set():
-            cancel.set()
-            last.append(now)
+
+    def stop() -> None:  # from another thread, as the dashboard's Cancel button or Ctrl-C
+        last.append(time.perf_counter())
+        cancel.set()
 
     sparsities = SPARSITIES if sparsities is None else sparsities
     print(f"\n{label}: {len(criteria)} criteria × {len(sparsities)} sparsities (+ dense) × "
           f"{len(seeds)} seed(s), {len(val)} validation images; {load()}", flush=True)
     cpu0, t0 = time.process_time(), time.perf_counter()
+    timer = threading.Timer(cancel_after, stop) if cancel_after else None
+    if timer:
+        timer.start()
     df = study.sweep(model, train_set, val, criteria, [0.0, *sparsities], calib=64,
                      seeds=seeds, val_samples=len(val), progress=progress, cancel=cancel)
     wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    if timer:
+        timer.cancel()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
     if cancel.is_set():
         print(f"  cancelled {last[2] - t0:.1f} s in: returned "
@@ -135,6 +141,7 @@ def deit_point() -> None:
     model = build_model("deit-tiny", 6)
     train_set, val_set = load_dataset("shapes", tuple(model.input_shape[1:]), seed=0,
                                       num_train=256, num_val=128)
+    floor(model, val_set, len(unstructured()) * len(SPARSITIES) + 1, "deit-tiny")
     timed_sweep(model, train_set, val_set, ["magnitude"], [0], "deit-tiny, 3 points",
                 sparsities=[0.5, 0.9, 0.99])
     timed_sweep(model, train_set, val_set, unstructured(), [0], "deit-tiny, cancel after 5 s",

@@ -719,8 +719,8 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     validation images (:func:`val_subset`); ``model`` is not modified.
 
     ``progress(fraction, text)`` is called before each point; when ``cancel`` is set the
-    sweep stops before the next point and returns the rows done so far, with
-    ``df.attrs["cancelled"] = True``. ``shard=(rank, world)`` computes only the
+    sweep stops within one module's forward (:func:`cancellable`), drops the point in
+    progress and returns the rows done so far, with ``df.attrs["cancelled"] = True``. ``shard=(rank, world)`` computes only the
     :func:`sweep_points` whose index is ``rank`` modulo ``world`` (a distributed sweep
     concatenates the ranks' frames and sorts them with :func:`sort_sweep`).
 
@@ -761,67 +761,68 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     # a criterion that reads no data and draws nothing at random (magnitude, SynFlow, L2)
     # gives the same masks for every seed: measured once, its rows copied to the others
     same: dict[tuple, list[dict]] = {}
-    for seed, name, opts in points:
-        key = (name, tuple(sorted(opts.items())))
-        if key in same:
-            for row in same[key]:
-                if cancel is not None and cancel.is_set():
-                    cancelled = True
+    # a cancel also stops the point in progress, within one module's forward
+    try:
+        with cancellable(cancel) if cancel is not None else nullcontext():
+            for seed, name, opts in points:
+                key = (name, tuple(sorted(opts.items())))
+                if key in same:
+                    for row in same[key]:
+                        if cancel is not None and cancel.is_set():
+                            cancelled = True
+                            break
+                        rows.append({**row, "seed": seed})
+                        done += 1
+                    if cancelled:
+                        break
+                    continue
+                first = len(rows)
+                if seed not in calib_of:
+                    calib_of = {seed: calibration(train_set, calib, seed)}
+                images, labels = calib_of[seed]
+                scores = None
+                together: dict[float, Pruned] = {}
+                if criterion_info(name).iterative and sum(1 for s in ratios if s) > 1:
+                    # SynFlow: the schedules of all sparsities at once (one batched pass per round)
+                    if progress:
+                        progress(done / total, f"{name} at every sparsity together, seed {seed}")
+                    many = prune_many(base, name, ratios, images, labels, scope, seed,
+                                      options=opts)
+                    together = dict(zip(ratios, many))
+                for s in ratios:
+                    if cancel is not None and cancel.is_set():
+                        cancelled = True
+                        break
+                    if progress:
+                        progress(done / total, f"{name} at {s:.0%}, seed {seed}")
+                    done += 1
+                    if s and scores is None and not together:
+                        scores = score(base, name, images, labels, seed, opts)
+                    p = together.get(s) or prune_at(base, name, s, images, labels, scope, seed,
+                                                    scores, opts)
+                    c = cost(dense, p)
+                    if p.dense:
+                        ev, cls_cos, roll_cos = dense_ev, 1.0, 1.0
+                    else:
+                        with forward_model(base, p, scratch) as net:
+                            ev, got_cls, got_roll = measure(net)
+                        cls_cos = roll_cos = math.nan
+                        if attention:
+                            cls_cos = mean_cosine(got_cls, dense_cls)
+                            roll_cos = mean_cosine(got_roll, dense_roll)
+                    if not attention:
+                        cls_cos = roll_cos = math.nan
+                    rows.append({"criterion": name, "sparsity": s, "seed": seed,
+                                 "accuracy": ev["accuracy"], "loss": ev["loss"],
+                                 "macro_f1": ev["macro_f1"], "params_kept": c["params_kept"],
+                                 "macs_kept": c["macs_kept"], "cls_cosine": cls_cos,
+                                 "rollout_cosine": roll_cos})
+                if cancelled:
                     break
-                rows.append({**row, "seed": seed})
-                done += 1
-            if cancelled:
-                break
-            continue
-        first = len(rows)
-        if seed not in calib_of:
-            calib_of = {seed: calibration(train_set, calib, seed)}
-        images, labels = calib_of[seed]
-        scores = None
-        together: dict[float, Pruned] = {}
-        if criterion_info(name).iterative and sum(1 for s in ratios if s) > 1:
-            # SynFlow: the schedules of all sparsities at once (one batched pass per round)
-            if progress:
-                progress(done / total, f"{name} at every sparsity together, seed {seed}")
-            try:
-                with cancellable(cancel) if cancel is not None else nullcontext():
-                    together = dict(zip(ratios, prune_many(base, name, ratios, images, labels,
-                                                           scope, seed, options=opts)))
-            except Cancelled:
-                cancelled = True
-                break
-        for s in ratios:
-            if cancel is not None and cancel.is_set():
-                cancelled = True
-                break
-            if progress:
-                progress(done / total, f"{name} at {s:.0%}, seed {seed}")
-            done += 1
-            if s and scores is None and not together:
-                scores = score(base, name, images, labels, seed, opts)
-            p = together.get(s) or prune_at(base, name, s, images, labels, scope, seed,
-                                            scores, opts)
-            c = cost(dense, p)
-            if p.dense:
-                ev, cls_cos, roll_cos = dense_ev, 1.0, 1.0
-            else:
-                with forward_model(base, p, scratch) as net:
-                    ev, got_cls, got_roll = measure(net)
-                cls_cos = roll_cos = math.nan
-                if attention:
-                    cls_cos = mean_cosine(got_cls, dense_cls)
-                    roll_cos = mean_cosine(got_roll, dense_roll)
-            if not attention:
-                cls_cos = roll_cos = math.nan
-            rows.append({"criterion": name, "sparsity": s, "seed": seed,
-                         "accuracy": ev["accuracy"], "loss": ev["loss"],
-                         "macro_f1": ev["macro_f1"], "params_kept": c["params_kept"],
-                         "macs_kept": c["macs_kept"], "cls_cosine": cls_cos,
-                         "rollout_cosine": roll_cos})
-        if cancelled:
-            break
-        if seed_free(name):
-            same[key] = rows[first:]
+                if seed_free(name):
+                    same[key] = rows[first:]
+    except Cancelled:  # the point in progress is dropped; the rows done are kept
+        cancelled = True
     if progress and not cancelled:
         progress(1.0, "done")
     df = pd.DataFrame(rows, columns=SWEEP_COLUMNS)

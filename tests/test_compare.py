@@ -184,18 +184,20 @@ def test_shards_together_are_the_whole_sweep(model, data):
     pd.testing.assert_frame_equal(joined, whole)
 
 
-def test_cancel_stops_before_the_next_point(model, data):
+def test_cancel_stops_the_point_in_progress(model, data):
+    """Cancel set as the third point starts: its forward stops, the two rows done stay."""
     train_set, val_set = data
     cancel = threading.Event()
     seen = []
 
     def progress(frac, text):
         seen.append(text)
-        if len(seen) == 4:  # the dense model, then 3 points
+        if len(seen) == 4:  # the dense model, then the third point
             cancel.set()
     df = study.sweep(model, train_set, val_set, ["magnitude", "snip"], [0.0, 0.5, 0.9],
                      calib=8, val_samples=8, progress=progress, cancel=cancel)
-    assert df.attrs["cancelled"] and len(df) == 3 and seen[0] == "the dense model"
+    assert df.attrs["cancelled"] and len(df) == 2 and seen[0] == "the dense model"
+    assert df["sparsity"].tolist() == [0.0, 0.5]
     assert study.sweep(model, train_set, val_set, ["magnitude"], [0.0], val_samples=8,
                        cancel=threading.Event()).attrs["cancelled"] is False
 
