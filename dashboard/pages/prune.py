@@ -355,6 +355,7 @@ def page() -> None:
     if ok:
         with cards:
             state.pruned_downloads({n: s.key(n) for n in ok})
+    state.PRUNE_PAGE_SHOWN.set()  # the server's warm-up may now prepare the Attention page
 
 
 drawn = False

@@ -51,7 +51,7 @@ from .pruning import (collapsed_layers, cost, evaluation, forward_only, layer_ke
                       mask_layers, mask_matrix, pruned, pruned_model, saliency_table, scores,
                       score_distribution, warm_up)
 from .attention import (Grid, attention_grid, attention_maps, explanations,  # noqa: E402
-                        head_maps, num_blocks, num_heads, warm_up_grid)
+                        head_maps, num_blocks, num_heads, warm_up_grid, PRUNE_PAGE_SHOWN)
 from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
 from .work import start as start_work, wait as wait_work  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
@@ -86,4 +86,4 @@ __all__ = [
     "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary", "source_label",
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
     "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
-    "widget_default"]
+    "widget_default", "PRUNE_PAGE_SHOWN"]

@@ -2,6 +2,7 @@
 (``core.study`` through caches; the cells drawn by ``ui``)."""
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -28,16 +29,22 @@ def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.nda
         return study.attention_maps(net, _image)
 
 
-def warm_up_grid(exp=None) -> None:
-    """Fill the caches of the default Attention page (after :func:`pruning.warm_up` has filled
-    the Prune page's): the default grid criteria's scores and the attention maps of every
-    cell for validation image 0. Run by ``dashboard/app.py`` in its background warm-up, so
-    the first visit to the page draws from caches; a criterion that fails is left to the page
-    to report."""
+# Set when a Prune page run has finished: the grid's warm-up waits for it, so that it does not
+# compete with the first visitor's first page for the two cores.
+PRUNE_PAGE_SHOWN = threading.Event()
+
+
+def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
+    """Fill the caches of the default Attention page: the default grid criteria's scores and
+    the attention maps of every cell for validation image 0. Run by ``dashboard/app.py`` in
+    its background warm-up once a Prune page has been shown (or after ``wait_s``), so the
+    first visit to the Attention page draws from caches; a criterion that fails is left to
+    the page to report."""
     from .data import setup
     from .keys import RATIOS, Experiment
     from .ui import default_grid_criteria
 
+    PRUNE_PAGE_SHOWN.wait(wait_s)
     exp = exp or Experiment()
     s = setup(exp)
     ref = ImageRef(index=0)
