@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -32,29 +33,36 @@ def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.nda
 # Set when a Prune page run has finished: the grid's warm-up waits for it, so that it does not
 # compete with the first visitor's first page for the two cores.
 PRUNE_PAGE_SHOWN = threading.Event()
+AFTER_FIRST_PAGE_S = 3.0
 
 
 def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     """Fill the caches of the default Attention page: the default grid criteria's scores and
     the attention maps of every cell for validation image 0. Run by ``dashboard/app.py`` in
-    its background warm-up once a Prune page has been shown (or after ``wait_s``), so the
-    first visit to the Attention page draws from caches; a criterion that fails is left to
-    the page to report."""
+    its background warm-up a few seconds after a Prune page has been shown (or after
+    ``wait_s``), so that it neither slows the first page nor leaves the first visit to the
+    Attention page to compute; a criterion that fails is left to the page to report."""
     from .data import setup
     from .keys import RATIOS, Experiment
     from .ui import default_grid_criteria
 
-    PRUNE_PAGE_SHOWN.wait(wait_s)
+    if PRUNE_PAGE_SHOWN.wait(wait_s):
+        time.sleep(AFTER_FIRST_PAGE_S)  # the browser is still drawing that page
     exp = exp or Experiment()
     s = setup(exp)
     ref = ImageRef(index=0)
     image, _ = image_tensor(s, ref)
-    for crit in default_grid_criteria(exp):
+    criteria = default_grid_criteria(exp)
+    for crit in criteria:
         for r in RATIOS:
             try:
                 attention_maps(s.key(crit, r), ref, image)
             except EXPECTED_ERRORS:
                 break
+    # the page's default view once: its first drawing also imports the colour maps
+    # (matplotlib, ~0.5 s), which would otherwise fall on the first visit
+    last = len(study.head_counts(s.base.model)) - 1
+    attention_grid(s, criteria, RATIOS, ref, AttentionView("cls", last, None))
 
 
 @dataclass
