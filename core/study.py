@@ -714,15 +714,17 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
 
     Each criterion (a name, or a mapping name → its options) is scored once per seed on a
     ``calib``-image batch of ``train_set`` (seeded; None: data-free criteria only); along the
-    sparsities only the thresholds change (iterative criteria such as SynFlow re-run).
+    sparsities only the thresholds change (iterative criteria such as SynFlow re-prune).
     Sparsity 0 is the dense model. Everything is measured on the same ``val_samples``
-    validation images (:func:`val_subset`); ``model`` is not modified.
+    validation images (:func:`val_subset`); ``model`` is not modified. SynFlow's schedules
+    of all the sparsities run together (:func:`prune_many`).
 
     ``progress(fraction, text)`` is called before each point; when ``cancel`` is set the
     sweep stops within one module's forward (:func:`cancellable`), drops the point in
-    progress and returns the rows done so far, with ``df.attrs["cancelled"] = True``. ``shard=(rank, world)`` computes only the
-    :func:`sweep_points` whose index is ``rank`` modulo ``world`` (a distributed sweep
-    concatenates the ranks' frames and sorts them with :func:`sort_sweep`).
+    progress and returns the rows done so far, with ``df.attrs["cancelled"] = True``.
+    ``shard=(rank, world)`` computes only the :func:`sweep_points` whose index is ``rank``
+    modulo ``world`` (a distributed sweep concatenates the ranks' frames and sorts them with
+    :func:`sort_sweep`).
 
     Returns one row per point with the columns of :data:`SWEEP_COLUMNS`: ``cls_cosine`` is
     the cosine of the last block's CLS→patch map (mean of heads) to the dense model's,
@@ -761,38 +763,44 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     # a criterion that reads no data and draws nothing at random (magnitude, SynFlow, L2)
     # gives the same masks for every seed: measured once, its rows copied to the others
     same: dict[tuple, list[dict]] = {}
-    # a cancel also stops the point in progress, within one module's forward
-    try:
+
+    def point(p: Pruned) -> dict:
+        """The measured columns of one point."""
+        c = cost(dense, p)
+        out = {"params_kept": c["params_kept"], "macs_kept": c["macs_kept"],
+               "cls_cosine": math.nan, "rollout_cosine": math.nan}
+        if p.dense:
+            return {**dense_ev, **out, **({"cls_cosine": 1.0, "rollout_cosine": 1.0}
+                                          if attention else {})}
+        with forward_model(base, p, scratch) as net:
+            ev, got_cls, got_roll = measure(net)
+        if attention:
+            out.update(cls_cosine=mean_cosine(got_cls, dense_cls),
+                       rollout_cosine=mean_cosine(got_roll, dense_roll))
+        return {**ev, **out}
+
+    try:  # a cancel stops the point in progress too, within one module's forward
         with cancellable(cancel) if cancel is not None else nullcontext():
             for seed, name, opts in points:
                 key = (name, tuple(sorted(opts.items())))
                 if key in same:
-                    for row in same[key]:
-                        if cancel is not None and cancel.is_set():
-                            cancelled = True
-                            break
-                        rows.append({**row, "seed": seed})
-                        done += 1
-                    if cancelled:
-                        break
+                    rows += [{**row, "seed": seed} for row in same[key]]
+                    done += len(same[key])
                     continue
                 first = len(rows)
                 if seed not in calib_of:
                     calib_of = {seed: calibration(train_set, calib, seed)}
                 images, labels = calib_of[seed]
-                scores = None
-                together: dict[float, Pruned] = {}
+                scores, together = None, {}
                 if criterion_info(name).iterative and sum(1 for s in ratios if s) > 1:
-                    # SynFlow: the schedules of all sparsities at once (one batched pass per round)
+                    # SynFlow: the schedules of all sparsities together, one batched pass a round
                     if progress:
                         progress(done / total, f"{name} at every sparsity together, seed {seed}")
-                    many = prune_many(base, name, ratios, images, labels, scope, seed,
-                                      options=opts)
-                    together = dict(zip(ratios, many))
+                    together = dict(zip(ratios, prune_many(base, name, ratios, images, labels,
+                                                           scope, seed, options=opts)))
                 for s in ratios:
                     if cancel is not None and cancel.is_set():
-                        cancelled = True
-                        break
+                        raise Cancelled("cancelled")
                     if progress:
                         progress(done / total, f"{name} at {s:.0%}, seed {seed}")
                     done += 1
@@ -800,25 +808,7 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                         scores = score(base, name, images, labels, seed, opts)
                     p = together.get(s) or prune_at(base, name, s, images, labels, scope, seed,
                                                     scores, opts)
-                    c = cost(dense, p)
-                    if p.dense:
-                        ev, cls_cos, roll_cos = dense_ev, 1.0, 1.0
-                    else:
-                        with forward_model(base, p, scratch) as net:
-                            ev, got_cls, got_roll = measure(net)
-                        cls_cos = roll_cos = math.nan
-                        if attention:
-                            cls_cos = mean_cosine(got_cls, dense_cls)
-                            roll_cos = mean_cosine(got_roll, dense_roll)
-                    if not attention:
-                        cls_cos = roll_cos = math.nan
-                    rows.append({"criterion": name, "sparsity": s, "seed": seed,
-                                 "accuracy": ev["accuracy"], "loss": ev["loss"],
-                                 "macro_f1": ev["macro_f1"], "params_kept": c["params_kept"],
-                                 "macs_kept": c["macs_kept"], "cls_cosine": cls_cos,
-                                 "rollout_cosine": roll_cos})
-                if cancelled:
-                    break
+                    rows.append({"criterion": name, "sparsity": s, "seed": seed, **point(p)})
                 if seed_free(name):
                     same[key] = rows[first:]
     except Cancelled:  # the point in progress is dropped; the rows done are kept
