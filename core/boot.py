@@ -63,6 +63,33 @@ def apply_torch_threads() -> None:
         torch.set_num_threads(int(threads))
 
 
+# A forward of about this many multiply-accumulates or fewer runs faster on one intra-op thread
+# than on two here: the second thread's wake-up and join cost more than its share of the work
+# (vit-tiny, one 32×32 image: 2.7× faster on one thread; SynFlow's 100 one-image rounds 2.2×).
+# deit-tiny's one 224×224 image (1.25 GMACs) is even; a 128-image vit-tiny batch is faster on two.
+SMALL_WORK_MACS = 5e8
+
+
+@contextmanager
+def threads_for(macs: float) -> Iterator[None]:
+    """During the block, one intra-op thread for the calling thread when one forward of the
+    work is at most :data:`SMALL_WORK_MACS`; otherwise nothing changes. PyTorch's thread count
+    is OpenMP's: in a worker thread (the dashboard's work) it is that thread's alone; in the
+    process's first thread (the CLI) it is also the default of threads started meanwhile.
+    MKL's own count is process-wide: other threads' matrix multiplies may run on one thread
+    meanwhile, nothing worse."""
+    if macs > SMALL_WORK_MACS:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @contextmanager
 def frozen_imports() -> Iterator[None]:
     """Garbage collector off during the block (heavy imports), then the objects created so far

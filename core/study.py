@@ -35,8 +35,10 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from . import attention as attn
+from . import boot
 from .data import calibration_batch
-from .models import DEFAULT_LAYOUT, TokenLayout, count_macs, get_adapter, token_layout
+from .models import (DEFAULT_LAYOUT, TokenLayout, approx_macs, count_macs, get_adapter,
+                     token_layout)
 from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
                       layer_collapse, layer_saliency, prune)
 from .train import _eval_counts, _metrics_from_counts, evaluate
@@ -455,7 +457,8 @@ def mask_matrix(masks: Mapping[str, Tensor], layer: str, max_side: int = 192) ->
 
 def attention_maps(model: nn.Module, image: Tensor) -> tuple[np.ndarray, ...]:
     """One (H, N, N) float32 array per block for one image (C, H, W) in [0, 1]."""
-    maps = attn.capture_attention(model, image[None])
+    with boot.threads_for(approx_macs(model)):  # one small image: faster on one thread
+        maps = attn.capture_attention(model, image[None])
     return tuple(m[0].float().numpy() for m in maps)
 
 

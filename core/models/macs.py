@@ -71,3 +71,18 @@ def count_macs(model: torch.nn.Module) -> int:
     finally:
         model.train(was_training)
     return counter.macs
+
+
+def approx_macs(model: torch.nn.Module) -> int:
+    """Parameters × tokens: about the multiply-accumulates of one forward on one image (each
+    weight used once per token; the attention products left out), without running one. For
+    deciding how to run a forward (:func:`core.boot.threads_for`), not for reporting. A model
+    of no known family: :func:`count_macs` when it declares ``input_shape``, else its
+    parameter count (a lower bound)."""
+    from .adapter import get_adapter
+
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        return params * get_adapter(model).num_tokens(model)
+    except TypeError:
+        return count_macs(model) if hasattr(model, "input_shape") else params

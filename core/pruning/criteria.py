@@ -23,6 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..attention import attention_modules
+from ..boot import threads_for
+from ..models import approx_macs
 from .base import (Pruner, check_batch, check_logits, check_sparsity, register_pruner,
                    scoring_state)
 from .masks import (SCOPES, _keep_numpy, _keep_torch, compute_masks, get_masks, num_pruned,
@@ -335,15 +337,17 @@ class SynflowPruner(Pruner):
         masks.update({k: m for k, m in get_masks(model).items() if k in masks})
         density = 1.0 - s
         scores: dict[str, Tensor] = {}
-        for k in range(1, self.iterations + 1):
-            with torch.no_grad():
-                for p, w in zip(params, dense):
-                    p.param.copy_(w * masks[p.key])
-            scores = self._round(net, shape)
-            ranked = {key: sc.masked_fill(~masks[key], -math.inf) for key, sc in scores.items()}
-            target = s if k == self.iterations else 1.0 - density ** (k / self.iterations)
-            new = compute_masks(ranked, target, scope)
-            masks = {key: new[key] & masks[key] for key in new}  # pruned stays pruned
+        with threads_for(approx_macs(model)):  # one image a round: a small model is faster
+            for k in range(1, self.iterations + 1):  # on one thread
+                with torch.no_grad():
+                    for p, w in zip(params, dense):
+                        p.param.copy_(w * masks[p.key])
+                scores = self._round(net, shape)
+                ranked = {key: sc.masked_fill(~masks[key], -math.inf)
+                          for key, sc in scores.items()}
+                target = s if k == self.iterations else 1.0 - density ** (k / self.iterations)
+                new = compute_masks(ranked, target, scope)
+                masks = {key: new[key] & masks[key] for key in new}  # pruned stays pruned
         return finish_mask_prune(self, model, masks, scores, s, scope)
 
     def prune_many(self, model: nn.Module, sparsities: Sequence[float],
@@ -417,6 +421,7 @@ class SynflowPruner(Pruner):
         first = [(b - a) - int(alive[0, a:b].sum()) for a, b in bounds]  # pruned so far
         pruned = [list(first) for _ in range(B)]
         group = self._group_size(net, params, shape)
+        macs = approx_macs(model)  # one set's round: a small one runs faster on one thread
         final: dict[int, Tensor] = {}
         for k in range(1, steps + 1):
             # counts each segment must reach this round: compute_masks' floor(target · n)
@@ -426,7 +431,8 @@ class SynflowPruner(Pruner):
                       if k == steps or any(w > c for w, c in zip(want[i], pruned[i]))]
             for start in range(0, len(active), group):
                 chunk = active[start:start + group]
-                flat = self._batched_round(net, params, shape, dense * alive[chunk])  # (b, n)
+                with threads_for(len(chunk) * macs):
+                    flat = self._batched_round(net, params, shape, dense * alive[chunk])
                 for row, i in enumerate(chunk):
                     _prune_lowest(flat[row], alive[i], want[i], pruned[i], bounds, keys, sizes)
                     if k == steps:
