@@ -34,25 +34,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-from dashboard.serve import CHROMIUM, IS_BUSY, chromium, serve  # noqa: E402
-
-def wait_idle(page, timeout_ms: float = 120_000, settle_ms: int = 100) -> float:
-    """Until the script run is over: Streamlit marks its app ``data-test-script-state``
-    "notRunning" (and nothing shows a skeleton) for ``settle_ms`` in a row. Returns the
-    ``time.monotonic()`` at which it went quiet."""
-    page.wait_for_selector('[data-testid="stApp"]', timeout=timeout_ms)
-    deadline = time.monotonic() + timeout_ms / 1000
-    quiet_since = None
-    while time.monotonic() < deadline:
-        busy = page.evaluate(IS_BUSY)
-        if busy:
-            quiet_since = None
-        elif quiet_since is None:
-            quiet_since = time.monotonic()
-        elif (time.monotonic() - quiet_since) * 1000 >= settle_ms:
-            return quiet_since
-        page.wait_for_timeout(15)
-    raise TimeoutError("the page kept running")
+from dashboard.serve import CHROMIUM, IS_BUSY, chromium, serve, wait_idle  # noqa: E402
 
 
 WATCH = """() => {
@@ -154,6 +136,17 @@ def choose(page, label: str, names) -> None:
                          name=re.compile("^" + re.escape(name) + r"( \(|$)")).first.click()
         page.keyboard.press("Escape")
         wait_idle(page, timeout_ms=900_000)
+
+
+def set_criteria(page, names) -> None:
+    """The Prune page's criteria become ``names``: the six slots emptied (one rerun each),
+    then ``names`` chosen."""
+    box = page.get_by_role("combobox", name="Criteria to compare")
+    for _ in range(6):
+        box.click()
+        box.press("Backspace")
+        wait_idle(page, timeout_ms=900_000)
+    choose(page, "Criteria to compare", names)
 
 
 def select(page, label: str, option: str) -> None:
@@ -276,12 +269,7 @@ DEIT_CRITERIA = ["magnitude", "random", "snip", "attention-snip", "grasp", "snp"
 def deit(page, proc, repeat: int, start_pct: int | None = None) -> None:
     """deit-tiny (224×224, untrained), digits, six criteria, 128 validation images: first
     numbers, all numbers, peak server memory, then slider moves."""
-    box = page.get_by_role("combobox", name="Criteria to compare")
-    for _ in range(6):  # empty the criteria (one rerun each)
-        box.click()
-        box.press("Backspace")
-        wait_idle(page, timeout_ms=900_000)
-    choose(page, "Criteria to compare", DEIT_CRITERIA)
+    set_criteria(page, DEIT_CRITERIA)
     select(page, "Dataset", "digits")
     wait_idle(page, timeout_ms=900_000)
     box = page.get_by_role("spinbutton", name="Validation images")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import time
 
 import pandas as pd
@@ -45,6 +44,8 @@ from core.pruning.ratios import StructuredRatios
 from core.pruning.snp import value_redundancy_scores
 from core.pruning.structured import (StructuredScores, block_views, config_macs, select,
                                      shrink, shrunk_config)
+
+from bench_snp import latencies  # the same interleaved timing as the SNP benchmark
 
 CRITERIA = ["snp", "snp-act", "reverse", "taylor", "activation", "l2-norm", "gm",
             "structured-random"]
@@ -232,21 +233,6 @@ def why_part(args) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------- latency
-
-def latencies(models, x, runs: int, warmup: int) -> list[float]:
-    """Median ms per model, forwards interleaved (order alternating run by run)."""
-    times: list[list[float]] = [[] for _ in models]
-    with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models:
-                m(x)
-        for r in range(runs):
-            for i in (range(len(models)) if r % 2 == 0 else reversed(range(len(models)))):
-                t0 = time.perf_counter()
-                models[i](x)
-                times[i].append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
-
 
 def latency_part(args) -> pd.DataFrame:
     torch.set_num_threads(1)

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 from bench_dashboard import (CHROMIUM, ROOT, chromium, choose, select, serve,  # noqa: E402
-                             timed, wait_charts, wait_idle)
+                             set_criteria, timed, wait_charts, wait_idle)
 
 SIX = ["random", "grasp", "synflow", "snp"]           # added to the default magnitude, snip
 SIX_DEIT = ["magnitude", "random", "snip", "attention-snip", "grasp", "snp"]
@@ -113,12 +113,7 @@ def shoot(out: Path, width: int = 1440, deit: bool = True, others: bool = True) 
             if deit:
                 page.get_by_role("link", name="Prune").first.click()
                 wait_idle(page, timeout_ms=900_000)
-                box = page.get_by_role("combobox", name="Criteria to compare")
-                for _ in range(6):
-                    box.click()
-                    box.press("Backspace")
-                    wait_idle(page, timeout_ms=900_000)
-                choose(page, "Criteria to compare", SIX_DEIT)
+                set_criteria(page, SIX_DEIT)
                 select(page, "Dataset", "digits")
                 wait_idle(page, timeout_ms=900_000)
                 select(page, "Model", "deit-tiny")

@@ -795,7 +795,7 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                     calib_of = {seed: calibration(train_set, calib, seed)}
                 images, labels = calib_of[seed]
                 scores, together = None, {}
-                if criterion_info(name).iterative and sum(1 for s in ratios if s) > 1:
+                if criterion_info(name).iterative:
                     # SynFlow: the schedules of all sparsities together, one batched pass a round
                     if progress:
                         progress(done / total, f"{name} at every sparsity together, seed {seed}")

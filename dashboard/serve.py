@@ -25,6 +25,23 @@ IS_BUSY = ("(() => { const a = document.querySelector('[data-testid=\"stApp\"]')
            " || !!document.querySelector('[data-testid=\"stSkeleton\"]'); })()")
 
 
+def wait_idle(page, settle_ms: int = 300, timeout_ms: float = 300_000) -> float:
+    """Until Streamlit's script run is over: the app marks ``data-test-script-state``
+    "notRunning" (and nothing shows a skeleton) for ``settle_ms`` in a row. Returns the
+    ``time.monotonic()`` at which it went quiet; TimeoutError if it keeps running."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    quiet_since = None
+    while time.monotonic() < deadline:
+        if page.evaluate(IS_BUSY):
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif (time.monotonic() - quiet_since) * 1000 >= settle_ms:
+            return quiet_since
+        page.wait_for_timeout(15)
+    raise TimeoutError("the page kept running")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

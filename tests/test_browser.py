@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from dashboard.serve import CHROMIUM, IS_BUSY as BUSY, chromium, serve
+from dashboard.serve import wait_idle as idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -52,21 +53,6 @@ def shots(tmp_path_factory):
     d = tmp_path_factory.mktemp("screenshots")
     print(f"\nscreenshots: {d}")
     return d
-
-
-def idle(page, settle_ms: int = 300) -> None:
-    """Wait until Streamlit's script run is over (and stays over for ``settle_ms``)."""
-    quiet = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if page.evaluate(BUSY):
-            quiet = None
-        elif quiet is None:
-            quiet = time.monotonic()
-        elif (time.monotonic() - quiet) * 1000 >= settle_ms:
-            return
-        page.wait_for_timeout(25)
-    raise AssertionError("the page kept running")
 
 
 def charts(page, n: int) -> None:

@@ -4,32 +4,18 @@ files land as downloads), and open the downloaded HTML report offline with its c
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from dashboard.serve import CHROMIUM, IS_BUSY, chromium, serve
+from dashboard.serve import CHROMIUM, chromium, serve
+from dashboard.serve import wait_idle as idle
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 if not Path(CHROMIUM).exists():
     pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run does)",
                 allow_module_level=True)
-
-
-def idle(page, settle_ms: int = 300) -> None:
-    quiet = None
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if page.evaluate(IS_BUSY):
-            quiet = None
-        elif quiet is None:
-            quiet = time.monotonic()
-        elif (time.monotonic() - quiet) * 1000 >= settle_ms:
-            return
-        page.wait_for_timeout(25)
-    raise AssertionError("the page kept running")
 
 
 def download(page, key: str, folder: Path) -> Path:

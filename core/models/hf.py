@@ -163,61 +163,58 @@ def hf_vit_config(cfg: dict, arch: str, mean: tuple[float, ...], std: tuple[floa
         dist_head=arch == "DeiTForImageClassificationWithTeacher")
 
 
+_BLOCK_KEYS = (("attn.proj", "attention.output.dense"), ("norm1", "layernorm_before"),
+               ("norm2", "layernorm_after"), ("mlp.fc1", "intermediate.dense"),
+               ("mlp.fc2", "output.dense"))
+
+
+def _key_pairs(config: ViTConfig, arch: str) -> list[tuple[str, str]]:
+    """(timm name, transformers name) of every tensor that maps one to one (all but the fused
+    ``qkv``, which transformers keeps as three linears)."""
+    p = HF_ARCHITECTURES[arch][1]
+    pairs = [("cls_token", f"{p}embeddings.cls_token"),
+             ("pos_embed", f"{p}embeddings.position_embeddings"),
+             *((f"patch_embed.proj.{k}", f"{p}embeddings.patch_embeddings.projection.{k}")
+               for k in ("weight", "bias"))]
+    if config.distilled:
+        pairs.append(("dist_token", f"{p}embeddings.distillation_token"))
+    for i in range(config.depth):
+        pairs += [(f"blocks.{i}.{ours}.{k}", f"{p}encoder.layer.{i}.{theirs}.{k}")
+                  for ours, theirs in _BLOCK_KEYS for k in ("weight", "bias")]
+    heads = ({"head": "cls_classifier", "head_dist": "distillation_classifier"}
+             if config.distilled and config.dist_head else {"head": "classifier"})
+    for k in ("weight", "bias"):
+        pairs.append((f"norm.{k}", f"{p}layernorm.{k}"))
+        pairs += [(f"{ours}.{k}", f"{theirs}.{k}") for ours, theirs in heads.items()]
+    return pairs
+
+
+def _qkv_kinds(config: ViTConfig) -> tuple[str, ...]:
+    return ("weight", "bias") if config.qkv_bias else ("weight",)
+
+
 def to_hf_state_dict(sd: dict[str, Tensor], config: ViTConfig, arch: str) -> dict[str, Tensor]:
     """timm-named tensors of a :class:`VisionTransformer` → transformers' names for ``arch``."""
     p = HF_ARCHITECTURES[arch][1]
-    out = {f"{p}embeddings.cls_token": sd["cls_token"],
-           f"{p}embeddings.position_embeddings": sd["pos_embed"],
-           f"{p}embeddings.patch_embeddings.projection.weight": sd["patch_embed.proj.weight"],
-           f"{p}embeddings.patch_embeddings.projection.bias": sd["patch_embed.proj.bias"]}
-    if config.distilled:
-        out[f"{p}embeddings.distillation_token"] = sd["dist_token"]
+    out = {theirs: sd[ours] for ours, theirs in _key_pairs(config, arch)}
     for i, b in enumerate(config.blocks):
-        src, dst = f"blocks.{i}.", f"{p}encoder.layer.{i}."
         sizes = [b.num_heads * b.qk_dim, b.num_heads * b.qk_dim, b.num_heads * b.v_dim]
-        for kind in ("weight", "bias") if config.qkv_bias else ("weight",):
+        for kind in _qkv_kinds(config):
             for name, t in zip(("query", "key", "value"),
-                               sd[f"{src}attn.qkv.{kind}"].split(sizes, dim=0)):
-                out[f"{dst}attention.attention.{name}.{kind}"] = t
-        for ours, theirs in (("attn.proj", "attention.output.dense"),
-                             ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
-                             ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
-            for kind in ("weight", "bias"):
-                out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
-    heads = ({"head": "cls_classifier", "head_dist": "distillation_classifier"}
-             if config.distilled and config.dist_head else {"head": "classifier"})
-    for kind in ("weight", "bias"):
-        out[f"{p}layernorm.{kind}"] = sd[f"norm.{kind}"]
-        for ours, theirs in heads.items():
-            out[f"{theirs}.{kind}"] = sd[f"{ours}.{kind}"]
+                               sd[f"blocks.{i}.attn.qkv.{kind}"].split(sizes, dim=0)):
+                out[f"{p}encoder.layer.{i}.attention.attention.{name}.{kind}"] = t
     return out
 
 
 def from_hf_state_dict(hf: dict[str, Tensor], config: ViTConfig, arch: str) -> dict[str, Tensor]:
     """Inverse of :func:`to_hf_state_dict` (keys assumed complete)."""
     p = HF_ARCHITECTURES[arch][1]
-    out = {"cls_token": hf[f"{p}embeddings.cls_token"],
-           "pos_embed": hf[f"{p}embeddings.position_embeddings"],
-           "patch_embed.proj.weight": hf[f"{p}embeddings.patch_embeddings.projection.weight"],
-           "patch_embed.proj.bias": hf[f"{p}embeddings.patch_embeddings.projection.bias"]}
-    if config.distilled:
-        out["dist_token"] = hf[f"{p}embeddings.distillation_token"]
+    out = {ours: hf[theirs] for ours, theirs in _key_pairs(config, arch)}
     for i in range(config.depth):
-        src, dst = f"{p}encoder.layer.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias") if config.qkv_bias else ("weight",):
-            out[f"{dst}attn.qkv.{kind}"] = torch.cat(
-                [hf[f"{src}attention.attention.{n}.{kind}"] for n in ("query", "key", "value")])
-        for ours, theirs in (("attn.proj", "attention.output.dense"),
-                             ("norm1", "layernorm_before"), ("norm2", "layernorm_after"),
-                             ("mlp.fc1", "intermediate.dense"), ("mlp.fc2", "output.dense")):
-            for kind in ("weight", "bias"):
-                out[f"{dst}{ours}.{kind}"] = hf[f"{src}{theirs}.{kind}"]
-    heads = ({"head": "cls_classifier", "head_dist": "distillation_classifier"}
-             if config.distilled and config.dist_head else {"head": "classifier"})
-    for kind in ("weight", "bias"):
-        out[f"norm.{kind}"] = hf[f"{p}layernorm.{kind}"]
-        for ours, theirs in heads.items():
-            out[f"{ours}.{kind}"] = hf[f"{theirs}.{kind}"]
+        for kind in _qkv_kinds(config):
+            out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(
+                [hf[f"{p}encoder.layer.{i}.attention.attention.{n}.{kind}"]
+                 for n in ("query", "key", "value")])
     return out
 
 
