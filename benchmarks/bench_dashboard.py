@@ -188,11 +188,65 @@ def slider_moves(page, proc, repeat: int, n_criteria: int, start_pct: int) -> li
     return out
 
 
+FLOOR_APP = ROOT / "benchmarks" / "floor_app.py"
+TARGETS = {"server start → health check": "",
+           "server start → Prune page rendered": "target ≤ 2.5 s idle",
+           "slider move, 2 criteria, vit-tiny": "target 0.26–0.35 s idle",
+           "Attention page, 4 × 10 grid (first)": "target ≤ 1.0 s idle",
+           "Attention grid, another image": ""}
+
+
+def basic(page, proc, t0: float, url: str, args) -> dict[str, str]:
+    """Start → first page, slider moves with the default two criteria, the Attention page's
+    grid: the figures the floor app is compared on."""
+    out = {"server start → health check": f"{time.monotonic() - t0:.2f} s"}
+    page.goto(url)
+    wait_charts(page, 3)
+    t_first = wait_idle(page) - t0
+    out["server start → Prune page rendered"] = (
+        f"{t_first:.2f} s (CPU {cpu_seconds(proc.pid):.2f} s, {load()})")
+
+    def measure(action) -> str:
+        c = cpu_seconds(proc.pid)
+        d: dict = {}
+        wall = timed(page, action, detail=d)
+        return (f"{wall:.2f} (CPU {cpu_seconds(proc.pid) - c:.2f}, starts "
+                f"{d['start']:.2f}, {load()})")
+
+    slider = page.get_by_role("slider").first
+    times = []
+    for i in range(args.repeat):  # 50% → 55% → 60% …: a sparsity not seen before
+        slider.focus()
+        times.append(measure(lambda: page.keyboard.press("ArrowRight")))
+    out["slider move, 2 criteria, vit-tiny"] = "; ".join(times)
+
+    link = page.get_by_role("link", name="Attention").first
+    if args.pause:  # a user who reads the page first: the server's warm-up finishes
+        waited = server_quiet(proc.pid)
+    first = measure(link.click)
+    wait_charts(page, 2)
+    out["Attention page, 4 × 10 grid (first)"] = first + (
+        f"; clicked once the server was quiet ({waited:.1f} s after the last slider move)"
+        if args.pause else "; clicked right after the slider moves")
+    box = page.get_by_role("spinbutton", name="Sample").first
+    times = []
+    for i in range(args.repeat):
+        box.fill(str(i + 1))
+        times.append(measure(lambda: box.press("Enter")))
+    out["Attention grid, another image"] = "; ".join(times)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="slider moves / grid images to time")
     ap.add_argument("--no-deit", action="store_true", help="skip the deit-tiny part")
     ap.add_argument("--deit-only", action="store_true", help="only the deit-tiny part")
+    ap.add_argument("--floor", action="store_true",
+                    help="first time the same steps on benchmarks/floor_app.py: Streamlit, "
+                         "plotly.js and Chromium alone, the floor under every figure")
+    ap.add_argument("--basic", action="store_true",
+                    help="only start → first page, the 2-criteria slider and the grid")
     ap.add_argument("--pause", action="store_true",
                     help="open the Attention page once the server is quiet, as a user who "
                          "reads the Prune page first (default: right after the slider moves)")
@@ -203,51 +257,25 @@ def main() -> None:
     print(f"cores: {os.cpu_count()}, {load()} at the start; every figure: wall s "
           "(server CPU s, load average)")
     try:
+        if args.floor:
+            with chromium(width=1440) as page, serve(runs, app=FLOOR_APP) as (url, proc, t0):
+                floor = basic(page, proc, t0, url, args)
+            print("floor (benchmarks/floor_app.py: the same elements drawn from synthetic "
+                  "numbers, no PyTorch):")
+            for k, v in floor.items():
+                print(f"  {k:<38} {v}")
+            print("the dashboard:")
         with chromium(width=1440) as page, serve(runs) as (url, proc, t0):
-            t_health = time.monotonic() - t0
-            page.goto(url)
-            wait_charts(page, 3)
-            t_first = wait_idle(page) - t0
-            cpu = cpu_seconds(proc.pid)
             if args.deit_only:
+                page.goto(url)
+                wait_charts(page, 3)
+                wait_idle(page)
                 deit(page, proc, args.repeat, start_pct=50)
                 return
-            print(f"server start → health check:            {t_health:6.2f} s")
-            print(f"server start → Prune page rendered:     {t_first:6.2f} s "
-                  f"(CPU {cpu:5.2f} s, {load()})   (target ≤ 2.5 s idle)")
-
-            def measure(action) -> str:
-                c = cpu_seconds(proc.pid)
-                d: dict = {}
-                wall = timed(page, action, detail=d)
-                return (f"{wall:.2f} (CPU {cpu_seconds(proc.pid) - c:.2f}, starts "
-                        f"{d['start']:.2f}, {load()})")
-
-            slider = page.get_by_role("slider").first
-            times = []
-            for i in range(args.repeat):  # 50% → 55% → 60% …: a sparsity not seen before
-                slider.focus()
-                times.append(measure(lambda: page.keyboard.press("ArrowRight")))
-            print("slider move, 2 criteria, vit-tiny:      " + "; ".join(times)
-                  + "   (target 0.26–0.35 s idle)")
-
-            link = page.get_by_role("link", name="Attention").first
-            if args.pause:  # a user who reads the page first: the server's warm-up finishes
-                waited = server_quiet(proc.pid)
-            first = measure(link.click)
-            wait_charts(page, 2)
-            print(f"Attention page, 4 × 10 grid (first):   {first}   (target ≤ 1.0 s idle)"
-                  + (f"; clicked once the server was quiet ({waited:.1f} s after the last "
-                     "slider move)" if args.pause else
-                     "; clicked right after the slider moves (--pause: once the server's "
-                     "background warm-up is over)"))
-            box = page.get_by_role("spinbutton", name="Sample").first
-            times = []
-            for i in range(args.repeat):
-                box.fill(str(i + 1))
-                times.append(measure(lambda: box.press("Enter")))
-            print("Attention grid, another image:         " + "; ".join(times))
-
+            for k, v in basic(page, proc, t0, url, args).items():
+                print(f"  {k:<38} {v}" + (f"   ({TARGETS[k]})" if TARGETS[k] else ""))
+            if args.basic:
+                return
             page.get_by_role("link", name="Prune").first.click()
             wait_idle(page, timeout_ms=900_000)
             six = ["random", "grasp", "synflow", "snp"]

@@ -50,17 +50,17 @@ def free_port() -> int:
 
 @contextmanager
 def serve(runs_dir: str | Path, port: int | None = None, timeout: float = 90.0,
-          log_path: Path | None = None, env: dict[str, str] | None = None
-          ) -> Iterator[tuple[str, subprocess.Popen, float]]:
-    """Run the dashboard (``env``: extra environment variables); yields (url, process, start
-    time). Killed on exit, also on error."""
+          log_path: Path | None = None, env: dict[str, str] | None = None,
+          app: Path | None = None) -> Iterator[tuple[str, subprocess.Popen, float]]:
+    """Run the dashboard, or another Streamlit ``app`` (``env``: extra environment variables);
+    yields (url, process, start time). Killed on exit, also on error."""
     port = port or free_port()
     env = {**os.environ, "PRUNELENS_RUNS_DIR": str(runs_dir), "PYTHONUNBUFFERED": "1",
            **(env or {})}
     log = open(log_path, "w") if log_path else subprocess.DEVNULL
     t0 = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+        [sys.executable, "-m", "streamlit", "run", str(app or ROOT / "dashboard" / "app.py"),
          "--server.headless", "true", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],

@@ -376,3 +376,38 @@ def test_cancellable_stops_a_forward_and_leaves_no_hook(tiny):
     if not others:
         assert not torch.nn.modules.module._global_forward_pre_hooks
     tiny(x)  # outside the block: no check
+
+
+def test_a_slider_move_masks_every_criterion_before_evaluating_any(runs_dir, monkeypatch):
+    """Scores cached, a new sparsity is only a re-threshold: the work masks every criterion
+    first (the page draws its charts from the masks) and evaluates afterwards; a criterion that
+    still needs scoring is not held back by this."""
+    from dashboard.state import prune_work
+
+    at = ok(make_app(prune_pruners=["magnitude", "snip"], prune_sparsity=50).run())
+    calls: list[tuple[str, str, float]] = []
+    real_pruned, real_eval = prune_work.pruned, prune_work.eval_counts
+
+    def pruned(key):
+        calls.append(("mask", key.pruner, key.sparsity))
+        return real_pruned(key)
+
+    def eval_counts(key, n, a, b):
+        calls.append(("eval", key.pruner, key.sparsity))
+        return real_eval(key, n, a, b)
+
+    monkeypatch.setattr(prune_work, "pruned", pruned)
+    monkeypatch.setattr(prune_work, "eval_counts", eval_counts)
+    at.select_slider(key="prune_sparsity").set_value(55).run()
+    ok(at)
+    moved = [c for c in calls if c[2] == 0.55]
+    assert [c[0] for c in moved] == ["mask", "mask", "eval", "eval"], moved
+    assert {c[1] for c in moved if c[0] == "eval"} == {"magnitude", "snip"}
+    # a criterion never scored comes after the cheap ones: scored, masked, then evaluated
+    calls.clear()
+    at.multiselect(key="prune_pruners").set_value(["magnitude", "snip", "random"]).run()
+    ok(at)
+    order = [(c[0], c[1]) for c in calls if c[2] == 0.55]
+    assert order.index(("mask", "random")) > order.index(("eval", "snip"))
+    assert order.index(("eval", "random")) > order.index(("mask", "random"))
+    assert len(metrics(at)["Accuracy"]) == 4

@@ -3,15 +3,17 @@ masked, then evaluated progressively — a small first slice of the validation i
 criterion (numbers within seconds), then doubling slices until the whole subset — so the page
 shows numbers early, refines them, can be cancelled, and stops when its session ends.
 
-Criteria whose masks are cached (a slider move: only a re-threshold) go first, so their numbers
-come back at once while a new criterion is still scoring.
+Criteria whose masks are cached or cheap (a slider move: only a re-threshold of cached scores)
+go first and are all masked before any of them is evaluated: the page draws its charts (they
+need the masks, not the numbers) while the evaluations run, and their numbers come back at
+once while a new criterion is still scoring.
 """
 from __future__ import annotations
 
 from .catalogue import pruner_info
 from .data import dense_cost
 from .keys import EXPECTED_ERRORS, Experiment, Setup
-from .pruning import eval_bounds, eval_counts, is_pruned, layer_kept, pruned, val_size
+from .pruning import eval_bounds, eval_counts, is_cheap, layer_kept, pruned, val_size
 from .work import Work
 
 SLOT = "prune"
@@ -46,7 +48,7 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
     def fn(w: Work) -> None:
         n = val_size(s.key(exp.pruners[0], 0.0), exp.val_samples)
         bounds = eval_bounds(n, dense_cost(s.model_key).macs)
-        ready = [p for p in exp.pruners if is_pruned(s.key(p))]
+        ready = [p for p in exp.pruners if is_cheap(s.key(p))]
         order = ready + [p for p in exp.pruners if p not in ready]
         units = {p: _score_units(p, exp.calib, p in ready) for p in order}
         total = sum(units.values()) + n * (len(order) + 1)
@@ -73,11 +75,8 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
                 failed[name] = str(e)
                 done.remove(name)
 
-        evaluate("dense", *bounds[0])
-        w.publish(upto=dict(upto))
-        for name in order:
-            if w.stop_here():
-                return
+        def mask(name: str) -> bool:
+            nonlocal done_units
             w.report(done_units, total,
                      f"{name}: {'masking' if name in ready else 'scoring and masking'}")
             try:
@@ -86,12 +85,26 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
             except EXPECTED_ERRORS as e:
                 failed[name] = str(e)
                 w.publish(failed=dict(failed))
-                continue
+                return False
             done_units += units[name]
             done.append(name)
             w.publish(pruned=list(done))
-            checked(name, *bounds[0])
-            w.publish(upto=dict(upto), failed=dict(failed), pruned=list(done))
+            return True
+
+        for name in ready:  # re-thresholds: every chart can be drawn before any number
+            if w.stop_here():
+                return
+            mask(name)
+        evaluate("dense", *bounds[0])
+        w.publish(upto=dict(upto))
+        for name in order:
+            if w.stop_here():
+                return
+            if name not in ready and not mask(name):
+                continue
+            if name in done:
+                checked(name, *bounds[0])
+                w.publish(upto=dict(upto), failed=dict(failed), pruned=list(done))
         for a, b in bounds[1:]:
             for name in ("dense", *done):
                 if w.stop_here():

@@ -130,6 +130,15 @@ def is_pruned(key: PruneKey) -> bool:
     return key.sparsity == 0 or ("dashboard.state.pruning.pruned", key) in BIG
 
 
+def is_cheap(key: PruneKey) -> bool:
+    """Whether :func:`pruned` of ``key`` is cached or only a re-threshold of cached scores
+    (a slider move on a single-shot criterion): milliseconds, no forward or backward."""
+    return is_pruned(key) or (
+        not pruner_info(key.pruner)["iterative"]
+        and ("dashboard.state.pruning.scores", key.model, key.data, key.pruner, key.calib,
+             key.seed) in BIG)
+
+
 @cache_data(show_spinner=False, max_entries=256)
 def cost(key: PruneKey) -> dict[str, float]:
     """Parameters and MACs (one image) kept, absolute and as a fraction of the dense model
