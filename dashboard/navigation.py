@@ -7,12 +7,16 @@ from core import boot
 
 boot.configure()  # before the pages import torch (a no-op when app.py already did it)
 
+from dashboard import session  # noqa: E402  (light: no PyTorch)
+
 st.set_page_config(page_title="PruneLens", page_icon=":material/content_cut:", layout="wide")
-st.navigation([
+pages = st.navigation([
     st.Page("pages/prune.py", title="Prune", icon=":material/content_cut:", default=True),
     st.Page("pages/attention.py", title="Attention", icon=":material/grid_view:"),
     st.Page("pages/rollout.py", title="Rollout & attribution", icon=":material/blur_on:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/query_stats:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_chart:"),
-]).run()
+])
+with session.script_run():  # the server's warm-up waits while pages run
+    pages.run()

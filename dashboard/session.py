@@ -3,6 +3,11 @@ import brings PyTorch and ``core``: about a second on a cold server). Everything
 sessions lives in the state package (dashboard/state/widgets.py)."""
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
 import streamlit as st
 
 _CHARTS_STARTED = "charts_started"
@@ -19,3 +24,30 @@ def start_charts_once() -> bool:
         return False
     st.session_state[_CHARTS_STARTED] = True
     return True
+
+
+# Script runs in progress and when the last one started or ended, over every browser session:
+# the server's background warm-up yields to them (dashboard/state/attention.py).
+_RUNS_LOCK = threading.Lock()
+_runs = {"active": 0, "last": 0.0}
+
+
+@contextmanager
+def script_run() -> Iterator[None]:
+    """Around one script run (``navigation.py``): counts it as activity."""
+    with _RUNS_LOCK:
+        _runs["active"] += 1
+        _runs["last"] = time.monotonic()
+    try:
+        yield
+    finally:
+        with _RUNS_LOCK:
+            _runs["active"] -= 1
+            _runs["last"] = time.monotonic()
+
+
+def quiet_for(seconds: float) -> bool:
+    """Whether no script run is in progress and none started or ended in the last
+    ``seconds`` (after a run ends, the browser is still drawing what it sent)."""
+    with _RUNS_LOCK:
+        return _runs["active"] == 0 and time.monotonic() - _runs["last"] >= seconds

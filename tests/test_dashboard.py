@@ -137,6 +137,37 @@ def test_warm_up_fills_the_default_prune_page(runs_dir, monkeypatch):
     assert len(metrics(at)["Accuracy"]) == 1 + len(state.Experiment().pruners)
 
 
+def test_grid_warm_up_waits_while_a_page_runs(runs_dir, monkeypatch):
+    """The server's background warm-up of the Attention grid takes no CPU while a page runs
+    (a slider move would share the 2 cores with it): it starts its first cell only once no
+    script run has been active for ``QUIET_S``, and then fills every cell."""
+    import threading
+
+    from dashboard import session
+    from dashboard.state import attention as att
+
+    monkeypatch.setattr(att, "QUIET_S", 0.3)
+    calls: list[float] = []
+    real = att.attention_maps
+
+    def attention_maps(*args, **kwargs):
+        calls.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(att, "attention_maps", attention_maps)
+    with session.script_run():
+        warm = threading.Thread(target=att.warm_up_grid, kwargs={"wait_s": 0})
+        warm.start()
+        time.sleep(1.0)
+        assert not calls  # a page is running: nothing computed
+        ended = time.monotonic()
+    warm.join(240)
+    assert not warm.is_alive()
+    assert calls and calls[0] >= ended + 0.3
+    from dashboard.state.keys import RATIOS
+    assert len(calls) >= len(RATIOS)  # every cell of the default grid (a row per criterion)
+
+
 @pytest.mark.skipif("l2-norm" not in list_pruners(), reason="structured pruners not in core")
 def test_prune_page_structured_criterion(runs_dir):
     at = ok(make_app(prune_pruners=["l2-norm", "magnitude"], prune_sparsity=50).run())
@@ -223,6 +254,14 @@ def test_attention_page_grid_and_heads(runs_dir):
     assert grid["data"][0]["type"] == "image"
     heads = figure(at, "att_chart_heads")
     assert "<b>head 4</b>" in annotations(heads)  # vit-tiny: 4 heads per block
+    # the similarity table is built only once its expander is opened; it holds the captions
+    assert not at.dataframe and "Similarity table" in [e.label for e in at.expander]
+    at.session_state["att_sim"] = True
+    ok(at.run())
+    table = at.dataframe[0].value
+    shown = table.data if hasattr(table, "data") else table  # a pandas Styler or a frame
+    assert shown.index.tolist() == ["magnitude", "random"]
+    assert [f"{v:.2f}" for v in shown.loc["magnitude"]] == sims[:10]
 
     at.radio(key="att_mode").set_value("rollout").run()
     ok(at)

@@ -40,7 +40,13 @@ def test_plots_and_pages_respect_the_layering():
                f"core.{n.names[0].name}" if isinstance(n, ast.ImportFrom) else n.names[0].name
                for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))}
         top.discard("core.boot")
+        light = {n.names[0].name for n in tree.body
+                 if isinstance(n, ast.ImportFrom) and n.module == "dashboard"}
+        assert light <= {"session"}, name
+        top.discard("dashboard")  # dashboard.session only: Streamlit and the stdlib
         assert not any(m.startswith(("torch", "core", "dashboard")) for m in top), name
+    assert _imports(ast.parse((DASH / "session.py").read_text())) <= {
+        "__future__", "threading", "time", "contextlib", "typing", "streamlit"}
     boot = ast.parse((DASH.parent / "core" / "boot.py").read_text())
     top = set().union(*(_imports(n) for n in boot.body if isinstance(n, (ast.Import,
                                                                           ast.ImportFrom))))

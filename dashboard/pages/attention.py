@@ -123,5 +123,9 @@ with state.page_errors():
                          colorbar=state.colour_bar(h_vmax)),
         key="att_chart_heads", config={"displayModeBar": False}, width="content")
     st.caption(state.scale_note(h_vmax))
-    with st.expander("Similarity table", icon=":material/table:"):
-        st.dataframe(sim.style.format("{:.3f}", na_rep="–"), key="att_sim_table")
+    # built only while open: a table costs the browser a new library on its first view
+    table = st.expander("Similarity table", icon=":material/table:", key="att_sim",
+                        on_change="rerun")
+    if table.open:
+        with table:
+            st.dataframe(sim.style.format("{:.3f}", na_rep="–"), key="att_sim_table")
