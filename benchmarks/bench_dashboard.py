@@ -169,12 +169,15 @@ def until_numbers(page, pct: int, n: int, t0: float, timeout: float = 900,
     raise TimeoutError(f"{n} cards at {pct}% never showed numbers")
 
 
-def slider_moves(page, proc, repeat: int, n_criteria: int, start_pct: int) -> list[str]:
-    """Move the sparsity slider right ``repeat`` times; per move: first criterion's numbers,
-    all criteria's numbers, the run's end (wall s), server CPU s and the load."""
+def slider_moves(page, proc, repeat: int, n_criteria: int, start_pct: int,
+                 think: float = 0.0) -> list[str]:
+    """Move the sparsity slider right ``repeat`` times, ``think`` seconds after the page went
+    quiet (a user reading it); per move: first criterion's numbers, all criteria's numbers,
+    the run's end (wall s), server CPU s and the load."""
     out, pct = [], start_pct
     slider = page.get_by_role("slider").first
     for _ in range(repeat):
+        time.sleep(think)
         pct = SPARSITY_OPTIONS[SPARSITY_OPTIONS.index(pct) + 1]
         slider.focus()
         c, t0 = cpu_seconds(proc.pid), time.monotonic()
@@ -216,6 +219,7 @@ def basic(page, proc, t0: float, url: str, args) -> dict[str, str]:
     slider = page.get_by_role("slider").first
     times = []
     for i in range(args.repeat):  # 50% → 55% → 60% …: a sparsity not seen before
+        time.sleep(args.think)
         slider.focus()
         times.append(measure(lambda: page.keyboard.press("ArrowRight")))
     out["slider move, 2 criteria, vit-tiny"] = "; ".join(times)
@@ -247,6 +251,10 @@ def main() -> None:
                          "plotly.js and Chromium alone, the floor under every figure")
     ap.add_argument("--basic", action="store_true",
                     help="only start → first page, the 2-criteria slider and the grid")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="seconds between a slider move's end and the next move (a user reading "
+                         "the numbers; the server prefetches the next stops meanwhile); "
+                         "default 0: moves back to back")
     ap.add_argument("--pause", action="store_true",
                     help="open the Attention page once the server is quiet, as a user who "
                          "reads the Prune page first (default: right after the slider moves)")
@@ -282,7 +290,8 @@ def main() -> None:
             choose(page, "Criteria to compare", six)
             pct = 50 + 5 * args.repeat
             print("slider move, 6 criteria, vit-tiny (magnitude snip random grasp synflow "
-                  "snp):\n  " + "\n  ".join(slider_moves(page, proc, args.repeat, 6, pct))
+                  "snp):\n  " + "\n  ".join(slider_moves(page, proc, args.repeat, 6, pct,
+                                                         args.think))
                   + "\n  (target ≤ 0.6 s; SynFlow re-prunes at every sparsity)")
             if not args.no_deit:
                 deit(page, proc, args.repeat)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import streamlit as st
 
@@ -51,3 +51,10 @@ def quiet_for(seconds: float) -> bool:
     ``seconds`` (after a run ends, the browser is still drawing what it sent)."""
     with _RUNS_LOCK:
         return _runs["active"] == 0 and time.monotonic() - _runs["last"] >= seconds
+
+
+def wait_quiet(seconds: float, stop: Callable[[], bool] = lambda: False) -> None:
+    """Until :func:`quiet_for` ``seconds`` (or ``stop()``): background work that should take
+    the server's spare time only, never a user's."""
+    while not quiet_for(seconds) and not stop():
+        time.sleep(0.05)

@@ -426,3 +426,50 @@ def test_a_slider_move_masks_every_criterion_before_evaluating_any(runs_dir, mon
             assert order.index(("mask", name)) > order.index(("eval", "snip")), order
         assert order.index(("eval", name)) > order.index(("mask", name))
     assert len(metrics(at)["Accuracy"]) == 4
+
+
+def test_neighbouring_slider_stops():
+    from dashboard.state.prefetch import neighbours
+
+    assert neighbours(0.5) == [0.55, 0.45]
+    assert neighbours(0.9) == [0.91, 0.85] and neighbours(0.85) == [0.9, 0.8]
+    assert neighbours(0.05) == [0.1] and neighbours(0.99) == [0.98]
+    assert neighbours(0.333) == []  # not a slider stop
+
+
+def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeypatch):
+    """After a Prune page run, the server's idle time masks and evaluates both neighbouring
+    stops of every criterion (SynFlow's schedule included): a move there computes nothing.
+    While a page runs, the prefetch waits."""
+    from core import study
+    from dashboard import session
+    from dashboard.state import prefetch
+
+    monkeypatch.setattr(prefetch, "QUIET_S", 0.2)
+    steps: list[float] = []
+    real = prefetch.eval_counts
+
+    def eval_counts(*args):
+        steps.append(time.monotonic())
+        return real(*args)
+
+    monkeypatch.setattr(prefetch, "eval_counts", eval_counts)
+    with session.script_run():  # as if another page were running meanwhile
+        at = ok(make_app(prune_pruners=["magnitude", "synflow"], prune_sparsity=50).run())
+        time.sleep(0.6)
+        assert not steps  # a page is running: nothing prefetched yet
+        ended = time.monotonic()
+    assert prefetch.wait_done(240)
+    assert steps and steps[0] >= ended + 0.2
+
+    def computed_again(*args, **kwargs):
+        raise AssertionError("computed again after the prefetch")
+
+    for name in ("evaluate", "evaluate_counts", "make_pruner", "score", "compute_masks",
+                 "prune_at", "count_macs"):
+        monkeypatch.setattr(study, name, computed_again)
+    for pct in (55, 45):
+        at.select_slider(key="prune_sparsity").set_value(pct).run()
+        ok(at)
+        assert not errors(at)
+        assert len(metrics(at)["Accuracy"]) == 3

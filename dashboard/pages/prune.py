@@ -356,6 +356,7 @@ def page() -> None:
         with cards:
             state.pruned_downloads({n: s.key(n) for n in ok})
     state.PRUNE_PAGE_SHOWN.set()  # the server's warm-up may now prepare the Attention page
+    state.prefetch_neighbours(s, exp)  # and, in idle time, the slider's next stops
 
 
 drawn = False

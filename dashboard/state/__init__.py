@@ -18,7 +18,8 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
 - :mod:`.compare`: the Compare page's sweep job (imported by that page only);
 - :mod:`.work`: a page's long computation in a per-session worker thread (progress, estimate,
   cancel, stopped when the browser session ends); :mod:`.prune_work`: the Prune page's
-  (scores, masks, progressive evaluation);
+  (scores, masks, progressive evaluation); :mod:`.prefetch`: its neighbouring slider stops,
+  computed in the server's idle time;
 - :mod:`.ui`: the error guard, notices, labels and image cells;
 - :mod:`.cache`: the byte-bounded cache of the big results (``PRUNELENS_CACHE_MB``).
 
@@ -55,6 +56,7 @@ from .attention import (Grid, attention_grid, attention_maps, explanations,  # n
 from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
 from .work import start as start_work, wait as wait_work  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
+from .prefetch import request as prefetch_neighbours  # noqa: E402
 from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
 from .folders import dataset_folders, label as folder_label, model_folders  # noqa: E402
 from .exports import pruned_downloads, run_downloads  # noqa: E402
@@ -68,7 +70,7 @@ __all__ = [
     "chosen_image",
     "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
     "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
-    "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
+    "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
     "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL",

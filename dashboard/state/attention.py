@@ -33,7 +33,7 @@ def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.nda
 # Set when a Prune page run has finished: the grid's warm-up waits for it, so that it does not
 # compete with the first visitor's first page for the two cores.
 PRUNE_PAGE_SHOWN = threading.Event()
-QUIET_S = 0.5  # no script run for this long: the browser has about drawn what it got
+QUIET_S = 1.0  # no script run for this long: the browser has drawn what it got
 
 
 def _wait_quiet() -> None:
@@ -41,8 +41,7 @@ def _wait_quiet() -> None:
     only, never a user's (2 cores: a slider move would otherwise share them with it)."""
     from dashboard import session
 
-    while not session.quiet_for(QUIET_S):
-        time.sleep(0.1)
+    session.wait_quiet(QUIET_S)
 
 
 def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:

@@ -1,0 +1,106 @@
+"""The Prune page's next slider stops, computed in the server's idle time.
+
+Once a Prune page run has finished, the two neighbouring stops of its sparsity slider (the one
+above first) are masked and evaluated for every criterion of that experiment, in one
+background thread, one step at a time (a criterion's masks, or one slice of its evaluation)
+and only while no page is running (``session.wait_quiet``): a move to a neighbour then finds
+its numbers cached, SynFlow's 100-round schedule included. A newer request replaces an older
+one between steps. The results go to the same caches the page reads, so a page that asks for
+an entry being computed waits for it instead of computing it twice.
+
+Only models whose one-image forward is small work (``core.boot.SMALL_WORK_MACS``: the 32×32
+presets) are prefetched; on a 224×224 model a step is seconds of CPU a user may never ask for.
+``PRUNELENS_PREFETCH=0`` turns it off (a server shared by many users, where idle time is rare).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from core.boot import SMALL_WORK_MACS
+
+from .data import dense_cost
+from .keys import EXPECTED_ERRORS, SPARSITY_OPTIONS, Experiment, Setup
+from .pruning import cost, eval_bounds, eval_counts, pruned, val_size
+
+log = logging.getLogger("prunelens.dashboard")
+QUIET_S = 1.0  # no page has run for this long (the browser has drawn the last one)
+
+_cond = threading.Condition()
+_request: dict = {"seq": 0, "job": None, "done": 0}
+_thread: threading.Thread | None = None
+
+
+def neighbours(sparsity: float) -> list[float]:
+    """The slider stops next to ``sparsity``, the one above first: 0.5 → [0.55, 0.45]."""
+    pct = round(sparsity * 100)
+    if pct not in SPARSITY_OPTIONS:
+        return []
+    i = SPARSITY_OPTIONS.index(pct)
+    return [SPARSITY_OPTIONS[j] / 100 for j in (i + 1, i - 1) if 0 <= j < len(SPARSITY_OPTIONS)]
+
+
+def request(s: Setup, exp: Experiment) -> bool:
+    """Prefetch the neighbours of ``exp.sparsity`` (``exp.val_samples`` images) in idle time,
+    replacing any earlier request. False (nothing queued) for a model that is not small."""
+    global _thread
+    if os.environ.get("PRUNELENS_PREFETCH", "1") == "0" or not exp.pruners \
+            or dense_cost(s.model_key).macs > SMALL_WORK_MACS:
+        return False
+    with _cond:
+        _request["seq"] += 1
+        _request["job"] = (s, exp)
+        _cond.notify()
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_loop, name="prunelens-prefetch", daemon=True)
+            _thread.start()
+    return True
+
+
+def _loop() -> None:
+    seq = 0
+    while True:
+        with _cond:
+            _cond.wait_for(lambda: _request["seq"] != seq)
+            seq, (s, exp) = _request["seq"], _request["job"]
+        try:
+            _prefetch(seq, s, exp)
+        except Exception:  # noqa: BLE001  idle-time work only: the page computes and reports
+            log.exception("prefetch of the neighbouring sparsities failed")
+        with _cond:
+            _request["done"] = seq
+            _cond.notify_all()
+
+
+def wait_done(timeout: float) -> bool:
+    """Until the latest request has been prefetched (or given up for a newer one)."""
+    with _cond:
+        return _cond.wait_for(lambda: _request["done"] == _request["seq"], timeout)
+
+
+def _current(seq: int) -> bool:
+    """Wait for the server's idle time; False once a newer request has come."""
+    from dashboard import session
+
+    session.wait_quiet(QUIET_S, stop=lambda: _request["seq"] != seq)
+    return _request["seq"] == seq
+
+
+def _prefetch(seq: int, s: Setup, exp: Experiment) -> None:
+    n = val_size(s.key(exp.pruners[0], 0.0), exp.val_samples)
+    bounds = eval_bounds(n, dense_cost(s.model_key).macs)
+    for sparsity in neighbours(exp.sparsity):
+        for name in exp.pruners:
+            key = s.key(name, sparsity)
+            if not _current(seq):
+                return
+            try:
+                pruned(key)
+                cost(key)
+                for a, b in bounds:
+                    if not _current(seq):
+                        return
+                    eval_counts(key, exp.val_samples, a, b)
+            except EXPECTED_ERRORS:
+                continue  # the page reports it if the user goes there
