@@ -426,6 +426,18 @@ def test_a_slider_move_masks_every_criterion_before_evaluating_any(runs_dir, mon
             assert order.index(("mask", name)) > order.index(("eval", "snip")), order
         assert order.index(("eval", name)) > order.index(("mask", name))
     assert len(metrics(at)["Accuracy"]) == 4
+    # a model evaluated in slices (here: 4 images first): the first criterion's first numbers
+    # come before the other masks, the charts' masks before the other numbers
+    from dashboard.state import pruning
+
+    monkeypatch.setattr(pruning, "QUICK_MACS", 1.0)
+    calls.clear()
+    at.select_slider(key="prune_sparsity").set_value(60).run()
+    ok(at)
+    moved = [c[:2] for c in calls if c[2] == 0.6]
+    assert moved[:6] == [("mask", "magnitude"), ("eval", "magnitude"), ("mask", "snip"),
+                         ("mask", "random"), ("eval", "snip"), ("eval", "random")], moved
+    assert len(moved) > 6  # then the refinements, slice by slice
 
 
 def test_neighbouring_slider_stops():

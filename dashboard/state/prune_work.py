@@ -4,9 +4,10 @@ criterion (numbers within seconds), then doubling slices until the whole subset 
 shows numbers early, refines them, can be cancelled, and stops when its session ends.
 
 Criteria whose masks are cached or cheap (a slider move: only a re-threshold of cached scores)
-go first and are all masked before any of them is evaluated: the page draws its charts (they
-need the masks, not the numbers) while the evaluations run, and their numbers come back at
-once while a new criterion is still scoring.
+go first and are all masked before any of them is evaluated (on a model evaluated in slices,
+right after the first criterion's first numbers): the page draws its charts (they need the
+masks, not the numbers) while the evaluations run, and their numbers come back at once while
+a new criterion is still scoring.
 """
 from __future__ import annotations
 
@@ -91,20 +92,30 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
             w.publish(pruned=list(done))
             return True
 
-        for name in ready:  # re-thresholds: every chart can be drawn before any number
-            if w.stop_here():
-                return
-            mask(name)
+        def mask_all(names: list[str]) -> bool:
+            for name in names:
+                if w.stop_here():
+                    return False
+                mask(name)
+            return True
+
+        # re-thresholds first, so that every chart can be drawn while the numbers are computed;
+        # on a model evaluated in several slices, after the first criterion's first numbers
+        progressive = len(bounds) > 1
+        if not mask_all(ready[:1] if progressive else ready):
+            return
         evaluate("dense", *bounds[0])
         w.publish(upto=dict(upto))
-        for name in order:
+        for i, name in enumerate(order):
             if w.stop_here():
                 return
-            if name not in ready and not mask(name):
+            if name not in done and name not in failed and not mask(name):
                 continue
             if name in done:
                 checked(name, *bounds[0])
                 w.publish(upto=dict(upto), failed=dict(failed), pruned=list(done))
+            if i == 0 and progressive and not mask_all(ready[1:]):
+                return
         for a, b in bounds[1:]:
             for name in ("dense", *done):
                 if w.stop_here():
