@@ -8,15 +8,11 @@ cells plus per-head maps, one image each), drawn by the dashboard's own ``plots`
 from synthetic numbers of the same sizes. No PyTorch, no pruning, no evaluation: whatever this
 app takes, the dashboard cannot take less.
 """
-import sys
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from dashboard import plots  # noqa: E402  (torch-free: plotly, pandas, numpy, pillow)
+from dashboard import plots  # torch-free: plotly, pandas, numpy, pillow
 
 SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 LAYERS = ["patch_embed.proj"] + [f"blocks.{b}.{n}" for b in range(4)
