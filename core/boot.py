@@ -81,6 +81,14 @@ def threads_for(macs: float) -> Iterator[None]:
     if macs > SMALL_WORK_MACS:
         yield
         return
+    with one_thread():
+        yield
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """During the block, one intra-op thread for the calling thread (OpenMP's count, restored
+    after; see :func:`threads_for`)."""
     import torch
     before = torch.get_num_threads()
     torch.set_num_threads(1)

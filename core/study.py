@@ -272,12 +272,15 @@ def evaluate_pruned(base: nn.Module, pruned: Pruned, val_set: Dataset,
 
 
 def evaluate_counts(base: nn.Module, pruned: Pruned, val_set: Dataset, start: int, stop: int,
-                    scratch: nn.Module | None = None,
-                    batch_size: int = 64) -> tuple[float, int, np.ndarray]:
+                    scratch: nn.Module | None = None, batch_size: int = 64,
+                    workers: int = 1) -> tuple[float, int, np.ndarray]:
     """Sum of cross-entropy, sample count and ``(C, C)`` confusion counts of the pruned model on
     ``val_set[start:stop]``. Counts of disjoint slices add up, so a page can show numbers on
     the first few images at once and refine them slice by slice (:func:`metrics_from_counts`
-    of the summed counts equals :func:`evaluate_pruned` on the whole set)."""
+    of the summed counts equals :func:`evaluate_pruned` on the whole set).
+
+    ``workers`` > 1: the batches are shared out to that many threads of one intra-op thread
+    each (:func:`_counts_in_threads`), for a machine whose cores other programs also use."""
     if not 0 <= start < stop <= len(val_set):
         raise ValueError(f"slice [{start}, {stop}) is outside the {len(val_set)} validation "
                          "samples")
@@ -286,8 +289,56 @@ def evaluate_counts(base: nn.Module, pruned: Pruned, val_set: Dataset, start: in
         dev = next(net.parameters()).device
         loader = DataLoader(part, batch_size=batch_size, shuffle=False)
         with torch.no_grad():
-            loss_sum, count, conf = _eval_counts(net.eval(), loader, dev, None)
+            if workers > 1 and len(loader) > 1:
+                loss_sum, count, conf = _counts_in_threads(net.eval(), list(loader), dev,
+                                                           workers)
+            else:
+                loss_sum, count, conf = _eval_counts(net.eval(), loader, dev, None)
     return float(loss_sum), int(count), conf.cpu().numpy()
+
+
+def _counts_in_threads(net: nn.Module, batches: list, device: torch.device,
+                       workers: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``_eval_counts`` over ``batches`` by ``workers`` threads taking batches in turn, each
+    forward on one intra-op thread, the caller's cancel event carried over. Per-batch counts
+    are summed in batch order: the same sums as one thread going through them.
+
+    Why: two intra-op threads split every matrix multiply and wait for each other at its end,
+    so when another program holds one of two cores (the browser drawing a page) a 2-thread
+    forward takes 1.7× as long as a 1-thread one (deit-tiny, 12 images: 0.90 s vs 0.52 s;
+    0.25 s on an idle machine). Threads that each run whole forwards never wait for each other.
+    """
+    out: list[tuple[Tensor, Tensor, Tensor] | None] = [None] * len(batches)
+    todo = iter(range(len(batches)))
+    lock = threading.Lock()
+    failed: list[BaseException] = []
+    event = getattr(_CANCEL, "event", None)
+
+    def work() -> None:
+        try:
+            with (cancellable(event) if event is not None else nullcontext()), \
+                    boot.one_thread(), torch.no_grad():
+                while not failed:
+                    with lock:
+                        i = next(todo, None)
+                    if i is None:
+                        return
+                    out[i] = _eval_counts(net, batches[i:i + 1], device, None)
+        except BaseException as e:  # noqa: BLE001  re-raised in the caller's thread
+            failed.append(e)
+
+    threads = [threading.Thread(target=work, name=f"prunelens-eval-{k}", daemon=True)
+               for k in range(min(workers, len(batches)))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    if failed:
+        raise failed[0]
+    loss_sum, count, conf = out[0]
+    for loss, n, c in out[1:]:
+        loss_sum, count, conf = loss_sum + loss, count + n, conf + c
+    return loss_sum, count, conf
 
 
 def metrics_from_counts(counts: Sequence[tuple[float, int, np.ndarray]]) -> dict[str, float]:

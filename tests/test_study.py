@@ -208,3 +208,52 @@ def test_mean_cosine_equals_the_per_row_cosine():
     np.testing.assert_allclose(study.mean_cosine(a, b), want, rtol=1e-12)
     with pytest.raises(ValueError, match="one shape"):
         study.mean_cosine(a, b[:4])
+
+
+def test_evaluation_in_threads_equals_one_thread_and_can_be_cancelled(model, data):
+    """``evaluate_counts(workers=2)``: the batches shared out to two threads of one intra-op
+    thread each give exactly the sums of one thread going through them; a set cancel event of
+    the caller stops the worker threads too."""
+    import threading
+
+    _, val_set = data
+    p = study.prune_at(model, "magnitude", 0.6)
+    one = study.evaluate_counts(model, p, val_set, 3, 40, batch_size=4)
+    two = study.evaluate_counts(model, p, val_set, 3, 40, batch_size=4, workers=2)
+    three = study.evaluate_counts(model, p, val_set, 3, 40, batch_size=4, workers=3)
+    for got in (two, three):
+        assert got[0] == one[0] and got[1] == one[1] == 37
+        assert np.array_equal(got[2], one[2])
+    # by hand: the masked model's summed cross-entropy and confusion over those images
+    x = torch.stack([val_set[i][0] for i in range(3, 40)])
+    y = torch.tensor([int(val_set[i][1]) for i in range(3, 40)])
+    with torch.no_grad():
+        logits = p.model(model)(x)
+    assert two[0] == pytest.approx(float(torch.nn.functional.cross_entropy(
+        logits, y, reduction="sum")), rel=1e-5)
+    assert np.trace(two[2]) == int((logits.argmax(-1) == y).sum())
+
+    event = threading.Event()
+    event.set()
+    with pytest.raises(study.Cancelled):
+        with study.cancellable(event):
+            study.evaluate_counts(model, p, val_set, 0, 40, batch_size=4, workers=2)
+    started = threading.Event()
+
+    class Slow(torch.nn.Module):  # the first forward sets the event; the rest must not run
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, x):
+            self.calls += 1
+            started.set()
+            event.set()
+            return self.inner(x)
+
+    event.clear()
+    slow = Slow(p.model(model)).eval()
+    with pytest.raises(study.Cancelled):
+        with study.cancellable(event):
+            study._counts_in_threads(slow, [(x[:8], y[:8])] * 12, torch.device("cpu"), 2)
+    assert started.is_set() and slow.calls <= 3  # each thread stops at its next forward

@@ -15,9 +15,11 @@ from typing import Iterator
 
 import numpy as np
 import pandas as pd
+import torch
 from torch import nn
 
 from core import study
+from core.boot import SMALL_WORK_MACS
 
 from .cache import BIG, byte_cached
 from .catalogue import pruner_info
@@ -107,9 +109,13 @@ def eval_counts(key: PruneKey, val_samples: int, start: int,
     # a batch's activations within EVAL_MB (256 images on the 32×32 models, as core's
     # evaluate; about a dozen on the 224×224 ones)
     batch = int(max(1, min(256, EVAL_MB * 2**20 // max(image_bytes(key.model), 1))))
+    # a 224×224 model: batches shared out to threads of one intra-op thread each, which keep
+    # their speed while the browser holds a core (study._counts_in_threads); a 32×32 model's
+    # one batch is quicker on PyTorch's own threads
+    workers = 1 if dense_cost(key.model).macs <= SMALL_WORK_MACS else torch.get_num_threads()
     with HOOK_LOCK:
         return study.evaluate_counts(base_model(key.model).model, p, data, start, stop,
-                                     _scratch(key.model), batch_size=batch)
+                                     _scratch(key.model), batch_size=batch, workers=workers)
 
 
 def val_size(key: PruneKey, val_samples: int) -> int:
