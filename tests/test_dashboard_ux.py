@@ -443,14 +443,15 @@ def test_a_slider_move_masks_every_criterion_before_evaluating_any(runs_dir, mon
 def test_neighbouring_slider_stops():
     from dashboard.state.prefetch import neighbours
 
-    assert neighbours(0.5) == [0.55, 0.45]
-    assert neighbours(0.9) == [0.91, 0.85] and neighbours(0.85) == [0.9, 0.8]
-    assert neighbours(0.05) == [0.1] and neighbours(0.99) == [0.98]
+    assert neighbours(0.5) == [0.55, 0.45, 0.6, 0.4]
+    assert neighbours(0.9, 1) == [0.91, 0.85] and neighbours(0.85, 1) == [0.9, 0.8]
+    assert neighbours(0.9) == [0.91, 0.85, 0.92, 0.8]
+    assert neighbours(0.05) == [0.1, 0.15] and neighbours(0.99) == [0.98, 0.97]
     assert neighbours(0.333) == []  # not a slider stop
 
 
 def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeypatch):
-    """After a Prune page run, the server's idle time masks and evaluates both neighbouring
+    """After a Prune page run, the server's idle time masks and evaluates the neighbouring
     stops of every criterion (SynFlow's schedule included): a move there computes nothing.
     While a page runs, the prefetch waits."""
     from core import study
@@ -480,7 +481,7 @@ def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeyp
     for name in ("evaluate", "evaluate_counts", "make_pruner", "score", "compute_masks",
                  "prune_at", "count_macs"):
         monkeypatch.setattr(study, name, computed_again)
-    for pct in (55, 45):
+    for pct in (55, 45, 60, 40):
         at.select_slider(key="prune_sparsity").set_value(pct).run()
         ok(at)
         assert not errors(at)

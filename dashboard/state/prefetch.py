@@ -1,7 +1,7 @@
 """The Prune page's next slider stops, computed in the server's idle time.
 
-Once a Prune page run has finished, the two neighbouring stops of its sparsity slider (the one
-above first) are masked and evaluated for every criterion of that experiment, in one
+Once a Prune page run has finished, the neighbouring stops of its sparsity slider (two on each
+side, nearest first) are masked and evaluated for every criterion of that experiment, in one
 background thread, one step at a time (a criterion's masks, or one slice of its evaluation)
 and only while no page is running (``session.wait_quiet``): a move to a neighbour then finds
 its numbers cached, SynFlow's 100-round schedule included. A newer request replaces an older
@@ -26,19 +26,22 @@ from .pruning import cost, eval_bounds, eval_counts, pruned, val_size
 
 log = logging.getLogger("prunelens.dashboard")
 QUIET_S = 1.0  # no page has run for this long (the browser has drawn the last one)
+REACH = 2  # slider stops on each side: arrow-key steps and short drags
 
 _cond = threading.Condition()
 _request: dict = {"seq": 0, "job": None, "done": 0}
 _thread: threading.Thread | None = None
 
 
-def neighbours(sparsity: float) -> list[float]:
-    """The slider stops next to ``sparsity``, the one above first: 0.5 → [0.55, 0.45]."""
+def neighbours(sparsity: float, reach: int | None = None) -> list[float]:
+    """The slider stops up to ``reach`` (default :data:`REACH`) steps from ``sparsity``,
+    nearest first, the one above before the one below: 0.5 → [0.55, 0.45, 0.6, 0.4]."""
     pct = round(sparsity * 100)
     if pct not in SPARSITY_OPTIONS:
         return []
     i = SPARSITY_OPTIONS.index(pct)
-    return [SPARSITY_OPTIONS[j] / 100 for j in (i + 1, i - 1) if 0 <= j < len(SPARSITY_OPTIONS)]
+    steps = [j for d in range(1, (REACH if reach is None else reach) + 1) for j in (i + d, i - d)]
+    return [SPARSITY_OPTIONS[j] / 100 for j in steps if 0 <= j < len(SPARSITY_OPTIONS)]
 
 
 def request(s: Setup, exp: Experiment) -> bool:
