@@ -486,3 +486,20 @@ def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeyp
         ok(at)
         assert not errors(at)
         assert len(metrics(at)["Accuracy"]) == 3
+
+
+def test_the_prefetch_keeps_no_model_once_done(runs_dir):
+    """The prefetch thread lets go of the experiment it worked on (a model and its data)."""
+    import gc
+    import weakref
+
+    from dashboard import state
+    from dashboard.state import prefetch
+
+    s = state.setup(state.Experiment(pruners=("magnitude",), val_samples=32))
+    probe = weakref.ref(s)
+    assert prefetch.request(s, s.exp)
+    assert prefetch.wait_done(240)
+    del s
+    gc.collect()
+    assert probe() is None

@@ -66,13 +66,16 @@ def _loop() -> None:
     while True:
         with _cond:
             _cond.wait_for(lambda: _request["seq"] != seq)
-            seq, (s, exp) = _request["seq"], _request["job"]
+            seq, job = _request["seq"], _request["job"]
         try:
-            _prefetch(seq, s, exp)
+            _prefetch(seq, *job)
         except Exception:  # noqa: BLE001  idle-time work only: the page computes and reports
             log.exception("prefetch of the neighbouring sparsities failed")
+        job = None  # noqa: F841  (nothing of it kept while waiting for the next request)
         with _cond:
             _request["done"] = seq
+            if _request["seq"] == seq:
+                _request["job"] = None  # holds a model and its data: not beyond its use
             _cond.notify_all()
 
 
