@@ -1,6 +1,8 @@
-"""The one piece of session state a page reads before ``dashboard.state`` is imported (that
-import brings PyTorch and ``core``: about a second on a cold server). Everything else about
-sessions lives in the state package (dashboard/state/widgets.py)."""
+"""What a page reads before ``dashboard.state`` is imported (that import brings PyTorch and
+``core``: about a second on a cold server): the one piece of session state it needs then, and
+the server's page-run activity, which background work (the grid warm-up, the slider prefetch)
+yields to. Everything else about sessions lives in the state package
+(dashboard/state/widgets.py)."""
 from __future__ import annotations
 
 import threading
@@ -27,7 +29,8 @@ def start_charts_once() -> bool:
 
 
 # Script runs in progress and when the last one started or ended, over every browser session:
-# the server's background warm-up yields to them (dashboard/state/attention.py).
+# the server's background work yields to them (state/attention.py's grid warm-up,
+# state/prefetch.py).
 _RUNS_LOCK = threading.Lock()
 _runs = {"active": 0, "last": 0.0}
 
