@@ -13,7 +13,6 @@ DeiT-B 1.89×. MACs are what papers call FLOPs (``core.models.count_macs``).
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import pandas as pd
@@ -21,6 +20,8 @@ import torch
 
 from core.models import build_model, count_macs  # noqa: E402
 from core.pruning import prune  # noqa: E402
+
+from bench_byo import interleaved  # noqa: E402  (the models' forwards alternate run by run)
 
 CASES = {  # preset → [(ratio file, paper speed-up on the Xeon)]
     "deit-tiny": [("DeiT_t", 1.38)],
@@ -32,18 +33,8 @@ CASES = {  # preset → [(ratio file, paper speed-up on the Xeon)]
 def latencies(models: list[torch.nn.Module], x: torch.Tensor, runs: int,
               warmup: int) -> list[float]:
     """Median ms per model, the models' forwards interleaved run by run."""
-    times: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        for _ in range(warmup):
-            for m in models:
-                m(x)
-        for r in range(runs):
-            order = range(len(models)) if r % 2 == 0 else reversed(range(len(models)))
-            for i in order:
-                t0 = time.perf_counter()
-                models[i](x)
-                times[i].append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
+        return interleaved([lambda m=m: m(x) for m in models], runs, warmup)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ from core.pruning.snp import value_redundancy_scores
 from core.pruning.structured import (StructuredScores, block_views, config_macs, select,
                                      shrink, shrunk_config)
 
+from bench_byo import interleaved  # calls alternating run by run
 from bench_snp import latencies  # the same interleaved timing as the SNP benchmark
 
 CRITERIA = ["snp", "snp-act", "reverse", "taylor", "activation", "l2-norm", "gm",
@@ -241,7 +242,6 @@ def ort_latencies(models: list[torch.nn.Module], x: torch.Tensor, runs: int,
     """Median ms per model in ONNX Runtime (the file ``save_model(..., format="onnx")``
     writes; one intra-op thread, all graph optimisations), the models interleaved run by
     run as in :func:`latencies`; each file's output is checked against PyTorch's first."""
-    import statistics
     import tempfile
 
     import numpy as np
@@ -261,17 +261,7 @@ def ort_latencies(models: list[torch.nn.Module], x: torch.Tensor, runs: int,
             diff = float(np.abs(s.run(None, feed)[0] - m(x).numpy()).max())
             assert diff < 1e-3, f"ONNX output differs from PyTorch's by {diff}"
             sessions.append(s)
-    times: list[list[float]] = [[] for _ in sessions]
-    for _ in range(warmup):
-        for s in sessions:
-            s.run(None, feed)
-    for r in range(runs):
-        order = range(len(sessions)) if r % 2 == 0 else reversed(range(len(sessions)))
-        for i in order:
-            t0 = time.perf_counter()
-            sessions[i].run(None, feed)
-            times[i].append((time.perf_counter() - t0) * 1e3)
-    return [statistics.median(t) for t in times]
+    return interleaved([lambda s=s: s.run(None, feed) for s in sessions], runs, warmup)
 
 
 def latency_part(args) -> pd.DataFrame:

@@ -12,9 +12,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from bench_dashboard import SPARSITY_OPTIONS  # the Prune page's slider stops
 from dashboard import plots  # torch-free: plotly, pandas, numpy, pillow
 
-SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 LAYERS = ["patch_embed.proj"] + [f"blocks.{b}.{n}" for b in range(4)
                                  for n in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2")] + ["head"]
 CRITERIA = ("magnitude", "snip")

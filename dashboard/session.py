@@ -33,6 +33,7 @@ def start_charts_once() -> bool:
 # state/prefetch.py).
 _RUNS_LOCK = threading.Lock()
 _runs = {"active": 0, "last": 0.0}
+QUIET_S = 1.0  # no page has run for this long: the browser has drawn what the last one sent
 
 
 @contextmanager
@@ -56,8 +57,8 @@ def quiet_for(seconds: float) -> bool:
         return _runs["active"] == 0 and time.monotonic() - _runs["last"] >= seconds
 
 
-def wait_quiet(seconds: float, stop: Callable[[], bool] = lambda: False) -> None:
-    """Until :func:`quiet_for` ``seconds`` (or ``stop()``): background work that should take
-    the server's spare time only, never a user's."""
-    while not quiet_for(seconds) and not stop():
+def wait_quiet(seconds: float | None = None, stop: Callable[[], bool] = lambda: False) -> None:
+    """Until :func:`quiet_for` ``seconds`` (default :data:`QUIET_S`) or ``stop()``: background
+    work that should take the server's spare time only, never a user's."""
+    while not quiet_for(QUIET_S if seconds is None else seconds) and not stop():
         time.sleep(0.05)

@@ -146,7 +146,7 @@ def test_grid_warm_up_waits_while_a_page_runs(runs_dir, monkeypatch):
     from dashboard import session
     from dashboard.state import attention as att
 
-    monkeypatch.setattr(att, "QUIET_S", 0.3)
+    monkeypatch.setattr(session, "QUIET_S", 0.3)
     calls: list[float] = []
     real = att.attention_maps
 

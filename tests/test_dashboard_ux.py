@@ -458,7 +458,7 @@ def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeyp
     from dashboard import session
     from dashboard.state import prefetch
 
-    monkeypatch.setattr(prefetch, "QUIET_S", 0.2)
+    monkeypatch.setattr(session, "QUIET_S", 0.2)
     steps: list[float] = []
     real = prefetch.eval_counts
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -33,24 +32,17 @@ def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.nda
 # Set when a Prune page run has finished: the grid's warm-up waits for it, so that it does not
 # compete with the first visitor's first page for the two cores.
 PRUNE_PAGE_SHOWN = threading.Event()
-QUIET_S = 1.0  # no script run for this long: the browser has drawn what it got
-
-
-def _wait_quiet() -> None:
-    """Until no page has run for :data:`QUIET_S`: the warm-up takes the server's spare time
-    only, never a user's (2 cores: a slider move would otherwise share them with it)."""
-    from dashboard import session
-
-    session.wait_quiet(QUIET_S)
 
 
 def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     """Fill the caches of the default Attention page: the default grid criteria's scores and
     the attention maps of every cell for validation image 0. Run by ``dashboard/app.py`` in
     its background warm-up once a Prune page has been shown (or after ``wait_s``), one cell at
-    a time whenever no page has run for :data:`QUIET_S`, so that it neither slows the pages a
-    user is looking at nor leaves the first visit to the Attention page to compute; a criterion
-    that fails is left to the page to report."""
+    a time whenever no page has run for ``session.QUIET_S``, so that it neither slows the pages
+    a user is looking at nor leaves the first visit to the Attention page to compute; a
+    criterion that fails is left to the page to report."""
+    from dashboard import session
+
     from .data import setup
     from .keys import RATIOS, Experiment
     from .ui import default_grid_criteria
@@ -63,7 +55,7 @@ def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     criteria = default_grid_criteria(exp)
     for crit in criteria:
         for r in RATIOS:
-            _wait_quiet()  # between cells: never while holding a computation a page awaits
+            session.wait_quiet()  # between cells: never holding a computation a page awaits
             try:
                 attention_maps(s.key(crit, r), ref, image)
             except EXPECTED_ERRORS:
@@ -71,7 +63,7 @@ def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     # the page's default view once: its first drawing also imports the colour maps
     # (matplotlib, ~0.5 s), which would otherwise fall on the first visit
     last = len(study.head_counts(s.base.model)) - 1
-    _wait_quiet()
+    session.wait_quiet()
     attention_grid(s, criteria, RATIOS, ref, AttentionView("cls", last, None))
 
 

@@ -102,16 +102,20 @@ def byte_cached(size: Callable[[object], int] | None = None
                 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """Decorator: cache a function in :data:`BIG`, keyed by its name and its positional
     arguments (hashable keys), leaving out the trailing arguments whose names start with ``_``
-    (as ``st.cache_*`` does: e.g. the image tensor that an ``ImageRef`` already names)."""
+    (as ``st.cache_*`` does: e.g. the image tensor that an ``ImageRef`` already names).
+    ``f.cached(*args)`` says whether ``f(*args)`` is in the cache, without computing it."""
     def deco(fn: Callable[..., T]) -> Callable[..., T]:
         names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
         keep = [i for i, n in enumerate(names) if not n.startswith("_")]
         where = f"{fn.__module__}.{fn.__qualname__}"
 
+        def key(args: tuple) -> tuple:
+            return (where, *(args[i] for i in keep if i < len(args)))
+
         @functools.wraps(fn)
         def wrapper(*args):
-            key = (where, *(args[i] for i in keep if i < len(args)))
-            return BIG.get(key, lambda: fn(*args), size)
+            return BIG.get(key(args), lambda: fn(*args), size)
 
+        wrapper.cached = lambda *args: key(args) in BIG  # type: ignore[attr-defined]
         return wrapper
     return deco

@@ -8,8 +8,8 @@ its numbers cached, SynFlow's 100-round schedule included. A newer request repla
 one between steps. The results go to the same caches the page reads, so a page that asks for
 an entry being computed waits for it instead of computing it twice.
 
-Only models whose one-image forward is small work (``core.boot.SMALL_WORK_MACS``: the 32×32
-presets) are prefetched; on a 224×224 model a step is seconds of CPU a user may never ask for.
+Only models whose one-image forward is small work (``pruning.is_small``: the 32×32 presets)
+are prefetched; on a 224×224 model a step is seconds of CPU a user may never ask for.
 ``PRUNELENS_PREFETCH=0`` turns it off (a server shared by many users, where idle time is rare).
 """
 from __future__ import annotations
@@ -18,14 +18,11 @@ import logging
 import os
 import threading
 
-from core.boot import SMALL_WORK_MACS
-
 from .data import dense_cost
 from .keys import EXPECTED_ERRORS, SPARSITY_OPTIONS, Experiment, Setup
-from .pruning import cost, eval_bounds, eval_counts, pruned, val_size
+from .pruning import cost, eval_bounds, eval_counts, is_small, pruned, val_size
 
 log = logging.getLogger("prunelens.dashboard")
-QUIET_S = 1.0  # no page has run for this long (the browser has drawn the last one)
 REACH = 2  # slider stops on each side: arrow-key steps and short drags
 
 _cond = threading.Condition()
@@ -49,7 +46,7 @@ def request(s: Setup, exp: Experiment) -> bool:
     replacing any earlier request. False (nothing queued) for a model that is not small."""
     global _thread
     if os.environ.get("PRUNELENS_PREFETCH", "1") == "0" or not exp.pruners \
-            or dense_cost(s.model_key).macs > SMALL_WORK_MACS:
+            or not is_small(s.model_key):
         return False
     with _cond:
         _request["seq"] += 1
@@ -89,7 +86,7 @@ def _current(seq: int) -> bool:
     """Wait for the server's idle time; False once a newer request has come."""
     from dashboard import session
 
-    session.wait_quiet(QUIET_S, stop=lambda: _request["seq"] != seq)
+    session.wait_quiet(stop=lambda: _request["seq"] != seq)
     return _request["seq"] == seq
 
 

@@ -112,7 +112,7 @@ def eval_counts(key: PruneKey, val_samples: int, start: int,
     # a 224×224 model: batches shared out to threads of one intra-op thread each, which keep
     # their speed while the browser holds a core (study._counts_in_threads); a 32×32 model's
     # one batch is quicker on PyTorch's own threads
-    workers = 1 if dense_cost(key.model).macs <= SMALL_WORK_MACS else torch.get_num_threads()
+    workers = 1 if is_small(key.model) else torch.get_num_threads()
     with HOOK_LOCK:
         return study.evaluate_counts(base_model(key.model).model, p, data, start, stop,
                                      _scratch(key.model), batch_size=batch, workers=workers)
@@ -133,7 +133,7 @@ def evaluation(key: PruneKey, val_samples: int, upto: int | None = None) -> dict
 
 def is_pruned(key: PruneKey) -> bool:
     """Whether :func:`pruned` of ``key`` is cached (a slider move then only evaluates)."""
-    return key.sparsity == 0 or ("dashboard.state.pruning.pruned", key) in BIG
+    return key.sparsity == 0 or pruned.cached(key)
 
 
 def is_cheap(key: PruneKey) -> bool:
@@ -141,8 +141,13 @@ def is_cheap(key: PruneKey) -> bool:
     (a slider move on a single-shot criterion): milliseconds, no forward or backward."""
     return is_pruned(key) or (
         not pruner_info(key.pruner)["iterative"]
-        and ("dashboard.state.pruning.scores", key.model, key.data, key.pruner, key.calib,
-             key.seed) in BIG)
+        and scores.cached(key.model, key.data, key.pruner, key.calib, key.seed))
+
+
+def is_small(model: ModelKey) -> bool:
+    """Whether one forward of one image is small work (``core.boot.SMALL_WORK_MACS``: the
+    32×32 presets), cheap enough to run on PyTorch's own threads and to compute ahead."""
+    return dense_cost(model).macs <= SMALL_WORK_MACS
 
 
 @cache_data(show_spinner=False, max_entries=256)
