@@ -8,6 +8,8 @@ Starts the dashboard on a free port with a temporary run store and saves, in ``-
 - ``attention.png``: the 4 × 10 grid over an uploaded picture, one colour scale shared by
   every cell;
 - ``rollout.png``: rollout and attributions of the same uploaded picture;
+- ``compare.png``: the six criteria's accuracy and attention-fidelity curves over 13
+  sparsities, mean ± std over two calibration seeds (a background sweep: about 3 minutes);
 - ``train.png``, ``runs.png``: one short training run to the end, then the run store;
 - ``prune_deit.png``: deit-tiny (224×224, untrained: no checkpoint ships) on digits with six
   criteria (slow on a CPU: minutes).
@@ -44,7 +46,7 @@ def picture() -> bytes:
 
 
 def others_pages(page, save, upload) -> None:
-    """prune, attention, rollout, train, runs (vit-tiny trained on shapes)."""
+    """prune, attention, rollout, compare, train, runs (vit-tiny trained on shapes)."""
     choose(page, "Criteria to compare", SIX)
     wait_idle(page, timeout_ms=900_000, settle_ms=1000)
     save("prune")
@@ -61,6 +63,15 @@ def others_pages(page, save, upload) -> None:
     upload()
     wait_charts(page, 1, timeout_ms=900_000)
     save("rollout")
+
+    page.get_by_role("link", name="Compare").first.click()
+    wait_idle(page)
+    page.get_by_role("spinbutton", name="Calibration seeds").fill("2")
+    page.get_by_role("button", name="Run the comparison").click()
+    page.wait_for_selector('[data-testid="stAlertContentSuccess"]', timeout=1_800_000)
+    wait_charts(page, 2)
+    wait_idle(page, settle_ms=1000)
+    save("compare")
 
     page.get_by_role("link", name="Train").first.click()
     wait_idle(page)
