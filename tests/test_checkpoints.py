@@ -189,3 +189,119 @@ def test_reader_of_random_bytes(tmp_path, data):
         path.write_bytes(data)
         with pytest.raises(CheckpointError):
             load_model(path)
+
+
+# ---------------------------------------------------------------------------- save / load edges
+
+def _masked_vit(sparsity: float = 0.5):
+    from core.pruning import prune
+    torch.manual_seed(0)
+    model = build_model("vit-tiny", 4).eval()
+    return prune(model, "magnitude", sparsity).model
+
+
+def test_masks_survive_the_round_trip(tmp_path):
+    """The file lists the masked parameters; restore_masks puts the masks back, so training
+    the loaded model keeps the pruned weights at zero (without it they move)."""
+    from core.pruning import get_masks, restore_masks
+    masked = _masked_vit()
+    before = get_masks(masked)
+    back = load_model(save_model(masked, tmp_path / "m.safetensors"))
+    assert back.masked_params == tuple(sorted(before)) and not get_masks(back)
+    assert not back.training  # eval mode, as transformers' from_pretrained
+    restore_masks(back)
+    after = get_masks(back)
+    assert set(after) == set(before)
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (back(x) - masked(x)).abs().max() < 1e-6
+    opt = torch.optim.SGD(back.parameters(), lr=0.1)
+    back.train()
+    back(x).square().sum().backward()
+    opt.step()
+    plain = _plain_state_dict(back)
+    assert all(int(plain[k][~before[k]].count_nonzero()) == 0 for k in before)
+    # a dense model's file lists nothing, and restore_masks leaves it alone
+    dense = load_model(save_model(build_model("vit-tiny", 4), tmp_path / "d.safetensors"))
+    assert dense.masked_params == () and not get_masks(restore_masks(dense))
+
+
+def test_forged_masked_list_is_refused(tmp_path):
+    sd = _plain_state_dict(build_model("vit-tiny", 4))
+    path = save_model(build_model("vit-tiny", 4), tmp_path / "ok.safetensors")
+    from safetensors import safe_open
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    for value, message in ((json.dumps(["head.weight", "nope.weight"]), "nope.weight"),
+                           ("[1, 2]", "list of tensor names"), ("{", "not valid JSON")):
+        forged = _forge(tmp_path, sd, {**meta, "prunelens_masked": value})
+        with pytest.raises(CheckpointError, match=message):
+            load_model(forged)
+
+
+def test_weights_pruned_with_torch_tools_are_baked_in(tmp_path):
+    """torch.nn.utils.prune (weight_orig × weight_mask) and multi-input parametrizations
+    (weight_norm: original0/original1) save as plain weights with the same outputs."""
+    from torch.nn.utils import prune as torch_prune
+    torch.manual_seed(0)
+    a = build_model("vit-tiny", 4).eval()
+    torch_prune.l1_unstructured(a.blocks[0].mlp.fc1, "weight", amount=0.5)
+    b = build_model("vit-tiny", 4).eval()
+    torch.nn.utils.parametrizations.weight_norm(b.head)
+    x = torch.rand(2, 3, 32, 32)
+    for name, model in (("prune", a), ("norm", b)):
+        back = load_model(save_model(model, tmp_path / f"{name}.safetensors"))
+        with torch.no_grad():
+            assert (back(x) - model(x)).abs().max() < 1e-5, name
+    fc1 = load_model(tmp_path / "prune.safetensors")
+    assert fc1.masked_params == ("blocks.0.mlp.fc1.weight",)
+    assert int((fc1.blocks[0].mlp.fc1.weight == 0).sum()) == fc1.blocks[0].mlp.fc1.weight.numel() // 2
+
+
+def test_files_are_told_apart_by_content_not_name(tmp_path):
+    model = build_model("vit-tiny", 4).eval()
+    x = torch.rand(1, 3, 32, 32)
+    for name in ("m.pt", "m.bin", "m", "m.SAFETENSORS"):  # safetensors under any name
+        with torch.no_grad():
+            back = load_model(save_model(model, tmp_path / name))(x)
+            assert (back - model(x)).abs().max() < 1e-6, name
+    with pytest.raises(ValueError, match="format='onnx'"):  # the forgotten format=
+        save_model(model, tmp_path / "x.onnx")
+    assert not (tmp_path / "x.onnx").exists()
+    onnx_file = save_model(model, tmp_path / "real.onnx", format="onnx")
+    with pytest.raises(CheckpointError, match="ONNX file"):
+        load_model(onnx_file)
+
+
+def test_save_refuses_wrong_targets_and_leaves_nothing(tmp_path):
+    model = build_model("vit-tiny", 4)
+    folder = tmp_path / "a_folder"
+    folder.mkdir()
+    for fmt in ("prunelens", "onnx"):
+        with pytest.raises(CheckpointError, match="is a folder"):
+            save_model(model, folder, format=fmt)
+    file = save_model(model, tmp_path / "f.safetensors")
+    with pytest.raises(CheckpointError, match="is a file"):
+        save_model(model, file, format="hf")
+    with pytest.raises(ValueError, match="prunelens_config"):
+        save_model(model, tmp_path / "e.safetensors", extra={"prunelens_config": "{}"})
+    with pytest.raises(ValueError, match="strings to strings"):
+        save_model(model, tmp_path / "e.safetensors", extra={"epoch": 3})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_folder", "f.safetensors"]
+    assert not any(folder.iterdir())
+
+
+def test_load_weights_into_a_masked_model_keeps_its_mask(tmp_path):
+    """The file's values go under the mask: a re-masked model takes new weights and stays
+    pruned where it was."""
+    from core.pruning import get_masks
+    masked = _masked_vit()
+    masks = get_masks(masked)
+    other = build_model("vit-tiny", 4)
+    torch.nn.init.normal_(other.head.weight)
+    load_weights(masked, save_model(other, tmp_path / "o.safetensors"))
+    plain = _plain_state_dict(masked)
+    assert torch.equal(plain["head.weight"], other.head.weight.detach() * masks["head.weight"])
+    assert torch.equal(plain["pos_embed"], other.pos_embed.detach())  # not masked: as in file
+    assert all(torch.equal(get_masks(masked)[k], masks[k]) for k in masks)

@@ -57,6 +57,23 @@ def _check_tensors(sd: dict[str, torch.Tensor], name: str) -> None:
         raise CheckpointError(f"{name}: tensors hold NaN or infinite values: {_cut(bad)}")
 
 
+def is_safetensors(path: str | Path) -> bool:
+    """Whether ``path`` starts like a safetensors file: an 8-byte little-endian header length
+    that fits the file, then the header's ``{``. Files are told apart by content, so a
+    PruneLens file saved as ``model.pt`` still loads as safetensors; a file named
+    ``.safetensors`` is read as one whatever it holds (a pickle is refused by the safetensors
+    reader, never unpickled)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return (len(head) == 9 and head[8:9] == b"{"
+            and 8 + int.from_bytes(head[:8], "little") <= size)
+
+
 def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
     """Tensor shapes and metadata of a ``.safetensors`` file, from its header alone."""
     try:
@@ -75,7 +92,11 @@ def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}" if not path.exists()
                               else f"not a checkpoint file: {path}")
-    if path.suffix == ".safetensors":
+    if path.suffix.lower() == ".onnx":
+        raise CheckpointError(f"{path.name} is an ONNX file: PruneLens writes ONNX for "
+                              "runtimes but reads models back only from safetensors, a "
+                              "weights-only torch file or a Hugging Face / timm folder")
+    if path.suffix.lower() == ".safetensors" or is_safetensors(path):
         _, meta = _header(path)
         try:
             sd = load_file(str(path))
@@ -127,20 +148,43 @@ def _fit_report(name: str, what: str, expected: dict[str, tuple[int, ...]],
 def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with parametrizations (pruning masks) baked in, on CPU, contiguous.
 
-    ``X.parametrizations.weight.original`` becomes ``X.weight`` holding the parametrized value
-    (e.g. ``mask * original``); the parametrization's own buffers are dropped. The model itself
-    is not touched (a deepcopy + remove_parametrizations would edit the class it shares).
+    ``X.parametrizations.weight.original`` (or ``original0``, ``original1`` … of a
+    parametrization with several inputs, e.g. ``weight_norm``) becomes ``X.weight`` holding
+    the parametrized value (e.g. ``mask * original``); the parametrizations' own buffers are
+    dropped. Weights pruned with ``torch.nn.utils.prune`` (``X.weight_orig`` and the buffer
+    ``X.weight_mask``) become ``X.weight = weight_orig * weight_mask``. The model itself is not
+    touched (a deepcopy + remove_parametrizations would edit the class it shares).
     """
+    state = model.state_dict()
     out: dict[str, torch.Tensor] = {}
-    for key, value in model.state_dict().items():
+    for key, value in state.items():
         if ".parametrizations." in key:
             path, rest = key.split(".parametrizations.", 1)
             pname, tail = rest.split(".", 1)
-            if tail == "original":
+            if tail in ("original", "original0") and f"{path}.{pname}" not in out:
                 out[f"{path}.{pname}"] = getattr(model.get_submodule(path), pname)
+            continue
+        if key.endswith("_orig") and key[:-5] + "_mask" in state:  # torch.nn.utils.prune
+            out[key[:-5]] = value * state[key[:-5] + "_mask"]
+            continue
+        if key.endswith("_mask") and key[:-5] + "_orig" in state:
             continue
         out[key] = value
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
+
+
+def masked_keys(model: nn.Module) -> list[str]:
+    """Plain names (``"blocks.0.mlp.fc1.weight"``) of the parameters carrying a pruning mask:
+    a parametrization with a ``mask`` buffer (``core.pruning``'s) or ``torch.nn.utils.prune``'s
+    ``X.weight_mask``."""
+    keys = []
+    for key in model.state_dict():
+        if ".parametrizations." in key and key.endswith(".mask"):
+            owner, rest = key.split(".parametrizations.", 1)
+            keys.append(f"{owner}.{rest.split('.', 1)[0]}")
+        elif key.endswith("_mask"):
+            keys.append(key[:-5])
+    return sorted(set(keys))
 
 
 # ---------------------------------------------------------------------------- model folders

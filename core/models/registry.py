@@ -1,8 +1,8 @@
 """Model registry (timm's ``register_model`` / ``create_model``) and checkpoints.
 
 ``build_model(name, num_classes, **overrides)`` builds a preset; ``list_models()`` feeds the
-dashboard's select box. Checkpoints are ``.safetensors`` (or ``.pth`` read with
-``torch.load(weights_only=True)``); PruneLens' own files carry the architecture in their
+dashboard's select box. Checkpoints are safetensors (or ``.pth`` read with
+``torch.load(weights_only=True)``, told apart by content); PruneLens' own files carry the architecture in their
 metadata, so a physically shrunk model loads back with its new shapes.
 """
 from __future__ import annotations
@@ -18,8 +18,8 @@ from torch import nn
 from . import linformer_adapter, vit_adapter  # noqa: F401  (register the families)
 from .adapter import adapter_for_config, adapter_for_family, get_adapter
 from .checkpoint import (CheckpointError, _error, _fit_report, _header,  # noqa: F401
-                         _plain_state_dict, _read_state_dict, checkpoint_info, one_line,
-                         read_json)
+                         _plain_state_dict, _read_state_dict, checkpoint_info, is_safetensors,
+                         masked_keys, one_line, read_json)
 from .linformer_vit import linformer_vit_config
 from .vit import vit_config
 
@@ -137,7 +137,24 @@ def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = 
                          {k: tuple(v.shape) for k, v in sd.items()})
     if report:
         raise CheckpointError(report)
-    model.load_state_dict(sd, strict=not exclude)
+    # a masked (parametrized) weight X.weight lives at X.parametrizations.weight.original:
+    # the file's values go there and the mask stays, so a re-masked model keeps its zeros
+    where = {}
+    for key in model.state_dict():
+        if ".parametrizations." in key:
+            owner, rest = key.split(".parametrizations.", 1)
+            pname, tail = rest.split(".", 1)
+            if tail == "original":
+                where[f"{owner}.{pname}"] = key
+    if not where:
+        model.load_state_dict(sd, strict=not exclude)
+        return model
+    result = model.load_state_dict({where.get(k, k): v for k, v in sd.items()}, strict=False)
+    missing = [k for k in result.missing_keys if ".parametrizations." not in k
+               and not k.startswith(exclude)]
+    if missing or result.unexpected_keys:  # the fit report above makes this unreachable
+        raise CheckpointError(f"{Path(path).name} does not fit this {type(model).__name__}: "
+                              f"missing {missing}, unexpected {result.unexpected_keys}")
     return model
 
 
@@ -146,21 +163,43 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     """Save ``model`` as ``format``: ``"prunelens"`` (``.safetensors`` with the architecture in
     its metadata, masks baked in; temporary file, then rename), ``"hf"`` (a transformers
     ``save_pretrained`` folder) or ``"onnx"`` (opset 17, dynamic batch); see
-    :mod:`core.models.export`."""
+    :mod:`core.models.export`. ``extra``: more metadata (strings) for a PruneLens file; the
+    ``prunelens_*`` entries are save_model's own. A ``.onnx`` name with the default format, a
+    folder given for a file or a file for a folder raise before anything is written."""
+    if format not in ("prunelens", "hf", "onnx"):
+        raise ValueError(f"unknown format {format!r}; choose 'prunelens', 'hf' or 'onnx'")
+    path = Path(path)
+    if format != "hf" and path.is_dir():
+        raise CheckpointError(f"{path} is a folder: give a file name (format {format!r} writes "
+                              "one file)")
+    if format == "hf" and path.exists() and not path.is_dir():
+        raise CheckpointError(f"{path} is a file: format 'hf' writes a folder")
     if format in ("hf", "onnx"):
         from .export import save_hf, save_onnx
         return (save_hf if format == "hf" else save_onnx)(model, path)
-    if format != "prunelens":
-        raise ValueError(f"unknown format {format!r}; choose 'prunelens', 'hf' or 'onnx'")
-    path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(f"{path.name} ends in .onnx but format is 'prunelens' (safetensors): "
+                         "pass format='onnx' to write ONNX, or name the file .safetensors")
+    reserved = sorted(k for k in (extra or {}) if str(k).startswith("prunelens_"))
+    if reserved:
+        raise ValueError(f"extra metadata cannot set {', '.join(reserved)}: the prunelens_* "
+                         "entries describe the architecture and are written by save_model")
+    bad = sorted(str(k) for k, v in (extra or {}).items()
+                 if not isinstance(k, str) or not isinstance(v, str))
+    if bad:
+        raise ValueError(f"extra metadata must map strings to strings; not so: {', '.join(bad)}")
     meta = {"prunelens_family": model_family(model),
             "prunelens_config": json.dumps(model.config.to_dict()),
-            "prunelens_preset": getattr(model, "preset", "")}
-    meta.update(extra or {})
+            "prunelens_preset": getattr(model, "preset", ""), **(extra or {})}
+    if masked_keys(model):  # load_model gives them back as model.masked_params
+        meta["prunelens_masked"] = json.dumps(masked_keys(model))
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(_plain_state_dict(model), str(tmp), metadata=meta)
-    tmp.replace(path)
+    try:
+        save_file(_plain_state_dict(model), str(tmp), metadata=meta)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -197,14 +236,18 @@ def load_model(path: str | Path) -> nn.Module:
     For a PruneLens file the declared architecture is checked against the tensor shapes in the
     file's header before any weight is read or any module allocated, so a forged file costs
     what its size says; every problem is a one-line :class:`CheckpointError` naming the field
-    or tensors."""
+    or tensors. Files are told safetensors or torch by their content, not their name. The
+    model comes back in eval mode (as transformers' ``from_pretrained``). Pruning masks were
+    baked into zeros by :func:`save_model`; a PruneLens file also lists the masked parameters,
+    given back as ``model.masked_params``, and ``core.pruning.restore_masks(model)`` puts the
+    masks back before training (else the pruned weights would move)."""
     from .hf import hub_snapshot, is_hub_id
     path = Path(path)
     if path.is_dir():
         return load_folder(path)
     if not path.exists() and is_hub_id(str(path)):
         return load_folder(hub_snapshot(str(path)))
-    if path.suffix == ".safetensors" and path.is_file():
+    if path.is_file() and (path.suffix.lower() == ".safetensors" or is_safetensors(path)):
         shapes, meta = _header(path)
         if "prunelens_config" in meta:
             adapter, config = _architecture(meta, path.name)
@@ -218,14 +261,34 @@ def load_model(path: str | Path) -> nn.Module:
     sd, meta = _read_state_dict(path)
     if "prunelens_config" not in meta:
         from .timm_format import load_timm_state_dict
-        return load_timm_state_dict(sd, source=path.name)
+        return load_timm_state_dict(sd, source=path.name).eval()
     adapter, config = _architecture(meta, path.name)
     try:
         model = adapter.from_state_dict(config, sd)  # no random init to overwrite
     except (ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path.name}: {one_line(e)}") from None
     model.preset = meta.get("prunelens_preset", "")
-    return model
+    model.masked_params = _masked_params(meta, sd, path.name)
+    return model.eval()
+
+
+def _masked_params(meta: dict[str, str], sd: dict[str, torch.Tensor],
+                   name: str) -> tuple[str, ...]:
+    """The parameters a PruneLens file says were masked when saved (``prunelens_masked``, a
+    JSON list of tensor names in the file); ``()`` when it says nothing."""
+    if "prunelens_masked" not in meta:
+        return ()
+    try:
+        keys = json.loads(meta["prunelens_masked"])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{name}: prunelens_masked is not valid JSON ({e.msg})") from None
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise CheckpointError(f"{name}: prunelens_masked must be a JSON list of tensor names")
+    unknown = sorted(set(keys) - set(sd))
+    if unknown:
+        raise CheckpointError(f"{name}: prunelens_masked names tensors the file does not hold: "
+                              f"{', '.join(unknown[:8])}")
+    return tuple(keys)
 
 
 def load_folder(folder: Path) -> nn.Module:

@@ -8,7 +8,8 @@ Three separate steps (as ``torch.nn.utils.prune`` separates importance scores fr
    masked model, where ``named_parameters()`` says ``"head.parametrizations.weight.original"``.
 2. ``compute_masks(scores, sparsity, scope)`` → ``{key: bool tensor}`` (True = kept).
 3. ``apply_masks(model, masks)`` / ``remove_masks(model)``: parametrizations that keep pruned
-   weights at zero through training; ``core.models.save_model`` bakes them in.
+   weights at zero through training; ``core.models.save_model`` bakes them in, and
+   ``restore_masks(load_model(path))`` puts them back on a loaded file.
 
 ``prune(model, name, sparsity, images, labels, scope, **options)`` runs all three on a copy and
 returns a :class:`PruneResult` (pruned model, masks, scores, per-layer table).
@@ -28,7 +29,7 @@ from .base import (PrunableParam, Pruner, get_pruner, list_pruners, prunable_par
 from .criteria import (AttentionSnipPruner, GraspPruner, MagnitudePruner, RandomPruner,
                        SnipPruner, SynflowPruner)
 from .masks import (PruningMask, apply_masks, compute_masks, get_masks, layer_collapse,
-                    mask_sparsity, num_pruned, remove_masks)
+                    mask_sparsity, num_pruned, remove_masks, restore_masks)
 from . import snp  # noqa: E402,F401  (registers the structured pruners: snp, gm, l2-norm, ...)
 from . import baselines  # noqa: E402,F401  (registers taylor and activation)
 from . import amap  # noqa: E402,F401  (registers the training-based AMAP pruner)
@@ -37,4 +38,5 @@ __all__ = ["AttentionSnipPruner", "GraspPruner", "MagnitudePruner", "PrunablePar
            "PruneResult", "Pruner", "PruningMask", "RandomPruner", "SnipPruner",
            "SynflowPruner", "TABLE_COLUMNS", "apply_masks", "compute_masks", "get_masks",
            "get_pruner", "layer_collapse", "layer_saliency", "list_pruners", "mask_sparsity",
-           "num_pruned", "prunable_parameters", "prune", "register_pruner", "remove_masks"]
+           "num_pruned", "prunable_parameters", "prune", "register_pruner", "remove_masks",
+           "restore_masks"]

@@ -217,6 +217,19 @@ def get_masks(model: nn.Module) -> dict[str, Tensor]:
     return out
 
 
+def restore_masks(model: nn.Module) -> nn.Module:
+    """Mask again, in place, the parameters a loaded PruneLens file says were masked
+    (``model.masked_params``, set by ``core.models.load_model``): the mask is the weight's
+    non-zeros, which is the saved mask (``save_model`` bakes it in as zeros) unless a kept
+    weight was exactly 0.0. Nothing to restore leaves ``model`` as it is. Returns ``model``."""
+    keys = getattr(model, "masked_params", ())
+    masks = {}
+    for key in keys:
+        module, attr = _split_key(model, key)
+        masks[key] = getattr(module, attr).detach() != 0
+    return apply_masks(model, masks)
+
+
 def remove_masks(model: nn.Module, bake: bool = True) -> nn.Module:
     """Remove every mask in place; ``bake=True`` leaves the pruned zeros in the weights,
     ``bake=False`` restores the dense values. Returns ``model``."""
