@@ -125,8 +125,11 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
     if config.distilled:
         pre.update(do_center_crop=False, crop_size={"height": H, "width": W})
     tmp = folder / "model.safetensors.tmp"
-    save_file(hf_sd, str(tmp), metadata={"format": "pt"})  # transformers checks "format"
-    tmp.replace(folder / "model.safetensors")
+    try:
+        save_file(hf_sd, str(tmp), metadata={"format": "pt"})  # transformers checks "format"
+        tmp.replace(folder / "model.safetensors")
+    finally:
+        tmp.unlink(missing_ok=True)
     _write_json(folder / "config.json", hf_config)
     _write_json(folder / "preprocessor_config.json", pre)
     return folder
@@ -142,10 +145,13 @@ def save_onnx(model: nn.Module, path: str | Path, opset: int = ONNX_OPSET) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     images = torch.rand(1, *plain.input_shape)
-    with warnings.catch_warnings():  # the legacy exporter's deprecation and tracer notes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(plain, (images,), str(tmp), dynamo=False, opset_version=opset,
-                          input_names=["images"], output_names=["logits"],
-                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
-    tmp.replace(path)
+    try:
+        with warnings.catch_warnings():  # the legacy exporter's deprecation and tracer notes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(plain, (images,), str(tmp), dynamo=False, opset_version=opset,
+                              input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
