@@ -237,3 +237,18 @@ def test_readme_snippet(tmp_path):
         sparsity = [(m.weight == 0).float().mean().item() for m in masked.modules()
                     if isinstance(m, nn.Linear) and m is not masked.head]
         assert min(sparsity) > 0.1
+
+
+def test_exports_say_when_dynamic_image_size_is_dropped(tmp_path):
+    """ONNX and the Hugging Face config fix the input size: a model built with
+    dynamic_img_size is exported with a warning that names it, and still matches at its size."""
+    model = tiny(dynamic_img_size=True)
+    with pytest.warns(UserWarning, match="dynamic_img_size"):
+        save_model(model, tmp_path / "m.onnx", format="onnx")
+    with pytest.warns(UserWarning, match="dynamic_img_size"):
+        save_model(model, tmp_path / "hf", format="hf")
+    import onnxruntime as ort
+    x = torch.rand(2, 3, 16, 16)
+    out = ort.InferenceSession(str(tmp_path / "m.onnx")).run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(out - model.eval()(x).numpy()).max() < 1e-4

@@ -112,6 +112,11 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
                               "format='onnx' or format='prunelens' instead")
     config: ViTConfig = model.config
     arch, hf_config = hf_layout(config)
+    if config.dynamic_img_size:
+        H, W = config.img_size
+        warnings.warn(f"the Hugging Face folder describes {H}x{W} images: dynamic_img_size is "
+                      "not part of its config (transformers resizes position embeddings with "
+                      "interpolate_pos_encoding=True at call time)", stacklevel=2)
     sd = _plain_state_dict(model)
     hf_sd = {k: v.clone() for k, v in to_hf_state_dict(sd, config, arch).items()}
     folder = Path(folder)
@@ -141,6 +146,10 @@ def save_onnx(model: nn.Module, path: str | Path, opset: int = ONNX_OPSET) -> Pa
     if opset < 17:
         raise ValueError(f"opset must be at least 17, got {opset}")
     plain = plain_copy(model)
+    if getattr(model.config, "dynamic_img_size", False):
+        H, W = model.config.img_size
+        warnings.warn(f"the ONNX file takes {H}x{W} images only: dynamic_img_size (position "
+                      "embeddings resized per input) is not exported", stacklevel=2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
