@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from safetensors.torch import save_file
 
 from core.models import CheckpointError, build_model, load_model, load_weights, save_model
+from core.models.checkpoint import _read_state_dict, checkpoint_info
 from core.models.registry import _plain_state_dict
 
 
@@ -305,3 +306,78 @@ def test_load_weights_into_a_masked_model_keeps_its_mask(tmp_path):
     assert torch.equal(plain["head.weight"], other.head.weight.detach() * masks["head.weight"])
     assert torch.equal(plain["pos_embed"], other.pos_embed.detach())  # not masked: as in file
     assert all(torch.equal(get_masks(masked)[k], masks[k]) for k in masks)
+
+
+# ---------------------------------------------------------------------------- small files, big costs
+
+def test_broadcast_views_are_refused_before_anything_reads_them(tmp_path):
+    """A 1-element storage saved as a 60000 × 60000 expand (stride 0) is ~1 kB of file that
+    would be 14 GB as weights: refused from the storage size, before any check walks it."""
+    path = tmp_path / "s.pt"
+    torch.save({"head.weight": torch.zeros(1).expand(60000, 60000)}, path)
+    assert path.stat().st_size < 4096
+    with pytest.raises(CheckpointError, match=r"broadcast views.*head\.weight \(60000, 60000\)"):
+        checkpoint_info(path)
+    with pytest.raises(CheckpointError, match="broadcast views"):
+        load_weights(build_model("vit-tiny", 3), path)
+    ok = tmp_path / "slices.pt"  # views that own their bytes (slices of one storage) load
+    w = torch.randn(8, 4)
+    torch.save({"a": w[:4], "b": w[4:]}, ok)
+    assert set(_read_state_dict(ok)[0]) == {"a", "b"}
+
+
+def test_compressed_torch_zip_is_refused_unread(tmp_path):
+    """torch.save stores tensors uncompressed; a DEFLATE record that unpacks far beyond the
+    file (here 64 MB of zeros from ~64 kB) is a decompression bomb."""
+    import zipfile
+    plain = tmp_path / "plain.pt"
+    torch.save({"head.weight": torch.zeros(4)}, plain)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(bomb, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info.filename)
+            if info.filename.endswith("data/0"):
+                zi = zipfile.ZipInfo(info.filename)
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                with zout.open(zi, "w", force_zip64=True) as w:
+                    for _ in range(8):
+                        w.write(b"\0" * (16 * 2**20))
+            else:
+                zout.writestr(info, data)
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(CheckpointError, match=r"unpacks to 128 MB.*refused unread"):
+        checkpoint_info(bomb)
+    assert checkpoint_info(plain) == {}  # an ordinary torch file still reads
+
+
+def test_oversized_safetensors_header_is_refused_before_parsing(tmp_path):
+    """The header length is read first: 18 MB of header (320k empty tensors) is refused
+    without parsing it; so is a header naming more tensors than any ViT has."""
+    import struct
+
+    from core.models import checkpoint
+    n = 320_000
+    header = b"{" + b",".join(b'"t%d":{"dtype":"F32","shape":[0],"data_offsets":[0,0]}' % i
+                              for i in range(n)) + b"}"
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(struct.pack("<Q", len(header)) + header)
+    assert len(header) > checkpoint.MAX_HEADER_BYTES
+    with pytest.raises(CheckpointError, match="declares a safetensors header of 18 MB"):
+        load_model(big)
+    many = tmp_path / "many.safetensors"
+    save_file({f"t{i}": torch.zeros(0) for i in range(checkpoint.MAX_TENSORS + 1)}, str(many))
+    with pytest.raises(CheckpointError, match=f"holds {checkpoint.MAX_TENSORS + 1} tensors"):
+        load_model(many)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000 + "]" * 100_000, "recursion"),
+    ('{"a":' * 100_000 + "1" + "}" * 100_000, "recursion"),
+])
+def test_deeply_nested_metadata_is_one_clear_error(tmp_path, saved, text, message):
+    path, meta = saved
+    sd, _ = _read_state_dict(path)
+    for field in ("prunelens_config", "prunelens_masked"):
+        forged = _forge(tmp_path, sd, {**meta, field: text})
+        with pytest.raises(CheckpointError, match=f"{field} is not a readable.*{message}"):
+            load_model(forged)

@@ -210,6 +210,10 @@ def test_session_uploads_are_private_capped_and_swept(tmp_path):
     kept = [store.save("b", "image", f"{i}.png", bytes([i]) * 10) for i in range(12)]
     now[0] += 1  # mtimes are whole seconds on some filesystems; order by save is enough
     assert sum(p.exists() for p in kept) == IMAGES_PER_SESSION and kept[-1].exists()
+    # the same picture again under another name: stored under the new name, not an error
+    again = store.save("b", "image", "renamed.png", bytes([11]) * 10)
+    assert again.parent == kept[-1].parent and again.exists() and not kept[-1].exists()
+    assert sum(p.exists() for p in kept) == IMAGES_PER_SESSION - 1
 
     # a session Streamlit no longer lists: gone after the reconnect window
     alive["rt-a"] = False

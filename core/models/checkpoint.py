@@ -21,6 +21,13 @@ class CheckpointError(ValueError):
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 _FLOAT_DTYPES = {torch.float32, torch.float16, torch.bfloat16, torch.float64}
+# a safetensors header lists ~100 bytes per tensor plus PruneLens' metadata (a few kB): a
+# ViT-H/14 has ~0.05 MB. Bigger headers are refused before they are parsed.
+MAX_HEADER_BYTES = 16 * 2**20
+MAX_TENSORS = 20_000
+# a torch zip checkpoint stores its tensors uncompressed (torch.save): what it unpacks to may
+# exceed the file by its small pickle records only, never by a compression ratio
+ZIP_SLACK_BYTES = 64 * 2**20
 
 
 def one_line(message: object, limit: int = 300) -> str:
@@ -75,14 +82,62 @@ def is_safetensors(path: str | Path) -> bool:
 
 
 def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Tensor shapes and metadata of a ``.safetensors`` file, from its header alone."""
+    """Tensor shapes and metadata of a ``.safetensors`` file, from its header alone (at most
+    :data:`MAX_HEADER_BYTES`, :data:`MAX_TENSORS` tensors)."""
+    try:
+        with open(path, "rb") as f:
+            declared = int.from_bytes(f.read(8), "little")
+    except OSError as e:
+        raise CheckpointError(f"cannot read {path.name}: {one_line(e)}") from None
+    if declared > MAX_HEADER_BYTES:
+        raise CheckpointError(
+            f"{path.name} declares a safetensors header of {declared / 2**20:.0f} MB; "
+            f"PruneLens reads headers up to {MAX_HEADER_BYTES // 2**20} MB (a ViT-H's is "
+            "0.05 MB)")
     try:
         with safe_open(str(path), framework="pt") as f:
+            keys = list(f.keys())
+            if len(keys) > MAX_TENSORS:
+                raise CheckpointError(f"{path.name} holds {len(keys)} tensors; PruneLens reads "
+                                      f"models of up to {MAX_TENSORS}")
             meta = f.metadata() or {}
-            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in keys}
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        if isinstance(e, CheckpointError):
+            raise
         raise CheckpointError(f"cannot read {path.name} as safetensors: {one_line(e)}") from None
     return shapes, meta
+
+
+def _check_zip(path: Path) -> None:
+    """A torch zip checkpoint must unpack to about its own size (``torch.save`` stores tensors
+    uncompressed): a compressed record is a decompression bomb, refused before unpacking."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            unpacked = sum(i.file_size for i in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise CheckpointError(f"cannot read {path.name} as a torch checkpoint: "
+                              f"{one_line(e)}") from None
+    size = path.stat().st_size
+    if unpacked > size + ZIP_SLACK_BYTES:
+        raise CheckpointError(
+            f"{path.name} unpacks to {unpacked / 2**20:.0f} MB from {size / 2**20:.1f} MB: "
+            "torch checkpoints store tensors uncompressed, so this is refused unread")
+
+
+def _check_views(sd: dict[str, torch.Tensor], name: str) -> None:
+    """Every tensor must own the bytes it shows: a view whose elements outnumber its storage
+    (``expand``: stride 0) makes a few bytes of file look like gigabytes of weights."""
+    bad = sorted(f"{k} {tuple(v.shape)} on {v.untyped_storage().nbytes()} bytes"
+                 for k, v in sd.items()
+                 if v.numel() * v.element_size() > v.untyped_storage().nbytes())
+    if bad:
+        raise CheckpointError(f"{name}: tensors are broadcast views, not stored weights: "
+                              f"{_cut(bad, 3)}")
 
 
 def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -105,6 +160,7 @@ def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                                   f"{one_line(e)}") from None
     else:
         meta = {}
+        _check_zip(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:  # unpickling errors come in many types
@@ -118,6 +174,7 @@ def _read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
                                                 for k, v in obj.items()):
             raise CheckpointError(f"{path.name} does not hold a state dict of tensors")
         sd = obj
+        _check_views(sd, path.name)
     _check_tensors(sd, path.name)
     return sd, meta
 

@@ -216,6 +216,9 @@ def _architecture(meta: dict[str, str], name: str):
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{name}: prunelens_config is not valid JSON ({e.msg} at "
                               f"character {e.pos})") from None
+    except (RecursionError, ValueError) as e:  # nesting deeper than Python's stack; huge ints
+        raise CheckpointError(f"{name}: prunelens_config is not a readable configuration "
+                              f"({one_line(e, 120)})") from None
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{name}: prunelens_config must be a JSON object, got "
                               f"{type(cfg).__name__}")
@@ -282,6 +285,9 @@ def _masked_params(meta: dict[str, str], sd: dict[str, torch.Tensor],
         keys = json.loads(meta["prunelens_masked"])
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{name}: prunelens_masked is not valid JSON ({e.msg})") from None
+    except (RecursionError, ValueError) as e:
+        raise CheckpointError(f"{name}: prunelens_masked is not a readable list "
+                              f"({one_line(e, 120)})") from None
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointError(f"{name}: prunelens_masked must be a JSON list of tensor names")
     unknown = sorted(set(keys) - set(sd))

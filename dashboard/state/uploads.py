@@ -155,6 +155,8 @@ class SessionUploads:
             if path.exists():
                 os.utime(path.parent)
                 return path
+            if path.parent.exists():  # the same bytes under another name: the new name wins
+                shutil.rmtree(path.parent, ignore_errors=True)
             keep = 1 if kind == "model" else IMAGES_PER_SESSION
             older = sorted(folder.iterdir(), key=lambda p: p.stat().st_mtime)
             for old in older[:max(0, len(older) - keep + 1)]:
