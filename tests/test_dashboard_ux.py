@@ -8,6 +8,7 @@ AppTest with widgets addressed by key; the layout checks that only a browser can
 from __future__ import annotations
 
 import io
+import os
 import json
 import threading
 import time
@@ -503,3 +504,33 @@ def test_the_prefetch_keeps_no_model_once_done(runs_dir):
     del s
     gc.collect()
     assert probe() is None
+
+
+def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
+    """A daemon thread still inside a PyTorch op at interpreter shutdown aborts the process
+    ("terminate called without an active exception", exit status 134): the prefetch is
+    stopped by an atexit hook, after its current step. A process that exits while it works
+    ends with status 0."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent("""
+        from core import boot
+        boot.configure()
+        import os, time
+        from dashboard import session, state
+        from dashboard.state import prefetch
+        session.QUIET_S = 0.0
+        s = state.setup(state.Experiment(pruners=("synflow", "magnitude"), val_samples=64))
+        assert prefetch.request(s, s.exp)
+        time.sleep(1.0)          # the thread is inside SynFlow's schedule
+        assert prefetch._thread.is_alive()
+        print("exiting", flush=True)
+    """)
+    env = {**os.environ, "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "exiting" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "terminate called" not in done.stderr

@@ -89,11 +89,15 @@ def _header(path: Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
             declared = int.from_bytes(f.read(8), "little")
     except OSError as e:
         raise CheckpointError(f"cannot read {path.name}: {one_line(e)}") from None
+    if declared > path.stat().st_size - 8:
+        raise CheckpointError(f"cannot read {path.name} as safetensors: its header length "
+                              f"({declared} bytes) exceeds the file ({path.stat().st_size} "
+                              "bytes)")
     if declared > MAX_HEADER_BYTES:
         raise CheckpointError(
-            f"{path.name} declares a safetensors header of {declared / 2**20:.0f} MB; "
-            f"PruneLens reads headers up to {MAX_HEADER_BYTES // 2**20} MB (a ViT-H's is "
-            "0.05 MB)")
+            f"cannot read {path.name}: it declares a safetensors header of "
+            f"{declared / 2**20:.0f} MB; PruneLens reads headers up to "
+            f"{MAX_HEADER_BYTES // 2**20} MB (a ViT-H's is 0.05 MB)")
     try:
         with safe_open(str(path), framework="pt") as f:
             keys = list(f.keys())
@@ -255,13 +259,33 @@ def _error(message: str) -> Exception:
     return CheckpointError(message)
 
 
-def read_json(path: Path) -> dict:
+def read_json(path: Path, limit: int = 4 * 2**20) -> dict:
+    """A model folder's JSON file (``config.json``…) as a dict: a regular file of at most
+    ``limit`` bytes (a ViT's is ~1 kB, with ImageNet-21k's labels ~1 MB), valid JSON, an object;
+    CheckpointError naming the file and its folder (by name only: no server path) otherwise.
+    Opened non-blocking, so a FIFO or device put in its place cannot hang the reader."""
+    import os
+    import stat
+
+    path = Path(path)
+    where = f"{path.name} in {path.parent.name or path.parent}"
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise _error(f"cannot read {path.name} in {path.parent}: {one_line(e)}") from None
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _error(f"cannot read {where}: not a regular file")
+            raw = f.read(limit + 1)
+        if len(raw) > limit:
+            raise _error(f"cannot read {where}: larger than {limit // 2**20} MB (a model "
+                         "configuration is a few kB)")
+        data = json.loads(raw)  # bytes: UTF-8 (a BOM too), -16 or -32 as JSON allows
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError,
+        # ints over Python's digit limit, nesting deeper than the stack are ValueError/Recursion
+        raise _error(f"cannot read {where}: {one_line(e, 200)}") from None
     if not isinstance(data, dict):
-        raise _error(f"{path.name} in {path.parent} is not a JSON object")
+        raise _error(f"{where} is not a JSON object")
     return data
 
 

@@ -14,6 +14,7 @@ are prefetched; on a 224×224 model a step is seconds of CPU a user may never as
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import threading
@@ -58,12 +59,32 @@ def request(s: Setup, exp: Experiment) -> bool:
     return True
 
 
+def stop(timeout: float = 10.0) -> None:
+    """Drop any request and let the thread end after its current step (at most one mask or
+    one evaluation slice). Registered with ``atexit``: a daemon thread still inside a PyTorch
+    op while the interpreter shuts down aborts the process ("terminate called …")."""
+    with _cond:
+        _request["seq"] += 1
+        _request["job"] = None
+        _cond.notify_all()
+    thread = _thread
+    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+        thread.join(timeout)
+
+
+atexit.register(stop)
+
+
 def _loop() -> None:
     seq = 0
     while True:
         with _cond:
             _cond.wait_for(lambda: _request["seq"] != seq)
             seq, job = _request["seq"], _request["job"]
+            if job is None:  # stop()
+                _request["done"] = seq
+                _cond.notify_all()
+                return
         try:
             _prefetch(seq, *job)
         except Exception:  # noqa: BLE001  idle-time work only: the page computes and reports
