@@ -14,7 +14,9 @@ normalisation: models do their own) and has ``classes``, ``targets`` and ``image
 ``calibration_batch`` draws a class-balanced batch for data-driven pruning criteria.
 
 Untrusted input: ``core.data.images.decode_image`` decodes an uploaded file (size refused from
-the header first); ``core.data.roots`` says which server folders a browser user may read.
+the header first, only the formats of ``core.data.images.ACCEPTED_FORMATS``, a JPEG of more
+than ``MAX_JPEG_SCANS`` scans refused unread); ``core.data.roots`` says which server folders a
+browser user may read.
 """
 
 from __future__ import annotations

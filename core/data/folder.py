@@ -18,8 +18,11 @@ than ``max_pixels`` pixels: skipped before decoding), PIL's ``verify()``, then a
 1/8 scale), because some damage only shows there (a truncated JPEG passes ``verify()``): every
 image the scan accepts decodes later, so training and evaluation never meet a broken file. That
 costs about one decode per image, some ten times what ``verify()`` alone cost
-(``benchmarks/bench_hostile.py`` prints both for 2000 images). Skipped files are reported in one
-warning. Pixels are decoded lazily in
+(``benchmarks/bench_hostile.py`` prints both for 2000 images). Only the formats of
+``core.data.images.ACCEPTED_FORMATS`` are read, and a JPEG of more than ``MAX_JPEG_SCANS`` scans
+is skipped unread. Skipped files are reported in one warning (the first few unreadable ones
+with the reason). A folder whose every class holds a single image is refused: its validation
+split would be empty. Pixels are decoded lazily in
 ``__getitem__`` by ``core.data.images.to_tensor``: EXIF rotation, 16-bit grey scaled by 1/65535,
 ``convert("RGB")`` otherwise, bilinear (anti-aliased when shrinking) resize to ``image_size``
 ignoring the aspect ratio.
@@ -286,6 +289,7 @@ def scan_folder(
 
     readable: dict[str, list[str]] = {}
     bad: list[str] = []
+    reasons: dict[str, str] = {}  # why an image was refused, shown for the warning's examples
     too_large: list[str] = []
     for class_dir in class_dirs:
         found = []
@@ -298,8 +302,9 @@ def scan_folder(
                 too_large.append(path)
             except NotARegularFileError:
                 scan.special.append(path)
-            except (OSError, ImageError):
+            except (OSError, ImageError) as err:
                 bad.append(path)
+                reasons[path] = str(err)
             else:
                 found.append(path)
         readable[class_dir.name] = found
@@ -309,7 +314,7 @@ def scan_folder(
     empty = [name for name, paths in readable.items() if not paths]
     parts = []
     if bad:
-        parts.append(f"skipped {len(bad)} unreadable file(s) ({_examples(bad)})")
+        parts.append(f"skipped {len(bad)} unreadable file(s) ({_examples(bad, reasons)})")
     if too_large:
         parts.append(f"skipped {len(too_large)} image(s) over max_pixels={max_pixels} "
                      f"({_examples(too_large)})")
@@ -349,6 +354,10 @@ def make_folder(
     """Train and val ``FolderDataset`` over ``root``, split stratified by class per ``seed``.
 
     The other options are :func:`scan_folder`'s; ``max_pixels`` also bounds every later decode.
+
+    Raises:
+        ValueError: as :func:`scan_folder`, or the validation split would be empty (every class
+            has a single image, which stays in train).
     """
     if root is None:
         raise ValueError("the folder dataset needs root=<directory with one sub-folder per class>")
@@ -357,15 +366,23 @@ def make_folder(
                                    max_depth=max_depth, max_seconds=max_seconds, roots=roots,
                                    cancel=cancel)
     train_idx, val_idx = stratified_split([y for _, y in samples], val_fraction, seed)
+    if len(val_idx) == 0:  # every class has a single image: it stays in train
+        raise ValueError(
+            f"the validation split of {str(root)!r} is empty: {len(samples)} images in "
+            f"{len(classes)} classes, one per class; a class gives images to validation only "
+            f"from its second image on, so each class needs at least 2 images")
     return (
         FolderDataset([samples[i] for i in train_idx], classes, image_size, max_pixels),
         FolderDataset([samples[i] for i in val_idx], classes, image_size, max_pixels),
     )
 
 
-def _examples(paths: list[str]) -> str:
+def _examples(paths: list[str], reasons: dict[str, str] | None = None) -> str:
+    """``"e.g. a.png, b.png, ..."``; with ``reasons``, each path followed by ``": why"``."""
     more = ", ..." if len(paths) > _EXAMPLES_IN_WARNING else ""
-    return "e.g. " + ", ".join(paths[:_EXAMPLES_IN_WARNING]) + more
+    shown = [f"{p}: {reasons[p]}" if reasons and reasons.get(p) else p
+             for p in paths[:_EXAMPLES_IN_WARNING]]
+    return "e.g. " + ", ".join(shown) + more
 
 
 def _positive_int(value: object, name: str, minimum: int = 1) -> int:
