@@ -332,6 +332,23 @@ def test_page_errors_are_one_line_without_colour_codes():
     assert _reason(ValueError("\x1b[31mred\x1b[0m")) == "red"
 
 
+def test_page_errors_name_no_server_path(tmp_path, monkeypatch):
+    """Errors about files under a data root or in a session's upload folder show the root's
+    name and the file's name, not the server's paths (the upload folder holds the session's
+    private token)."""
+    from dashboard.state.ui import _reason
+
+    root = tmp_path / "srv" / "datasets"
+    root.mkdir(parents=True)
+    monkeypatch.setenv("PRUNELENS_DATA_ROOTS", str(root))
+    msg = _reason(ValueError(f"the validation split of {str(root / 'flowers')!r} is empty"))
+    assert msg == "the validation split of 'datasets/flowers' is empty"
+    assert str(tmp_path) not in msg
+    upload = "/tmp/prunelens-uploads-k3j2/0f9e8d7c6b5a/image/1234abcd/cat (1).png"
+    msg = _reason(FileExistsError(f"[Errno 17] File exists: '{upload}'"))
+    assert msg == "[Errno 17] File exists: 'cat (1).png'"
+
+
 # ---------------------------------------------------------------------------- 3. images
 
 def attention_upload(name: str, data: bytes, **session) -> AppTest:

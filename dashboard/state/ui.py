@@ -23,6 +23,8 @@ from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes torch puts in its messages
+# a session's upload, /tmp/prunelens-uploads-…/<session token>/<kind>/<digest>/<file name>
+UPLOAD_PATH = re.compile(r"(?:/[^\s'\"/]+)*/prunelens-uploads-[^\s'\"]*")
 
 
 @contextmanager
@@ -43,11 +45,23 @@ def _reason(e: BaseException) -> str:
     """One readable line: checkpoint errors and torch's unpickling refusal (a coloured essay)
     cut to their first line without ANSI codes; others without ANSI codes."""
     if isinstance(e, CheckpointError) or "Weights only load failed" in str(e):
-        return one_line(e)
+        return public(one_line(e))
     msg = ANSI.sub("", str(e)).strip() or type(e).__name__
     if isinstance(e, KeyError):
         msg = f"missing entry {msg}"
-    return msg
+    return public(msg)
+
+
+def public(message: str) -> str:
+    """``message`` without the server's paths: a data root becomes its name (as the folder
+    choices show it: ``data/flowers``), a session's upload its file name (the temporary
+    folder holds the session's private token)."""
+    from core.data.roots import data_roots
+
+    for root in sorted(data_roots(), key=lambda r: len(str(r)), reverse=True):
+        if len(root.parts) > 1:
+            message = message.replace(str(root), root.name)
+    return UPLOAD_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
 
 
 def untrained_notice(s: Setup, where: str) -> None:
