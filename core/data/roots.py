@@ -13,6 +13,9 @@ if, once resolved (symlinks and ``..`` included), it lies inside one of the data
   unreadable, a symlink leaving a root): the answer tells nothing about what exists on the server.
 - ``list_data_folders()`` lists the folders a user may pick from (the roots and their non-hidden
   sub-folders, a few levels deep), for a select box.
+- ``check_files_under_roots(folder)`` refuses (same message) a model folder whose files are
+  symlinks leading out of the roots: the model readers open ``config.json`` and the weights by
+  name and would follow them.
 
 Only the dashboard applies this policy; the Python API and the CLI read any path they are given.
 The dashboard's folder dataset does, in one place::
@@ -99,6 +102,44 @@ def resolve_under_roots(user_text: str | os.PathLike[str],
     if not is_under(resolved, roots):
         raise DataPathError()
     return resolved
+
+
+MODEL_FOLDER_FILES = ("config.json", "preprocessor_config.json", "model.safetensors",
+                      "pytorch_model.bin", "model.safetensors.index.json")
+"""The files the model-folder readers (``core.models.hf`` / ``timm_format``) open by name."""
+
+
+def check_files_under_roots(folder: Path, roots: list[Path] | None = None,
+                            names: tuple[str, ...] = MODEL_FOLDER_FILES,
+                            scan_limit: int = 1000) -> None:
+    """Refuse a folder (already resolved inside the roots) whose files lead out of them.
+
+    A folder inside the roots may hold symlinks to files anywhere on the server: the readers
+    would follow them. Each of ``names`` present in ``folder``, and every symlink among its
+    first ``scan_limit`` entries, must resolve inside the roots; no file is opened.
+
+    Raises:
+        DataPathError: with :data:`REFUSAL`, as for a path outside the roots.
+    """
+    roots = data_roots() if roots is None else [Path(os.path.realpath(r)) for r in roots]
+    folder = Path(folder)
+    candidates = [folder / n for n in names if os.path.lexists(folder / n)]
+    try:
+        with os.scandir(folder) as it:
+            for i, entry in enumerate(it):
+                if i >= scan_limit:
+                    break
+                if entry.is_symlink():
+                    candidates.append(Path(entry.path))
+    except OSError:
+        raise DataPathError() from None
+    for path in candidates:
+        try:
+            resolved = Path(os.path.realpath(path))
+        except (OSError, ValueError):
+            raise DataPathError() from None
+        if not is_under(resolved, roots):
+            raise DataPathError()
 
 
 def list_data_folders(roots: list[Path] | None = None, max_depth: int = 2,

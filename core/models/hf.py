@@ -22,6 +22,7 @@ only (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``)
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -30,6 +31,8 @@ import torch
 from torch import Tensor
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_json, read_weights
+from .config_checks import (MAX_DEPTH, json_bool, json_dict, json_int, json_number, json_size,
+                            json_stats, shown, stray_errors)
 from .vit import BlockConfig, VisionTransformer, ViTConfig, state_dict_mismatch
 
 # architecture → (model_type, weight prefix)
@@ -84,11 +87,15 @@ def hub_snapshot(repo_id: str) -> Path:
 
 def _architecture(cfg: dict, weights: dict[str, Tensor] | None, where: str) -> str:
     model_type = cfg.get("model_type")
-    archs = cfg.get("architectures") or []
+    archs = cfg.get("architectures")
+    if archs is not None and not (isinstance(archs, list)
+                                  and all(isinstance(a, str) and len(a) <= 200 for a in archs)):
+        raise _error(f"{where}: architectures must be a list of class names, got "
+                     f"{shown(archs)}")
     arch = archs[0] if archs else None
     if model_type not in ("vit", "deit"):
-        what = f"model_type {model_type!r}" if model_type else "no model_type"
-        named = f" ({arch})" if arch else ""
+        what = f"model_type {shown(model_type)}" if model_type else "no model_type"
+        named = f" ({arch[:100]})" if arch else ""
         raise _error(f"{where}: unsupported architecture: {what}{named}; PruneLens reads "
                      f"{SUPPORTED}")
     if arch is None and weights is not None:  # old configs: tell the head from the keys
@@ -96,69 +103,120 @@ def _architecture(cfg: dict, weights: dict[str, Tensor] | None, where: str) -> s
                 else "ViTForImageClassification" if model_type == "vit"
                 else "DeiTForImageClassification")
     if arch not in HF_ARCHITECTURES or HF_ARCHITECTURES[arch][0] != model_type:
-        raise _error(f"{where}: unsupported architecture {arch!r} (model_type {model_type!r}); "
-                     f"PruneLens needs an image classifier: {SUPPORTED}")
+        raise _error(f"{where}: unsupported architecture {shown(arch)} (model_type "
+                     f"{model_type!r}); PruneLens needs an image classifier: {SUPPORTED}")
     return arch
 
 
-def _pair(v: object, name: str, where: str) -> tuple[int, int]:
-    if isinstance(v, int):
-        return (v, v)
-    if isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(a, int) for a in v):
-        return (v[0], v[1])
-    raise _error(f"{where}: config {name} must be an int or [height, width], got {v!r}")
-
-
-def preprocessing(folder: Path) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
-    """Mean/std for images in [0, 1] from ``preprocessor_config.json`` (rescale folded in),
-    and the file's contents (empty when absent: transformers' defaults)."""
+def preprocessing(folder: Path, channels: int = 3
+                  ) -> tuple[tuple[float, ...], tuple[float, ...], dict]:
+    """Mean/std (``channels`` values each) for images in [0, 1] from
+    ``preprocessor_config.json`` (rescale folded in), and the file's contents (empty when
+    absent: transformers' defaults). CheckpointError naming the field for a value that is not
+    a finite number (a positive one for ``image_std`` and ``rescale_factor``)."""
+    folder = Path(folder)
     path = folder / "preprocessor_config.json"
     pre = read_json(path) if path.is_file() else {}
-    mean = pre.get("image_mean", HF_DEFAULT_MEAN) if pre.get("do_normalize", True) else 0.0
-    std = pre.get("image_std", HF_DEFAULT_STD) if pre.get("do_normalize", True) else 1.0
-    # the processor feeds (255·x·rescale − mean)/std, x in [0, 1]
-    factor = 255.0 * (float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True)
-                      else 1.0)
-    mean = [mean] * 3 if isinstance(mean, (int, float)) else list(mean)
-    std = [std] * 3 if isinstance(std, (int, float)) else list(std)
-    return tuple(m / factor for m in mean), tuple(s / factor for s in std), pre
+    where = f"preprocessor_config.json in {_name(folder)}"
+    try:
+        normalize = json_bool(where, "do_normalize", pre.get("do_normalize", True))
+        rescale = json_bool(where, "do_rescale", pre.get("do_rescale", True))
+        mean = json_stats(where, "image_mean", pre.get("image_mean", HF_DEFAULT_MEAN)
+                          if normalize else 0.0, channels, positive=False)
+        std = json_stats(where, "image_std", pre.get("image_std", HF_DEFAULT_STD)
+                         if normalize else 1.0, channels, positive=True)
+        # the processor feeds (255·x·rescale − mean)/std, x in [0, 1]
+        factor = 255.0 * (json_number(where, "rescale_factor",
+                                      pre.get("rescale_factor", 1 / 255), positive=True)
+                          if rescale else 1.0)
+        mean, std = tuple(m / factor for m in mean), tuple(s / factor for s in std)
+        if not all(math.isfinite(v) for v in mean) or not all(
+                math.isfinite(v) and v > 0 for v in std):
+            raise ValueError(f"{where}: image_mean / image_std over 255 × rescale_factor "
+                             f"({factor:g}) are not finite positive numbers")
+    except CheckpointError:
+        raise
+    except ValueError as e:
+        raise _error(str(e)) from None
+    return mean, std, pre
+
+
+def _pruned_heads(cfg: dict, depth: int, heads: int, where: str) -> dict[int, set[int]]:
+    """transformers' ``pruned_heads`` ({"layer": [head, …]}) checked against the model."""
+    raw = json_dict(where, "pruned_heads", cfg.get("pruned_heads"))
+    pruned: dict[int, set[int]] = {}
+    for key, hs in raw.items():
+        if not (isinstance(key, str) and key.isdigit() and len(key) <= 4 and int(key) < depth):
+            raise ValueError(f"{where}: pruned_heads names layer {shown(key)}; the model has "
+                             f"layers 0 to {depth - 1}")
+        if not (isinstance(hs, list) and all(
+                isinstance(h, int) and not isinstance(h, bool) and 0 <= h < heads for h in hs)):
+            raise ValueError(f"{where}: pruned_heads[{key!r}] must be a list of head indices "
+                             f"in [0, {heads}), got {shown(hs)}")
+        pruned[int(key)] = set(hs)
+        if len(pruned[int(key)]) >= heads:
+            raise ValueError(f"{where}: pruned_heads[{key!r}] removes all {heads} heads of the "
+                             "layer")
+    return pruned
+
+
+def hf_config_fields(cfg: dict, where: str = "config.json") -> dict:
+    """Every field of a transformers ViT/DeiT ``config.json`` PruneLens reads, checked for type
+    and range (before anything is built: a 10⁸-layer config is refused here, at once) → plain
+    values. CheckpointError naming ``where`` and the field otherwise."""
+    def need(key: str, default: object = None) -> object:
+        if key not in cfg and default is None:
+            raise ValueError(f"{where}: lacks {key!r}")
+        return cfg.get(key, default)
+
+    try:
+        act = need("hidden_act", "gelu")
+        if act != "gelu":
+            raise ValueError(f"{where}: hidden_act {shown(act)} is not supported (PruneLens' ViT "
+                             "uses exact GELU, transformers' 'gelu')")
+        f: dict = {
+            "embed_dim": json_int(where, "hidden_size", need("hidden_size")),
+            "depth": json_int(where, "num_hidden_layers", need("num_hidden_layers"), 1,
+                              MAX_DEPTH),
+            "heads": json_int(where, "num_attention_heads", need("num_attention_heads")),
+            "mlp_hidden": json_int(where, "intermediate_size", need("intermediate_size")),
+            "in_chans": json_int(where, "num_channels", cfg.get("num_channels", 3), 1, 64),
+            "img_size": json_size(where, "image_size", need("image_size", 224)),
+            "patch": json_size(where, "patch_size", need("patch_size", 16)),
+            "qkv_bias": json_bool(where, "qkv_bias", cfg.get("qkv_bias", True)),
+            "norm_eps": json_number(where, "layer_norm_eps", cfg.get("layer_norm_eps", 1e-12),
+                                    positive=True, below=1.0),
+        }
+        if f["embed_dim"] % f["heads"]:
+            raise ValueError(f"{where}: hidden_size {f['embed_dim']} is not divisible by "
+                             f"num_attention_heads {f['heads']}")
+        ph, pw = f["patch"]
+        if ph != pw:
+            raise ValueError(f"{where}: non-square patches {ph}x{pw} are not supported")
+        labels = cfg.get("id2label")
+        if labels:
+            labels = json_dict(where, "id2label", labels)
+            f["num_classes"] = json_int(where, "id2label (number of labels)", len(labels), 2)
+        else:
+            f["num_classes"] = json_int(where, "num_labels", cfg.get("num_labels", 2), 2)
+        f["pruned"] = _pruned_heads(cfg, f["depth"], f["heads"], where)
+    except ValueError as e:
+        raise _error(str(e)) from None
+    return f
 
 
 def hf_vit_config(cfg: dict, arch: str, mean: tuple[float, ...], std: tuple[float, ...],
                   where: str = "config.json") -> ViTConfig:
     """A transformers ViT/DeiT ``config.json`` as a PruneLens :class:`ViTConfig`."""
-    def need(key: str, default: object = None) -> object:
-        if key not in cfg and default is None:
-            raise _error(f"{where}: config.json lacks {key!r}")
-        return cfg.get(key, default)
-
-    act = need("hidden_act", "gelu")
-    if act != "gelu":
-        raise _error(f"{where}: hidden_act {act!r} is not supported (PruneLens' ViT uses exact "
-                     "GELU, transformers' 'gelu')")
-    D, depth, heads = int(need("hidden_size")), int(need("num_hidden_layers")), \
-        int(need("num_attention_heads"))
-    if D % heads:
-        raise _error(f"{where}: hidden_size {D} is not divisible by num_attention_heads {heads}")
-    ph, pw = _pair(need("patch_size", 16), "patch_size", where)
-    if ph != pw:
-        raise _error(f"{where}: non-square patches {ph}x{pw} are not supported")
+    f = hf_config_fields(cfg, where)
+    heads, d = f["heads"], f["embed_dim"] // f["heads"]
+    blocks = tuple(BlockConfig(heads - len(f["pruned"].get(i, ())), d, d, f["mlp_hidden"])
+                   for i in range(f["depth"]))
     model_type = HF_ARCHITECTURES[arch][0]
-    num_labels = len(cfg["id2label"]) if cfg.get("id2label") else int(cfg.get("num_labels", 2))
-    d = D // heads
-    pruned = {int(k): set(v) for k, v in (cfg.get("pruned_heads") or {}).items()}
-    bad = [i for i, hs in pruned.items() if not 0 <= i < depth or not hs <= set(range(heads))]
-    if bad:
-        raise _error(f"{where}: pruned_heads names layers/heads the model does not have: "
-                     f"{sorted(bad)}")
-    blocks = tuple(BlockConfig(heads - len(pruned.get(i, ())), d, d,
-                               int(need("intermediate_size")))
-                   for i in range(depth))
     return ViTConfig(
-        img_size=_pair(need("image_size", 224), "image_size", where), patch_size=ph,
-        in_chans=int(cfg.get("num_channels", 3)), num_classes=num_labels, embed_dim=D,
-        blocks=blocks, qkv_bias=bool(cfg.get("qkv_bias", True)),
-        norm_eps=float(cfg.get("layer_norm_eps", 1e-12)), mean=mean, std=std,
+        img_size=f["img_size"], patch_size=f["patch"][0], in_chans=f["in_chans"],
+        num_classes=f["num_classes"], embed_dim=f["embed_dim"], blocks=blocks,
+        qkv_bias=f["qkv_bias"], norm_eps=f["norm_eps"], mean=tuple(mean), std=tuple(std),
         distilled=model_type == "deit",
         dist_head=arch == "DeiTForImageClassificationWithTeacher")
 
@@ -218,27 +276,43 @@ def from_hf_state_dict(hf: dict[str, Tensor], config: ViTConfig, arch: str) -> d
     return out
 
 
+def _name(folder: Path) -> str:
+    """How messages name a model folder: its name, never the server path around it."""
+    return Path(folder).name or str(folder)
+
+
 def load_hf_folder(folder: Path, cfg: dict | None = None) -> VisionTransformer:
-    """A transformers ``save_pretrained`` folder → :class:`VisionTransformer` in eval mode."""
+    """A transformers ``save_pretrained`` folder → :class:`VisionTransformer` in eval mode.
+
+    Every problem is a one-line CheckpointError naming the folder (by name) and the file and
+    field: the configuration is checked before the weights are read, and anything a check
+    missed is still turned into one (:func:`~.config_checks.stray_errors`)."""
     folder = Path(folder)
+    with stray_errors(CheckpointError, _name(folder), str(folder)):
+        return _load_hf_folder(folder, cfg)
+
+
+def _load_hf_folder(folder: Path, cfg: dict | None) -> VisionTransformer:
     cfg = read_json(folder / "config.json") if cfg is None else cfg
-    if cfg.get("model_type") not in ("vit", "deit"):
-        _architecture(cfg, None, str(folder))  # raises, before any weights are read
+    where = f"config.json in {_name(folder)}"
+    _architecture(cfg, {}, where)  # an unsupported one is refused before any weights are read
+    fields = hf_config_fields(cfg, where)  # sizes checked before anything is read or built
+    mean, std, _ = preprocessing(folder, fields["in_chans"])
     weights = read_weights(folder)
-    arch = _architecture(cfg, weights, str(folder))
-    mean, std, _ = preprocessing(folder)
+    arch = _architecture(cfg, weights, where)
     try:
-        config = hf_vit_config(cfg, arch, mean, std, where=str(folder))
+        config = hf_vit_config(cfg, arch, mean, std, where=where)
         skeleton = VisionTransformer.empty(config)
     except CheckpointError:
         raise
     except (ValueError, TypeError) as e:
-        raise _error(f"{folder}: config.json describes no model PruneLens can build: "
+        raise _error(f"{where} describes no model PruneLens can build: "
                      f"{one_line(e)}") from None
     expected = to_hf_state_dict(skeleton.state_dict(), config, arch)
     problems = state_dict_mismatch(expected, weights)
     if problems:
-        raise _error(f"{folder}: the weights do not match config.json ({arch}): {problems}")
+        raise _error(f"{_name(folder)}: the weights do not match config.json ({arch}): "
+                     f"{problems}")
     model = VisionTransformer.from_state_dict(config, from_hf_state_dict(weights, config, arch),
                                               source=str(folder), skeleton=skeleton)
     model.preset = ""

@@ -20,6 +20,8 @@ from pathlib import Path
 from torch import Tensor
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_weights
+from .config_checks import (MAX_DEPTH, json_bool, json_dict, json_int, json_size, json_stats,
+                            json_str, shown, stray_errors)
 from .vit import BlockConfig, VisionTransformer, ViTConfig
 
 TIMM_FAMILIES = ("vit_", "deit_", "deit3_")
@@ -51,8 +53,28 @@ def _describe_unknown(keys: list[str]) -> str:
 
 
 def _square(n: int) -> int | None:
+    if n <= 0:
+        return None
     r = math.isqrt(n)
-    return r if r * r == n and r > 0 else None
+    return r if r * r == n else None
+
+
+def _shape(sd: dict[str, Tensor], key: str, ndim: int, source: str, what: str) -> tuple[int, ...]:
+    """The shape of ``sd[key]``, which must have ``ndim`` dimensions, none empty."""
+    shape = tuple(sd[key].shape)
+    if len(shape) != ndim or not all(shape):
+        raise _error(f"{source}: {key} must be a {ndim}-D tensor {what}, got shape {shape}")
+    return shape
+
+
+def _depth(sd: dict[str, Tensor], source: str) -> int:
+    """1 + the highest block index of the keys (``blocks.<i>.…``), at most MAX_DEPTH."""
+    indices = {k.split(".")[1] for k in sd if k.startswith("blocks.")}
+    bad = sorted(i for i in indices if len(i) > 4 or int(i) >= MAX_DEPTH)
+    if bad:
+        raise _error(f"{source}: keys name block {bad[0][:12]}; PruneLens reads models of "
+                     f"at most {MAX_DEPTH} blocks")
+    return 1 + max(int(i) for i in indices)
 
 
 def timm_vit_config(sd: dict[str, Tensor], *, source: str, num_heads: int | None = None,
@@ -76,11 +98,18 @@ def timm_vit_config(sd: dict[str, Tensor], *, source: str, num_heads: int | None
     if "head.weight" not in sd:
         raise _error(f"{source}: no classification head (head.weight): PruneLens needs a "
                      "classifier (timm num_classes > 0)")
-    D, C, ph, pw = sd["patch_embed.proj.weight"].shape
+    D, C, ph, pw = _shape(sd, "patch_embed.proj.weight", 4, source,
+                          "(embed_dim, channels, patch, patch)")
     if ph != pw:
         raise _error(f"{source}: non-square patches {ph}x{pw} are not supported")
-    depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
-    if num_heads is None:
+    depth = _depth(sd, source)
+    guessed = num_heads is None
+    if num_heads is not None:
+        try:
+            num_heads = json_int(source, "num_heads", num_heads)
+        except ValueError as e:
+            raise _error(str(e)) from None
+    else:
         if D not in TIMM_HEADS:
             raise _error(
                 f"{source} carries no PruneLens architecture and its num_heads cannot be told "
@@ -93,16 +122,32 @@ def timm_vit_config(sd: dict[str, Tensor], *, source: str, num_heads: int | None
         qkv, fc1 = sd.get(f"blocks.{i}.attn.qkv.weight"), sd.get(f"blocks.{i}.mlp.fc1.weight")
         if qkv is None or fc1 is None:
             raise _error(f"{source}: block {i} lacks attn.qkv.weight or mlp.fc1.weight")
+        _shape(sd, f"blocks.{i}.attn.qkv.weight", 2, source, "(3 × heads × head_dim, embed_dim)")
+        _shape(sd, f"blocks.{i}.mlp.fc1.weight", 2, source, "(hidden, embed_dim)")
+        if guessed and qkv.shape[0] != 3 * D:  # e.g. a pruned model without its metadata
+            raise _error(
+                f"{source}: block {i}'s qkv has {qkv.shape[0]} rows where a timm ViT of width "
+                f"{D} has {3 * D}, so its head count cannot be told from the table of timm "
+                "widths (a PruneLens-pruned model saved without its metadata?); load the file "
+                "save_model wrote, or call core.models.timm_format.load_timm_state_dict(path, "
+                "num_heads=...)")
         if qkv.shape[0] % (3 * num_heads):
             raise _error(f"{source}: block {i}'s qkv has {qkv.shape[0]} rows, not a multiple of "
                          f"3 × {num_heads} heads")
         hd = qkv.shape[0] // (3 * num_heads)
         blocks.append(BlockConfig(num_heads, hd, hd, fc1.shape[0]))
     class_token, distilled = "cls_token" in sd, "dist_token" in sd
-    num_reg = sd["reg_token"].shape[1] if "reg_token" in sd else 0
+    num_reg = (_shape(sd, "reg_token", 3, source, "(1, registers, embed_dim)")[1]
+               if "reg_token" in sd else 0)
     prefix = int(class_token) + int(distilled) + num_reg
-    L = sd["pos_embed"].shape[1] if "pos_embed" in sd else 0
+    L = (_shape(sd, "pos_embed", 3, source, "(1, tokens, embed_dim)")[1]
+         if "pos_embed" in sd else 0)
+    _shape(sd, "head.weight", 2, source, "(classes, features)")
     if img_size is not None:
+        try:
+            img_size = json_size(source, "img_size", img_size)
+        except ValueError as e:
+            raise _error(str(e)) from None
         grid = (img_size[0] // ph, img_size[1] // ph)
         if no_embed_class is None:
             no_embed_class = L == grid[0] * grid[1]
@@ -117,6 +162,8 @@ def timm_vit_config(sd: dict[str, Tensor], *, source: str, num_heads: int | None
     if global_pool is None:
         global_pool = "avg" if ("fc_norm.weight" in sd or not class_token) else "token"
     gamma = sd.get("blocks.0.ls1.gamma")
+    if gamma is not None:
+        _shape(sd, "blocks.0.ls1.gamma", 1, source, "(embed_dim,)")
     try:
         config = ViTConfig(
             img_size=tuple(img_size), patch_size=ph, in_chans=C,
@@ -160,50 +207,94 @@ def load_timm_state_dict(sd: dict[str, Tensor] | str | Path, *, source: str = ""
         except CheckpointError as e:
             raise _error(one_line(e)) from None
     source = source or "state dict"
-    config = timm_vit_config(sd, source=source, num_heads=num_heads, **options)
-    if "mean" not in options:
-        warnings.warn(f"{source} carries no preprocessing: images are normalised with "
-                      "ImageNet's mean/std (timm's DeiT default)", stacklevel=2)
-    model = _build(sd, config, source)
+    with stray_errors(CheckpointError, source):
+        config = timm_vit_config(sd, source=source, num_heads=num_heads, **options)
+        if "mean" not in options:
+            warnings.warn(f"{source} carries no preprocessing: images are normalised with "
+                          "ImageNet's mean/std (timm's DeiT default)", stacklevel=2)
+        model = _build(sd, config, source)
     model.source = f"timm state dict ({source})"
     return model
 
 
+def _name(folder: Path) -> str:
+    """How messages name a model folder: its name, never the server path around it."""
+    return Path(folder).name or str(folder)
+
+
 def load_timm_folder(folder: Path, cfg: dict) -> VisionTransformer:
-    """A timm model folder (``config.json`` with ``architecture`` + weights) → model."""
+    """A timm model folder (``config.json`` with ``architecture`` + weights) → model.
+
+    ``config.json``'s fields (``architecture``, ``num_classes``, ``model_args``,
+    ``pretrained_cfg``) are checked for type and range before the weights are read; every
+    problem is a one-line CheckpointError naming the folder (by name) and the field, and
+    anything a check missed is still turned into one (:func:`~.config_checks.stray_errors`)."""
     folder = Path(folder)
-    arch = str(cfg.get("architecture", ""))
+    with stray_errors(CheckpointError, _name(folder), str(folder)):
+        return _load_timm_folder(folder, cfg)
+
+
+def _timm_fields(cfg: dict, where: str) -> dict:
+    """The fields of a timm ``config.json`` PruneLens reads, checked → timm_vit_config's
+    keyword arguments (ValueError naming the field)."""
+    arch = json_str(where, "architecture", cfg.get("architecture"))
     base = arch.split(".")[0]
     if not base.startswith(TIMM_FAMILIES):
-        raise _error(f"{folder}: unsupported architecture timm {arch!r}; PruneLens reads "
-                     f"{SUPPORTED}")
+        raise ValueError(f"{where}: unsupported architecture timm {shown(arch)}; PruneLens "
+                         f"reads {SUPPORTED}")
     for part, what in UNSUPPORTED_NAMES.items():
         if part in base:
-            raise _error(f"{folder}: timm {arch!r} uses {what}, which PruneLens' ViT cannot "
-                         f"express; supported: {SUPPORTED}")
-    pre = cfg.get("pretrained_cfg") or {}
-    args = cfg.get("model_args") or {}
+            raise ValueError(f"{where}: timm {arch!r} uses {what}, which PruneLens' ViT cannot "
+                             f"express; supported: {SUPPORTED}")
+    pre = json_dict(where, "pretrained_cfg", cfg.get("pretrained_cfg"))
+    args = json_dict(where, "model_args", cfg.get("model_args"))
     for key, ok in (("pre_norm", False), ("final_norm", True), ("dynamic_img_size", False)):
         if key in args and bool(args[key]) != ok:
-            raise _error(f"{folder}: timm option {key}={args[key]!r} is not supported; "
-                         f"supported: {SUPPORTED}")
+            raise ValueError(f"{where}: timm option {key}={shown(args[key])} is not supported; "
+                             f"supported: {SUPPORTED}")
     if args.get("act_layer") not in (None, "gelu"):
-        raise _error(f"{folder}: timm act_layer {args['act_layer']!r} is not supported "
-                     "(PruneLens' ViT uses GELU)")
-    input_size = args.get("img_size") or (pre.get("input_size") or [None, None, None])[1:]
+        raise ValueError(f"{where}: timm act_layer {shown(args['act_layer'])} is not supported "
+                         "(PruneLens' ViT uses GELU)")
     img_size = None
-    if isinstance(input_size, int):
-        img_size = (input_size, input_size)
-    elif input_size and all(isinstance(v, int) for v in input_size):
-        img_size = (input_size[0], input_size[1])
+    if args.get("img_size") is not None:
+        img_size = json_size(where, "model_args.img_size", args["img_size"])
+    elif pre.get("input_size") is not None:
+        size = pre["input_size"]
+        if not (isinstance(size, list) and len(size) == 3):
+            raise ValueError(f"{where}: pretrained_cfg.input_size must be [channels, height, "
+                             f"width], got {shown(size)}")
+        img_size = json_size(where, "pretrained_cfg.input_size", size[1:])
+    num_heads = args.get("num_heads")
+    if num_heads is not None:
+        num_heads = json_int(where, "model_args.num_heads", num_heads)
+    num_classes = cfg.get("num_classes")
+    if num_classes is not None:
+        num_classes = json_int(where, "num_classes", num_classes, 0)  # 0: headless, said later
+    pool = args.get("global_pool") or cfg.get("global_pool")
+    if pool is not None:
+        pool = json_str(where, "global_pool", pool)
+    no_embed_class = args.get("no_embed_class")
+    if no_embed_class is not None:
+        no_embed_class = json_bool(where, "model_args.no_embed_class", no_embed_class)
+    mean, std = pre.get("mean", IMAGENET_DEFAULT_MEAN), pre.get("std", IMAGENET_DEFAULT_STD)
+    for name, value in (("mean", mean), ("std", std)):
+        if not (isinstance(value, (list, tuple)) and 1 <= len(value) <= 64):
+            raise ValueError(f"{where}: pretrained_cfg.{name} must be a list of per-channel "
+                             f"numbers, got {shown(value)}")
+    return dict(num_heads=num_heads, img_size=img_size, num_classes=num_classes,
+                mean=json_stats(where, "pretrained_cfg.mean", mean, len(mean), positive=False),
+                std=json_stats(where, "pretrained_cfg.std", std, len(std), positive=True),
+                global_pool=pool, no_embed_class=no_embed_class)
+
+
+def _load_timm_folder(folder: Path, cfg: dict) -> VisionTransformer:
+    where = f"config.json in {_name(folder)}"
+    try:
+        options = _timm_fields(cfg, where)  # before any weights are read
+    except ValueError as e:
+        raise _error(str(e)) from None
     sd = read_weights(folder)
-    config = timm_vit_config(
-        sd, source=str(folder), num_heads=args.get("num_heads"), img_size=img_size,
-        num_classes=cfg.get("num_classes"),
-        mean=tuple(pre.get("mean", IMAGENET_DEFAULT_MEAN)),
-        std=tuple(pre.get("std", IMAGENET_DEFAULT_STD)),
-        global_pool=args.get("global_pool") or cfg.get("global_pool"),
-        no_embed_class=args.get("no_embed_class"))
-    model = _build(sd, config, str(folder))
-    model.source = f"timm {arch} ({folder})"
+    config = timm_vit_config(sd, source=_name(folder), **options)
+    model = _build(sd, config, _name(folder))
+    model.source = f"timm {cfg['architecture']} ({folder})"
     return model

@@ -27,6 +27,7 @@ from streamlit.errors import StreamlitDuplicateElementKey
 
 from core.data import (DataPathError, ScanCancelled, data_roots, list_data_folders,
                        load_dataset, resolve_under_roots)
+from core.data.roots import check_files_under_roots
 
 from .keys import DATASET_SEED, K_FOLDER, K_MODEL_FOLDER, DataKey, cache_resource
 from .uploads import session_token
@@ -106,7 +107,9 @@ def resolve_folder(text: str) -> Path:
 
 def resolve_model(text: str) -> Path:
     """A model source the user chose or typed → a path to load: a cached hub snapshot for
-    ``hub:<id>`` (only ids the cache lists), else a folder or file inside the data roots."""
+    ``hub:<id>`` (only ids the cache lists), else a folder or file inside the data roots
+    whose files (``config.json``, the weights…) do not lead out of them either
+    (:class:`DataPathError`, the one refusal, otherwise)."""
     text = (text or "").strip()
     if not text:
         raise ValueError("choose a model folder (Hugging Face save_pretrained or timm layout) "
@@ -118,7 +121,10 @@ def resolve_model(text: str) -> Path:
         from core.models.hf import hub_snapshot
 
         return hub_snapshot(repo)
-    return resolve_under_roots(text)
+    path = resolve_under_roots(text)
+    if path.is_dir():  # its config.json / weights must not be links out of the roots either
+        check_files_under_roots(path)
+    return path
 
 
 # ---------------------------------------------------------------------------- scans
