@@ -325,6 +325,127 @@ def run_model_sources(workdir: Path) -> str:
     return f"{len(answers)} distinct answer(s) for 5 sources: {sorted(answers)[0][:70]}..."
 
 
+def prepare_pt_broadcast(workdir: Path) -> int:
+    import torch
+
+    from dashboard.state import data  # noqa: F401  (imported before the timed part)
+
+    torch.save({"head.weight": torch.zeros(1).expand(60000, 60000)}, workdir / "s.pt")
+    return (workdir / "s.pt").stat().st_size
+
+
+def _accept_upload(workdir: Path, name: str) -> str:
+    from dashboard.state.data import accept_model_upload
+
+    data = (workdir / name).read_bytes()
+    try:
+        accept_model_upload(name, data)
+    except ValueError as e:
+        return f"{type(e).__name__}: {str(e)[:110]} ({len(data) / 1e3:.0f} KB file)"
+    return "ACCEPTED"
+
+
+def run_pt_broadcast(workdir: Path) -> str:
+    return _accept_upload(workdir, "s.pt")
+
+
+def prepare_pt_zip_bomb(workdir: Path) -> int:
+    """A torch zip whose tensor record is DEFLATE-compressed: 1 MB that unpacks to 1 GB."""
+    import io
+    import zipfile
+
+    import torch
+
+    from dashboard.state import data  # noqa: F401  (imported before the timed part)
+
+    plain = io.BytesIO()
+    torch.save({"head.weight": torch.zeros(4)}, plain)
+    with zipfile.ZipFile(plain) as zin, zipfile.ZipFile(workdir / "bomb.pt", "w") as zout:
+        for info in zin.infolist():
+            if info.filename.endswith("data/0"):
+                zi = zipfile.ZipInfo(info.filename)
+                zi.compress_type = zipfile.ZIP_DEFLATED
+                with zout.open(zi, "w", force_zip64=True) as w:
+                    for _ in range(64):
+                        w.write(b"\0" * (16 * 2**20))
+            else:
+                zout.writestr(info, zin.read(info.filename))
+    return (workdir / "bomb.pt").stat().st_size
+
+
+def run_pt_zip_bomb(workdir: Path) -> str:
+    return _accept_upload(workdir, "bomb.pt")
+
+
+def prepare_jpeg_scans(workdir: Path) -> int:
+    """A 36 MP progressive JPEG whose smallest scan is repeated 20,000 times (~0.6 MB): libjpeg
+    decodes every scan over the whole image."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (6000, 6000)).save(buf, "JPEG", progressive=True, quality=90)
+    data = buf.getvalue()
+    starts = [i for i in range(len(data) - 1) if data[i:i + 2] == b"\xff\xda"]
+    ends = starts[1:] + [data.rindex(b"\xff\xd9")]
+    smallest = min((data[a:b] for a, b in zip(starts, ends)), key=len)
+    bomb = data[:-2] + smallest * 20_000 + b"\xff\xd9"
+    (workdir / "scans.jpg").write_bytes(bomb)
+    return len(bomb)
+
+
+def run_jpeg_scans(workdir: Path) -> str:
+    from core.data.images import decode_image
+
+    data = (workdir / "scans.jpg").read_bytes()
+    try:
+        image = decode_image(data, size=(224, 224))
+    except ValueError as e:
+        return f"{type(e).__name__}: {e} ({len(data) / 1e3:.0f} KB file)"
+    return f"decoded {tuple(image.shape)}"
+
+
+def prepare_ico_bomb(workdir: Path) -> int:
+    """An ICO whose directory says 16x16 but whose entry is a 13000x13000 PNG."""
+    png = huge_png(13000, 13000)
+    entry = struct.pack("<BBBBHHII", 16, 16, 0, 0, 1, 32, len(png), 6 + 16)
+    data = struct.pack("<HHH", 0, 1, 1) + entry + png
+    (workdir / "icon.png").write_bytes(data)
+    return len(data)
+
+
+def run_ico_bomb(workdir: Path) -> str:
+    from core.data.images import decode_image
+
+    data = (workdir / "icon.png").read_bytes()
+    try:
+        image = decode_image(data, size=(224, 224))
+    except ValueError as e:
+        return f"{type(e).__name__}: {e} ({len(data) / 1e3:.0f} KB file)"
+    return f"decoded {tuple(image.shape)}"
+
+
+def prepare_hf_layers(workdir: Path) -> int:
+    folder = workdir / "hf"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({
+        "model_type": "vit", "architectures": ["ViTForImageClassification"],
+        "hidden_size": 192, "num_hidden_layers": 10**8, "num_attention_heads": 3,
+        "intermediate_size": 768, "image_size": 224, "patch_size": 16, "num_channels": 3}))
+    return (folder / "config.json").stat().st_size
+
+
+def run_hf_layers(workdir: Path) -> str:
+    from core.models import CheckpointError, load_model
+
+    try:
+        load_model(workdir / "hf")
+    except CheckpointError as e:
+        return f"CheckpointError: {str(e)[:120]}"
+    return "ACCEPTED"
+
+
 CASES: list[Case] = [
     Case("dashboard paths /etc /root ../.. link-out", prepare_roots, run_roots),
     Case("folder root /etc (API)", _nothing, run_etc),
@@ -343,6 +464,12 @@ CASES: list[Case] = [
     Case("dashboard: scan of 6200 images cancelled", prepare_scan_cancel, run_scan_cancel),
     Case("dashboard: model sources outside the roots, hub", prepare_model_sources,
          run_model_sources),
+    Case("upload 1 kB .pt of a 60000x60000 broadcast view", prepare_pt_broadcast,
+         run_pt_broadcast),
+    Case("upload .pt zip bomb (1 MB -> 1 GB)", prepare_pt_zip_bomb, run_pt_zip_bomb),
+    Case("upload 36 MP JPEG of 20,000 scans", prepare_jpeg_scans, run_jpeg_scans),
+    Case("upload ICO holding a 13000x13000 PNG", prepare_ico_bomb, run_ico_bomb),
+    Case("HF config.json with 10^8 layers", prepare_hf_layers, run_hf_layers),
 ]
 
 
