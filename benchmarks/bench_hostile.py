@@ -145,15 +145,20 @@ def prepare_upload_13000(workdir: Path) -> int:
     return len(data)
 
 
-def run_upload_13000(workdir: Path) -> str:
+def _decode_upload(workdir: Path, name: str) -> str:
+    """What the dashboard does with an uploaded picture's bytes."""
     from core.data.images import decode_image
 
-    data = (workdir / "upload.png").read_bytes()
+    data = (workdir / name).read_bytes()
     try:
         image = decode_image(data, size=(224, 224))
     except ValueError as e:
         return f"{type(e).__name__}: {e} ({len(data) / 1e3:.0f} KB file)"
     return f"decoded {tuple(image.shape)}"
+
+
+def run_upload_13000(workdir: Path) -> str:
+    return _decode_upload(workdir, "upload.png")
 
 
 def prepare_folder_144mp(workdir: Path) -> int:
@@ -396,14 +401,7 @@ def prepare_jpeg_scans(workdir: Path) -> int:
 
 
 def run_jpeg_scans(workdir: Path) -> str:
-    from core.data.images import decode_image
-
-    data = (workdir / "scans.jpg").read_bytes()
-    try:
-        image = decode_image(data, size=(224, 224))
-    except ValueError as e:
-        return f"{type(e).__name__}: {e} ({len(data) / 1e3:.0f} KB file)"
-    return f"decoded {tuple(image.shape)}"
+    return _decode_upload(workdir, "scans.jpg")
 
 
 def prepare_ico_bomb(workdir: Path) -> int:
@@ -416,14 +414,7 @@ def prepare_ico_bomb(workdir: Path) -> int:
 
 
 def run_ico_bomb(workdir: Path) -> str:
-    from core.data.images import decode_image
-
-    data = (workdir / "icon.png").read_bytes()
-    try:
-        image = decode_image(data, size=(224, 224))
-    except ValueError as e:
-        return f"{type(e).__name__}: {e} ({len(data) / 1e3:.0f} KB file)"
-    return f"decoded {tuple(image.shape)}"
+    return _decode_upload(workdir, "icon.png")
 
 
 def prepare_hf_layers(workdir: Path) -> int:
