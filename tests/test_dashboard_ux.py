@@ -506,6 +506,49 @@ def test_the_prefetch_keeps_no_model_once_done(runs_dir):
     assert probe() is None
 
 
+EXIT_SCRIPTS = {
+    "work": """
+        from dashboard.state import work
+        def fn(w):  # forwards until cancelled (core.study.cancellable checks each module)
+            m = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
+            x = torch.randn(256, 512)
+            while True:
+                m(x)
+        w = work.start("exit-test", 1, 1, fn, session="s")
+        time.sleep(1.0)
+        assert w.running
+    """,
+    "compare": """
+        from dashboard import state
+        from dashboard.state import compare
+        s = state.setup(state.Experiment(pruners=("magnitude",), val_samples=64))
+        spec = compare.Spec(("synflow", "magnitude"), (0.0, 0.5, 0.9, 0.99), 2, 64,
+                            s.exp.calib, s.exp.scope, False)
+        job = compare.get_sweep(compare.start_sweep(s, spec))
+        time.sleep(2.0)
+        assert job.status == "running"
+    """,
+}
+
+
+@pytest.mark.parametrize("kind", sorted(EXIT_SCRIPTS))
+def test_background_work_is_cancelled_before_the_interpreter_exits(tmp_path, kind):
+    """A page's work and a comparison still running when the server stops are cancelled by
+    an atexit hook and their threads joined: the process ends with status 0, not the abort a
+    daemon thread inside a PyTorch op causes at shutdown."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = ("from core import boot\nboot.configure()\nimport time, torch\n"
+              + textwrap.dedent(EXIT_SCRIPTS[kind]) + "print('exiting', flush=True)\n")
+    env = {**os.environ, "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert "exiting" in done.stdout, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
     """A daemon thread still inside a PyTorch op at interpreter shutdown aborts the process
     ("terminate called without an active exception", exit status 134): the prefetch is

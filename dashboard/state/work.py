@@ -16,6 +16,7 @@ as active (tab closed, reload: the websocket is gone), within :data:`WATCH_S` se
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import threading
 import time
@@ -180,6 +181,25 @@ def cancel(slot: str, reason: str = "cancelled", session: str | None = None) -> 
     work.reason = reason
     work.cancel.set()
     return True
+
+
+def stop_all(timeout: float = 5.0) -> list[Work]:
+    """Cancel every running work and wait for its thread (at most ``timeout`` s each; a
+    cancelled forward stops at its next module). Registered with ``atexit``: a daemon thread
+    still inside a PyTorch op while the interpreter shuts down aborts the process
+    ("terminate called …", status 134), e.g. when the server is stopped mid-computation."""
+    with _LOCK:
+        works = [w for w in _WORK.values() if w.running]
+    for work in works:
+        work.reason = "the server is stopping"
+        work.cancel.set()
+    for work in works:
+        if work.thread is not None and work.thread is not threading.current_thread():
+            work.thread.join(timeout)
+    return works
+
+
+atexit.register(stop_all)
 
 
 def wait(work: Work, version: int, timeout: float) -> None:
