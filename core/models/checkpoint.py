@@ -219,11 +219,12 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     state = model.state_dict()
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
-        if ".parametrizations." in key:
-            path, rest = key.split(".parametrizations.", 1)
-            pname, tail = rest.split(".", 1)
-            if tail in ("original", "original0") and f"{path}.{pname}" not in out:
-                out[f"{path}.{pname}"] = getattr(model.get_submodule(path), pname)
+        parametrized = parametrized_key(key)
+        if parametrized is not None:
+            plain, tail = parametrized
+            if tail in ("original", "original0") and plain not in out:
+                owner, _, pname = plain.rpartition(".")
+                out[plain] = getattr(model.get_submodule(owner), pname)
             continue
         if key.endswith("_orig") and key[:-5] + "_mask" in state:  # torch.nn.utils.prune
             out[key[:-5]] = value * state[key[:-5] + "_mask"]
@@ -234,16 +235,26 @@ def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in out.items()}
 
 
+def parametrized_key(key: str) -> tuple[str, str] | None:
+    """``"X.parametrizations.weight.original"`` → ``("X.weight", "original")`` (the plain name
+    and what the key holds of it: ``original``, ``0.mask`` …); None for a plain key."""
+    if ".parametrizations." not in key:
+        return None
+    owner, rest = key.split(".parametrizations.", 1)
+    pname, tail = rest.split(".", 1)
+    return f"{owner}.{pname}", tail
+
+
 def masked_keys(model: nn.Module) -> list[str]:
     """Plain names (``"blocks.0.mlp.fc1.weight"``) of the parameters carrying a pruning mask:
     a parametrization with a ``mask`` buffer (``core.pruning``'s) or ``torch.nn.utils.prune``'s
     ``X.weight_mask``."""
     keys = []
     for key in model.state_dict():
-        if ".parametrizations." in key and key.endswith(".mask"):
-            owner, rest = key.split(".parametrizations.", 1)
-            keys.append(f"{owner}.{rest.split('.', 1)[0]}")
-        elif key.endswith("_mask"):
+        parametrized = parametrized_key(key)
+        if parametrized is not None and key.endswith(".mask"):
+            keys.append(parametrized[0])
+        elif parametrized is None and key.endswith("_mask"):
             keys.append(key[:-5])
     return sorted(set(keys))
 

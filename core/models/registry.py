@@ -19,7 +19,7 @@ from . import linformer_adapter, vit_adapter  # noqa: F401  (register the famili
 from .adapter import adapter_for_config, adapter_for_family, get_adapter
 from .checkpoint import (CheckpointError, _error, _fit_report, _header,  # noqa: F401
                          _plain_state_dict, _read_state_dict, checkpoint_info, is_safetensors,
-                         masked_keys, one_line, read_json)
+                         masked_keys, one_line, parametrized_key, read_json)
 from .linformer_vit import linformer_vit_config
 from .vit import vit_config
 
@@ -141,11 +141,9 @@ def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = 
     # the file's values go there and the mask stays, so a re-masked model keeps its zeros
     where = {}
     for key in model.state_dict():
-        if ".parametrizations." in key:
-            owner, rest = key.split(".parametrizations.", 1)
-            pname, tail = rest.split(".", 1)
-            if tail == "original":
-                where[f"{owner}.{pname}"] = key
+        parametrized = parametrized_key(key)
+        if parametrized is not None and parametrized[1] == "original":
+            where[parametrized[0]] = key
     if not where:
         model.load_state_dict(sd, strict=not exclude)
         return model
@@ -191,8 +189,9 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     meta = {"prunelens_family": model_family(model),
             "prunelens_config": json.dumps(model.config.to_dict()),
             "prunelens_preset": getattr(model, "preset", ""), **(extra or {})}
-    if masked_keys(model):  # load_model gives them back as model.masked_params
-        meta["prunelens_masked"] = json.dumps(masked_keys(model))
+    masked = masked_keys(model)
+    if masked:  # load_model gives them back as model.masked_params
+        meta["prunelens_masked"] = json.dumps(masked)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
@@ -203,6 +202,19 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     return path
 
 
+def _meta_json(meta: dict[str, str], field: str, name: str) -> object:
+    """The JSON value of a metadata ``field`` of file ``name`` (:class:`CheckpointError` naming
+    the field if it does not parse, nests deeper than Python's stack or holds huge ints)."""
+    try:
+        return json.loads(meta[field])
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{name}: {field} is not valid JSON ({e.msg} at character "
+                              f"{e.pos})") from None
+    except (RecursionError, ValueError) as e:
+        raise CheckpointError(f"{name}: {field} is not a readable JSON value "
+                              f"({one_line(e, 120)})") from None
+
+
 def _architecture(meta: dict[str, str], name: str):
     """The family adapter and configuration a PruneLens file declares, every field checked
     (:class:`CheckpointError` naming the field)."""
@@ -211,14 +223,7 @@ def _architecture(meta: dict[str, str], name: str):
         adapter = adapter_for_family(family)
     except ValueError as e:
         raise CheckpointError(f"{name}: prunelens_family: {e}") from None
-    try:
-        cfg = json.loads(meta["prunelens_config"])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{name}: prunelens_config is not valid JSON ({e.msg} at "
-                              f"character {e.pos})") from None
-    except (RecursionError, ValueError) as e:  # nesting deeper than Python's stack; huge ints
-        raise CheckpointError(f"{name}: prunelens_config is not a readable configuration "
-                              f"({one_line(e, 120)})") from None
+    cfg = _meta_json(meta, "prunelens_config", name)
     if not isinstance(cfg, dict):
         raise CheckpointError(f"{name}: prunelens_config must be a JSON object, got "
                               f"{type(cfg).__name__}")
@@ -281,13 +286,7 @@ def _masked_params(meta: dict[str, str], sd: dict[str, torch.Tensor],
     JSON list of tensor names in the file); ``()`` when it says nothing."""
     if "prunelens_masked" not in meta:
         return ()
-    try:
-        keys = json.loads(meta["prunelens_masked"])
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{name}: prunelens_masked is not valid JSON ({e.msg})") from None
-    except (RecursionError, ValueError) as e:
-        raise CheckpointError(f"{name}: prunelens_masked is not a readable list "
-                              f"({one_line(e, 120)})") from None
+    keys = _meta_json(meta, "prunelens_masked", name)
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
         raise CheckpointError(f"{name}: prunelens_masked must be a JSON list of tensor names")
     unknown = sorted(set(keys) - set(sd))
