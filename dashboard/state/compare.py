@@ -5,7 +5,6 @@ is process-wide (a session keeps its job id); a comparison is the same computati
 ``python -m core sweep`` with the command line :func:`command` gives."""
 from __future__ import annotations
 
-import atexit
 import itertools
 import logging
 import threading
@@ -20,6 +19,7 @@ from core import report, study
 
 from .data import base_model, dataset_options
 from .keys import Setup, cache_resource
+from .work import stop_at_exit
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -155,26 +155,9 @@ def start_sweep(s: Setup, spec: Spec) -> str:
         reg[job_id] = job
     thread = threading.Thread(target=_work, args=(job, s), name=f"prunelens-{job_id}",
                               daemon=True)
-    _THREADS[:] = [(e, t) for e, t in _THREADS if t.is_alive()] + [(job.cancel, thread)]
     thread.start()
+    stop_at_exit(thread, job.cancel.set)  # stopping the server cancels it first
     return job_id
-
-
-_THREADS: list[tuple[threading.Event, threading.Thread]] = []  # the sweeps still running
-
-
-def stop_all(timeout: float = 5.0) -> None:
-    """Cancel the running comparisons and wait for their threads (at most ``timeout`` s each):
-    registered with ``atexit``, as :func:`dashboard.state.work.stop_all`."""
-    live = [(event, t) for event, t in _THREADS if t.is_alive()]
-    _THREADS[:] = live
-    for event, _ in live:
-        event.set()
-    for _, thread in live:
-        thread.join(timeout)
-
-
-atexit.register(stop_all)
 
 
 def _work(job: SweepJob, s: Setup) -> None:

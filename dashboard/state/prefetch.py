@@ -14,7 +14,6 @@ are prefetched; on a 224×224 model a step is seconds of CPU a user may never as
 """
 from __future__ import annotations
 
-import atexit
 import logging
 import os
 import threading
@@ -22,6 +21,7 @@ import threading
 from .data import dense_cost
 from .keys import EXPECTED_ERRORS, SPARSITY_OPTIONS, Experiment, Setup
 from .pruning import cost, eval_bounds, eval_counts, is_small, pruned, val_size
+from .work import stop_at_exit
 
 log = logging.getLogger("prunelens.dashboard")
 REACH = 2  # slider stops on each side: arrow-key steps and short drags
@@ -56,23 +56,17 @@ def request(s: Setup, exp: Experiment) -> bool:
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_loop, name="prunelens-prefetch", daemon=True)
             _thread.start()
+            stop_at_exit(_thread, _drop_requests)
     return True
 
 
-def stop(timeout: float = 10.0) -> None:
-    """Drop any request and let the thread end after its current step (at most one mask or
-    one evaluation slice). Registered with ``atexit``: a daemon thread still inside a PyTorch
-    op while the interpreter shuts down aborts the process ("terminate called …")."""
+def _drop_requests() -> None:
+    """Forget any request: the thread ends after its current step (at most one mask or one
+    evaluation slice). Called at interpreter exit (``work.stop_at_exit``)."""
     with _cond:
         _request["seq"] += 1
         _request["job"] = None
         _cond.notify_all()
-    thread = _thread
-    if thread is not None and thread.is_alive() and thread is not threading.current_thread():
-        thread.join(timeout)
-
-
-atexit.register(stop)
 
 
 def _loop() -> None:
@@ -81,7 +75,7 @@ def _loop() -> None:
         with _cond:
             _cond.wait_for(lambda: _request["seq"] != seq)
             seq, job = _request["seq"], _request["job"]
-            if job is None:  # stop()
+            if job is None:  # _drop_requests()
                 _request["done"] = seq
                 _cond.notify_all()
                 return

@@ -138,6 +138,7 @@ def start(slot: str, signature: Hashable, basis: Hashable, fn: Callable[[Work], 
                                    name=f"prunelens-work-{slot}")
     _attach_script_context(work.thread)
     work.thread.start()
+    stop_at_exit(work.thread, lambda: _server_stopping(work))
     return work
 
 
@@ -183,23 +184,35 @@ def cancel(slot: str, reason: str = "cancelled", session: str | None = None) -> 
     return True
 
 
-def stop_all(timeout: float = 5.0) -> list[Work]:
-    """Cancel every running work and wait for its thread (at most ``timeout`` s each; a
-    cancelled forward stops at its next module). Registered with ``atexit``: a daemon thread
-    still inside a PyTorch op while the interpreter shuts down aborts the process
-    ("terminate called …", status 134), e.g. when the server is stopped mid-computation."""
+EXIT_JOIN_S = 10.0  # per thread: its current step (one mask, one slice, one sweep point)
+_AT_EXIT: list[tuple[Callable[[], None], threading.Thread]] = []
+
+
+def stop_at_exit(thread: threading.Thread, stop: Callable[[], None]) -> None:
+    """At interpreter exit, call ``stop()`` and join the (started) daemon ``thread``, at most
+    :data:`EXIT_JOIN_S`: a daemon thread still inside a PyTorch op while Python shuts down
+    aborts the process ("terminate called …", status 134), e.g. when the server is stopped
+    mid-computation. Used by every background thread of the dashboard's state."""
     with _LOCK:
-        works = [w for w in _WORK.values() if w.running]
-    for work in works:
-        work.reason = "the server is stopping"
-        work.cancel.set()
-    for work in works:
-        if work.thread is not None and work.thread is not threading.current_thread():
-            work.thread.join(timeout)
-    return works
+        _AT_EXIT[:] = [(f, t) for f, t in _AT_EXIT if t.is_alive()] + [(stop, thread)]
 
 
-atexit.register(stop_all)
+def _stop_threads() -> None:
+    with _LOCK:
+        live = [(f, t) for f, t in _AT_EXIT if t.is_alive()]
+    for stop, _ in live:
+        stop()
+    for _, thread in live:
+        if thread is not threading.current_thread():
+            thread.join(EXIT_JOIN_S)
+
+
+atexit.register(_stop_threads)
+
+
+def _server_stopping(work: Work) -> None:
+    work.reason = "the server is stopping"
+    work.cancel.set()
 
 
 def wait(work: Work, version: int, timeout: float) -> None:
