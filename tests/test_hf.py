@@ -144,6 +144,42 @@ def test_hub_id_read_from_the_local_cache_only(tmp_path, monkeypatch):
     torch.testing.assert_close(ours(x).detach(), hf_logits(hf, x), atol=1e-4, rtol=0)
 
 
+def test_hub_cache_revisions_and_links_stay_inside_the_cache(tmp_path, monkeypatch):
+    """A hostile cache entry cannot make load_model open a folder or file outside it."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    outside = tmp_path / "hf"  # = snapshots/../../.. : a readable model folder lies there
+    hf_model("ViTForImageClassification").save_pretrained(outside)
+    repo = outside / "hub" / "models--org--evil"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("../../..")
+    with pytest.raises(CheckpointError, match="refs/main that is not a revision") as err:
+        load_model("org/evil")
+    assert "\n" not in str(err.value)
+    # a snapshot that is a link to a folder elsewhere is not a snapshot
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        load_model("org/evil")
+    # a real snapshot folder whose config.json links out of the repository's cache folder
+    (repo / "snapshots" / "abc123").unlink()
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir()
+    (snap / "config.json").symlink_to(outside / "config.json")
+    (snap / "model.safetensors").symlink_to(outside / "model.safetensors")
+    with pytest.raises(CheckpointError, match="files linking out of its cache folder"):
+        load_model("org/evil")
+    # the layout huggingface_hub writes (files linking to ../../blobs) still loads
+    blobs = repo / "blobs"
+    blobs.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (blobs / name).write_bytes((outside / name).read_bytes())
+        (snap / name).unlink()
+        (snap / name).symlink_to(Path("../../blobs") / name)
+    assert load_model("org/evil") is not None
+
+
 # ---------------------------------------------------------------------------- bad input
 
 def test_bad_folders_give_one_line_errors(tmp_path):

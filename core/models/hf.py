@@ -63,24 +63,53 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
+_REVISION = re.compile(r"^[\w.-]{1,128}$")
+
+
 def hub_snapshot(repo_id: str) -> Path:
     """The cached snapshot folder of ``repo_id`` (``refs/main``'s revision, else the newest);
-    nothing is downloaded."""
+    nothing is downloaded.
+
+    The cache is data, not trusted: ``refs/main`` must name a plain revision (no ``/``, not
+    ``.`` or ``..``), the snapshot must resolve to a folder directly inside the repository's
+    ``snapshots/``, and the files read from it (``config.json``, the weights) must resolve
+    inside the repository's cache folder (huggingface_hub links them to ``blobs/``); anything
+    else is a one-line :class:`CheckpointError`."""
     cache = hub_cache_dir()
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo / "snapshots"
-    found = sorted((p for p in snapshots.iterdir() if p.is_dir()),
+
+    def inside(snap: Path) -> bool:
+        real = Path(os.path.realpath(snap))
+        return real.parent == Path(os.path.realpath(snapshots)) and real.is_dir()
+
+    found = sorted((p for p in snapshots.iterdir() if inside(p)),
                    key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
     ref = repo / "refs" / "main"
-    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-        return snapshots / ref.read_text().strip()
-    if found:
-        return found[-1]
-    raise _error(
-        f"{repo_id!r} is not a local path and not in the local Hugging Face cache ({cache}); "
-        f"nothing is downloaded. On a machine with internet run `huggingface-cli download "
-        f"{repo_id}`, then copy its {repo.name} folder into {cache} here (or point HF_HOME "
-        "at a copied cache)")
+    chosen = None
+    if ref.is_file() and not ref.is_symlink():
+        revision = ref.read_text(errors="replace")[:200].strip()
+        if not _REVISION.match(revision) or revision in (".", ".."):
+            raise _error(f"the cached {repo_id!r} has a refs/main that is not a revision "
+                         f"({shown(revision)}); delete {repo.name} from the cache and "
+                         "download it again")
+        if inside(snapshots / revision):
+            chosen = snapshots / revision
+    if chosen is None and found:
+        chosen = found[-1]
+    if chosen is None:
+        raise _error(
+            f"{repo_id!r} is not a local path and not in the local Hugging Face cache ({cache}); "
+            f"nothing is downloaded. On a machine with internet run `huggingface-cli download "
+            f"{repo_id}`, then copy its {repo.name} folder into {cache} here (or point HF_HOME "
+            "at a copied cache)")
+    from core.data.roots import DataPathError, check_files_under_roots
+    try:
+        check_files_under_roots(chosen, roots=[repo])
+    except DataPathError:
+        raise _error(f"the cached {repo_id!r} has files linking out of its cache folder "
+                     f"({repo.name}); delete it from the cache and download it again") from None
+    return chosen
 
 
 # ---------------------------------------------------------------------------- conversion
