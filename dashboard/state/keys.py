@@ -12,7 +12,7 @@ from torch import nn
 from core import study
 from core.models import CheckpointError
 
-MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
+MAX_MODEL_MB = 400   # also server.maxUploadSize in dashboard/.streamlit/config.toml
 MAX_IMAGE_MB = 10
 MAX_IMAGE_PIXELS = 40_000_000  # an uploaded picture's width × height, checked from its header
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
