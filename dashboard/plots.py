@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from dashboard.text import plain
+
 FONT = dict(family="Source Sans Pro, sans-serif", size=13)
 PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6",
            "#9D755D", "#BAB0AC", "#EECA3B")
@@ -318,7 +320,7 @@ def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
     """
     traces = []
     for i, (label, df) in enumerate(curves.items()):
-        c = colour(i)
+        c, label = colour(i), plain(label)
         if "val_acc" in df:
             traces.append(go.Scatter(x=df["epoch"], y=df["val_acc"], name=label,
                                      mode="lines+markers", line=dict(color=c),

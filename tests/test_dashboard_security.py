@@ -30,7 +30,7 @@ from core.models import (BlockConfig, VisionTransformer, ViTConfig, build_model,
                          save_model)
 from core.models.checkpoint import _plain_state_dict
 
-from test_dashboard import errors, make_app, metrics, ok
+from test_dashboard import errors, make_app, metrics, ok, shown
 
 # ---------------------------------------------------------------------------- fixtures
 
@@ -510,4 +510,4 @@ def test_prune_page_offers_downloads_next_to_the_pruned_models(runs_dir):
     assert {b.key for b in at.get("download_button")} == {"prune_export_prunelens",
                                                           "prune_export_onnx"}
     assert any("**Hugging Face (.zip)** not available: transformers has no linformer-vit "
-               "model; use ONNX or PruneLens" in c.value for c in at.caption)
+               "model; use ONNX or PruneLens" in shown(c.value) for c in at.caption)

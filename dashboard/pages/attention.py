@@ -4,6 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import plots, state
+from dashboard.text import md, plain
 
 KEEP = "session"  # controls keep their values across page switches and uploads
 SCALES = {"cell": "per cell", "shared": "shared"}
@@ -80,7 +81,7 @@ with state.page_errors():
                                             shared=shared, progress=report),
         "Pruning and capturing attention")
     for crit, msg in grid.errors.items():
-        st.error(f"{crit}: {msg}", icon=":material/error:")
+        st.error(f"{md(crit)}: {md(msg)}", icon=":material/error:")
     cols = ["dense" if r == 0 else f"{r:.0%}" for r in state.RATIOS]
     captions = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in grid.similarity]
     hover = [[f"{c} at {col}: cosine similarity to dense {cap or 'n/a'}"
@@ -88,7 +89,7 @@ with state.page_errors():
     what = (f"block {view.layer + 1}, " + ("mean of heads" if view.head is None
                                            else f"head {view.head + 1}")
             if view.mode == "cls" else f"rollout ({view.fusion}, discard {view.discard:.0%})")
-    who = f"{s.classes[label]}" if label is not None else "uploaded"
+    who = plain(s.classes[label]) if label is not None else "uploaded"
     st.plotly_chart(
         plots.image_grid(grid.cells, criteria, cols, captions=captions, hover=hover,
                          left=grid.image, left_label=f"input ({who})",

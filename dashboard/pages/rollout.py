@@ -3,6 +3,7 @@ dense and the pruned model, side by side."""
 import streamlit as st
 
 from dashboard import plots, state
+from dashboard.text import md, plain
 
 exp = state.experiment()
 state.sidebar_summary(exp)
@@ -44,9 +45,9 @@ with state.page_errors():
     def row_label(name: str) -> str:
         e = ex[name]
         who = "dense" if name == "dense" else f"{crit} {sparsity}%"
-        return f"{who}<br>{s.classes[e['pred']]} {e['prob']:.0%}"
+        return f"{who}<br>{plain(s.classes[e['pred']])} {e['prob']:.0%}"
 
-    truth = "uploaded" if label is None else s.classes[label]
+    truth = "uploaded" if label is None else plain(s.classes[label])
     rows = [[state.heat_cell(image, ex[n]["heats"][m]) for m in state.METHODS]
             for n in ("dense", "pruned")]
     st.plotly_chart(
@@ -54,13 +55,13 @@ with state.page_errors():
                          left=state.image_cell(image, 2 * state.CELL_PX),
                          left_label=f"input ({truth})", colorbar=state.colour_bar(None),
                          title=f"dense vs {crit} at {sparsity}%: explaining class "
-                               f"“{s.classes[ex['dense']['target']]}”"),
+                               f"“{plain(s.classes[ex['dense']['target']])}”"),
         key="ro_chart", config={"displayModeBar": False}, width="content")
     m1, m2, m3 = st.columns(3)
     m1.metric("True class", "unknown (upload)" if label is None else truth)
     m2.metric("Dense prediction", s.classes[ex["dense"]["pred"]],
               f"{ex['dense']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
-    m3.metric(f"{crit} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],
+    m3.metric(f"{md(crit)} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],
               f"{ex['pruned']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
     st.caption("Attention rollout (Abnar & Zuidema 2020) multiplies the head-fused attention of "
                "all blocks; gradient rollout weighs each block's attention by the gradient of "

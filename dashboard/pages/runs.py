@@ -2,13 +2,14 @@
 import streamlit as st
 
 from dashboard import plots, state
+from dashboard.text import md
 
 st.title("Runs", anchor=False)
 
 with state.page_errors():
     store = state.run_store()
     runs = store.list_runs()
-    st.caption(f"Run store: `{store.root.resolve()}` · {len(runs)} run(s)")
+    st.caption(f"{len(runs)} run(s) in the server's run store")
     if runs.empty:
         st.info("No runs yet: start one on the Train page.", icon=":material/info:")
         st.stop()
@@ -93,6 +94,6 @@ with state.page_errors():
                         errors.append(f"{r}: {e}")
                 state.set_pending_delete(())
                 if errors:
-                    st.error("Not deleted: " + "; ".join(errors), icon=":material/error:")
+                    st.error("Not deleted: " + md("; ".join(errors)), icon=":material/error:")
                 else:
                     st.rerun()

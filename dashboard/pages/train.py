@@ -4,6 +4,7 @@ import streamlit as st
 
 from core.train import TrainConfig
 from dashboard import plots, state
+from dashboard.text import md
 
 exp = state.experiment()
 state.sidebar_summary(exp)
@@ -21,10 +22,10 @@ def _show_run(run_id: str, live: bool) -> None:
     job = state.get_job(run_id)
     if job is None:  # not started by this server process: what the store knows
         run = state.run_store().get_run(run_id)
-        st.markdown(f"**Run {run_id}** · {run['model']} · {run['pruner']} "
+        st.markdown(f"**Run {md(run_id)}** · {md(run['model'])} · {md(run['pruner'])} "
                     f"{(run['sparsity'] or 0):.0%} · status **{run['status']}**")
         if run.get("reason"):
-            st.caption(run["reason"])
+            st.caption(md(run["reason"]))
         m = state.run_store().metrics(run_id)
         if len(m) > 1 or "val_acc" in m:
             st.plotly_chart(plots.runs_curves({run_id: m}), key="train_chart_store")
@@ -32,7 +33,7 @@ def _show_run(run_id: str, live: bool) -> None:
     snap = job.snapshot()
     if live and snap["status"] != "running":
         st.rerun(scope="app")  # stop polling; the full page shows the final state
-    st.markdown(f"**Run {run_id}** · {snap['label']}")
+    st.markdown(f"**Run {md(run_id)}** · {md(snap['label'])}")
     if snap["kind"] == "amap":
         _show_amap(run_id, snap)
         return
@@ -46,15 +47,15 @@ def _show_run(run_id: str, live: bool) -> None:
         if snap["cancel_requested"]:
             st.caption("Cancelling: the run stops before its next step.")
     elif snap["status"] == "finished":
-        st.success(f"Finished in {snap['elapsed']:.0f} s; saved in the run store as {run_id}.",
+        st.success(f"Finished in {snap['elapsed']:.0f} s; saved in the run store as {md(run_id)}.",
                    icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
         n = len(snap["history"])
         kept = (f"its {n} finished epoch(s) and checkpoint are saved" if n
                 else "no epoch finished, so it has metrics but no checkpoint")
-        st.warning(f"Cancelled ({snap['reason']}); {kept}.", icon=":material/cancel:")
+        st.warning(f"Cancelled ({md(snap['reason'])}); {kept}.", icon=":material/cancel:")
     else:
-        st.error(f"The run failed: {snap['reason']}", icon=":material/error:")
+        st.error(f"The run failed: {md(snap['reason'])}", icon=":material/error:")
     if len(snap["steps"]) or len(snap["history"]):
         st.plotly_chart(plots.training_curves(snap["steps"], snap["history"]),
                         key="train_chart_live", config={"displayModeBar": False})
@@ -88,10 +89,10 @@ def _show_amap(run_id: str, snap: dict) -> None:
         st.success(f"Finished in {snap['elapsed']:.0f} s; the exported model is saved in the "
                    f"run store as {run_id}.", icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
-        st.warning(f"Cancelled ({snap['reason']}); the model was still fitted to the budget, "
+        st.warning(f"Cancelled ({md(snap['reason'])}); the model was still fitted to the budget, "
                    "exported and saved.", icon=":material/cancel:")
     else:
-        st.error(f"The run failed: {snap['reason']}", icon=":material/error:")
+        st.error(f"The run failed: {md(snap['reason'])}", icon=":material/error:")
     if len(snap["steps"]) or len(r):
         st.plotly_chart(plots.amap_curves(snap["steps"], r, snap["budget"]),
                         key="train_chart_amap", config={"displayModeBar": False})
@@ -196,6 +197,6 @@ with state.page_errors():
                          icon=":material/pending:"):
             for j in others:
                 c1, c2 = st.columns([4, 1])
-                c1.markdown(f"`{j['run_id']}` {j['label']} · step {j['step']}/{j['total_steps']}")
+                c1.markdown(f"`{j['run_id']}` {md(j['label'])} · step {j['step']}/{j['total_steps']}")
                 c2.button("Follow", key=f"train_follow_{j['run_id']}",
                           on_click=state.follow_run, args=(j["run_id"],))

@@ -21,6 +21,7 @@ from torch import nn
 
 from core.models import CheckpointError, get_adapter, load_model, save_model
 from core.models.checkpoint import one_line
+from dashboard.text import md
 
 from .data import base_model
 from .keys import PruneKey, cache_data, cache_resource
@@ -83,7 +84,7 @@ def download_buttons(problems: dict[str, str | None], make: Callable[[str], byte
     reason the model cannot be saved in it."""
     for col, fmt in zip(st.columns(len(FORMATS)), FORMATS):
         if problems.get(fmt):
-            col.caption(f"**{FORMATS[fmt]}** not available: {problems[fmt]}")
+            col.caption(f"**{FORMATS[fmt]}** not available: {md(problems[fmt])}")
             continue
         col.download_button(FORMATS[fmt], data=functools.partial(_logged, make, fmt),
                             file_name=f"{stem}{SUFFIX[fmt]}", mime="application/octet-stream",
@@ -148,6 +149,6 @@ def run_downloads(path: Path, stem: str) -> None:
     try:
         problems = export_problems(_checkpoint_model(str(path), path.stat().st_mtime))
     except (CheckpointError, OSError) as e:
-        st.caption(f"The checkpoint cannot be read: {one_line(e)}")
+        st.caption(f"The checkpoint cannot be read: {md(one_line(e))}")
         return
     download_buttons(problems, functools.partial(_checkpoint_bytes, path), stem, "runs_dl")

@@ -15,6 +15,7 @@ from torch import Tensor
 from core import attention as attn
 from core.models import CheckpointError, get_adapter, token_layout
 from core.models.checkpoint import one_line
+from dashboard.text import md
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .data import accept_image_upload, dense_cost
@@ -34,10 +35,10 @@ def page_errors() -> Iterator[None]:
     try:
         yield
     except EXPECTED_ERRORS as e:
-        st.error(f"{_reason(e)}", icon=":material/error:")
+        st.error(md(_reason(e)), icon=":material/error:")
     except Exception as e:
         log.exception("dashboard page failed")
-        st.error(f"Unexpected error ({type(e).__name__}): {_reason(e)}",
+        st.error(f"Unexpected error ({type(e).__name__}): {md(_reason(e))}",
                  icon=":material/error:")
 
 
@@ -73,7 +74,7 @@ def untrained_notice(s: Setup, where: str) -> None:
         "the criterion.")
     st.warning(text, icon=":material/warning:")
     if has_checkpoint(s.exp.preset, s.exp.dataset) and s.exp.source != "checkpoint":
-        st.button(f"Use the trained {s.exp.preset} checkpoint ({s.exp.dataset})",
+        st.button(f"Use the trained {md(s.exp.preset)} checkpoint ({md(s.exp.dataset)})",
                   key=f"{where}_use_trained", on_click=use_trained_checkpoint, type="primary")
 
 
@@ -84,8 +85,8 @@ def sidebar_summary(exp: Experiment) -> None:
         src = {"checkpoint": "trained" if has_checkpoint(exp.preset, exp.dataset)
                else "untrained: no checkpoint", "init": "untrained",
                "upload": "uploaded", "folder": "model folder"}.get(exp.source, exp.source)
-        st.markdown(f"**{exp.preset}** ({src}) on **{exp.dataset}**  \n"
-                    f"{', '.join(exp.pruners) or 'no criteria'} · {exp.sparsity:.0%} · "
+        st.markdown(f"**{md(exp.preset)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
+                    f"{md(', '.join(exp.pruners)) or 'no criteria'} · {exp.sparsity:.0%} · "
                     f"{exp.scope} scope · seed {exp.seed}")
         st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
 
@@ -237,7 +238,7 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
         return snap["results"]["result"]
     if snap["status"] == "failed":
         raise job.error if job.error is not None else RuntimeError(snap["reason"])
-    st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({snap['reason']}).",
+    st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({md(snap['reason'])}).",
                icon=":material/stop_circle:")
     st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
               on_click=set_flag, args=(restart_key,))
