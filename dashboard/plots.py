@@ -337,7 +337,7 @@ def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
     fig.update_layout(
         height=340, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
         xaxis=dict(domain=[0, 0.46], title="epoch", dtick=1),
-        yaxis=dict(title="validation accuracy", tickformat=".1%"),
+        yaxis=dict(title="validation accuracy", tickformat=".0%", range=[0, 1.02]),
         xaxis2=dict(domain=[0.54, 1], title="epoch", dtick=1),
         yaxis2=dict(title="loss (solid: val, dotted: train)", anchor="x2"),
         legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))

@@ -277,14 +277,29 @@ def test_attention_page_grid_and_heads(runs_dir):
     assert not errors(at)
 
 
+def _grid_rows(at: AppTest) -> list[str]:
+    names = {f"<b>{n}</b>": n for n in list_pruners()}
+    return [names[t] for t in annotations(figure(at, "att_chart_grid")) if t in names]
+
+
 @pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
-def test_attention_page_default_rows_are_fig3(runs_dir):
-    at = make_app().run()
+def test_attention_page_rows_follow_the_prune_pages_criteria(runs_dir):
+    at = make_app(prune_pruners=["magnitude", "snip", "random"]).run()
     at.switch_page("pages/attention.py").run()
     ok(at)
-    rows = [t for t in annotations(figure(at, "att_chart_grid"))
-            if t in ("<b>l2-norm</b>", "<b>gm</b>", "<b>reverse</b>", "<b>snp</b>")]
-    assert len(rows) == 4
+    assert at.multiselect(key="att_criteria").value == ["magnitude", "snip", "random"]
+    assert _grid_rows(at) == ["magnitude", "snip", "random"]
+    # the user's own rows stand while the Prune page's choice stays the same
+    at.multiselect(key="att_criteria").set_value(["random"]).run()
+    ok(at)
+    assert _grid_rows(at) == ["random"]
+    # a new choice on the Prune page is followed; with none chosen, SNP's Fig. 3 rows
+    at.session_state["prune_pruners"] = ["magnitude"]
+    ok(at.run())
+    assert _grid_rows(at) == ["magnitude"]
+    at.session_state["prune_pruners"] = []
+    ok(at.run())
+    assert _grid_rows(at) == ["l2-norm", "gm", "reverse", "snp"]
 
 
 def test_attention_page_rejects_a_corrupt_image(runs_dir):

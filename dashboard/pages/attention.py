@@ -61,7 +61,7 @@ with state.page_errors():
                              "map then looks as hot as a peaked one). Shared: one scale for "
                              "the whole grid, so colours compare across cells.")
         crit_options = list(state.pruner_names())
-        state.widget_default("att_criteria", state.default_grid_criteria(exp))
+        state.widget_follow("att_criteria", state.default_grid_criteria(exp))
         criteria = st.multiselect("Rows: criteria", crit_options, key="att_criteria",
                                   format_func=state.pruner_label, max_selections=6,
                                   persist_state=KEEP)

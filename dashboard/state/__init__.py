@@ -42,7 +42,7 @@ from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  
 from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
                       current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
                       seed_experiment_widgets, set_pending_delete, snap_sparsity, upload_name,
-                      use_trained_checkpoint, widget_default)
+                      use_trained_checkpoint, widget_default, widget_follow)
 from .catalogue import (dataset_names, has_checkpoint, model_names, pruner_info,  # noqa: E402
                         pruner_names, training_pruner_names)
 from .data import (accept_image_upload, accept_model_upload, base_model,  # noqa: E402
@@ -88,4 +88,4 @@ __all__ = [
     "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary", "source_label",
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
     "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
-    "widget_default", "PRUNE_PAGE_SHOWN"]
+    "widget_default", "widget_follow", "PRUNE_PAGE_SHOWN"]

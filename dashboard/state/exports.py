@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -24,7 +25,7 @@ from core.models.checkpoint import one_line
 from dashboard.text import md
 
 from .data import base_model
-from .keys import PruneKey, cache_data, cache_resource
+from .keys import ModelKey, PruneKey, cache_data, cache_resource
 from .pruning import pruned, pruned_model
 
 log = logging.getLogger("prunelens.dashboard")
@@ -111,6 +112,21 @@ def _pruned_bytes(key: PruneKey, fmt: str) -> bytes:
     return export_bytes(pruned_model(key), fmt)
 
 
+def model_stem(key: ModelKey) -> str:
+    """A file-name stem naming the model a download came from: the preset and its dataset,
+    the model folder's (or hub repository's) name, or the uploaded file's name."""
+    if key.source == "folder" and key.folder:
+        name = Path(key.folder).name
+        if name and all(c in "0123456789abcdef" for c in name) and len(name) >= 7:
+            name = Path(key.folder).parents[1].name.removeprefix("models--")  # hub snapshot
+    elif key.source == "upload" and key.upload:
+        name = Path(key.upload).stem
+    else:
+        name = f"{key.preset}_{key.dataset}"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60] or "model"
+    return f"prunelens_{slug}"
+
+
 def pruned_downloads(keys: dict[str, PruneKey]) -> None:
     """A popover with the three downloads of one pruned model (criterion chosen)."""
     if not keys:
@@ -121,7 +137,8 @@ def pruned_downloads(keys: dict[str, PruneKey]) -> None:
         st.caption("Masks are baked in (zeros in the weights); structured criteria give the "
                    "smaller model.")
         download_buttons(pruned_problems(key), functools.partial(_pruned_bytes, key),
-                         f"prunelens_{name}_{round(key.sparsity * 100)}", "prune_export")
+                         f"{model_stem(key.model)}_{name}_{round(key.sparsity * 100)}",
+                         "prune_export")
 
 
 # ---------------------------------------------------------------------------- runs

@@ -125,13 +125,17 @@ def _floats(xs) -> str:
 
 
 def default_grid_criteria(exp: Experiment) -> list[str]:
-    """SNP's Fig. 3 rows (l2-norm, GM, reverse, SNP) when those pruners exist, else the
-    experiment's criteria topped up to four with fast single-shot ones."""
+    """The grid's rows: the criteria chosen on the Prune page (at most six); with none chosen,
+    SNP's Fig. 3 rows (l2-norm, GM, reverse, SNP) when those pruners exist, else four fast
+    single-shot ones."""
     names = pruner_names()
+    chosen = [n for n in exp.pruners if n in names][:6]
+    if chosen:
+        return chosen
     fig3 = [n for n in ("l2-norm", "gm", "reverse", "snp") if n in names]
     if len(fig3) == 4:
         return fig3
-    out = list(exp.pruners[:4])
+    out: list[str] = []
     for n in ("magnitude", "snip", "attention-snip", "random"):
         if len(out) >= 4:
             break
