@@ -630,3 +630,21 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     # also the dense key's pruned result (0 bytes) lives there; two images' maps fit
     assert small.used <= small.budget and small.used == 2 * one
     assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2
+
+
+def test_weights_radio_offers_only_what_exists_and_agrees_with_the_banner(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude"]).run())
+    radio = lambda: at.radio(key="prune_source")  # noqa: E731
+    assert radio().value == "checkpoint"
+    at.selectbox(key="prune_model").set_value("deit-tiny").run()
+    ok(at)
+    # no checkpoint for deit-tiny: not offered, and the session is on "untrained"
+    assert "checkpoint" not in radio().options and radio().value == "init"
+    assert any("untrained" in w.value for w in at.warning)
+    at.selectbox(key="prune_model").set_value("vit-tiny").run()
+    ok(at)
+    assert radio().value == "checkpoint"  # what the user had: trained where it exists
+    radio().set_value("init").run()
+    at.selectbox(key="prune_dataset").set_value("digits").run()
+    ok(at)
+    assert radio().value == "init"  # the user's own choice of untrained stands

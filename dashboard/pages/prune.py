@@ -36,8 +36,9 @@ with st.sidebar:
                      accept_new_options=True, placeholder="Choose, or type a path",
                      help="One sub-folder of images per class (ImageFolder layout), inside the "
                           "server's data folders (PRUNELENS_DATA_ROOTS).")
-    source = st.radio("Weights", list(state.SOURCES), key=state.K_SOURCE, persist_state=PERSIST,
-                      format_func=lambda src: state.source_label(src, preset, dataset))
+    source = st.radio("Weights", state.weight_sources(), key=state.K_SOURCE,
+                      persist_state=PERSIST, format_func=state.SOURCES.get,
+                      on_change=state.source_chosen)
     if source == "upload":
         up = st.file_uploader("Checkpoint (.safetensors, or weights-only .pt/.pth)",
                               type=["safetensors", "pt", "pth"], key="prune_upload_file",

@@ -42,7 +42,8 @@ from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  
 from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
                       current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
                       seed_experiment_widgets, set_pending_delete, snap_sparsity, upload_name,
-                      use_trained_checkpoint, widget_default, widget_follow)
+                      use_trained_checkpoint, widget_default, widget_follow,
+                      source_chosen, weight_sources)
 from .catalogue import (dataset_names, has_checkpoint, model_names, pruner_info,  # noqa: E402
                         pruner_names, training_pruner_names)
 from .data import (accept_image_upload, accept_model_upload, base_model,  # noqa: E402
@@ -64,7 +65,7 @@ from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap
                    start_training)
 from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
                  image_cell, model_note, no_class_token_note, overlay_cell, page_errors,
-                 pruner_label, scale_note, sidebar_summary, source_label, untrained_notice)
+                 pruner_label, scale_note, sidebar_summary, untrained_notice)
 
 __all__ = [
     "chosen_image",
@@ -85,7 +86,8 @@ __all__ = [
     "num_heads", "overlay_cell", "page_errors", "pending_delete", "pruned", "pruned_downloads",
     "pruned_model", "pruner_info", "pruner_label", "pruner_names", "run_downloads", "run_store",
     "running_jobs", "saliency_table", "score_distribution", "scores", "seed_experiment_widgets",
-    "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary", "source_label",
+    "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary",
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
     "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
-    "widget_default", "widget_follow", "PRUNE_PAGE_SHOWN"]
+    "widget_default", "widget_follow", "source_chosen", "weight_sources",
+    "PRUNE_PAGE_SHOWN"]

@@ -36,6 +36,7 @@ SCORE_MEMORY_FACTOR = {"grasp": 3.0}
 
 # Widget keys of the experiment set up on the Prune page (read by every page).
 K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
+K_SOURCE_WANTED = "prune_source_wanted"  # what the user last picked on the Weights radio
 K_FOLDER, K_PRUNERS, K_SPARSITY = "prune_folder", "prune_pruners", "prune_sparsity"
 K_SCOPE, K_CALIB, K_SEED, K_VAL = "prune_scope", "prune_calib", "prune_seed", "prune_val"
 K_MODEL_FOLDER = "prune_model_folder"

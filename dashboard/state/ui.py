@@ -19,7 +19,7 @@ from dashboard.text import md
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .data import accept_image_upload, dense_cost
-from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, ImageRef, Setup
+from .keys import CELL_PX, EXPECTED_ERRORS, Experiment, ImageRef, Setup
 from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
@@ -150,12 +150,6 @@ def pruner_label(name: str) -> str:
                             ("iterative", info["iterative"] and info["kind"] != "structured"))
             if on]
     return f"{name} ({', '.join(tags)})" if tags else name
-
-
-def source_label(source: str, preset: str, dataset: str) -> str:
-    if source == "checkpoint" and not has_checkpoint(preset, dataset):
-        return f"shipped checkpoint (none for {preset} on {dataset})"
-    return SOURCES[source]
 
 
 # ---------------------------------------------------------------------------- image cells

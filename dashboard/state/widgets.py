@@ -6,19 +6,23 @@ import streamlit as st
 
 from .keys import (SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL,
                    K_MODEL_FOLDER, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY,
-                   K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL, Experiment)
+                   K_SOURCE_WANTED, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL, SOURCES,
+                   Experiment)
 
 
 def experiment() -> Experiment:
     """The current session's experiment (defaults for whatever the Prune page never set)."""
-    from .catalogue import pruner_names
+    from .catalogue import has_checkpoint, pruner_names
 
     ss = st.session_state
     d = Experiment()
     pruners = ss.get(K_PRUNERS, list(d.pruners))
+    preset, dataset = ss.get(K_MODEL, d.preset), ss.get(K_DATASET, d.dataset)
+    source = ss.get(K_SOURCE, d.source)
+    if source == "checkpoint" and not has_checkpoint(preset, dataset):
+        source = "init"  # what is loaded: there is no checkpoint to ship
     return Experiment(
-        preset=ss.get(K_MODEL, d.preset), source=ss.get(K_SOURCE, d.source),
-        dataset=ss.get(K_DATASET, d.dataset), folder=ss.get(K_FOLDER, d.folder) or "",
+        preset=preset, source=source, dataset=dataset, folder=ss.get(K_FOLDER, d.folder) or "",
         pruners=tuple(p for p in pruners if p in pruner_names()),
         sparsity=int(ss.get(K_SPARSITY, round(d.sparsity * 100))) / 100,
         scope=ss.get(K_SCOPE, d.scope),
@@ -71,7 +75,29 @@ def upload_name() -> str:
 
 def use_trained_checkpoint() -> None:
     """Widget callback: switch the experiment to the shipped trained checkpoint."""
-    st.session_state[K_SOURCE] = "checkpoint"
+    st.session_state[K_SOURCE] = st.session_state[K_SOURCE_WANTED] = "checkpoint"
+
+
+def source_chosen() -> None:
+    """Widget callback of the Weights radio: remember what the user asked for."""
+    st.session_state[K_SOURCE_WANTED] = st.session_state.get(K_SOURCE)
+
+
+def weight_sources() -> list[str]:
+    """The Weights radio's choices for the chosen model and dataset: the shipped checkpoint
+    only where one exists. A session on "checkpoint" (what it asked for, or the default) is
+    moved to the trained checkpoint or to "untrained" as the model and dataset change, so
+    the radio never shows a checkpoint that the banner says is not there."""
+    from .catalogue import has_checkpoint
+
+    ss = st.session_state
+    d = Experiment()
+    preset, dataset = ss.get(K_MODEL, d.preset), ss.get(K_DATASET, d.dataset)
+    trained = has_checkpoint(preset, dataset)
+    wanted = ss.setdefault(K_SOURCE_WANTED, ss.get(K_SOURCE, d.source))
+    if ss.get(K_SOURCE, d.source) in ("checkpoint", "init"):
+        ss[K_SOURCE] = "checkpoint" if wanted == "checkpoint" and trained else "init"
+    return [s for s in SOURCES if s != "checkpoint" or trained]
 
 
 def pending_delete() -> tuple[str, ...]:
