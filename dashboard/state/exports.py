@@ -25,6 +25,7 @@ from core.models.checkpoint import one_line
 from .data import base_model
 from .keys import PruneKey, cache_data, cache_resource
 from .pruning import pruned, pruned_model
+from .ui import public
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -148,6 +149,6 @@ def run_downloads(path: Path, stem: str) -> None:
     try:
         problems = export_problems(_checkpoint_model(str(path), path.stat().st_mtime))
     except (CheckpointError, OSError) as e:
-        st.caption(f"The checkpoint cannot be read: {one_line(e)}")
+        st.caption(f"The checkpoint cannot be read: {public(one_line(e))}")
         return
     download_buttons(problems, functools.partial(_checkpoint_bytes, path), stem, "runs_dl")
