@@ -240,6 +240,18 @@ def test_another_sessions_run_is_read_only_on_the_runs_page(runs_dir):
     assert store.list_runs().empty
 
 
+def test_shared_runs_are_downloadable_by_all_and_deletable_by_none(runs_dir):
+    store = RunStore(runs_dir)
+    shared = finished_run(store, None)  # the CLI's
+    b = page(make_app(TOKEN_B), "runs")
+    assert "runs_delete_select" not in widget_keys(b)
+    assert {"PruneLens (.safetensors)", "Metrics (.csv)"} <= {
+        d.label for d in b.get("download_button")}
+    assert b.dataframe[0].value["access"].tolist() == ["shared"]
+    b = page(make_app(TOKEN_B), "train", run=shared)
+    assert any("Read-only: a shared run" in c.value for c in b.caption)
+
+
 def test_another_sessions_job_cannot_be_followed_or_cancelled(runs_dir, live_job):
     store = RunStore(runs_dir)
     run_a = store.create_run("vit-tiny", "shapes", "magnitude", 0.5, {}, owner=OWNER_A)
