@@ -15,6 +15,8 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
 - :mod:`.pruning`: scores → masks or shrunk model → evaluation, cost, tables, and the warm-up;
 - :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
 - :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
+- :mod:`.owners`: who owns a run (the session or a typed name) and who may see it
+  (``PRUNELENS_RUNS_VISIBILITY``);
 - :mod:`.compare`: the Compare page's sweep job (imported by that page only);
 - :mod:`.work`: a page's long computation in a per-session worker thread (progress, estimate,
   cancel, stopped when the browser session ends); :mod:`.prune_work`: the Prune page's
@@ -63,6 +65,8 @@ from .folders import dataset_folders, label as folder_label, model_folders  # no
 from .exports import pruned_downloads, run_downloads  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
                    start_training)
+from .owners import (OTHER, OWN, SHARED, current_owner, owner_sidebar,  # noqa: E402
+                     run_access, visibility, visible_runs)
 from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
                  image_cell, model_note, no_class_token_note, overlay_cell, page_errors,
                  pruner_label, scale_note, sidebar_summary, untrained_notice)
@@ -90,4 +94,5 @@ __all__ = [
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
     "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
     "widget_default", "widget_follow", "source_chosen", "weight_sources",
-    "PRUNE_PAGE_SHOWN"]
+    "PRUNE_PAGE_SHOWN", "OTHER", "OWN", "SHARED", "current_owner",
+    "owner_sidebar", "run_access", "visibility", "visible_runs"]

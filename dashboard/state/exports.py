@@ -27,6 +27,7 @@ from dashboard.text import md
 from .data import base_model
 from .keys import ModelKey, PruneKey, cache_data, cache_resource
 from .pruning import pruned, pruned_model
+from .ui import public
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -166,6 +167,6 @@ def run_downloads(path: Path, stem: str) -> None:
     try:
         problems = export_problems(_checkpoint_model(str(path), path.stat().st_mtime))
     except (CheckpointError, OSError) as e:
-        st.caption(f"The checkpoint cannot be read: {md(one_line(e))}")
+        st.caption(f"The checkpoint cannot be read: {md(public(one_line(e)))}")
         return
     download_buttons(problems, functools.partial(_checkpoint_bytes, path), stem, "runs_dl")

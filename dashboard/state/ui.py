@@ -53,15 +53,22 @@ def _reason(e: BaseException) -> str:
     return public(msg)
 
 
+RUN_STORE = "[run store]"  # what messages say instead of the run store's folder
+
+
 def public(message: str) -> str:
     """``message`` without the server's paths: a data root becomes its name (as the folder
-    choices show it: ``data/flowers``), a session's upload its file name (the temporary
-    folder holds the session's private token)."""
+    choices show it: ``data/flowers``), the run store's folder :data:`RUN_STORE`, a session's
+    upload its file name (the temporary folder holds the session's private token)."""
     from core.data.roots import data_roots
+    from core.runs import default_root
 
-    for root in sorted(data_roots(), key=lambda r: len(str(r)), reverse=True):
-        if len(root.parts) > 1:
-            message = message.replace(str(root), root.name)
+    runs = default_root()
+    names = {str(root): root.name for root in data_roots() if len(root.parts) > 1}
+    names.update({str(r): RUN_STORE for r in (runs, runs.absolute(), runs.resolve())
+                  if len(r.parts) > 1})
+    for path in sorted(names, key=len, reverse=True):
+        message = message.replace(path, names[path])
     return UPLOAD_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
 
 
