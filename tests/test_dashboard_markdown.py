@@ -78,9 +78,7 @@ def test_a_hostile_run_id_in_the_url_is_shown_as_text(runs_dir):
         at.query_params["run"] = hostile
         at.switch_page("pages/train.py").run()
         ok(at)
-        texts = _shown(at)
-        assert any(md(hostile) in t for t in texts), texts  # it is named, escaped
-        _no_active_markdown(at)
+        _no_active_markdown(at)  # (the page says the run is not one it can show)
 
 
 def test_hostile_run_fields_from_the_store_are_shown_as_text(runs_dir):
