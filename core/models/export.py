@@ -17,6 +17,7 @@ output ``logits`` (B, num_classes).
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -105,7 +106,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 def save_hf(model: nn.Module, folder: str | Path) -> Path:
     """Write ``model`` as a transformers ``save_pretrained`` folder; returns the folder."""
-    from safetensors.torch import save_file
 
     if get_adapter(model).family != "vit":
         raise CheckpointError(f"transformers has no {get_adapter(model).family} model; save with "
@@ -120,7 +120,20 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
     sd = _plain_state_dict(model)
     hf_sd = {k: v.clone() for k, v in to_hf_state_dict(sd, config, arch).items()}
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_hf(folder, hf_sd, hf_config, config)
+    except BaseException:
+        if created:  # a full disk, say: leave no half-written folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_hf(folder: Path, hf_sd: dict, hf_config: dict, config: ViTConfig) -> None:
+    from safetensors.torch import save_file
+
     H, W = config.img_size
     processor = "DeiTImageProcessor" if config.distilled else "ViTImageProcessor"
     pre = {"image_processor_type": processor, "do_resize": True,
@@ -137,7 +150,6 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
     _write_json(folder / "config.json", hf_config)
     _write_json(folder / "preprocessor_config.json", pre)
-    return folder
 
 
 def save_onnx(model: nn.Module, path: str | Path, opset: int = ONNX_OPSET) -> Path:
