@@ -13,6 +13,7 @@ import resource
 import subprocess
 import sys
 import threading
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from core.data import calibration_batch, load_dataset
 from core.models import CheckpointError, build_model, load_model, save_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -120,6 +122,23 @@ def test_the_cli_sweep_on_the_issues_file_is_one_line_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def test_the_cli_refuses_a_dataset_over_the_budget_for_a_legitimate_model(tmp_path):
+    """A model within every bound, on a machine whose operator set a small data budget: the
+    shapes dataset at its size (7200 images of 64×64, 118 MB) is refused before it is made."""
+    model = build_model("vit-tiny", 6, img_size=64, patch_size=16, embed_dim=8, num_heads=2,
+                        depth=1)
+    path = save_model(model, tmp_path / "m64.safetensors")
+    rc, stderr, _ = run_cli(["sweep", "--model", str(path), "--out", str(tmp_path / "out"),
+                             "--no-progress", "--criteria", "magnitude", "--sparsities", "0.5",
+                             "--val", "8", "--calib", "8", "--no-attention",
+                             "--grid-image", "-1"], tmp_path, {"PRUNELENS_DATA_MB": "16"})
+    assert rc == 2 and "Traceback" not in stderr, stderr
+    (line,) = [ln for ln in stderr.splitlines() if ln.strip()]
+    for part in ("shapes dataset", "7200 images of 64x64", "16 MB data budget",
+                 "PRUNELENS_DATA_MB", "num_train"):
+        assert part in line, (part, line)
+
+
 def test_the_dashboard_refuses_the_issues_upload_in_one_line(runs_dir, tmp_path, monkeypatch):
     from test_dashboard import errors, make_app, ok
 
@@ -211,3 +230,57 @@ def test_folder_configs_are_bounded_before_any_weight_is_read(tmp_path, monkeypa
     with pytest.raises(CheckpointError) as caught:
         load_model(folder)
     one_line(caught.value, "config.json", *parts)
+
+
+# ---------------------------------------------------------------------------- the data budget
+
+def test_a_generated_dataset_over_the_budget_is_refused_before_generating(monkeypatch):
+    monkeypatch.setenv("PRUNELENS_DATA_MB", "8")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError) as caught:  # DataBudgetError
+            load_dataset("shapes", 256, num_train=100, num_val=20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert type(caught.value).__name__ == "DataBudgetError"
+    one_line(caught.value, "120 images of 256x256", "30 MB", "8 MB data budget",
+             "PRUNELENS_DATA_MB", "num_train", "32 fit")
+    assert peak < 2 * 2**20, f"{peak / 2**20:.1f} MB traced"  # the images would be 30 MB
+    train, _ = load_dataset("shapes", 256, num_train=24, num_val=6)  # 30 images: 7.5 MB fit
+    assert len(train) == 24
+
+
+def test_calibration_batches_and_lazy_images_are_bounded_too(monkeypatch):
+    monkeypatch.setenv("PRUNELENS_DATA_MB", "8")
+    train, _ = load_dataset("digits", 256)  # lazy: one image (0.75 MB) at a time
+    with pytest.raises(ValueError) as caught:
+        calibration_batch(train, 64)  # 64 × 0.75 MB as float32
+    one_line(caught.value, "calibration batch", "64 images of 256x256", "8 MB data budget",
+             "10 fit", "fewer calibration images")
+    images, _ = calibration_batch(train, 8)
+    assert images.shape == (8, 3, 256, 256)
+    with pytest.raises(ValueError) as caught:
+        load_dataset("digits", 1024)  # one image alone is 12 MB
+    one_line(caught.value, "digits dataset", "1 image of 1024x1024", "smaller image size")
+
+
+def test_the_sweeps_stacked_validation_images_are_bounded(monkeypatch):
+    from core.study import Measure
+
+    monkeypatch.setenv("PRUNELENS_DATA_MB", "8")
+    _, val = load_dataset("digits", 256)
+    model = build_model("vit-tiny", 10, img_size=256, patch_size=32, embed_dim=8, num_heads=2,
+                        depth=1)
+    with pytest.raises(ValueError) as caught:
+        Measure(model, torch.utils.data.Subset(val, range(64)), attention=False)
+    one_line(caught.value, "validation images", "64 images", "--val")
+
+
+@pytest.mark.parametrize("text, mb", [("", 2048), ("64", 64), ("0.5", 0.5), ("abc", 2048),
+                                      ("-5", 2048), ("0", 2048), ("inf", 2048), ("nan", 2048)])
+def test_the_operator_sets_the_budget_and_nonsense_reads_as_the_default(monkeypatch, text, mb):
+    from core.data.common import data_budget_bytes
+
+    monkeypatch.setenv("PRUNELENS_DATA_MB", text)
+    assert data_budget_bytes() == int(mb * 2**20)
