@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from . import attention as attn
 from . import boot
 from .data import calibration_batch
+from .data.common import check_data_budget, image_size_of
 from .models import (DEFAULT_LAYOUT, TokenLayout, approx_macs, count_macs, get_adapter,
                      token_layout)
 from .pruning import (Pruner, PruneResult, apply_masks, compute_masks, get_pruner,
@@ -693,12 +694,15 @@ class Measure:
     """Accuracy, loss, macro-F1 and the attention rows of the sweep's validation images in
     one forward per chunk (``evaluate`` and :func:`attention_rows` would take two).
 
-    The images are stacked once, (n, C, H, W); chunks are sized so one chunk's attention
+    The images are stacked once, (n, C, H, W), within the data budget
+    (:func:`~core.data.common.check_data_budget`); chunks are sized so one chunk's attention
     maps (blocks × B × H × N × N float32) stay under ``attn_bytes``. Metrics are computed as
     ``core.train.evaluate`` does (summed float64 cross-entropy, confusion → macro-F1)."""
 
     def __init__(self, base: nn.Module, val: Dataset, batch_size: int = 256,
                  attention: bool = True, attn_bytes: int = 256 * 2**20):
+        check_data_budget(len(val), image_size_of(val), "validation images",
+                          "evaluate fewer (val_samples, --val)")
         self.x = torch.stack([val[i][0] for i in range(len(val))])
         self.y = torch.tensor([int(val[i][1]) for i in range(len(val))])
         self.attention = attention

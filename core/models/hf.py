@@ -31,7 +31,8 @@ import torch
 from torch import Tensor
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_json, read_weights
-from .config_checks import (MAX_DEPTH, json_bool, json_dict, json_int, json_number, json_size,
+from .config_checks import (MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_HEADS, check_block,
+                            check_tokens, json_bool, json_dict, json_int, json_number, json_size,
                             json_stats, shown, stray_errors)
 from .vit import BlockConfig, VisionTransformer, ViTConfig, state_dict_mismatch
 
@@ -206,10 +207,12 @@ def hf_config_fields(cfg: dict, where: str = "config.json") -> dict:
         f: dict = {
             "embed_dim": json_int(where, "hidden_size", need("hidden_size")),
             "depth": json_int(where, "num_hidden_layers", need("num_hidden_layers"), 1,
-                              MAX_DEPTH),
-            "heads": json_int(where, "num_attention_heads", need("num_attention_heads")),
+                              MAX_DEPTH, "depth"),
+            "heads": json_int(where, "num_attention_heads", need("num_attention_heads"), 1,
+                              MAX_HEADS, "heads"),
             "mlp_hidden": json_int(where, "intermediate_size", need("intermediate_size")),
-            "in_chans": json_int(where, "num_channels", cfg.get("num_channels", 3), 1, 64),
+            "in_chans": json_int(where, "num_channels", cfg.get("num_channels", 3), 1,
+                                 MAX_CHANNELS, "channels"),
             "img_size": json_size(where, "image_size", need("image_size", 224)),
             "patch": json_size(where, "patch_size", need("patch_size", 16)),
             "qkv_bias": json_bool(where, "qkv_bias", cfg.get("qkv_bias", True)),
@@ -222,12 +225,18 @@ def hf_config_fields(cfg: dict, where: str = "config.json") -> dict:
         ph, pw = f["patch"]
         if ph != pw:
             raise ValueError(f"{where}: non-square patches {ph}x{pw} are not supported")
+        # cls (+ distillation) token and the patches: what one image makes, before any read
+        tokens = 2 + check_tokens(where, f["img_size"], ph)
+        check_block(where, "each layer", tokens, f["heads"], 3 * f["embed_dim"],
+                    f["mlp_hidden"])
         labels = cfg.get("id2label")
         if labels:
             labels = json_dict(where, "id2label", labels)
-            f["num_classes"] = json_int(where, "id2label (number of labels)", len(labels), 2)
+            f["num_classes"] = json_int(where, "id2label (number of labels)", len(labels), 2,
+                                        MAX_CLASSES, "classes")
         else:
-            f["num_classes"] = json_int(where, "num_labels", cfg.get("num_labels", 2), 2)
+            f["num_classes"] = json_int(where, "num_labels", cfg.get("num_labels", 2), 2,
+                                        MAX_CLASSES, "classes")
         f["pruned"] = _pruned_heads(cfg, f["depth"], f["heads"], where)
     except ValueError as e:
         raise _error(str(e)) from None

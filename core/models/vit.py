@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config_checks import (MAX_DEPTH, check_image, check_input, check_int, check_scale,
+from .config_checks import (MAX_CLASSES, MAX_DEPTH, MAX_HEADS, MAX_REGISTERS, MAX_WIDTH,
+                            check_block, check_image, check_input, check_int, check_scale,
                             check_stats, image_size)
 
 
@@ -43,8 +44,9 @@ class BlockConfig:
     scale: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_heads", "qk_dim", "v_dim", "mlp_hidden"):
-            check_int("BlockConfig", name, getattr(self, name))
+        check_int("BlockConfig", "num_heads", self.num_heads, 1, MAX_HEADS, "heads")
+        for name in ("qk_dim", "v_dim", "mlp_hidden"):
+            check_int("BlockConfig", name, getattr(self, name), 1, MAX_WIDTH, "width")
         check_scale("BlockConfig", self.scale)
 
 
@@ -75,9 +77,9 @@ class ViTConfig:
     dynamic_img_size: bool = False     # other input sizes: pos_embed resized per forward
 
     def __post_init__(self) -> None:
-        check_image("ViTConfig", self.img_size, self.patch_size, self.in_chans)
-        check_int("ViTConfig", "num_classes", self.num_classes, 2)
-        check_int("ViTConfig", "embed_dim", self.embed_dim)
+        patches = check_image("ViTConfig", self.img_size, self.patch_size, self.in_chans)
+        check_int("ViTConfig", "num_classes", self.num_classes, 2, MAX_CLASSES, "classes")
+        check_int("ViTConfig", "embed_dim", self.embed_dim, 1, MAX_WIDTH, "width")
         if not isinstance(self.blocks, tuple) or len(self.blocks) > MAX_DEPTH or not all(
                 isinstance(b, BlockConfig) for b in self.blocks):
             raise ValueError(f"ViTConfig.blocks must be a tuple of at most {MAX_DEPTH} "
@@ -87,7 +89,8 @@ class ViTConfig:
                              f"{self.norm_eps!r}")
         check_stats("ViTConfig", "mean", self.mean, self.in_chans, positive=False)
         check_stats("ViTConfig", "std", self.std, self.in_chans, positive=True)
-        check_int("ViTConfig", "num_reg_tokens", self.num_reg_tokens, 0, 64)
+        check_int("ViTConfig", "num_reg_tokens", self.num_reg_tokens, 0, MAX_REGISTERS,
+                  "registers")
         for flag in ("class_token", "distilled", "dist_head", "no_embed_class",
                      "dynamic_img_size", "qkv_bias"):
             if not isinstance(getattr(self, flag), bool):
@@ -101,6 +104,9 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.init_values must be None or a finite number, got "
                              f"{self.init_values!r}")
         self.check()
+        for i, b in enumerate(self.blocks):
+            check_block("ViTConfig", f"block {i}", patches + self.num_prefix_tokens,
+                        b.num_heads, b.num_heads * (2 * b.qk_dim + b.v_dim), b.mlp_hidden)
 
     @property
     def depth(self) -> int:
@@ -387,6 +393,7 @@ class VisionTransformer(nn.Module):
         if size[0] % p or size[1] % p:
             raise ValueError(f"image size {size[0]}x{size[1]} is not divisible by the patch "
                              f"size {p}")
+        config = replace(self.config, img_size=size)  # bounds checked before resampling
         new_grid = (size[0] // p, size[1] // p)
         if new_grid != self.grid_size:
             self._warn_resize(new_grid)
@@ -394,7 +401,7 @@ class VisionTransformer(nn.Module):
             with torch.no_grad():
                 pos = resample_pos_embed(self.pos_embed, new_grid, self.grid_size, prefix)
             self.pos_embed = nn.Parameter(pos)
-        self.config = replace(self.config, img_size=size)
+        self.config = config
         self.patch_embed.img_size, self.patch_embed.grid_size = size, new_grid
         self.patch_embed.num_patches = new_grid[0] * new_grid[1]
 
