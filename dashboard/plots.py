@@ -15,15 +15,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.charts import PALETTE, colour  # noqa: F401  (one palette: screen and files)
 from dashboard.text import plain
 
 FONT = dict(family="Source Sans Pro, sans-serif", size=13)
-PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6",
-           "#9D755D", "#BAB0AC", "#EECA3B")
-
-
-def colour(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
 
 
 def _png_uri(rgb: np.ndarray) -> str:

@@ -1,8 +1,8 @@
 """Attention: SNP's Fig. 3 grid (criteria × pruning ratios over one image) and per-head maps."""
-import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import charts
 from dashboard import plots, state
 from dashboard.text import md, plain
 
@@ -82,8 +82,7 @@ with state.page_errors():
         "Pruning and capturing attention")
     for crit, msg in grid.errors.items():
         st.error(f"{md(crit)}: {md(msg)}", icon=":material/error:")
-    cols = ["dense" if r == 0 else f"{r:.0%}" for r in state.RATIOS]
-    captions = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in grid.similarity]
+    cols, captions = charts.grid_labels(criteria, state.RATIOS, grid.similarity)
     hover = [[f"{c} at {col}: cosine similarity to dense {cap or 'n/a'}"
               for col, cap in zip(cols, caps)] for c, caps in zip(criteria, captions)]
     what = (f"block {view.layer + 1}, " + ("mean of heads" if view.head is None
