@@ -255,5 +255,5 @@ def test_evaluation_in_threads_equals_one_thread_and_can_be_cancelled(model, dat
     slow = Slow(p.model(model)).eval()
     with pytest.raises(study.Cancelled):
         with study.cancellable(event):
-            study._counts_in_threads(slow, [(x[:8], y[:8])] * 12, torch.device("cpu"), 2)
+            study.counts_in_threads(slow, [(x[:8], y[:8])] * 12, torch.device("cpu"), 2)
     assert started.is_set() and slow.calls <= 3  # each thread stops at its next forward
