@@ -44,7 +44,8 @@ import importlib
 _MODULES: dict[str, tuple[str, ...]] = {
     "criteria": ("CriterionInfo", "criterion_info", "make_pruner", "seed_free"),
     "calibrate": ("calibration", "val_subset"),
-    "evaluation": ("counts_in_threads", "metrics_from_counts"),
+    "evaluation": ("counts_in_threads", "eval_counts", "eval_metrics", "evaluate", "macro_f1",
+                   "metrics_from_counts", "resolve_device"),
     "points": ("SCOPES", "Pruned", "Scores", "evaluate_counts", "evaluate_pruned",
                "forward_model", "masked_into", "prune_at", "prune_many", "score"),
     "costs": ("DenseCost", "activation_bytes", "cost", "dense_cost"),
@@ -65,7 +66,7 @@ __all__ = [name for names in _MODULES.values() for name in names]
 
 # names study.py had from its imports, which tests patch on this package (to assert the
 # dashboard computes nothing again); not part of the API
-_IMPORTED = {"compute_masks": "points", "count_macs": "costs", "evaluate": "evaluation"}
+_IMPORTED = {"compute_masks": "points", "count_macs": "costs"}
 
 _HOME = {**{name: module for module, names in _MODULES.items() for name in names},
          **_IMPORTED}

@@ -35,6 +35,7 @@ from .calibrate import calibration, val_subset
 from .cancel import Cancelled, cancellable
 from .costs import cost, dense_cost
 from .criteria import criterion_info, seed_free
+from .evaluation import eval_counts, eval_metrics
 from .points import SCOPES, Pruned, forward_model, prune_at, prune_many, score
 from .views import mean_cosine
 
@@ -57,8 +58,9 @@ class Measure:
     one forward per chunk (``evaluate`` and :func:`attention_rows` would take two).
 
     The images are stacked once, (n, C, H, W); chunks are sized so one chunk's attention
-    maps (blocks × B × H × N × N float32) stay under ``attn_bytes``. Metrics are computed as
-    ``core.train.evaluate`` does (summed float64 cross-entropy, confusion → macro-F1)."""
+    maps (blocks × B × H × N × N float32) stay under ``attn_bytes``. The counts are the one
+    evaluator's (:func:`~core.study.evaluation.eval_counts`), the attention recorded in the
+    same forward."""
 
     def __init__(self, base: nn.Module, val: Dataset, batch_size: int = 256,
                  attention: bool = True, attn_bytes: int = 256 * 2**20):
@@ -77,36 +79,25 @@ class Measure:
                                                  np.ndarray | None]:
         """``({"accuracy", "loss", "macro_f1"}, cls rows (n, N-1), rollout rows (n, N-1))``
         of ``net`` (rows None without attention)."""
-        from ..train import macro_f1
+        cls_rows, roll_rows = [], []
 
+        def forward(x: Tensor) -> Tensor:  # the logits; the chunk's attention rows kept aside
+            with attn.record_attention(net) as maps:
+                logits = net(x)
+            layout = token_layout(net)
+            cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
+            roll_rows.append(attn.rollout_row(maps, layout).float().numpy())
+            return logits
+
+        chunks = ((self.x[i:i + self.chunk], self.y[i:i + self.chunk])
+                  for i in range(0, len(self.x), self.chunk))
         was_training = net.training
         net.eval()
-        loss = torch.zeros((), dtype=torch.float64)
-        conf = None
-        cls_rows, roll_rows = [], []
         try:
-            for i in range(0, len(self.x), self.chunk):
-                x, y = self.x[i:i + self.chunk], self.y[i:i + self.chunk]
-                if self.attention:
-                    with attn.record_attention(net) as maps:
-                        logits = net(x)
-                    layout = token_layout(net)
-                    cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
-                    roll_rows.append(attn.rollout_row(maps, layout).float().numpy())
-                    del maps
-                else:
-                    logits = net(x)
-                C = logits.shape[-1]
-                if conf is None:
-                    conf = torch.zeros(C, C, dtype=torch.int64)
-                loss += torch.nn.functional.cross_entropy(logits.float(), y,
-                                                          reduction="sum").double()
-                conf += torch.bincount(y * C + logits.argmax(-1), minlength=C * C).view(C, C)
+            counts = eval_counts(forward if self.attention else net, chunks, self.x.device)
         finally:
             net.train(was_training)
-        n = len(self.y)
-        ev = {"accuracy": float(conf.diagonal().sum()) / n, "loss": float(loss) / n,
-              "macro_f1": float(macro_f1(conf))}
+        ev = eval_metrics(*counts)
         if not self.attention:
             return ev, None, None
         return ev, np.concatenate(cls_rows), np.concatenate(roll_rows)
