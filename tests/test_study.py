@@ -328,3 +328,48 @@ def test_training_sweeps_and_the_dashboard_share_one_evaluator(model, data, monk
                                     workers=2)
     assert len(calls["threads"]) == -(-len(val_set) // 8)  # one call per batch
     same(several, pruned.model(model))
+
+
+def test_the_package_exports_every_public_name_of_its_modules():
+    """``core.study.__all__`` is exactly the public functions, classes and constants its
+    modules define, each reachable as ``study.X`` and ``from core.study import X``."""
+    import ast
+    from pathlib import Path
+
+    defined = set()
+    for path in Path(study.__file__).parent.glob("[!_]*.py"):  # top-level defs, assignments
+        for node in ast.parse(path.read_text()).body:
+            names = ([node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                     else [t.id for t in getattr(node, "targets", [getattr(node, "target", 0)])
+                           if isinstance(t, ast.Name)])
+            defined |= {n for n in names if not n.startswith("_")}
+    assert sorted(study.__all__) == sorted(defined)
+    for name in study.__all__:  # defined in one of the package's modules, not re-exported
+        assert getattr(getattr(study, name), "__module__", "core.study.").startswith(
+            "core.study."), name
+    ns: dict = {}
+    exec("from core.study import *", ns)
+    assert set(study.__all__) <= set(ns)
+
+
+def test_no_module_imports_a_private_name_of_study_or_train():
+    """core.study's modules and core.train import no one's private names, and nothing in the
+    repository imports theirs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ours = {root / "core" / "train.py", *(root / "core" / "study").glob("*.py")}
+    offenders = []
+    for path in [p for d in ("core", "dashboard", "benchmarks", "tests", "assets")
+                 for p in (root / d).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = node.module or ""
+            theirs = (module.split(".")[-1] in ("study", "train") or ".study." in f".{module}."
+                      or module.startswith("core.study"))
+            for alias in node.names:
+                if alias.name.startswith("_") and (path in ours or theirs):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {alias.name}")
+    assert not offenders, offenders
