@@ -227,3 +227,27 @@ def test_download_names_say_which_model_they_came_from():
     assert model_stem(ModelKey("vit-tiny", "upload", "shapes", 10,
                                upload="/tmp/u/tok/model/abc/../../x/pruned.safetensors")) == (
         "prunelens_pruned")
+
+
+@pytest.mark.parametrize("side", [224, 512, 1024])
+def test_generated_data_for_big_models_fits_the_data_budget(side, monkeypatch):
+    """A 1024-pixel model got 1200 + 300 shapes images, which the data budget refuses with
+    advice a browser user cannot follow: the dashboard asks for what fits."""
+    from core.data import load_dataset
+    from core.data.common import check_data_budget
+    from dashboard.state.data import dataset_options
+    from dashboard.state.keys import DataKey
+
+    if side != 224:  # 224 at the default budget: what smaller models always had
+        monkeypatch.setenv("PRUNELENS_DATA_MB", "512")
+    else:
+        monkeypatch.delenv("PRUNELENS_DATA_MB", raising=False)
+    opts = dataset_options(DataKey("shapes", "", (side, side)))
+    n_train, n_val = opts["num_train"], opts["num_val"]
+    check_data_budget(n_train + n_val, (side, side), "shapes", "", 4)   # generated, uint8
+    check_data_budget(n_val, (side, side), "validation images", "")     # stacked as float32
+    if side == 224:
+        assert (n_train, n_val) == (1200, 300)
+    if side == 1024:  # and it really generates (the smallest split only, to keep it cheap)
+        _, val = load_dataset("shapes", side, seed=0, num_train=1, num_val=n_val)
+        assert len(val) == n_val
