@@ -14,8 +14,13 @@ without importing transformers. Their layers map one to one onto timm's names:
     {p}encoder.layer.i.{intermediate, output}.dense  → blocks.i.mlp.{fc1, fc2}
     {p}layernorm → norm;  classifier (or cls_ / distillation_classifier) → head (/ head_dist)
 
-with ``p`` = ``vit.`` or ``deit.``. Heads removed with transformers' ``prune_heads`` (config
-``pruned_heads``) become blocks with fewer heads. The image mean/std come from
+with ``p`` = ``vit.`` or ``deit.``; transformers 5's in-memory names (``{p}layers.i.attention.
+{q,k,v,o}_proj``, ``{p}layers.i.mlp.{fc1,fc2}``, written by ``save_pretrained(...,
+save_original_format=False)``) are read too. Heads removed with transformers 4's ``prune_heads``
+(config ``pruned_heads``) become blocks with fewer heads; transformers 5 ignores that field, and
+so does PruneLens where config.json names transformers 5 as its writer. A ``head_dim``
+(transformers 5: fewer heads of the same size in every layer) sets the head size; without it a
+head is ``hidden_size / num_attention_heads`` wide. The image mean/std come from
 ``preprocessor_config.json`` (transformers' defaults 0.5/0.5 when absent) and are folded so the
 returned model takes images in [0, 1]. A hub id (``org/name``) is looked up in the local cache
 only (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``).
@@ -171,8 +176,22 @@ def preprocessing(folder: Path, channels: int = 3
     return mean, std, pre
 
 
+_VERSION = re.compile(r"^(\d{1,4})\.")
+
+
+def _written_by_transformers_5(cfg: dict) -> bool:
+    """``config.json`` names transformers 5 or later as its writer (absent, as in folders
+    PruneLens and hand-written tools made before, counts as 4)."""
+    version = cfg.get("transformers_version")
+    found = _VERSION.match(version[:20]) if isinstance(version, str) else None
+    return found is not None and int(found.group(1)) >= 5
+
+
 def _pruned_heads(cfg: dict, depth: int, heads: int, where: str) -> dict[int, set[int]]:
-    """transformers' ``pruned_heads`` ({"layer": [head, …]}) checked against the model."""
+    """transformers 4's ``pruned_heads`` ({"layer": [head, …]}) checked against the model;
+    empty for a config written by transformers 5, whose models ignore the field."""
+    if _written_by_transformers_5(cfg):
+        return {}
     raw = json_dict(where, "pruned_heads", cfg.get("pruned_heads"))
     pruned: dict[int, set[int]] = {}
     for key, hs in raw.items():
@@ -219,9 +238,16 @@ def hf_config_fields(cfg: dict, where: str = "config.json") -> dict:
             "norm_eps": json_number(where, "layer_norm_eps", cfg.get("layer_norm_eps", 1e-12),
                                     positive=True, below=1.0),
         }
-        if f["embed_dim"] % f["heads"]:
+        if cfg.get("head_dim") is not None:  # transformers 5: heads × head_dim ≠ width allowed
+            f["head_dim"] = json_int(where, "head_dim", cfg["head_dim"])
+        elif f["embed_dim"] % f["heads"]:
             raise ValueError(f"{where}: hidden_size {f['embed_dim']} is not divisible by "
                              f"num_attention_heads {f['heads']}")
+        else:
+            f["head_dim"] = f["embed_dim"] // f["heads"]
+        if json_dict(where, "per_layer_config", cfg.get("per_layer_config")):
+            raise ValueError(f"{where}: per_layer_config (layers that differ) is not read: "
+                             "transformers' ViT and DeiT build every layer alike")
         ph, pw = f["patch"]
         if ph != pw:
             raise ValueError(f"{where}: non-square patches {ph}x{pw} are not supported")
@@ -247,7 +273,7 @@ def hf_vit_config(cfg: dict, arch: str, mean: tuple[float, ...], std: tuple[floa
                   where: str = "config.json") -> ViTConfig:
     """A transformers ViT/DeiT ``config.json`` as a PruneLens :class:`ViTConfig`."""
     f = hf_config_fields(cfg, where)
-    heads, d = f["heads"], f["embed_dim"] // f["heads"]
+    heads, d = f["heads"], f["head_dim"]
     blocks = tuple(BlockConfig(heads - len(f["pruned"].get(i, ())), d, d, f["mlp_hidden"])
                    for i in range(f["depth"]))
     model_type = HF_ARCHITECTURES[arch][0]
@@ -314,6 +340,28 @@ def from_hf_state_dict(hf: dict[str, Tensor], config: ViTConfig, arch: str) -> d
     return out
 
 
+# transformers 5's in-memory layer names → the ones save_pretrained writes by default
+_V5_NAMES = re.compile(r"^(vit|deit)\.layers\.(\d+)\.(attention\.[qkvo]_proj|mlp\.fc[12]|"
+                       r"layernorm_before|layernorm_after)\.")
+_V5_TO_SAVED = {"attention.q_proj": "attention.attention.query",
+                "attention.k_proj": "attention.attention.key",
+                "attention.v_proj": "attention.attention.value",
+                "attention.o_proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
+                "mlp.fc2": "output.dense", "layernorm_before": "layernorm_before",
+                "layernorm_after": "layernorm_after"}
+
+
+def saved_names(hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights under the names transformers' ``save_pretrained`` writes by default (and
+    transformers 4 kept in memory): a folder saved by transformers 5 with
+    ``save_original_format=False`` is renamed; one that mixes both layouts is left as it is
+    (its keys then do not match, and the error names them)."""
+    if any(".encoder.layer." in k for k in hf) or not any(_V5_NAMES.match(k) for k in hf):
+        return hf
+    return {_V5_NAMES.sub(lambda m: f"{m[1]}.encoder.layer.{m[2]}.{_V5_TO_SAVED[m[3]]}.", k): v
+            for k, v in hf.items()}
+
+
 def _name(folder: Path) -> str:
     """How messages name a model folder: its name, never the server path around it."""
     return Path(folder).name or str(folder)
@@ -336,7 +384,7 @@ def _load_hf_folder(folder: Path, cfg: dict | None) -> VisionTransformer:
     _architecture(cfg, {}, where)  # an unsupported one is refused before any weights are read
     fields = hf_config_fields(cfg, where)  # sizes checked before anything is read or built
     mean, std, _ = preprocessing(folder, fields["in_chans"])
-    weights = read_weights(folder)
+    weights = saved_names(read_weights(folder))
     arch = _architecture(cfg, weights, where)
     try:
         config = hf_vit_config(cfg, arch, mean, std, where=where)

@@ -1,7 +1,7 @@
 """Downloads of a model in the three formats ``core.models.save_model`` writes: PruneLens
 ``.safetensors``, a Hugging Face ``save_pretrained`` folder (zipped) and ONNX.
 
-A format a model cannot be saved in (a neuron-shrunk model has no Hugging Face config) is
+A format a model cannot be saved in (blocks of different shapes have no transformers 5 config) is
 found before any file is written (``hf_layout`` reads the config only) and shown as its reason
 instead of a button. Files are built only when the user clicks (a deferred download), in a
 temporary folder of their own, removed right after, and refused beyond
