@@ -52,6 +52,7 @@ def _grads(leaves: list[nn.Parameter], loss: Tensor, create_graph: bool = False)
 @dataclass(frozen=True)
 class RandomPruner(Pruner):
     needs_data = False
+    seeded = True
     formula = r"s_j \sim \mathcal{U}(0, 1)"
     explanation = (
         "Random pruning keeps a uniformly random subset of the weights. It is the baseline any "
@@ -186,6 +187,10 @@ class GraspPruner(Pruner):
         "increases it). Logits are softened by a temperature of 200 so the gradient does not "
         "vanish at a confident initialisation. Scores are signed, unlike SNIP's.")
 
+    # keeps the graph of its gradient for a second backward (measured on deit-tiny: 2.9× the
+    # forward's module outputs per image, SNIP 0.85×)
+    memory_per_image = 3.0
+
     temperature: float = 200.0
 
     def score(self, model, images=None, labels=None):
@@ -253,6 +258,9 @@ class SynflowPruner(Pruner):
     """
 
     needs_data = False
+    iterative = True
+    schedules_many_sparsities = True
+    rounds = 100
     formula = (r"s_j = \left|\theta_j \frac{\partial R}{\partial \theta_j}\right|,\quad "
                r"R = \mathbb{1}^\top f\!\left(\mathbb{1};\, |\theta|\right),\quad "
                r"\text{iterate: keep } d^{k/n},\ k = 1..n")
@@ -264,7 +272,7 @@ class SynflowPruner(Pruner):
         "score, which protects against layer collapse: whole layers emptied by a global "
         "threshold, after which nothing can flow.")
 
-    iterations: int = 100
+    iterations: int = rounds
     layernorm: str = "keep"
 
     def __post_init__(self) -> None:

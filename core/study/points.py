@@ -130,15 +130,15 @@ def prune_many(model: nn.Module, criterion: str, sparsities: Sequence[float],
                images: Tensor | None = None, labels: Tensor | None = None,
                scope: str = "global", seed: int = 0, scores: Scores | None = None,
                options: Mapping[str, Any] | None = None) -> list[Pruned]:
-    """``[prune_at(model, criterion, s, …) for s in sparsities]``. An iterative criterion
-    whose pruner offers ``prune_many`` (SynFlow: every target's schedule in one batched
+    """``[prune_at(model, criterion, s, …) for s in sparsities]``. A criterion that declares
+    ``schedules_many_sparsities`` (SynFlow: every target's schedule in one batched
     forward/backward per round) runs its targets together; the others re-threshold one
     set of scores."""
     ratios = [round(float(s), 6) for s in sparsities]
     info = criterion_info(criterion)
     pruner = make_pruner(criterion, seed, options)
     todo = sorted({s for s in ratios if s})
-    if not (info.iterative and hasattr(pruner, "prune_many") and len(todo) > 1):
+    if not (info.schedules_many_sparsities and len(todo) > 1):
         if scores is None and todo and not info.iterative:
             scores = score(model, criterion, images, labels, seed, options)
         return [prune_at(model, criterion, s, images, labels, scope, seed, scores, options)

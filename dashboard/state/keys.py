@@ -29,10 +29,8 @@ CELL_PX = 96      # side of one attention-grid cell on screen
 # Activation memory a criterion may use to score its calibration batch (one forward and
 # backward of the whole batch at once): on a 224×224 model 64 images would take 3 GB (SNIP)
 # and 9 GB (GraSP's double backward), so the batch is capped to fit and the page says so.
+# What one image takes is the criterion's declaration (``memory_per_image``).
 SCORE_MB = float(os.environ.get("PRUNELENS_SCORE_MB", 1024))
-# Activation bytes per image relative to the sum of a forward's module outputs; GraSP keeps
-# the graph of its gradient for a second backward (measured on deit-tiny: 0.85× and 2.9×).
-SCORE_MEMORY_FACTOR = {"grasp": 3.0}
 
 # Widget keys of the experiment set up on the Prune page (read by every page).
 K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
@@ -151,11 +149,9 @@ class Setup:
 
     def calib(self, pruner: str) -> int:
         """The calibration batch ``pruner`` scores on: the experiment's, capped so that its
-        activations fit :data:`SCORE_MB` (data-free criteria: the experiment's)."""
-        if not self.image_bytes or not _needs_data(pruner):
-            return self.exp.calib
-        per_image = self.image_bytes * SCORE_MEMORY_FACTOR.get(pruner, 1.0)
-        return max(1, min(self.exp.calib, int(SCORE_MB * 2**20 // per_image)))
+        activations fit :data:`SCORE_MB` (``CriterionInfo.calibration_cap``; data-free
+        criteria: the experiment's)."""
+        return _info(pruner).calibration_cap(self.exp.calib, self.image_bytes, SCORE_MB * 2**20)
 
     def key(self, pruner: str, sparsity: float | None = None) -> PruneKey:
         s = self.exp.sparsity if sparsity is None else sparsity
@@ -164,8 +160,8 @@ class Setup:
 
 
 @functools.lru_cache(maxsize=None)
-def _needs_data(pruner: str) -> bool:
-    return study.criterion_info(pruner).needs_data
+def _info(pruner: str) -> study.CriterionInfo:
+    return study.criterion_info(pruner)
 
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred
