@@ -196,8 +196,13 @@ class TokenMerge(nn.Module):
         size = self.state.size
         if not self.prop_attn or size is None:
             return None
-        p = args[0] * size[:, None, None, :].to(args[0].dtype)
-        return (p / p.sum(dim=-1, keepdim=True), *args[1:])
+        p, w = args[0], size[:, None, None, :].to(args[0].dtype)
+        if p.requires_grad and torch.is_grad_enabled():
+            p = p * w
+            return (p / p.sum(dim=-1, keepdim=True), *args[1:])
+        p.mul_(w)  # a fresh softmax output nothing else holds: in place saves two (B, H, N, N)
+        p.div_(p.sum(dim=-1, keepdim=True))
+        return None
 
     def forward(self, x: Tensor) -> Tensor:
         st = self.state

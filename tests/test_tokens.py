@@ -191,13 +191,14 @@ def test_protected_tokens_are_never_merged():
 
 def test_proportional_attention_adds_log_size_to_the_logits():
     model = vit()
-    for prop in (True, False):
+    for prop, grad in ((True, False), (True, True), (False, False)):  # grad: not in place
         merged = merge_tokens(model, [5, 0], prop_attn=prop)
         x = images(2)
         inputs = []
         handle = merged.blocks[1].norm1.register_forward_hook(lambda m, i, o: inputs.append(o))
-        with torch.no_grad(), record_attention(merged, raw=True) as probs:
+        with torch.set_grad_enabled(grad), record_attention(merged, raw=True) as probs:
             merged(x)
+        assert probs[1].requires_grad == grad
         handle.remove()
         size = last_trace(merged).sizes[1]                         # (B, 11): 5 merged away
         assert size.shape == (2, 12) and (size > 1).any()
