@@ -13,7 +13,9 @@ size, and the residual width (``embed_dim``) is free: a physically pruned model 
 is just another configuration of this class.
 
 The attention computes its softmax explicitly and passes the probabilities through
-``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses.
+``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses. Token merging
+(``core.tokens``) uses three ``nn.Identity`` slots: ``attn.key_point`` (its output is the keys),
+``blocks.i.token_merge`` (between attention and FFN) and ``token_unmerge`` (after ``norm``).
 """
 from __future__ import annotations
 
@@ -313,7 +315,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=config.norm_eps, **dd)
         self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps, **dd) if use_fc_norm else nn.Identity()
         self.head = nn.Linear(D, config.num_classes, **dd)
-        self.token_unmerge = nn.Identity()  # core.tokens: merged tokens back to one per input token
+        self.token_unmerge = nn.Identity()  # core.tokens: merged tokens back to one per input
         self.head_dist = (nn.Linear(D, config.num_classes, **dd)
                           if config.distilled and config.dist_head else None)
         self.register_buffer("pixel_mean", torch.tensor(config.mean, **dd).view(1, -1, 1, 1),
