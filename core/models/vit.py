@@ -13,7 +13,9 @@ size, and the residual width (``embed_dim``) is free: a physically pruned model 
 is just another configuration of this class.
 
 The attention computes its softmax explicitly and passes the probabilities through
-``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses.
+``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses. Token merging
+(``core.tokens``) uses three ``nn.Identity`` slots: ``attn.key_point`` (its output is the keys),
+``blocks.i.token_merge`` (between attention and FFN) and ``token_unmerge`` (after ``norm``).
 """
 from __future__ import annotations
 
@@ -197,6 +199,7 @@ class Attention(nn.Module):
         self.scale = scale if scale is not None else qk_dim ** -0.5
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device)
         self.attn_drop = nn.Dropout(0.0)  # hook point: sees the post-softmax probabilities
+        self.key_point = nn.Identity()    # hook point: its output is the keys (token merging)
         self.proj = nn.Linear(num_heads * v_dim, dim, device=device)
 
     def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -212,6 +215,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = self.split_qkv(x)
+        k = self.key_point(k)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = self.attn_drop(attn.softmax(dim=-1))
         out = (attn @ v).transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim)
@@ -253,6 +257,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, cfg.num_heads, cfg.qk_dim, cfg.v_dim, qkv_bias, cfg.scale, **dd)
         self.ls1 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
         self.drop_path1 = nn.Identity()
+        self.token_merge = nn.Identity()  # core.tokens (ToMe) merges here: (B, N, C) → (B, N', C)
         self.norm2 = nn.LayerNorm(dim, eps=eps, **dd)
         self.mlp = Mlp(dim, cfg.mlp_hidden, **dd)
         self.ls2 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
@@ -260,6 +265,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = self.token_merge(x)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -315,6 +321,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=config.norm_eps, **dd)
         self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps, **dd) if use_fc_norm else nn.Identity()
         self.head = nn.Linear(D, config.num_classes, **dd)
+        self.token_unmerge = nn.Identity()  # core.tokens: merged tokens back to one per input
         self.head_dist = (nn.Linear(D, config.num_classes, **dd)
                           if config.distilled and config.dist_head else None)
         self.register_buffer("pixel_mean", torch.tensor(config.mean, **dd).view(1, -1, 1, 1),
@@ -436,7 +443,7 @@ class VisionTransformer(nn.Module):
         x = self._pos_embed(self.patch_embed(x), (H // p, W // p))
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x)
+        return self.token_unmerge(self.norm(x))
 
     def forward_head(self, x: Tensor) -> Tensor:
         """Tokens (B, P + N, D) → logits (B, num_classes)."""
