@@ -337,3 +337,19 @@ def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
         yaxis2=dict(title="loss (solid: val, dotted: train)", anchor="x2"),
         legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
     return fig
+
+
+def merge_curve(df: pd.DataFrame) -> go.Figure:
+    """Accuracy against the fraction of dense MACs kept, one marker per ToMe ``r`` (labelled).
+
+    df: ``core.study.merge_curve``'s columns (``r``, ``macs_ratio``, ``accuracy``, …)."""
+    fig = go.Figure(go.Scatter(
+        x=df["macs_ratio"], y=df["accuracy"], mode="lines+markers+text",
+        text=[f"r={r}" for r in df["r"]], textposition="top center", line=dict(color=colour(0)),
+        hovertemplate="r=%{text}<br>MACs kept %{x:.1%}<br>accuracy %{y:.1%}<extra></extra>"))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
+                      xaxis=dict(title="MACs kept (merged / dense)", tickformat=".0%",
+                                 autorange="reversed"),
+                      yaxis=dict(title="validation accuracy", tickformat=".0%", range=[0, 1.02]),
+                      showlegend=False)
+    return fig

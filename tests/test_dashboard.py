@@ -648,3 +648,31 @@ def test_weights_radio_offers_only_what_exists_and_agrees_with_the_banner(runs_d
     at.selectbox(key="prune_dataset").set_value("digits").run()
     ok(at)
     assert radio().value == "init"  # the user's own choice of untrained stands
+
+
+def test_token_merging_page_shows_groups_metrics_and_the_curve(runs_dir):
+    from core import study
+
+    at = make_app().run()
+    at.switch_page("pages/tokens.py").run()
+    ok(at)
+    assert not errors(at)
+    m = metrics(at)
+    assert m["MACs kept"] and m["Tokens after the last block"]
+    at.slider(key="tok_r").set_value(0).run()
+    ok(at)
+    assert metrics(at)["MACs kept"] == ["100.0%"]  # r = 0 is the model itself
+    assert metrics(at)["Tokens after the last block"] == ["65"]  # vit-tiny: 64 patches + CLS
+    import base64
+
+    import numpy as np
+
+    def values(v):  # plotly's JSON holds numeric arrays as {"dtype", "bdata"}
+        return (np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+                if isinstance(v, dict) else np.asarray(v))
+
+    curve = figure(at, "tok_chart_curve")["data"][0]
+    x, y = values(curve["x"]), values(curve["y"])
+    assert x[0] == 1.0 and len(x) == len((0, 1, 2, 3, 4, 6, 8, 10, 13, 16))
+    assert ((0 <= y) & (y <= 1)).all() and list(curve["text"][:2]) == ["r=0", "r=1"]
+    assert study.MERGE_COLUMNS  # the CSV's columns are core's

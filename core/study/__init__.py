@@ -31,6 +31,7 @@ One module per concern; every public name is also an attribute of this package
 - ``amap``: AMAP's last step (evaluate, cost, log the run)
 - ``cancel``: stopping a computation within one module's forward
 - ``memory``: bytes a result holds
+- ``merging``: token merging (ToMe) on one image, and accuracy/MACs against r
 
 A module loads on the first use of one of its names (PEP 562 ``__getattr__``), not on
 ``import core.study``: ``core.train`` imports the evaluator, and the pruning registry the other
@@ -60,6 +61,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "amap": ("finish_amap",),
     "cancel": ("Cancelled", "cancellable", "current_event", "hook_installed"),
     "memory": ("nbytes",),
+    "merging": ("MERGE_COLUMNS", "MergeView", "merge_curve", "merge_view"),
 }
 
 __all__ = [name for names in _MODULES.values() for name in names]

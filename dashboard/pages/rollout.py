@@ -23,17 +23,8 @@ with state.page_errors():
     discard = b.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="ro_discard",
                        help="Rollout drops this fraction of the weakest attention links per "
                             "block before multiplying (CLS→CLS is kept).")
-    src = c.radio("Image", ["validation sample", "upload"], key="ro_image_source",
-                  horizontal=True)
-    up, idx = None, 0
-    if src == "upload":
-        up = c.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
-                             key="ro_upload", max_upload_size=state.MAX_IMAGE_MB)
-    else:
-        idx = c.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
-                             len(s.val_set) - 1, value=0, step=1, key="ro_sample")
+    ref = state.image_picker(c, s, "ro")
     target = c.selectbox("Explain class", ["predicted", *s.classes], key="ro_target")
-    ref = state.chosen_image(s, src, up, idx)
     image, label = state.image_tensor(s, ref)
     key = s.key(crit, sparsity / 100)
     tgt = None if target == "predicted" else s.classes.index(target)

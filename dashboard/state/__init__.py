@@ -63,12 +63,13 @@ from .prefetch import request as prefetch_neighbours  # noqa: E402
 from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
 from .folders import dataset_folders, label as folder_label, model_folders  # noqa: E402
 from .exports import pruned_downloads, run_downloads  # noqa: E402
+from .merging import max_r, merge_curve, merge_view, overlay_cells  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
                    start_training)
 from .owners import (OTHER, OWN, SHARED, current_owner, owner_sidebar,  # noqa: E402
                      run_access, visibility, visible_runs)
-from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
-                 image_cell, model_note, no_class_token_note, overlay_cell, page_errors,
+from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work,  # noqa: E402
+                 heat_cell, image_cell, image_picker, model_note, no_class_token_note, overlay_cell, page_errors,
                  pruner_label, scale_note, sidebar_summary, untrained_notice)
 
 __all__ = [
@@ -93,6 +94,7 @@ __all__ = [
     "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary",
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
     "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
-    "widget_default", "widget_follow", "source_chosen", "weight_sources",
+    "widget_default", "widget_follow", "source_chosen", "weight_sources", "merge_curve",
+    "merge_view", "overlay_cells", "max_r", "image_picker",
     "PRUNE_PAGE_SHOWN", "OTHER", "OWN", "SHARED", "current_owner",
     "owner_sidebar", "run_access", "visibility", "visible_runs"]

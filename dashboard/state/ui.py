@@ -19,7 +19,8 @@ from dashboard.text import md
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .data import accept_image_upload, dense_cost
-from .keys import CELL_PX, EXPECTED_ERRORS, Experiment, ImageRef, Setup
+from .keys import (CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES, MAX_IMAGE_MB, Experiment,
+                   ImageRef, Setup)
 from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
@@ -248,6 +249,22 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
     st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
               on_click=set_flag, args=(restart_key,))
     st.stop()
+
+
+def image_picker(where, s: Setup, prefix: str) -> ImageRef:
+    """The image a page explains, chosen in ``where`` (a column): a validation sample by
+    index or an uploaded picture (widget keys ``{prefix}_image_source``, ``{prefix}_upload``,
+    ``{prefix}_sample``)."""
+    src = where.radio("Image", ["validation sample", "upload"], key=f"{prefix}_image_source",
+                      horizontal=True)
+    up, idx = None, 0
+    if src == "upload":
+        up = where.file_uploader("Picture (PNG, JPEG, …)", type=list(IMAGE_SUFFIXES),
+                                 key=f"{prefix}_upload", max_upload_size=MAX_IMAGE_MB)
+    else:
+        idx = where.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
+                                 len(s.val_set) - 1, value=0, step=1, key=f"{prefix}_sample")
+    return chosen_image(s, src, up, idx)
 
 
 def chosen_image(s: Setup, source: str, upload, index: int) -> ImageRef:
