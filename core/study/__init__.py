@@ -45,8 +45,9 @@ import importlib
 _MODULES: dict[str, tuple[str, ...]] = {
     "criteria": ("CriterionInfo", "criterion_info", "make_pruner", "seed_free"),
     "calibrate": ("calibration", "val_subset"),
-    "evaluation": ("counts_in_threads", "eval_counts", "eval_metrics", "evaluate", "macro_f1",
-                   "metrics_from_counts", "resolve_device"),
+    "evaluation": ("DEVICE_ENV", "EVAL_PRECISIONS", "autocast", "counts_in_threads", "eval_counts",
+                   "eval_metrics", "evaluate", "macro_f1", "metrics_from_counts",
+                   "resolve_device", "supports_float64"),
     "points": ("SCOPES", "Pruned", "Scores", "evaluate_counts", "evaluate_pruned",
                "forward_model", "masked_into", "prune_at", "prune_many", "score"),
     "costs": ("DenseCost", "activation_bytes", "cost", "dense_cost"),

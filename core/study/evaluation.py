@@ -9,6 +9,7 @@ accuracy, mean loss and macro-F1.
 """
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import nullcontext
 from typing import Callable, Iterable, Sequence
@@ -23,17 +24,68 @@ from .. import boot
 from .cancel import cancellable, current_event
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA if available, else CPU; anything else as ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+DEVICE_ENV = "PRUNELENS_DEVICE"  # a server's default for "auto" (e.g. cuda:1)
+EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """The ``torch.device`` for ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` (or a
+    ``torch.device``). ``"auto"`` (and None) is ``$PRUNELENS_DEVICE`` when set, else CUDA, else
+    MPS, else the CPU. A device that is not there is a one-line ``ValueError`` naming what is."""
+    if device is None or str(device) == "auto":
+        device = os.environ.get(DEVICE_ENV) or "auto"
+        if device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            if _mps_available():
+                return torch.device("mps")
+            return torch.device("cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"unknown device {str(device)!r}: use auto, cpu, cuda, cuda:N or mps "
+                         f"({_one_line(e)})") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has no CUDA GPU "
+                             f"(torch {torch.__version__}); use --device cpu or auto")
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} "
+                             f"CUDA GPU(s): cuda:0 … cuda:{count - 1}")
+    elif dev.type == "mps" and not _mps_available():
+        raise ValueError(f"device {str(device)!r} asked for, but MPS (Apple GPU) is not "
+                         "available here; use --device cpu or auto")
+    elif dev.type not in ("cpu", "cuda", "mps", "meta"):
+        raise ValueError(f"device {str(device)!r} is not supported: use auto, cpu, cuda, cuda:N "
+                         "or mps")
     return dev
+
+
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def supports_float64(device: torch.device) -> bool:
+    """Whether ``device`` computes in float64 (MPS does not: SynFlow then scores on the CPU)."""
+    return torch.device(device).type != "mps"
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:200]
+
+
+def autocast(precision: str, device: torch.device):
+    """The context evaluating in ``precision``: fp32 (nothing), bf16 or fp16 autocast on
+    ``device`` (fp16 on a CPU runs where torch's CPU autocast supports it). Weights stay
+    float32; logits are cast back to float32 by the evaluator."""
+    if precision not in EVAL_PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(EVAL_PRECISIONS)}, got {precision!r}")
+    if precision == "fp32" or device.type == "meta":
+        return nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def macro_f1(confusion: Tensor) -> Tensor:
@@ -93,7 +145,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256,
-             device: str | torch.device | None = None, num_workers: int = 0) -> dict[str, float]:
+             device: str | torch.device | None = None, num_workers: int = 0,
+             precision: str = "fp32") -> dict[str, float]:
     """Accuracy, mean cross-entropy and macro-F1 of ``model`` on ``dataset``.
 
     Args:
@@ -101,7 +154,8 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256,
             for the call, its previous mode restored after.
         dataset: ``(image, int label)`` pairs.
         device: where to run; None → where the model's parameters are (the model is moved
-            to ``device`` otherwise).
+            to ``device`` otherwise; see :func:`resolve_device`).
+        precision: ``"fp32"``, or ``"bf16"`` / ``"fp16"`` autocast (:func:`autocast`).
 
     Returns:
         ``{"accuracy", "loss", "macro_f1"}`` as floats (macro-F1 as sklearn's, see
@@ -116,7 +170,8 @@ def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256,
     was_training = model.training
     model.eval()
     try:
-        counts = eval_counts(model, loader, dev, None)
+        with autocast(precision, dev):
+            counts = eval_counts(model, loader, dev, None)
     finally:
         model.train(was_training)
     return eval_metrics(*counts)
