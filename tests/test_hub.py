@@ -379,3 +379,80 @@ def test_cli_train_fine_tunes_a_hub_model(tmp_path, hub_mirror, capsys):
     assert "--image-size is for presets" in capsys.readouterr().err
     assert main([*common, "--model", "vit-tiny", "--revision", "v1"]) == 2
     assert "--revision is for hub ids" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- dashboard
+
+def test_dashboard_hub_source_downloads_with_progress_where_allowed(tmp_path, hub_mirror,
+                                                                    monkeypatch, runs_dir):
+    from test_dashboard import errors, make_app, ok, shown
+
+    # AppTest leaves server.address unset (every interface): downloads off, no hub source
+    at = ok(make_app().run())
+    assert "Hugging Face hub" not in at.radio(key="prune_source").options
+    monkeypatch.setenv("PRUNELENS_HUB_DOWNLOADS", "1")
+    _, hf = hf_folder(tmp_path / "src", num_labels=6)  # shapes: 6 classes; 16×16 images
+    hub_mirror.add("org/tiny", tmp_path / "src")
+    session = dict(prune_source="hub", prune_pruners=["magnitude"], prune_val=16,
+                   prune_calib=8)
+    at = ok(make_app(**session, prune_hub_id="org/tiny").run())
+    assert "Hugging Face hub" in at.radio(key="prune_source").options
+    assert not errors(at)
+    assert fetched(hub_mirror) == ["config.json", "model.safetensors"]
+    captions = [shown(c.value) for c in [*at.caption, *at.markdown]]
+    assert any("org/tiny (Hugging Face hub)" in c for c in captions), captions
+    assert not any(str(hub_mirror.cache) in c for c in captions)  # no server path
+    asked = len(hub_mirror.log)
+    at.run()  # a rerun reads the cache: the hub is not asked again
+    ok(at)
+    assert len(hub_mirror.log) == asked
+    for text, message in (("org/missing", "has no model repository of that name"),
+                          ("../../etc/passwd", "is not a Hugging Face hub id"),
+                          ("org/tiny@../x", "is not a revision name")):
+        at.text_input(key="prune_hub_id").set_value(text).run()
+        ok(at)
+        (shown_error,) = errors(at)
+        assert message in shown_error and "\n" not in shown_error
+    # downloads off: the state layer itself refuses (a page may run with the source set
+    # before the radio drops it); what is in the cache still loads, without a request
+    from dashboard.state import folders
+
+    monkeypatch.setenv("PRUNELENS_HUB_DOWNLOADS", "0")
+    asked = len(hub_mirror.log)
+    assert folders.hub_model("org/tiny").parents[1].name == "models--org--tiny"
+    with pytest.raises(CheckpointError, match="downloads are off here") as err:
+        folders.hub_model("org/other")
+    assert str(hub_mirror.cache) not in str(err.value)
+    assert len(hub_mirror.log) == asked
+    at = ok(make_app(**session, prune_hub_id="org/tiny").run())
+    assert "Hugging Face hub" not in at.radio(key="prune_source").options
+
+
+@pytest.mark.parametrize("address, loopback", [
+    ("127.0.0.1", True), ("localhost", True), ("::1", True), ("127.0.1.1", True),
+    ("0.0.0.0", False), ("::", False), ("192.168.1.5", False), (None, False)])
+def test_dashboard_downloads_default_off_beyond_loopback(monkeypatch, address, loopback):
+    from streamlit import config
+
+    from dashboard.state import folders
+
+    monkeypatch.delenv("PRUNELENS_HUB_DOWNLOADS", raising=False)
+    previous = config.get_option("server.address")
+    config.set_option("server.address", address)
+    try:
+        assert folders.listens_on_loopback() is loopback
+        assert folders.downloads_allowed() is loopback
+        assert ("hub" in folders.model_sources()) is loopback
+        for value, allowed in (("1", True), ("0", False), ("maybe", False)):
+            monkeypatch.setenv("PRUNELENS_HUB_DOWNLOADS", value)
+            assert folders.downloads_allowed() is allowed
+    finally:
+        config.set_option("server.address", previous)
+
+
+def test_sweep_command_names_the_revision():
+    from core import report
+
+    line = report.sweep_command("org/m", "shapes", ["magnitude"], [0.5], [0], 8, 4, "global",
+                                revision="v1")
+    assert "--model org/m --revision v1 --data shapes" in line

@@ -334,9 +334,17 @@ def _cause(e: BaseException) -> str:
     while e is not None and e not in seen:
         seen.append(e)
         e = e.__cause__ or e.__context__
+    import http.client
+    import socket
+
     for err in reversed(seen):
         if isinstance(err, ConnectionRefusedError):
             return "connection refused"
+        if isinstance(err, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
+                            http.client.IncompleteRead)):
+            return "the connection was closed"
+        if isinstance(err, socket.gaierror):
+            return "host name not found"
         if isinstance(err, TimeoutError) or "timeout" in type(err).__name__.lower():
             return f"no answer within {TIMEOUT_S:g} s"
     return type(seen[-1]).__name__
