@@ -283,7 +283,7 @@ def _loaded(args: argparse.Namespace, seed: int, data_options: dict) -> tuple:
                         ("--image-size", args.image_size is not None)):
         if given:
             raise ValueError(f"{flag} is for presets; {args.model} is loaded as it is")
-    model = load_spec_model(args.model, args.revision)
+    model = load_spec_model(args.model, args.revision, args.no_progress)
     image_size = tuple(model.input_shape[1:])
     train_set, val_set = load_dataset(args.data, image_size, seed=seed, **data_options)
     if model.num_classes != len(train_set.classes):

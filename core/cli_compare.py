@@ -154,7 +154,7 @@ def _usage_errors():
 
 
 def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = False,
-            init_seed: int = 0, revision: str | None = None):
+            init_seed: int = 0, revision: str | None = None, quiet: bool = False):
     """``(model, train_set, val_set, label)``: the model (shipped checkpoint of a preset on
     ``data`` where one exists, else its seeded initialisation; or what
     :func:`load_spec_model` reads) and the dataset at the model's image size, split with
@@ -182,7 +182,7 @@ def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = Fa
             print(f"note: no shipped checkpoint for {model_spec} on {data}: {label}",
                   file=sys.stderr)
         return model, train_set, val_set, label
-    model = load_spec_model(model_spec, revision)
+    model = load_spec_model(model_spec, revision, quiet)
     train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0, **data_options)
     name = path.name if path.exists() else model_spec
     if model.num_classes != len(train_set.classes):
@@ -191,10 +191,11 @@ def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = Fa
     return model, train_set, val_set, f"{name} ({model.preset or 'saved model'})"
 
 
-def load_spec_model(model_spec: str, revision: str | None = None):
+def load_spec_model(model_spec: str, revision: str | None = None, quiet: bool = False):
     """The model ``--model`` names when it is not a preset: a PruneLens file, a folder (a
     Hugging Face / timm model folder, or one holding a single PruneLens ``.safetensors``) or
-    a hub id (downloaded, with huggingface_hub's progress bars, unless ``HF_HUB_OFFLINE``)."""
+    a hub id (downloaded, with huggingface_hub's progress bars unless ``quiet``, where
+    ``HF_HUB_OFFLINE`` is not set)."""
     from .models import list_models, load_model
     from .models.hf import is_hub_id
 
@@ -210,7 +211,9 @@ def load_spec_model(model_spec: str, revision: str | None = None):
                          ", an existing model file or folder, or a hub id (org/name)")
     if revision is not None and path.exists():
         raise ValueError(f"--revision is for hub ids; {model_spec} is a local path")
-    return load_model(model_spec if not path.exists() else path, revision).eval()
+    progress = (lambda done, total: None) if quiet else None
+    return load_model(model_spec if not path.exists() else path, revision,
+                      progress=progress).eval()
 
 
 def check_criteria(names: Sequence[str]) -> None:
@@ -309,7 +312,8 @@ def _sweep(args: argparse.Namespace) -> int:
     main = rank == 0
     try:
         model, train_set, val_set, label = resolve(args.model, args.data, data_options,
-                                                   args.untrained, args.init_seed, args.revision)
+                                                   args.untrained, args.init_seed, args.revision,
+                                                   args.no_progress)
         n_val = min(args.val, len(val_set))
         val = torch.utils.data.Subset(val_set, list(range(n_val)))
         points = len(study.sweep_points(args.criteria, seeds)[rank::world]) * len(sparsities)
@@ -385,7 +389,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     try:
         check_criteria(args.criteria)
         model, train_set, val_set, _ = resolve(args.model, args.data, dict(args.data_opt),
-                                               args.untrained, args.init_seed, args.revision)
+                                               args.untrained, args.init_seed, args.revision,
+                                               args.no_progress)
         ratios = list(dict.fromkeys(args.ratios))
         fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
                                                ratios, args.image, args.calib, args.scope,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("huggingface_hub")
@@ -106,8 +107,10 @@ def test_hub_id_matches_transformers_and_fetches_only_what_is_read(tmp_path, hub
 
 
 def test_timm_repo_matches_transformers_and_the_timm_folder_reader(tmp_path, hub_mirror):
-    hf = hf_model("DeiTForImageClassificationWithTeacher", layer_norm_eps=1e-6)  # timm's eps
-    sd = hf_to_timm(hf.state_dict(), depth=2)
+    folder, hf = hf_folder(tmp_path / "hf", "DeiTForImageClassificationWithTeacher",
+                           layer_norm_eps=1e-6)  # timm's eps
+    # the file's tensors (the hub's names; transformers 5 renames its modules in memory)
+    sd = hf_to_timm(load_file(folder / "model.safetensors"), depth=2)
     local = timm_folder(tmp_path / "timm", sd, "deit_tiny_distilled_patch4_16", 5, 16,
                         num_heads=4)
     torch.save(sd, local / "pytorch_model.bin")  # timm's hub repos carry both files
@@ -121,10 +124,10 @@ def test_timm_repo_matches_transformers_and_the_timm_folder_reader(tmp_path, hub
 
 
 def test_bin_only_repo_is_read_weights_only(tmp_path, hub_mirror):
-    folder = tmp_path / "src"
-    hf = hf_model("ViTForImageClassification", seed=2)
-    hf.save_pretrained(folder, safe_serialization=False)
-    assert (folder / "pytorch_model.bin").exists()
+    folder, hf = hf_folder(tmp_path / "src", seed=2)
+    # the same tensors as a torch file (transformers 5 no longer writes .bin)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
     hub_mirror.add("org/bin", folder)
     x = images()
     same_logits(load_model("org/bin"), hf_logits(hf, x), x)
@@ -224,8 +227,10 @@ def test_unknown_repo_revision_and_bad_names(tmp_path, hub_mirror):
     asked = len(hub_mirror.log)
     for revision in ("../../etc", "/abs", "a b", "x" * 200):
         fails("is not a revision name", repo="org/m", revision=revision)
-    with pytest.raises(CheckpointError, match="is not a Hugging Face hub id"):
-        download("not-a-hub-id")
+    for repo_id in ("not-a-hub-id", "org/a--b", "org/a..b", "-org/m", "org/m.", "a/b/c",
+                    "org/" + "x" * 97):
+        with pytest.raises(CheckpointError, match="is not a Hugging Face hub id"):
+            download(repo_id)
     with pytest.raises(ValueError, match="revision= is for Hugging Face hub ids"):
         load_model(tmp_path / "src", revision="main")
     assert len(hub_mirror.log) == asked
@@ -319,27 +324,48 @@ def test_a_hub_that_hangs_up_is_asked_once(tmp_path, monkeypatch):
     assert len(accepted) == 1 and accepted[0].startswith(b"GET /api/models/org/m")
 
 
-def test_interrupted_download_resumes_on_the_next_call(tmp_path, hub_mirror):
+def test_interrupted_download_resumes_or_restarts_cleanly(tmp_path, hub_mirror):
+    """The connection drops half-way through the weights: huggingface_hub < 1 gives up (one
+    line; the snapshot holds no weights, the partial file waits beside the blobs) and the next
+    call resumes from what arrived; later versions retry within the call. Either way the file
+    ends up whole and nothing half-written is ever in the snapshot."""
     _, hf = hf_folder(tmp_path / "src")
     sha = hub_mirror.add("org/m", tmp_path / "src")
     weights = (tmp_path / "src" / "model.safetensors").read_bytes()
     hub_mirror.drop_once("org/m", "model.safetensors")
-    fails("the download of model.safetensors of org/m from", repo="org/m")
     repo = hub_mirror.cache / "models--org--m"
-    # nothing half-written where a reader looks: the snapshot has no weights yet
-    assert sorted(p.name for p in (repo / "snapshots" / sha).iterdir()) == ["config.json"]
-    (partial,) = (repo / "blobs").glob("*.incomplete")
-    half = partial.stat().st_size  # what arrived whole (huggingface_hub reads 10 MB chunks)
-    assert half < len(weights)
-    with pytest.raises(CheckpointError, match="the cached org/m has no weights"):
-        download("org/m", allow_download=False)
     x = images()
-    same_logits(load_model("org/m"), hf_logits(hf, x), x)
-    last = [r for r in hub_mirror.log if r.method == "GET" and r.path.endswith("safetensors")]
-    assert last[-1].range == (f"bytes={half}-" if half else None)  # resumed, or restarted
+    try:
+        model = load_model("org/m")
+    except CheckpointError as e:
+        msg = str(e)
+        assert "\n" not in msg and "the download of model.safetensors of org/m from" in msg
+        assert "run the same command again to resume it" in msg
+        assert sorted(p.name for p in (repo / "snapshots" / sha).iterdir()) == ["config.json"]
+        (partial,) = (repo / "blobs").glob("*.incomplete")
+        assert partial.stat().st_size < len(weights)
+        with pytest.raises(CheckpointError, match="the cached org/m has no weights"):
+            download("org/m", allow_download=False)
+        model = load_model("org/m")
+    same_logits(model, hf_logits(hf, x), x)
+    gets = [r for r in hub_mirror.log if r.method == "GET" and r.path.endswith("safetensors")]
+    assert len(gets) == 2  # the dropped one, then one that resumed (Range) or restarted
+    assert gets[1].range is None or gets[1].range.startswith("bytes=")
     blob = (repo / "snapshots" / sha / "model.safetensors").resolve()
     assert hashlib.sha256(blob.read_bytes()).digest() == hashlib.sha256(weights).digest()
     assert not list((repo / "blobs").glob("*.incomplete"))
+
+
+def test_a_link_planted_in_the_cache_is_not_followed_online(tmp_path, hub_mirror):
+    hf_folder(tmp_path / "src")
+    sha = hub_mirror.add("org/m", tmp_path / "src")
+    download("org/m")
+    outside = tmp_path / "outside.safetensors"
+    outside.write_bytes((tmp_path / "src" / "model.safetensors").read_bytes())
+    planted = hub_mirror.cache / "models--org--m" / "snapshots" / sha / "model.safetensors"
+    planted.unlink()
+    planted.symlink_to(outside)  # huggingface_hub returns a commit's cached file as it is
+    fails("the cached 'org/m' has files linking out of its cache folder", repo="org/m")
 
 
 # ---------------------------------------------------------------------------- CLI

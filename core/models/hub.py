@@ -27,8 +27,10 @@ snapshot).
 """
 from __future__ import annotations
 
+import http.client
 import inspect
 import os
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -90,7 +92,13 @@ def max_bytes() -> int:
 
 
 def check_id(repo_id: str, revision: str | None = None) -> None:
-    if not (isinstance(repo_id, str) and is_hub_id(repo_id) and len(repo_id) <= 96):
+    """``repo_id`` must be ``org/name`` as the hub allows it (each part at most 96 of
+    ``[A-Za-z0-9_.-]``, no ``--`` or ``..``, not starting or ending with ``-`` or ``.``) and
+    ``revision`` a branch, tag or commit name; :class:`CheckpointError` otherwise."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if not (is_hub_id(str(repo_id)) and len(parts) == 2 and all(
+            len(p) <= 96 and "--" not in p and ".." not in p and p[0] not in "-." and
+            p[-1] not in "-." for p in parts)):
         raise CheckpointError(f"{str(repo_id)[:100]!r} is not a Hugging Face hub id "
                               "(org/name, e.g. facebook/deit-tiny-patch16-224)")
     if revision is not None and not is_revision(revision):
@@ -132,8 +140,9 @@ def cached(repo_id: str, revision: str | None = None,
     missing = CONFIG if not (snap / CONFIG).is_file() else \
         None if any((snap / w).is_file() for w in WEIGHTS) else "weights"
     if missing:
-        raise CheckpointError(f"the cached {repo_id} has no {missing} (a download stopped "
-                              f"before them; {reason}): download it again with the network on")
+        raise CheckpointError(f"the cached {repo_id} has no {missing} (its download stopped "
+                              f"before them, or its config.json was refused; {reason}): "
+                              "download it again with the network on")
     return snap
 
 
@@ -176,7 +185,9 @@ def _fetch(repo_id: str, revision: str | None, progress, limit: int) -> Path:
             with hub_errors(repo_id, revision, "download", name):
                 hub.hf_hub_download(filename=name, revision=commit, **get)
             report.file_done(files[name])
-    return config.parent
+    # the same checks as a cache read: the snapshot and its files stay inside the repository's
+    # cache folder (a link planted there earlier is not followed out)
+    return hub_snapshot(repo_id, commit)
 
 
 def needed_files(repo_id: str, sizes: dict[str, int | None], limit: int) -> dict[str, int]:
@@ -266,14 +277,13 @@ class _Report:
 
 # ---------------------------------------------------------------------------- errors
 
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """What a refused, reset or timed-out connection raises: requests' errors are OSError
-    (huggingface_hub < 1), httpx's are not (1.x)."""
-    try:
-        import httpx
-        return (OSError, httpx.TransportError)
-    except ImportError:
-        return (OSError,)
+def _is_network_error(e: BaseException) -> bool:
+    """A refused, reset or timed-out connection: requests' errors are OSError (huggingface_hub
+    < 1); those of httpx / httpx2 and their httpcore (1.x, 2.x) are not, and are told by the
+    package that raises them."""
+    package = type(e).__module__.split(".")[0].rstrip("0123456789")
+    return isinstance(e, OSError) or package in ("httpx", "httpcore", "h11", "h2", "urllib3",
+                                                 "requests")
 
 
 @contextmanager
@@ -311,6 +321,8 @@ def hub_errors(repo_id: str, revision: str | None, step: str, filename: str = ""
     except errors.OfflineModeIsEnabled:
         raise CheckpointError(f"huggingface_hub was started offline (HF_HUB_OFFLINE), so "
                               f"{repo_id} cannot be downloaded; use a model in the cache") from None
+    except errors.HFValidationError as e:  # what check_id let through
+        raise CheckpointError(f"{repo_id!r}: {one_line(e, 200)}") from None
     except errors.EntryNotFoundError:
         raise CheckpointError(f"{repo_id}: {filename} is listed but {url} does not serve "
                               "it") from None
@@ -318,7 +330,9 @@ def hub_errors(repo_id: str, revision: str | None, step: str, filename: str = ""
         status = getattr(getattr(e, "response", None), "status_code", "an error")
         raise CheckpointError(f"{url} answered HTTP {status} for {repo_id}"
                               f"{' ' + filename if filename else ''}: {one_line(e, 160)}") from None
-    except _network_errors() as e:
+    except Exception as e:  # noqa: BLE001  (re-raised unless it is the network's)
+        if not _is_network_error(e):
+            raise
         if step == "list":
             raise CheckpointError(f"cannot reach the Hugging Face hub at {url} ({_cause(e)}); "
                                   f"check the network (HF_ENDPOINT, proxy), "
@@ -334,14 +348,12 @@ def _cause(e: BaseException) -> str:
     while e is not None and e not in seen:
         seen.append(e)
         e = e.__cause__ or e.__context__
-    import http.client
-    import socket
-
     for err in reversed(seen):
         if isinstance(err, ConnectionRefusedError):
             return "connection refused"
         if isinstance(err, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError,
-                            http.client.IncompleteRead)):
+                            http.client.IncompleteRead)) or type(err).__name__ in (
+                                "RemoteProtocolError", "ReadError"):  # httpx's words
             return "the connection was closed"
         if isinstance(err, socket.gaierror):
             return "host name not found"
