@@ -1,7 +1,7 @@
 """A tiny Hugging Face hub the tests serve on 127.0.0.1, for the real ``huggingface_hub``
 client (``HF_ENDPOINT``): no test reaches the internet.
 
-It answers what ``hf_hub_download`` and ``HfApi.model_info`` ask (huggingface_hub 0.36 and 1.x):
+It answers what ``hf_hub_download`` and ``HfApi.model_info`` ask (huggingface_hub 0.36 to 2.x):
 
 - ``GET /api/models/{org}/{name}[/revision/{rev}]``: ``id``, ``sha`` and ``siblings``
   (``rfilename``; ``size`` and ``blobId`` with ``?blobs=true``);
