@@ -109,9 +109,10 @@ def sweep_command(model: str, data: str, criteria: Sequence[str],
                   sparsities: Sequence[float], seeds: Sequence[int], val: int, calib: int,
                   scope: str, out: str = "sweep_out",
                   data_options: dict | None = None, untrained: bool = False,
-                  init_seed: int = 0) -> str:
+                  init_seed: int = 0, revision: str | None = None) -> str:
     """The ``python -m core sweep ...`` line that reproduces a sweep (the dashboard shows it)."""
-    args = ["python", "-m", "core", "sweep", "--model", model, "--data", data]
+    args = ["python", "-m", "core", "sweep", "--model", model,
+            *(["--revision", revision] if revision else []), "--data", data]
     for k, v in (data_options or {}).items():
         args += ["--data-opt", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     if untrained:

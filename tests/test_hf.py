@@ -196,14 +196,17 @@ def test_hf5_head_dim_and_in_memory_names(tmp_path):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_hub_id_read_from_the_local_cache_only(tmp_path, monkeypatch):
+def test_hub_id_read_from_the_local_cache_when_offline(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE: the cache only (downloads: test_hub.py)."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(CheckpointError) as err:
         load_model("facebook/deit-tiny-patch16-224")
     msg = str(err.value)
     assert "\n" not in msg and "not in the local Hugging Face cache" in msg
-    assert "huggingface-cli download facebook/deit-tiny-patch16-224" in msg
+    assert "HF_HUB_OFFLINE is set, so nothing is downloaded" in msg
+    assert "hf download facebook/deit-tiny-patch16-224" in msg
     assert str(tmp_path / "hf" / "hub") in msg
     # the cache layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<rev>}
     repo = tmp_path / "hf" / "hub" / "models--org--tiny-vit"
@@ -220,6 +223,7 @@ def test_hub_id_read_from_the_local_cache_only(tmp_path, monkeypatch):
 def test_hub_cache_revisions_and_links_stay_inside_the_cache(tmp_path, monkeypatch):
     """A hostile cache entry cannot make load_model open a folder or file outside it."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     outside = tmp_path / "hf"  # = snapshots/../../.. : a readable model folder lies there
     hf_model("ViTForImageClassification").save_pretrained(outside)

@@ -22,8 +22,9 @@ so does PruneLens where config.json names transformers 5 as its writer. A ``head
 (transformers 5: fewer heads of the same size in every layer) sets the head size; without it a
 head is ``hidden_size / num_attention_heads`` wide. The image mean/std come from
 ``preprocessor_config.json`` (transformers' defaults 0.5/0.5 when absent) and are folded so the
-returned model takes images in [0, 1]. A hub id (``org/name``) is looked up in the local cache
-only (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``).
+returned model takes images in [0, 1]. A hub id (``org/name``) is found in the local cache
+(``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``) here, and
+downloaded into it by :mod:`core.models.hub`.
 """
 from __future__ import annotations
 
@@ -70,14 +71,24 @@ def hub_cache_dir() -> Path:
 
 
 _REVISION = re.compile(r"^[\w.-]{1,128}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
-def hub_snapshot(repo_id: str) -> Path:
-    """The cached snapshot folder of ``repo_id`` (``refs/main``'s revision, else the newest);
-    nothing is downloaded.
+def is_revision(revision: str) -> bool:
+    """A branch, tag or commit name that stays one path inside the cache's ``refs/`` (parts of
+    ``[A-Za-z0-9_.-]`` joined by ``/``, none ``.`` or ``..``, at most 128 characters)."""
+    parts = revision.split("/") if isinstance(revision, str) and len(revision) <= 128 else [""]
+    return all(_REVISION.match(p) and p not in (".", "..") for p in parts)
 
-    The cache is data, not trusted: ``refs/main`` must name a plain revision (no ``/``, not
-    ``.`` or ``..``), the snapshot must resolve to a folder directly inside the repository's
+
+def hub_snapshot(repo_id: str, revision: str | None = None,
+                 reason: str = "nothing is downloaded") -> Path:
+    """The cached snapshot folder of ``repo_id`` at ``revision`` (a commit, or a branch or tag
+    that ``refs/`` names; by default ``refs/main``'s revision, else the newest); nothing is
+    downloaded. ``reason`` says why not, in the message for a repository not in the cache.
+
+    The cache is data, not trusted: a ref must name a plain revision (no ``/``, not ``.`` or
+    ``..``), the snapshot must resolve to a folder directly inside the repository's
     ``snapshots/``, and the files read from it (``config.json``, the weights) must resolve
     inside the repository's cache folder (huggingface_hub links them to ``blobs/``); anything
     else is a one-line :class:`CheckpointError`."""
@@ -89,26 +100,32 @@ def hub_snapshot(repo_id: str) -> Path:
         real = Path(os.path.realpath(snap))
         return real.parent == Path(os.path.realpath(snapshots)) and real.is_dir()
 
-    found = sorted((p for p in snapshots.iterdir() if inside(p)),
-                   key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
-    ref = repo / "refs" / "main"
+    if revision is not None and not is_revision(revision):
+        raise _error(f"{shown(revision)} is not a revision name (a branch, tag or commit)")
+    name = revision or "main"
+    ref = repo / "refs" / name
     chosen = None
-    if ref.is_file() and not ref.is_symlink():
-        revision = ref.read_text(errors="replace")[:200].strip()
-        if not _REVISION.match(revision) or revision in (".", ".."):
-            raise _error(f"the cached {repo_id!r} has a refs/main that is not a revision "
-                         f"({shown(revision)}); delete {repo.name} from the cache and "
+    if revision is not None and _COMMIT.match(revision):
+        chosen = snapshots / revision if inside(snapshots / revision) else None
+    elif ref.is_file() and not ref.is_symlink():
+        commit = ref.read_text(errors="replace")[:200].strip()
+        if not _REVISION.match(commit) or commit in (".", ".."):
+            raise _error(f"the cached {repo_id!r} has a refs/{name} that is not a revision "
+                         f"({shown(commit)}); delete {repo.name} from the cache and "
                          "download it again")
-        if inside(snapshots / revision):
-            chosen = snapshots / revision
-    if chosen is None and found:
-        chosen = found[-1]
+        if inside(snapshots / commit):
+            chosen = snapshots / commit
+    if chosen is None and revision is None and snapshots.is_dir():
+        found = sorted((p for p in snapshots.iterdir() if inside(p)),
+                       key=lambda p: p.stat().st_mtime)
+        chosen = found[-1] if found else None
     if chosen is None:
+        at = f" at revision {revision!r}" if revision is not None else ""
         raise _error(
-            f"{repo_id!r} is not a local path and not in the local Hugging Face cache ({cache}); "
-            f"nothing is downloaded. On a machine with internet run `huggingface-cli download "
-            f"{repo_id}`, then copy its {repo.name} folder into {cache} here (or point HF_HOME "
-            "at a copied cache)")
+            f"{repo_id!r}{at} is not a local path and not in the local Hugging Face cache "
+            f"({cache}); {reason}. On a machine with internet run `hf download {repo_id}"
+            f"{' --revision ' + revision if revision else ''}`, then copy its {repo.name} "
+            f"folder into {cache} here (or point HF_HOME at a copied cache)")
     from core.data.roots import DataPathError, check_files_under_roots
     try:
         check_files_under_roots(chosen, roots=[repo])

@@ -260,11 +260,15 @@ def _architecture(meta: dict[str, str], name: str):
     return adapter, config
 
 
-def load_model(path: str | Path) -> nn.Module:
+def load_model(path: str | Path, revision: str | None = None, *, progress=None,
+               allow_download: bool | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it.
 
-    Also reads a Hugging Face or timm model folder, a Hugging Face hub id from the local cache
-    (:mod:`core.models.hf`) and a bare timm ViT/DeiT state dict (:mod:`core.models.timm_format`).
+    Also reads a Hugging Face or timm model folder, a Hugging Face hub id (``org/name`` that
+    is not a local path; ``revision``: a branch, tag or commit) from the cache or downloaded
+    into it (:mod:`core.models.hub`: ``progress`` and ``allow_download`` go to
+    :func:`~core.models.hub.download`), and a bare timm ViT/DeiT state dict
+    (:mod:`core.models.timm_format`).
     For a PruneLens file the declared architecture is checked against the tensor shapes in the
     file's header before any weight is read or any module allocated, so a forged file costs
     what its size says; every problem is a one-line :class:`CheckpointError` naming the field
@@ -273,12 +277,17 @@ def load_model(path: str | Path) -> nn.Module:
     baked into zeros by :func:`save_model`; a PruneLens file also lists the masked parameters,
     given back as ``model.masked_params``, and ``core.pruning.restore_masks(model)`` puts the
     masks back before training (else the pruned weights would move)."""
-    from .hf import hub_snapshot, is_hub_id
+    from .hf import is_hub_id
     path = Path(path)
+    if not path.exists() and is_hub_id(str(path)):
+        from .hub import download
+        folder = download(str(path), revision, progress=progress, allow_download=allow_download)
+        return load_folder(folder)
+    if revision is not None:
+        raise ValueError(f"revision= is for Hugging Face hub ids; {path.name} is a local "
+                         f"{'folder' if path.is_dir() else 'file'}")
     if path.is_dir():
         return load_folder(path)
-    if not path.exists() and is_hub_id(str(path)):
-        return load_folder(hub_snapshot(str(path)))
     if path.is_file() and (path.suffix.lower() == ".safetensors" or is_safetensors(path)):
         shapes, meta = _header(path)
         if "prunelens_config" in meta:

@@ -58,6 +58,12 @@ with st.sidebar:
                      help="A Hugging Face save_pretrained or timm folder (config.json + "
                           "model.safetensors) inside the server's data folders, or a model in "
                           "its Hugging Face cache.")
+    elif source == "hub":
+        st.text_input("Hugging Face hub id", key=state.K_HUB_ID, persist_state=PERSIST,
+                      placeholder="org/name or org/name@revision", max_chars=200,
+                      help="A ViT or DeiT image classifier on the Hugging Face hub (transformers "
+                           "or timm), e.g. facebook/deit-tiny-patch16-224: downloaded once into "
+                           "the server's Hugging Face cache, with a progress bar.")
     model_note = st.empty()  # what was loaded, once the page has set it up
     st.multiselect("Criteria to compare", state.pruner_names(), format_func=state.pruner_label,
                    key=state.K_PRUNERS, persist_state=PERSIST, max_selections=6)

@@ -37,7 +37,8 @@ boot.configure()  # the server did it already; AppTest and scripts may not have
 boot.apply_torch_threads()
 
 from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  # noqa: E402
-                   K_CALIB, K_DATASET, K_FOLDER, K_MODEL, K_MODEL_FOLDER, K_PRUNERS, K_SCOPE,
+                   K_CALIB, K_DATASET, K_FOLDER, K_HUB_ID, K_MODEL, K_MODEL_FOLDER, K_PRUNERS,
+                   K_SCOPE,
                    K_SEED, K_SOURCE, K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS,
                    SCORE_MB, SOURCES, SPARSITY_OPTIONS, DataKey, Experiment, ImageRef,
                    LoadedModel, ModelKey, PruneKey, Setup)
@@ -61,7 +62,8 @@ from .work import start as start_work, wait as wait_work  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
 from .prefetch import request as prefetch_neighbours  # noqa: E402
 from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
-from .folders import dataset_folders, label as folder_label, model_folders  # noqa: E402
+from .folders import (dataset_folders, label as folder_label, model_folders,  # noqa: E402
+                      model_sources)
 from .exports import pruned_downloads, run_downloads  # noqa: E402
 from .merging import max_r, merge_curve, merge_view, overlay_cells  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
@@ -79,7 +81,8 @@ __all__ = [
     "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
-    "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL",
+    "K_HUB_ID", "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY",
+    "K_VAL",
     "LoadedModel", "MAX_IMAGE_MB", "MAX_MODEL_MB", "METHODS", "ModelKey", "PruneKey", "RATIOS",
     "SOURCES", "Setup", "accept_image_upload", "accept_model_upload", "attention_grid",
     "attention_maps", "attention_row", "base_model", "calibration", "cancel_job",
@@ -87,7 +90,8 @@ __all__ = [
     "default_grid_criteria", "dense_cost", "evaluation", "experiment", "explanations",
     "folder_label", "follow_run", "forward_only", "get_job", "has_checkpoint", "head_maps",
     "heat_cell", "image_cell", "image_tensor", "layer_kept", "mask_layers", "mask_matrix",
-    "model_folders", "model_names", "model_note", "no_class_token_note", "num_blocks",
+    "model_folders", "model_names", "model_sources", "model_note", "no_class_token_note",
+    "num_blocks",
     "num_heads", "overlay_cell", "page_errors", "pending_delete", "pruned", "pruned_downloads",
     "pruned_model", "pruner_info", "pruner_label", "pruner_names", "run_downloads", "run_store",
     "running_jobs", "saliency_table", "score_distribution", "scores", "seed_experiment_widgets",

@@ -185,9 +185,9 @@ def base_model(key: ModelKey) -> LoadedModel:
             load_weights(model, key.upload)
         name = model.preset or key.preset
         return LoadedModel(model.eval(), True, "", f"uploaded checkpoint ({name})")
-    if key.source == "folder":
+    if key.source in ("folder", "hub"):
         model = copy.deepcopy(_folder_model(key.folder))
-        return LoadedModel(model, True, "", f"{folders.label(key.folder)} (model folder)")
+        return LoadedModel(model, True, "", folders.model_label(key.folder))
     note = ""
     trained = False
     if key.source == "checkpoint":
@@ -240,8 +240,9 @@ def setup(exp: Experiment) -> Setup:
         upload = str(uploads.path("model", exp.upload))
         arch = _uploaded_architecture(upload)
         shape = tuple(arch.input_shape) if arch is not None else preset_input_shape(exp.preset)
-    elif exp.source == "folder":
-        folder = str(folders.resolve_model(exp.model_folder))
+    elif exp.source in ("folder", "hub"):
+        folder = str(folders.resolve_model(exp.model_folder) if exp.source == "folder"
+                     else folders.hub_model(exp.hub_id))
         shape = tuple(_folder_model(folder).input_shape)
     else:
         shape = preset_input_shape(exp.preset)

@@ -116,7 +116,7 @@ def _pruned_bytes(key: PruneKey, fmt: str) -> bytes:
 def model_stem(key: ModelKey) -> str:
     """A file-name stem naming the model a download came from: the preset and its dataset,
     the model folder's (or hub repository's) name, or the uploaded file's name."""
-    if key.source == "folder" and key.folder:
+    if key.source in ("folder", "hub") and key.folder:
         name = Path(key.folder).name
         if name and all(c in "0123456789abcdef" for c in name) and len(name) >= 7:
             name = Path(key.folder).parents[1].name.removeprefix("models--")  # hub snapshot

@@ -198,7 +198,7 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
 
 def _model_name(s: Setup) -> str:
     """The preset's name, or what was loaded for an uploaded / server-folder model."""
-    return s.base.label if s.exp.source in ("upload", "folder") else s.exp.preset
+    return s.base.label if s.exp.source in ("upload", "folder", "hub") else s.exp.preset
 
 
 def _train_subset(s: Setup, n: int, seed: int):

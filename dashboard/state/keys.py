@@ -22,7 +22,8 @@ IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
 SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))          # the Fig. 3 columns, 0% … 90%
 SOURCES = {"checkpoint": "shipped checkpoint (trained)", "init": "untrained (pruning at init)",
-           "upload": "uploaded checkpoint", "folder": "model folder on the server"}
+           "upload": "uploaded checkpoint", "folder": "model folder on the server",
+           "hub": "Hugging Face hub"}  # "hub": offered where downloads are on (folders.py)
 DATASET_SEED = 0  # the shipped checkpoints were trained on seed 0's split; keep its val set
 CALIBRATION_POOL = 1024  # shapes training images generated for calibration batches
 CELL_PX = 96      # side of one attention-grid cell on screen
@@ -38,6 +39,7 @@ K_SOURCE_WANTED = "prune_source_wanted"  # what the user last picked on the Weig
 K_FOLDER, K_PRUNERS, K_SPARSITY = "prune_folder", "prune_pruners", "prune_sparsity"
 K_SCOPE, K_CALIB, K_SEED, K_VAL = "prune_scope", "prune_calib", "prune_seed", "prune_val"
 K_MODEL_FOLDER = "prune_model_folder"
+K_HUB_ID = "prune_hub_id"
 K_UPLOAD_DIGEST = "upload_digest"  # not a widget: the accepted upload's sha256
 K_UPLOAD_NAME = "upload_name"
 K_UPLOAD_FILE_ID = "upload_file_id"  # the uploader's id of the accepted file
@@ -64,6 +66,7 @@ class Experiment:
     val_samples: int = 128
     upload: str = ""        # the accepted upload's sha256 (this session's file)
     model_folder: str = ""  # source "folder": what the user chose (checked on use)
+    hub_id: str = ""        # source "hub": org/name[@revision] as typed (checked on use)
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,8 @@ class DataKey:
 @dataclass(frozen=True)
 class ModelKey:
     """A base model. ``upload``: the path of the session's uploaded checkpoint; ``folder``:
-    the resolved model folder (or cached hub snapshot) it is loaded from."""
+    the resolved model folder (or hub snapshot in the Hugging Face cache) it is loaded
+    from."""
 
     preset: str
     source: str

@@ -92,7 +92,8 @@ def sidebar_summary(exp: Experiment) -> None:
         st.header("Setup", divider="gray")
         src = {"checkpoint": "trained" if has_checkpoint(exp.preset, exp.dataset)
                else "untrained: no checkpoint", "init": "untrained",
-               "upload": "uploaded", "folder": "model folder"}.get(exp.source, exp.source)
+               "upload": "uploaded", "folder": "model folder",
+               "hub": "Hugging Face hub"}.get(exp.source, exp.source)
         st.markdown(f"**{md(exp.preset)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
                     f"{md(', '.join(exp.pruners)) or 'no criteria'} · {exp.sparsity:.0%} · "
                     f"{exp.scope} scope · seed {exp.seed}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from .keys import (SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL,
-                   K_MODEL_FOLDER, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY,
+                   K_HUB_ID, K_MODEL_FOLDER, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY,
                    K_SOURCE_WANTED, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL, SOURCES,
                    Experiment)
 
@@ -28,7 +28,8 @@ def experiment() -> Experiment:
         scope=ss.get(K_SCOPE, d.scope),
         calib=int(ss.get(K_CALIB, d.calib)), seed=int(ss.get(K_SEED, d.seed)),
         val_samples=int(ss.get(K_VAL, d.val_samples)), upload=ss.get(K_UPLOAD_DIGEST, ""),
-        model_folder=ss.get(K_MODEL_FOLDER, d.model_folder) or "")
+        model_folder=ss.get(K_MODEL_FOLDER, d.model_folder) or "",
+        hub_id=ss.get(K_HUB_ID, d.hub_id) or "")
 
 
 def widget_default(key: str, value: object) -> None:
@@ -52,7 +53,8 @@ def seed_experiment_widgets() -> None:
     d = Experiment()
     # the folder boxes start empty (None): "" is not one of their options
     for key, value in ((K_MODEL, d.preset), (K_SOURCE, d.source), (K_DATASET, d.dataset),
-                       (K_FOLDER, None), (K_MODEL_FOLDER, None), (K_PRUNERS, list(d.pruners)),
+                       (K_FOLDER, None), (K_MODEL_FOLDER, None), (K_HUB_ID, ""),
+                       (K_PRUNERS, list(d.pruners)),
                        (K_SPARSITY, round(d.sparsity * 100)), (K_SCOPE, d.scope),
                        (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples)):
         widget_default(key, value)
@@ -97,7 +99,10 @@ def weight_sources() -> list[str]:
     wanted = ss.setdefault(K_SOURCE_WANTED, ss.get(K_SOURCE, d.source))
     if ss.get(K_SOURCE, d.source) in ("checkpoint", "init"):
         ss[K_SOURCE] = "checkpoint" if wanted == "checkpoint" and trained else "init"
-    return [s for s in SOURCES if s != "checkpoint" or trained]
+    from .folders import downloads_allowed  # ("hub" only where downloads are on)
+
+    return [s for s in SOURCES if (s != "checkpoint" or trained)
+            and (s != "hub" or downloads_allowed())]
 
 
 def pending_delete() -> tuple[str, ...]:
