@@ -13,10 +13,11 @@ self-contained report. ``python -m core grid`` writes the Fig. 3 figure alone.
 The model (``--model``) is a preset name, loaded from its shipped checkpoint trained on
 ``--data`` where one exists (the dashboard's default; otherwise, or with ``--untrained``, the
 preset at its seeded initialisation), or the path of a model file saved by PruneLens
-(``core.models.load_model``). ``--val N`` is the first N images of the validation split of
-``load_dataset(data, image_size=<the model's>, seed=0)``. ``--seeds K`` runs the calibration
-seeds 0 … K−1 (``--seed-list`` names them instead); a seed draws the calibration batch and
-the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
+(``core.models.load_model``). ``--val N`` is ``core.study.val_subset``: N images of the
+validation split of ``load_dataset(data, image_size=<the model's>, seed=0)``, each class its
+share, drawn at random with seed 0 (the subset the dashboard's pages measure on).
+``--seeds K`` runs the calibration seeds 0 … K−1 (``--seed-list`` names them instead); a seed
+draws the calibration batch and the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
 threshold unless ``--scope layer``.
 
 Under ``torchrun --nproc_per_node=N -m core sweep ...`` the (criterion, seed) points are
@@ -109,7 +110,8 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="SEED",
                        help="these calibration seeds instead of 0 … K-1")
     p.add_argument("--val", type=_positive, default=256,
-                   help="the first N images of the validation split")
+                   help="validation images: a fixed class-stratified random subset of the "
+                        "split (seed 0), the one the dashboard's pages use")
     p.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
     p.add_argument("--no-attention", action="store_true",
                    help="skip the attention fidelity (cls_cosine, rollout_cosine left empty)")
@@ -290,13 +292,12 @@ def _sweep(args: argparse.Namespace) -> int:
         model, train_set, val_set, label = resolve(args.model, args.data, data_options,
                                                    args.untrained, args.init_seed)
         n_val = min(args.val, len(val_set))
-        val = torch.utils.data.Subset(val_set, list(range(n_val)))
         points = len(study.sweep_points(args.criteria, seeds)[rank::world]) * len(sparsities)
         bar = _Bar(points, "sweep" if world == 1 else f"sweep rank {rank}",
                    not args.no_progress)
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            df = study.sweep(model, train_set, val, args.criteria, sparsities,
+            df = study.sweep(model, train_set, val_set, args.criteria, sparsities,
                              calib=args.calib, seeds=seeds, val_samples=n_val,
                              scope=args.scope, attention=not args.no_attention,
                              batch_size=args.batch_size, progress=bar, cancel=cancel,
@@ -335,7 +336,7 @@ def _sweep(args: argparse.Namespace) -> int:
         bar = _Bar(100, "sensitivity", not args.no_progress, "%")
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            sens = study.layer_sensitivity(model, train_set, val, args.criteria,
+            sens = study.layer_sensitivity(model, train_set, val_set, args.criteria,
                                            args.sensitivity or [0.3, 0.6, 0.9],
                                            calib=args.calib, seed=seeds[0], val_samples=n_val,
                                            batch_size=args.batch_size, progress=bar,
@@ -349,7 +350,8 @@ def _sweep(args: argparse.Namespace) -> int:
                                    args.untrained, args.init_seed)
     setup = {"model": label, "dataset": f"{args.data} ({len(train_set)} train / "
                                         f"{len(val_set)} validation images)",
-             "validation images": f"the first {n_val}", "criteria": ", ".join(args.criteria),
+             "validation images": study.val_subset_label(n_val, len(val_set)),
+             "criteria": ", ".join(args.criteria),
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
     for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():

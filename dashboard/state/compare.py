@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import streamlit as st
-from torch.utils.data import Subset
 
 from core import report, study
 
@@ -138,15 +137,19 @@ def command(s: Setup, spec: Spec) -> str:
         s.exp.seed if src == "init" else 0) + (" --sensitivity" if spec.sensitivity else "")
 
 
+def job_label(s: Setup, spec: Spec) -> str:
+    """What the page says a comparison measures (the model, its size, the validation images)."""
+    return (f"{s.base.label} · {len(spec.criteria)} criteria × {len(spec.sparsities)} "
+            f"sparsities × {spec.seeds} seed(s) · "
+            f"{study.val_subset_label(spec.val, len(s.val_set))}")
+
+
 def start_sweep(s: Setup, spec: Spec) -> str:
     """Start the comparison in a daemon thread; returns its job id at once."""
     if not spec.criteria:
         raise ValueError("choose at least one criterion")
     job_id = f"cmp{next(_IDS)}-{int(time.time())}"
-    label = (f"{s.base.label} · {len(spec.criteria)} criteria × {len(spec.sparsities)} "
-             f"sparsities × {spec.seeds} seed(s) · first {min(spec.val, len(s.val_set))} "
-             "validation images")
-    job = SweepJob(job_id, spec, label, command(s, spec))
+    job = SweepJob(job_id, spec, job_label(s, spec), command(s, spec))
     with _LOCK:
         reg = _registry()
         done = [k for k, j in reg.items() if j.status != "running"]
@@ -172,10 +175,9 @@ def _work(job: SweepJob, s: Setup) -> None:
     try:
         model = base_model(s.model_key).model  # shared: sweep and fig3 work on copies
         n = min(spec.val, len(s.val_set))
-        val = Subset(s.val_set, list(range(n)))
         seeds = list(range(spec.seeds))
         split = 0.75 if spec.sensitivity else 0.92
-        df = study.sweep(model, s.train_set, val, list(spec.criteria), spec.sparsities,
+        df = study.sweep(model, s.train_set, s.val_set, list(spec.criteria), spec.sparsities,
                          calib=spec.calib, seeds=seeds, val_samples=n, scope=spec.scope,
                          progress=progress(0.0, split), cancel=job.cancel)
         kinds = {c: study.criterion_info(c).kind for c in spec.criteria}
@@ -188,7 +190,7 @@ def _work(job: SweepJob, s: Setup) -> None:
                                           spec.sparsities, 0, spec.calib, spec.scope, 0)
         sens = None
         if spec.sensitivity:
-            sens = study.layer_sensitivity(model, s.train_set, val, list(spec.criteria),
+            sens = study.layer_sensitivity(model, s.train_set, s.val_set, list(spec.criteria),
                                            SENSITIVITY_RATIOS, calib=spec.calib, seed=0,
                                            val_samples=n, progress=progress(split, 0.95),
                                            cancel=job.cancel)
@@ -198,7 +200,8 @@ def _work(job: SweepJob, s: Setup) -> None:
                 return _end(job, "cancelled", "during the layer sensitivity")
         progress(0.95, 1.0)(0.0, "rendering the figures and the report")
         setup = {"model": s.base.label, "dataset": s.exp.dataset,
-                 "validation images": f"the first {n}", "criteria": ", ".join(spec.criteria),
+                 "validation images": study.val_subset_label(n, len(s.val_set)),
+                 "criteria": ", ".join(spec.criteria),
                  "sparsities": ", ".join(f"{x:g}" for x in spec.sparsities),
                  "calibration": f"{spec.calib} images, seeds {seeds}", "scope": spec.scope}
         files = report.comparison_files(df, kinds, setup, job.command, (fig, sim, 0), sens)

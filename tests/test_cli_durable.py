@@ -1,0 +1,165 @@
+"""Issue #21, items 6–8: a sweep that survives ``kill -9`` and resumes to the same numbers,
+output paths checked before any work, every command's ``--model`` read as ``load_model``
+reads it (Hugging Face and timm folders), the dashboard's reproduce command naming the model
+actually used, and one validation subset for the Prune page, Compare and the CLI.
+
+The killed sweeps run in a subprocess whose ``os.replace`` announces each rename of
+``sweep.csv`` on stdout (and can stop right before or after one, waiting on stdin): the test
+reads those lines, so it waits on events, never on time; a timer kills a stuck process.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import Subset
+
+from core import study
+from core.__main__ import main
+from core.data import load_dataset
+from core.models import build_model, load_model, save_model
+from core.study import evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+DATA = ["--data", "shapes", "--data-opt", "num_train=60", "--data-opt", "num_val=30"]
+POINTS = 3 * 4 * 2  # criteria × sparsities × seeds of sweep_args()
+
+# os.replace of sweep.csv announced ("wrote k"); stops before rename k (argv[1]) or after
+# rename k (argv[2]) until a line arrives on stdin (the test kills it meanwhile)
+WRAPPER = r"""
+import os, sys
+before, after = int(sys.argv[1]), int(sys.argv[2])
+real, count = os.replace, [0]
+
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) != "sweep.csv":
+        return real(src, dst, *args, **kwargs)
+    count[0] += 1
+    if count[0] == before:
+        print("before", count[0], flush=True)
+        sys.stdin.readline()
+    real(src, dst, *args, **kwargs)
+    print("wrote", count[0], flush=True)
+    if count[0] == after:
+        sys.stdin.readline()
+
+os.replace = replace
+from core.__main__ import main
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    """vit-tiny shrunk to 8×8 images, 2 blocks of 2 heads, 6 classes (shapes), at its init."""
+    torch.manual_seed(0)
+    model = build_model("vit-tiny", 6, img_size=8, patch_size=4, embed_dim=16, depth=2,
+                        num_heads=2)
+    return save_model(model, tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def sweep_args(model: Path, out: Path, *extra: str) -> list[str]:
+    return ["sweep", "--model", str(model), *DATA, "--criteria", "magnitude", "snip", "random",
+            "--sparsities", "0", "0.3", "0.6", "0.9", "--seeds", "2", "--val", "20",
+            "--calib", "12", "--grid-image", "-1", "--no-progress", "--out", str(out), *extra]
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "core", *args], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=600)
+
+
+def kill_at(args: list[str], before: int = 0, after: int = 0) -> list[str]:
+    """Run the sweep ``args`` under :data:`WRAPPER`, SIGKILL it where it stops; its lines."""
+    proc = subprocess.Popen([sys.executable, "-c", WRAPPER, str(before), str(after), *args],
+                            cwd=ROOT, env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    guard = threading.Timer(600, proc.kill)  # a stuck process ends the read below
+    guard.start()
+    want = f"before {before}" if before else f"wrote {after}"
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if lines[-1] == want:
+                break
+        proc.kill()  # SIGKILL: no handler, no flush, no cleanup
+        err = proc.communicate()[1]
+    finally:
+        guard.cancel()
+    assert want in lines, f"the sweep ended before {want!r}: {lines}\n{err[-3000:]}"
+    return lines
+
+
+@pytest.fixture(scope="module")
+def reference(model_file, tmp_path_factory) -> pd.DataFrame:
+    """The uninterrupted sweep (a subprocess too, so that its threads match)."""
+    out = tmp_path_factory.mktemp("whole")
+    proc = run_cli(sweep_args(model_file, out))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == POINTS
+    return df
+
+
+def by_point(df: pd.DataFrame) -> pd.DataFrame:
+    return df.sort_values(["criterion", "sparsity", "seed"]).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------- item 8
+
+def test_the_validation_subset_is_stratified_seeded_and_fixed():
+    _, val_set = load_dataset("shapes", 8, seed=0, num_train=12, num_val=300)
+    targets = np.asarray(val_set.targets)
+    sub = study.val_subset(val_set, 100)
+    idx = np.asarray(sub.indices)
+    assert len(idx) == 100 and list(idx) == sorted(set(idx))
+    assert list(idx) == list(study.val_subset(val_set, 100).indices)  # fixed
+    share = np.bincount(targets, minlength=6) * 100 / len(targets)
+    got = np.bincount(targets[idx], minlength=6)
+    assert np.all(np.floor(share) <= got) and np.all(got <= np.ceil(share))
+    assert list(idx) != list(range(100))  # not the first 100
+    assert list(study.val_subset(val_set, 10**6).indices) == list(range(300))
+    assert study.val_subset_label(100, 300) == ("100 of the 300 validation images: a "
+                                                "class-stratified random subset (seed 0)")
+    assert study.val_subset_label(500, 300) == "all 300 validation images"
+
+
+def test_prune_and_compare_measure_the_same_validation_images(runs_dir):
+    from dashboard import state
+    from dashboard.state import compare
+    from test_dashboard import make_app, metrics, ok
+
+    n = 128
+    at = ok(make_app(prune_pruners=["magnitude"], prune_val=n, prune_calib=16).run())
+    caption = next(c.value for c in at.caption if "validation images" in c.value)
+    assert "class-stratified random subset (seed 0)" in caption
+    page_card = metrics(at)["Accuracy"][0]  # the dense model's card
+
+    s = state.setup(state.Experiment(pruners=("magnitude",), calib=16, val_samples=n))
+    prune_dense = state.evaluation(s.key("magnitude", 0.0), n)
+    spec = compare.Spec(("magnitude",), (0.0,), 1, n, 16, "global")
+    job = compare.SweepJob("test", spec, "", "")
+    compare._work(job, s)
+    assert job.status == "finished", job.reason
+    compare_dense = job.df.query("sparsity == 0").iloc[0]
+    assert "class-stratified random subset (seed 0)" in compare.job_label(s, spec)
+
+    # independently: the preset's checkpoint on the same images, by their indices
+    model = build_model("vit-tiny", 6, pretrained=True, dataset="shapes")
+    _, val_set = load_dataset("shapes", (32, 32), seed=0, num_train=1024)
+    want = evaluate(model, Subset(val_set, study.val_subset(val_set, n).indices))
+    assert prune_dense["accuracy"] == want["accuracy"] == compare_dense["accuracy"]
+    assert prune_dense["loss"] == pytest.approx(want["loss"], rel=1e-9)
+    assert compare_dense["loss"] == pytest.approx(want["loss"], rel=1e-9)
+    assert page_card == f"{want['accuracy']:.1%}"
