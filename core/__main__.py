@@ -107,10 +107,14 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     p = subparsers.add_parser(
         "train", help="train a model on a dataset and record the run",
-        description="Train a model preset on a dataset; the run, its per-epoch metrics and its "
-                    "last good checkpoint go to the run store.",
+        description="Train a model preset (or a model file, folder or hub id: further) on a "
+                    "dataset; the run, its per-epoch metrics and its last good checkpoint go "
+                    "to the run store.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="vit-tiny", help="model preset (core.models.list_models)")
+    p.add_argument("--model", default="vit-tiny",
+                   help="model preset (core.models.list_models), or what "
+                        "core.models.load_model reads (a PruneLens file, a Hugging Face or "
+                        "timm model folder, a hub id) to train further")
     p.add_argument("--data", default="shapes", help="dataset (core.data.list_datasets)")
     p.add_argument("--data-opt", action="append", type=_data_option, default=[],
                    metavar="KEY=VALUE",
@@ -151,8 +155,10 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
+    from .cli_compare import check_classes, read_model
     from .data import ScanCancelled, load_dataset
     from .models import build_model, save_model
+    from .pruning import restore_masks
     from .runs import RunStoreCallback
     from .train import (TqdmProgress, TrainConfig, init_distributed, resolve_device,
                         seed_everything, train)
@@ -182,17 +188,30 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_options.setdefault("cancel", cancel)
     try:
         seed_everything(config.seed)
+        loaded = read_model(args.model)  # None: a preset, built below
         overrides = {}
-        if args.image_size is not None:
+        if loaded is not None:
+            image_size = tuple(loaded.input_shape[1:])
+            if args.pretrained:
+                raise ValueError(f"--pretrained picks a preset's shipped checkpoint; --model "
+                                 f"{args.model} brings its own weights")
+            if args.image_size is not None and (args.image_size,) * 2 != image_size:
+                raise ValueError(f"--image-size {args.image_size}: --model {args.model} takes "
+                                 f"{image_size[0]}×{image_size[1]} images")
+        elif args.image_size is not None:
             image_size = args.image_size
             overrides["img_size"] = image_size
         else:  # the preset's input size; a 2-class probe is cheap next to training
             image_size = tuple(build_model(args.model, num_classes=2).input_shape[1:])
         train_set, val_set = load_dataset(args.data, image_size, seed=config.seed,
                                           **data_options)
-        seed_everything(config.seed)
-        model = build_model(args.model, num_classes=len(train_set.classes),
-                            pretrained=args.pretrained, dataset=args.data, **overrides)
+        if loaded is not None:
+            check_classes(loaded, train_set, args.model, args.data)
+            model = restore_masks(loaded)  # a pruned file's zeros stay pruned while training
+        else:
+            seed_everything(config.seed)
+            model = build_model(args.model, num_classes=len(train_set.classes),
+                                pretrained=args.pretrained, dataset=args.data, **overrides)
     except ScanCancelled as e:
         restore_signals(previous)
         print(f"cancelled: {e}", file=sys.stderr)

@@ -12,13 +12,14 @@ self-contained report. ``python -m core grid`` writes the Fig. 3 figure alone.
 
 The model (``--model``) is a preset name, loaded from its shipped checkpoint trained on
 ``--data`` where one exists (the dashboard's default; otherwise, or with ``--untrained``, the
-preset at its seeded initialisation), or the path of a model file saved by PruneLens
-(``core.models.load_model``). ``--val N`` is ``core.study.val_subset``: N images of the
-validation split of ``load_dataset(data, image_size=<the model's>, seed=0)``, each class its
-share, drawn at random with seed 0 (the subset the dashboard's pages measure on).
-``--seeds K`` runs the calibration seeds 0 … K−1 (``--seed-list`` names them instead); a seed
-draws the calibration batch and the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
-threshold unless ``--scope layer``.
+preset at its seeded initialisation), or anything ``core.models.load_model`` reads: a
+PruneLens file, a Hugging Face or timm model folder, a Hugging Face hub id (every command
+reads ``--model`` through :func:`read_model`). ``--val N`` is ``core.study.val_subset``: N
+images of the validation split of ``load_dataset(data, image_size=<the model's>, seed=0)``,
+each class its share, drawn at random with seed 0 (the subset the dashboard's pages measure
+on). ``--seeds K`` runs the calibration seeds 0 … K−1 (``--seed-list`` names them instead); a
+seed draws the calibration batch and the random criteria. Sparsity 0 is the dense model.
+Unstructured criteria use one global threshold unless ``--scope layer``.
 
 Under ``torchrun --nproc_per_node=N -m core sweep ...`` the (criterion, seed) points are
 split across the ranks (gloo on CPU) and gathered on rank 0, which writes the files: the CSV
@@ -75,8 +76,9 @@ def _positive(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit-tiny",
-                   help="preset name (its shipped checkpoint on --data where one exists) or "
-                        "the path of a PruneLens model file")
+                   help="preset name (its shipped checkpoint on --data where one exists), or "
+                        "what core.models.load_model reads: a PruneLens file, a Hugging Face "
+                        "or timm model folder, a hub id")
     p.add_argument("--data", default="shapes", help="dataset (core.data.list_datasets)")
     p.add_argument("--data-opt", action="append", type=_data_option, default=[],
                    metavar="KEY=VALUE", help="dataset option, repeatable (e.g. root=/images)")
@@ -150,18 +152,41 @@ def _usage_errors():
             KeyError)
 
 
+def read_model(spec: str):
+    """The one reading of ``--model`` that every command shares: None for a preset name (the
+    command builds it: shipped checkpoint, seeded initialisation, options), else
+    ``core.models.load_model(spec)``, which takes a PruneLens file, a Hugging Face or timm model
+    folder, a bare timm state dict or a Hugging Face hub id; in eval mode."""
+    from .models import list_models, load_model
+    from .models.hf import is_hub_id
+
+    if spec in list_models():
+        return None
+    path = Path(spec).expanduser()
+    if not path.exists() and not is_hub_id(spec):
+        raise ValueError(f"--model {spec!r} is neither a preset ({', '.join(list_models())}) "
+                         "nor a model file or folder, nor a Hugging Face hub id")
+    return load_model(path if path.exists() else spec).eval()
+
+
+def check_classes(model, train_set, spec: str, data: str) -> None:
+    if model.num_classes != len(train_set.classes):
+        raise ValueError(f"--model {spec} has {model.num_classes} outputs but {data} has "
+                         f"{len(train_set.classes)} classes")
+
+
 def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = False,
             init_seed: int = 0):
-    """``(model, train_set, val_set, label)``: the model (shipped checkpoint of a preset on
-    ``data`` where one exists, else its seeded initialisation; or a saved model file) and the
+    """``(model, train_set, val_set, label)``: the model of :func:`read_model` (a preset: its
+    shipped checkpoint on ``data`` where one exists, else its seeded initialisation) and the
     dataset at the model's image size, split with seed 0."""
     import torch
 
     from .data import load_dataset
-    from .models import build_model, list_models, load_model, pretrained_path
+    from .models import build_model, pretrained_path
 
-    path = Path(model_spec).expanduser()
-    if model_spec in list_models():
+    model = read_model(model_spec)
+    if model is None:
         shape = build_model(model_spec, num_classes=2).input_shape
         train_set, val_set = load_dataset(data, tuple(shape[1:]), seed=0, **data_options)
         n = len(train_set.classes)
@@ -176,22 +201,14 @@ def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = Fa
             print(f"note: no shipped checkpoint for {model_spec} on {data}: {label}",
                   file=sys.stderr)
         return model, train_set, val_set, label
-    if path.exists():
-        if path.is_dir():
-            found = sorted(path.glob("*.safetensors"))
-            if len(found) != 1:
-                raise FileNotFoundError(f"{path}: expected one .safetensors model file in the "
-                                        f"folder, found {len(found)}")
-            path = found[0]
-        model = load_model(path).eval()
-        train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0,
-                                          **data_options)
-        if model.num_classes != len(train_set.classes):
-            raise ValueError(f"{path.name} has {model.num_classes} outputs but {data} has "
-                             f"{len(train_set.classes)} classes")
-        return model, train_set, val_set, f"{path.name} ({model.preset or 'saved model'})"
-    raise ValueError(f"--model {model_spec!r} is neither a preset ({', '.join(list_models())}) "
-                     "nor an existing model file")
+    if untrained:
+        raise ValueError(f"--untrained is a preset's initialisation; --model {model_spec} "
+                         "brings its own weights")
+    train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0,
+                                      **data_options)
+    check_classes(model, train_set, model_spec, data)
+    name = Path(model_spec).name or model_spec
+    return model, train_set, val_set, f"{name} ({model.preset or 'saved model'})"
 
 
 def check_criteria(names: Sequence[str]) -> None:

@@ -116,6 +116,101 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["criterion", "sparsity", "seed"]).reset_index(drop=True)
 
 
+# ---------------------------------------------------------------------------- item 7
+
+def _hf_folder(path: Path) -> Path:
+    pytest.importorskip("transformers")
+    from test_hf import hf_model
+
+    hf_model("ViTForImageClassification", num_labels=6).save_pretrained(path)
+    return path
+
+
+def _timm_folder(path: Path) -> Path:
+    from test_hf import random_timm_sd, timm_folder
+
+    return timm_folder(path, random_timm_sd(classes=6), "vit_test_patch4_16", 6, 16,
+                       num_heads=4)
+
+
+@pytest.mark.parametrize("kind", ["hf", "timm"])
+def test_every_command_reads_a_model_folder_as_load_model_does(tmp_path, kind):
+    folder = (_hf_folder if kind == "hf" else _timm_folder)(tmp_path / kind)
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--model", str(folder), *DATA, "--criteria", "magnitude",
+                 "--sparsities", "0", "0.5", "--val", "20", "--calib", "8", "--grid-image",
+                 "-1", "--no-progress", "--out", str(out)]) == 0
+    dense = pd.read_csv(out / "sweep.csv").query("sparsity == 0").iloc[0]
+    _, val_set = load_dataset("shapes", 16, seed=0, num_train=60, num_val=30)
+    want = evaluate(load_model(folder), study.val_subset(val_set, 20))
+    assert dense["accuracy"] == pytest.approx(want["accuracy"])
+    assert dense["loss"] == pytest.approx(want["loss"], rel=1e-6)
+    assert main(["grid", "--model", str(folder), *DATA, "--criteria", "magnitude",
+                 "--ratios", "0", "0.5", "--calib", "8", "--out", str(tmp_path / "grid")]) == 0
+    assert main(["train", "--model", str(folder), *DATA, "--epochs", "1", "--max-steps", "1",
+                 "--batch-size", "8", "--device", "cpu", "--no-progress", "--runs-dir",
+                 str(tmp_path / "runs"), "--out", str(tmp_path / "trained.safetensors")]) == 0
+    assert load_model(tmp_path / "trained.safetensors").num_classes == 6
+
+
+def test_train_refuses_options_a_loaded_model_cannot_take(tmp_path, capsys):
+    folder = _timm_folder(tmp_path / "timm")
+    for extra, message in ((["--pretrained"], "--pretrained"),
+                           (["--image-size", "32"], "--image-size")):
+        line = one_line_error(capsys, ["train", "--model", str(folder), *DATA, "--no-progress",
+                                       "--runs-dir", str(tmp_path / "runs"), *extra], "train")
+        assert message in line
+
+
+def _command_argv(command: str) -> list[str]:
+    lines = [line for line in command.splitlines() if not line.startswith("#")]
+    return shlex.split(" ".join(lines))
+
+
+def test_reproduce_command_names_the_model_actually_used(runs_dir, tmp_path, monkeypatch):
+    from dashboard import state
+    from dashboard.state import compare
+
+    spec = compare.Spec(("magnitude",), (0.0, 0.5), 1, 24, 8, "global")
+    preset = state.setup(state.Experiment(pruners=("magnitude",), calib=8))
+    argv = _command_argv(compare.command(preset, spec))
+    assert argv[argv.index("--model") + 1] == "vit-tiny"
+
+    # a model folder on the server: the command names that folder, and computes its numbers
+    monkeypatch.setenv("PRUNELENS_DATA_ROOTS", str(tmp_path))
+    folder = _hf_folder(tmp_path / "models" / "hf")
+    s = state.setup(state.Experiment(source="folder", model_folder=str(folder),
+                                     pruners=("magnitude",), calib=8))
+    command = compare.command(s, spec)
+    argv = _command_argv(command)
+    assert argv[argv.index("--model") + 1] == str(folder.resolve())
+    assert "--untrained" not in argv
+    out = tmp_path / "cli"
+    argv[argv.index("--out") + 1] = str(out)
+    assert main([*argv[3:], "--grid-image", "-1", "--no-progress"]) == 0
+    dense = pd.read_csv(out / "sweep.csv").query("sparsity == 0").iloc[0]
+    want = evaluate(load_model(folder), study.val_subset(s.val_set, 24))
+    assert dense["loss"] == pytest.approx(want["loss"], rel=1e-6)
+
+    # an upload lives in the session's private folder: the command says to save it first
+    torch.manual_seed(1)
+    up = save_model(build_model("vit-tiny", 6), tmp_path / "uploads" / "ab12" / "mine.safetensors")
+    uploaded = replace(preset, exp=replace(preset.exp, source="upload", upload="ab12"),
+                       model_key=replace(preset.model_key, source="upload", upload=str(up)))
+    command = compare.command(uploaded, spec)
+    assert command.startswith("# ") and "uploaded" in command.splitlines()[0]
+    assert str(up) not in command and str(up.parent) not in command
+    argv = _command_argv(command)
+    assert argv[argv.index("--model") + 1] == "mine.safetensors"
+    weights = tmp_path / "uploads" / "cd34" / "weights.pt"
+    weights.parent.mkdir(parents=True)
+    torch.save(build_model("vit-tiny", 6).state_dict(), weights)
+    bare = replace(uploaded, model_key=replace(uploaded.model_key, upload=str(weights)))
+    command = compare.command(bare, spec)
+    assert "save it" in command.splitlines()[0] and "PruneLens" in command.splitlines()[0]
+    assert str(weights) not in command
+
+
 # ---------------------------------------------------------------------------- item 8
 
 def test_the_validation_subset_is_stratified_seeded_and_fixed():

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -17,6 +18,7 @@ import streamlit as st
 from core import report, study
 
 from .data import base_model, dataset_options
+from .folders import HUB
 from .keys import Setup, cache_resource
 from .work import stop_at_exit
 
@@ -122,18 +124,32 @@ def parse_sparsities(text: str) -> tuple[float, ...]:
 
 
 def command(s: Setup, spec: Spec) -> str:
-    """The ``python -m core sweep`` line computing the same numbers (the dashboard's dataset
-    options and model source included)."""
-    src = s.exp.source
-    model = s.exp.preset
-    if src == "upload":
-        from .data import _upload_path
-        model = str(_upload_path(s.exp.upload))
+    """The ``python -m core sweep`` line computing the same numbers, on the model actually
+    used: the preset (``--untrained`` where it ran at its initialisation), the model folder as
+    loaded (a hub id as its id), or for an upload, which lives in the session's private folder,
+    the file's name after a ``#`` line saying what to pass."""
+    src, key = s.exp.source, s.model_key
+    model, note = s.exp.preset, ""
+    if src == "folder":
+        hub = s.exp.model_folder.strip()
+        model = hub[len(HUB):] if hub.startswith(HUB) else key.folder
+    elif src == "upload":
+        from .data import _uploaded_architecture
+
+        model = Path(key.upload).name
+        if _uploaded_architecture(key.upload) is not None:
+            note = f"# the model was uploaded ({model}): give your copy of that file to --model\n"
+        else:
+            model = "MODEL.safetensors"
+            note = (f"# the model was uploaded ({Path(key.upload).name}: weights for "
+                    f"{s.exp.preset}, which the command line cannot read as they are): save it "
+                    "first as a PruneLens file (core.models.save_model) and pass that file "
+                    "to --model\n")
     untrained = src == "init" or (src == "checkpoint" and not s.base.trained)
-    return report.sweep_command(
+    return note + report.sweep_command(
         model, s.exp.dataset, spec.criteria, spec.sparsities, range(spec.seeds),
         min(spec.val, len(s.val_set)), spec.calib, spec.scope, "comparison",
-        dataset_options(s.data), untrained and src != "upload",
+        dataset_options(s.data), untrained,
         s.exp.seed if src == "init" else 0) + (" --sensitivity" if spec.sensitivity else "")
 
 
