@@ -6,8 +6,9 @@ one and sets ``func``; a function returns the process exit code.
     python -m core train --model vit-tiny --data shapes --epochs 10 --out model.safetensors
 
 Exit codes: 0 finished, 1 failed (e.g. NaN loss), 2 bad arguments (unknown model or dataset,
-bad option, a ``--runs-dir`` or ``--out`` that cannot be written: all checked before training
-starts, each reported as a usage line ``prunelens train: error: ...``, never a traceback), 130
+bad option, a ``--runs-dir`` or ``--out`` that cannot be written, an ``--out`` that exists
+already or lies on a kernel filesystem such as ``/proc``: all checked before training starts,
+each reported as a usage line ``prunelens train: error: ...``, never a traceback), 130
 cancelled (Ctrl-C or SIGTERM: a folder scan stops at once; a run stops before the next step and
 is recorded as cancelled).
 """
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -32,35 +32,14 @@ class UsageError(Exception):
 
 
 def check_output_file(text: str) -> None:
-    """Raise :class:`UsageError` unless a ``.safetensors`` file can be written at ``text``.
+    """Raise :class:`UsageError` unless ``--out`` names a ``.safetensors`` file that can be
+    written and does not exist yet (:func:`core.cli_files.check_out_file`), before any work."""
+    from .cli_files import check_out_file
 
-    Checked before training so that a typo costs nothing: the path is not a folder, its nearest
-    existing ancestor is a folder, and a file can be created there (probed with a temporary
-    file, removed at once). Missing folders in between are created when the model is saved.
-    """
-    path = os.path.abspath(os.path.expanduser(text))
-    if os.path.isdir(path):
-        raise UsageError(f"--out {text} is a folder; give a file name such as "
-                         f"{os.path.join(text, 'model.safetensors')}")
-    if not path.endswith(".safetensors"):
-        raise UsageError(f"--out {text}: the model is saved as safetensors; give a file name "
-                         "ending in .safetensors")
-    parent = os.path.dirname(path)
-    while not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {text}: {parent} is a file, not a folder")
-    if parent != os.path.dirname(path):
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {text}: cannot create folders in {parent} (permission "
-                             "denied)")
-        return
     try:
-        fd, probe = tempfile.mkstemp(prefix=".prunelens-probe-", dir=parent)
-    except OSError as e:
-        raise UsageError(f"--out {text}: cannot write in {parent} ({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(probe)
+        check_out_file(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_runs_dir(runs_dir: str | None) -> None:
@@ -147,7 +126,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default=None,
                    help="run store folder; default $PRUNELENS_RUNS_DIR or ./runs")
     p.add_argument("--name", default=None, help="a label for the run in the store")
-    p.add_argument("--out", default=None, help="also save the trained model here (.safetensors)")
+    p.add_argument("--out", default=None,
+                   help="also save the trained model here: a new .safetensors file (checked "
+                        "before training; nothing is overwritten)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.set_defaults(func=cmd_train)
 

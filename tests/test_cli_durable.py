@@ -116,6 +116,140 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
     return df.sort_values(["criterion", "sparsity", "seed"]).reset_index(drop=True)
 
 
+# ---------------------------------------------------------------------------- item 6
+
+def test_kill_after_three_points_leaves_them_and_resume_finishes_the_same_sweep(
+        model_file, reference, tmp_path):
+    out = tmp_path / "out"
+    kill_at(sweep_args(model_file, out), after=3)
+    df = pd.read_csv(out / "sweep.csv")
+    assert list(df.columns) == study.SWEEP_COLUMNS and len(df) == 3
+    assert not df.isna().any().any()
+    assert not (out / "report.html").exists()  # figures and report come at the end
+
+    proc = run_cli(sweep_args(model_file, out, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "3 points already in" in proc.stdout + proc.stderr  # skipped, not recomputed
+    done = pd.read_csv(out / "sweep.csv")
+    pd.testing.assert_frame_equal(by_point(done), by_point(reference), check_exact=True)
+    assert (out / "report.html").exists() and (out / "accuracy_vs_sparsity.csv").exists()
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("before, rows", [(1, None),
+                                          pytest.param(5, 4, marks=pytest.mark.slow)])
+def test_kill_while_a_point_is_written_keeps_the_previous_csv_whole(
+        model_file, reference, tmp_path, before, rows):
+    """Killed with the next CSV written to its temporary file but not yet renamed: the first
+    time there is no sweep.csv at all (never a 0-byte one), later the previous one whole."""
+    out = tmp_path / "out"
+    kill_at(sweep_args(model_file, out), before=before)
+    if rows is None:
+        assert not (out / "sweep.csv").exists()
+    else:
+        assert len(pd.read_csv(out / "sweep.csv")) == rows
+    assert any(p.name.endswith(".tmp") for p in out.iterdir())  # the unrenamed next one
+    proc = run_cli(sweep_args(model_file, out, "--resume"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pd.testing.assert_frame_equal(by_point(pd.read_csv(out / "sweep.csv")),
+                                  by_point(reference), check_exact=True)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if a command gets as far as reading data or a model."""
+    import core.data
+    import core.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the output path was checked")
+
+    for module, name in ((core.models, "build_model"), (core.models, "load_model"),
+                         (core.data, "load_dataset")):
+        monkeypatch.setattr(module, name, refuse)
+
+
+def one_line_error(capsys, argv: list[str], command: str = "sweep") -> str:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    lines = [line for line in captured.err.strip().splitlines()
+             if not line.startswith("usage:") and not line.startswith("   ")]
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith(f"python -m core {command}: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize("out, message", [
+    ("afile", "is a file"),
+    ("afile/sub", "is a file, not a folder"),
+    ("/proc/prunelens-no-such/sweep", "kernel filesystem"),
+    ("/sys/prunelens-no-such", "kernel filesystem"),
+    ("full", "--resume"),
+])
+def test_sweep_out_is_checked_before_any_work(model_file, tmp_path, capsys, no_work, out,
+                                              message):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    line = one_line_error(capsys, sweep_args(model_file, tmp_path / out))
+    assert "--out" in line and message in line
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes in a read-only folder")
+def test_sweep_out_in_a_read_only_folder(model_file, tmp_path, capsys, no_work):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    line = one_line_error(capsys, sweep_args(model_file, locked / "out"))
+    assert "--out" in line
+
+
+@pytest.mark.parametrize("out, message", [
+    ("model.safetensors", "already exists"),
+    ("/proc/prunelens-no-such/deeper/model.safetensors", "kernel filesystem"),
+])
+def test_train_out_is_checked_before_any_work(tmp_path, capsys, no_work, out, message):
+    (tmp_path / "model.safetensors").write_bytes(b"mine")
+    line = one_line_error(capsys, ["train", "--epochs", "1", "--no-progress", "--runs-dir",
+                                   str(tmp_path / "runs"), "--out", str(tmp_path / out)],
+                          "train")
+    assert "--out" in line and message in line
+    assert (tmp_path / "model.safetensors").read_bytes() == b"mine"
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_other_settings_and_names_them(model_file, tmp_path, capsys,
+                                                      monkeypatch):
+    out = tmp_path / "out"
+    small = ["sweep", "--model", str(model_file), *DATA, "--criteria", "magnitude",
+             "--sparsities", "0", "0.5", "--val", "12", "--calib", "8", "--grid-image", "-1",
+             "--no-progress", "--out", str(out)]
+    assert main(small) == 0
+    first = (out / "sweep.csv").read_bytes()
+    capsys.readouterr()
+    import core.data
+    import core.models
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("work started before the settings were compared")
+
+    with monkeypatch.context() as m:
+        for module, name in ((core.models, "build_model"), (core.models, "load_model"),
+                             (core.data, "load_dataset")):
+            m.setattr(module, name, refuse)
+        changed = [a if a != "12" else "16" for a in small]  # --val 16
+        changed[changed.index("0.5")] = "0.6"
+        line = one_line_error(capsys, [*changed, "--resume"])
+        assert "--resume" in line and "val" in line and "sparsities" in line
+        assert "calib" not in line  # only the settings that differ
+    calls = []
+    monkeypatch.setattr(study, "sweep", lambda *a, **k: calls.append(1))
+    assert main([*small, "--resume"]) == 0  # every point present: none computed
+    assert not calls and (out / "sweep.csv").read_bytes() == first
+
+
 # ---------------------------------------------------------------------------- item 7
 
 def _hf_folder(path: Path) -> Path:

@@ -44,7 +44,8 @@ import importlib
 
 _MODULES: dict[str, tuple[str, ...]] = {
     "criteria": ("CriterionInfo", "criterion_info", "make_pruner", "seed_free"),
-    "calibrate": ("VAL_SEED", "calibration", "val_indices", "val_subset", "val_subset_label"),
+    "calibrate": ("VAL_DEFINITION", "VAL_SEED", "calibration", "val_indices", "val_subset",
+                  "val_subset_label"),
     "evaluation": ("counts_in_threads", "eval_counts", "eval_metrics", "evaluate", "macro_f1",
                    "metrics_from_counts", "resolve_device"),
     "points": ("SCOPES", "Pruned", "Scores", "evaluate_counts", "evaluate_pruned",

@@ -11,6 +11,7 @@ from ..data import calibration_batch
 from ..data.common import targets_of
 
 VAL_SEED = 0  # the one draw of the validation subset; never a user's seed
+VAL_DEFINITION = f"a class-stratified random subset (seed {VAL_SEED})"
 
 
 def val_indices(targets: np.ndarray, n: int, seed: int = VAL_SEED) -> np.ndarray:
@@ -52,8 +53,7 @@ def val_subset_label(n: int, total: int) -> str:
     n = min(int(n), int(total))
     if n >= total:
         return f"all {total} validation images"
-    return (f"{n} of the {total} validation images: a class-stratified random subset "
-            f"(seed {VAL_SEED})")
+    return f"{n} of the {total} validation images: {VAL_DEFINITION}"
 
 
 def calibration(train_set: Dataset | None, size: int, seed: int) -> tuple[Tensor | None,
