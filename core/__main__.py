@@ -6,8 +6,9 @@ one and sets ``func``; a function returns the process exit code.
     python -m core train --model vit-tiny --data shapes --epochs 10 --out model.safetensors
 
 Exit codes: 0 finished, 1 failed (e.g. NaN loss), 2 bad arguments (unknown model or dataset,
-bad option, a ``--runs-dir`` or ``--out`` that cannot be written: all checked before training
-starts, each reported as a usage line ``prunelens train: error: ...``, never a traceback), 130
+bad option, a ``--runs-dir`` or ``--out`` that cannot be written, an ``--out`` that exists
+already or lies on a kernel filesystem such as ``/proc``: all checked before training starts,
+each reported as a usage line ``prunelens train: error: ...``, never a traceback), 130
 cancelled (Ctrl-C or SIGTERM: a folder scan stops at once; a run stops before the next step and
 is recorded as cancelled).
 """
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import threading
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -32,35 +32,14 @@ class UsageError(Exception):
 
 
 def check_output_file(text: str) -> None:
-    """Raise :class:`UsageError` unless a ``.safetensors`` file can be written at ``text``.
+    """Raise :class:`UsageError` unless ``--out`` names a ``.safetensors`` file that can be
+    written and does not exist yet (:func:`core.cli_files.check_out_file`), before any work."""
+    from .cli_files import check_out_file
 
-    Checked before training so that a typo costs nothing: the path is not a folder, its nearest
-    existing ancestor is a folder, and a file can be created there (probed with a temporary
-    file, removed at once). Missing folders in between are created when the model is saved.
-    """
-    path = os.path.abspath(os.path.expanduser(text))
-    if os.path.isdir(path):
-        raise UsageError(f"--out {text} is a folder; give a file name such as "
-                         f"{os.path.join(text, 'model.safetensors')}")
-    if not path.endswith(".safetensors"):
-        raise UsageError(f"--out {text}: the model is saved as safetensors; give a file name "
-                         "ending in .safetensors")
-    parent = os.path.dirname(path)
-    while not os.path.lexists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UsageError(f"--out {text}: {parent} is a file, not a folder")
-    if parent != os.path.dirname(path):
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"--out {text}: cannot create folders in {parent} (permission "
-                             "denied)")
-        return
     try:
-        fd, probe = tempfile.mkstemp(prefix=".prunelens-probe-", dir=parent)
-    except OSError as e:
-        raise UsageError(f"--out {text}: cannot write in {parent} ({e.strerror or e})") from None
-    os.close(fd)
-    os.unlink(probe)
+        check_out_file(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def _check_runs_dir(runs_dir: str | None) -> None:
@@ -107,8 +86,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}
     p = subparsers.add_parser(
         "train", help="train a model on a dataset and record the run",
-        description="Train a model preset on a dataset; the run, its per-epoch metrics and its "
-                    "last good checkpoint go to the run store.",
+        description="Train a model preset (or a model file, folder or hub id: further) on a "
+                    "dataset; the run, its per-epoch metrics and its last good checkpoint go "
+                    "to the run store.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="vit-tiny",
                    help="model preset (core.models.list_models), a PruneLens model file, a "
@@ -149,7 +129,9 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--runs-dir", default=None,
                    help="run store folder; default $PRUNELENS_RUNS_DIR or ./runs")
     p.add_argument("--name", default=None, help="a label for the run in the store")
-    p.add_argument("--out", default=None, help="also save the trained model here (.safetensors)")
+    p.add_argument("--out", default=None,
+                   help="also save the trained model here: a new .safetensors file (checked "
+                        "before training; nothing is overwritten)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -278,13 +260,14 @@ def _loaded(args: argparse.Namespace, seed: int, data_options: dict) -> tuple:
     data at the model's input size and with its number of classes."""
     from .cli_compare import load_spec_model
     from .data import load_dataset
+    from .pruning import restore_masks
 
     for flag, given in (("--pretrained", args.pretrained),
                         ("--image-size", args.image_size is not None)):
         if given:
             raise ValueError(f"{flag} is for presets; {args.model} is loaded as it is")
-    model = load_spec_model(args.model, args.revision, args.no_progress)
-    image_size = tuple(model.input_shape[1:])
+    model = restore_masks(load_spec_model(args.model, args.revision, args.no_progress))
+    image_size = tuple(model.input_shape[1:])  # (a pruned file's zeros stay pruned in training)
     train_set, val_set = load_dataset(args.data, image_size, seed=seed, **data_options)
     if model.num_classes != len(train_set.classes):
         raise ValueError(f"{args.model} has {model.num_classes} outputs but {args.data} has "

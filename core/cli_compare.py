@@ -15,19 +15,26 @@ The model (``--model``) is a preset name, loaded from its shipped checkpoint tra
 preset at its seeded initialisation), a model file saved by PruneLens, a Hugging Face or timm
 model folder, or a Hugging Face hub id (``org/name``, at ``--revision``; downloaded into the
 Hugging Face cache with a progress bar unless ``HF_HUB_OFFLINE=1``): see
-``core.models.load_model``. ``--val N`` is the first N images of the validation split of
-``load_dataset(data, image_size=<the model's>, seed=0)``. ``--seeds K`` runs the calibration
-seeds 0 … K−1 (``--seed-list`` names them instead); a seed draws the calibration batch and
-the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
-threshold unless ``--scope layer``.
+``core.models.load_model``. ``--val N`` is ``core.study.val_subset``: N images of the
+validation split of ``load_dataset(data, image_size=<the model's>, seed=0)``, each class its
+share, drawn at random with seed 0 (the subset the dashboard's pages measure on). ``--seeds
+K`` runs the calibration seeds 0 … K−1 (``--seed-list`` names them instead); a seed draws the
+calibration batch and the random criteria. Sparsity 0 is the dense model. Unstructured
+criteria use one global threshold unless ``--scope layer``.
+
+``sweep.csv`` is written point by point (``core.cli_files.SweepFolder``: ``sweep.json``
+holds the settings, each new CSV is renamed over the last), so a killed sweep leaves the
+points it finished, and ``--resume`` computes only the others; figures and the report come at
+the end, from the CSV. ``--out`` is checked before any work (not a file, not on a kernel
+filesystem, writable; a folder holding files only with ``--resume``).
 
 Under ``torchrun --nproc_per_node=N -m core sweep ...`` the (criterion, seed) points are
-split across the ranks (gloo on CPU) and gathered on rank 0, which writes the files: the CSV
-is the one a single process writes.
+split across the ranks (gloo on CPU) and gathered on rank 0, which writes the files (its own
+points as they finish, the others' at the end): the CSV is the one a single process writes.
 
 Exit codes as ``python -m core``: 0 done, 2 bad arguments (one usage line, no traceback),
-130 cancelled (Ctrl-C / SIGTERM stop before the next point; the points done are written to
-``sweep.csv``, no figures).
+130 cancelled (Ctrl-C / SIGTERM stop before the next point; the points done are in
+``sweep.csv``, no figures; ``--resume`` finishes).
 """
 from __future__ import annotations
 
@@ -95,7 +102,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scope", choices=("global", "layer"), default="global",
                    help="one threshold over all layers, or the same sparsity per layer "
                         "(unstructured criteria)")
-    p.add_argument("--out", required=True, help="output folder (created)")
+    p.add_argument("--out", required=True,
+                   help="output folder (created; checked before any work)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
 
 
@@ -114,7 +122,11 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     seeds.add_argument("--seed-list", type=int, nargs="+", default=None, metavar="SEED",
                        help="these calibration seeds instead of 0 … K-1")
     p.add_argument("--val", type=_positive, default=256,
-                   help="the first N images of the validation split")
+                   help="validation images: a fixed class-stratified random subset of the "
+                        "split (seed 0), the one the dashboard's pages use")
+    p.add_argument("--resume", action="store_true",
+                   help="finish the sweep in --out: the points already in its sweep.csv are "
+                        "kept, the others computed (the settings must be the same)")
     p.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
     p.add_argument("--no-attention", action="store_true",
                    help="skip the attention fidelity (cls_cosine, rollout_cosine left empty)")
@@ -182,6 +194,9 @@ def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = Fa
             print(f"note: no shipped checkpoint for {model_spec} on {data}: {label}",
                   file=sys.stderr)
         return model, train_set, val_set, label
+    if untrained:
+        raise ValueError(f"--untrained is a preset's initialisation; --model {model_spec} "
+                         "brings its own weights")
     model = load_spec_model(model_spec, revision, quiet)
     train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0, **data_options)
     name = path.name if path.exists() else model_spec
@@ -294,12 +309,30 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_USAGE
 
 
+# the options that do not change sweep.csv's numbers (the figures, the report, the display);
+# every other one, a flag added later included, is a setting a --resume must repeat
+NOT_SETTINGS = {"command", "func", "out", "resume", "no_progress", "grid_image", "sensitivity",
+                "seeds", "seed_list", "data_opt"}
+
+
+def sweep_settings(args: argparse.Namespace, seeds: list[int],
+                   sparsities: list[float]) -> dict:
+    """What decides the numbers of ``sweep.csv``: the options, the grid of points and the
+    definition of the validation subset (recorded in ``sweep.json``)."""
+    from .study import VAL_DEFINITION
+
+    settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    settings.update(seeds=seeds, sparsities=sparsities, data_options=dict(args.data_opt),
+                    val_subset=VAL_DEFINITION)
+    return settings
+
+
 def _sweep(args: argparse.Namespace) -> int:
-    import pandas as pd
     import torch
     import torch.distributed as dist
 
     from . import report, study
+    from .cli_files import SweepFolder, check_out_folder
     from .train import init_distributed
 
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
@@ -308,6 +341,10 @@ def _sweep(args: argparse.Namespace) -> int:
     sparsities = list(dict.fromkeys(args.sparsities))
     check_criteria(args.criteria)
     data_options = dict(args.data_opt)
+    # every rank checks before the rendezvous, so none has written anything yet
+    folder = SweepFolder(check_out_folder(args.out, args.resume),
+                         sweep_settings(args, seeds, sparsities), study.SWEEP_COLUMNS,
+                         args.resume)
     _, rank, world = init_distributed(torch.device("cpu"))
     main = rank == 0
     try:
@@ -315,38 +352,51 @@ def _sweep(args: argparse.Namespace) -> int:
                                                    args.untrained, args.init_seed, args.revision,
                                                    args.no_progress)
         n_val = min(args.val, len(val_set))
-        val = torch.utils.data.Subset(val_set, list(range(n_val)))
-        points = len(study.sweep_points(args.criteria, seeds)[rank::world]) * len(sparsities)
-        bar = _Bar(points, "sweep" if world == 1 else f"sweep rank {rank}",
+        skip = folder.points()
+        mine = [(c, s, seed)
+                for seed, c, _ in study.sweep_points(args.criteria, seeds)[rank::world]
+                for s in sparsities if (c, round(s, 6), seed) not in skip]
+        if main:
+            folder.start()
+            if skip:
+                print(f"resuming: {len(skip)} points already in {folder.path / 'sweep.csv'}",
+                      file=sys.stderr)
+        bar = _Bar(len(mine), "sweep" if world == 1 else f"sweep rank {rank}",
                    not args.no_progress)
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            df = study.sweep(model, train_set, val, args.criteria, sparsities,
+            df = study.sweep(model, train_set, val_set, args.criteria, sparsities,
                              calib=args.calib, seeds=seeds, val_samples=n_val,
                              scope=args.scope, attention=not args.no_attention,
                              batch_size=args.batch_size, progress=bar, cancel=cancel,
-                             shard=(rank, world))
+                             shard=(rank, world), skip=skip,
+                             on_rows=folder.add if main else None) if mine else None
         bar.close()
-        cancelled = bool(df.attrs.get("cancelled"))
-        if world > 1:
+        cancelled = bool(df is not None and df.attrs.get("cancelled"))
+        if world > 1:  # rank 0 wrote its own points as they came; the others' now
             parts = [None] * world if main else None
             dist.gather_object((df, cancelled), parts, dst=0)
             if main:
-                df = study.sort_sweep(pd.concat([p[0] for p in parts], ignore_index=True),
-                                      args.criteria, seeds)
+                for other, _ in parts[1:]:
+                    if other is not None and len(other):
+                        folder.add(other.to_dict("records"))
                 cancelled = any(p[1] for p in parts)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     if not main:
         return EXIT_CANCELLED if cancelled else EXIT_OK
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "sweep.csv", index=False)
+    out, csv = folder.path, folder.path / "sweep.csv"
     if cancelled:
-        print(f"cancelled: {len(df)} points written to {out / 'sweep.csv'} (no figures)",
-              file=sys.stderr)
+        print(f"cancelled: {len(folder.rows)} points in {csv} (no figures); the same command "
+              "with --resume finishes the sweep", file=sys.stderr)
         return EXIT_CANCELLED
+    order = {(c, round(s, 6), seed): i for i, (c, s, seed) in enumerate(
+        (c, s, seed) for seed in seeds for c in args.criteria for s in sparsities)}
+    folder.rows.sort(key=lambda r: order.get(
+        (r["criterion"], round(float(r["sparsity"]), 6), int(r["seed"])), len(order)))
+    folder.write()  # in the sweep's order: seed, criterion, sparsity
+    df = folder.frame()
     kinds = {c: study.criterion_info(c).kind for c in args.criteria}
     grid = sens = None
     if args.grid_image >= 0:
@@ -360,7 +410,7 @@ def _sweep(args: argparse.Namespace) -> int:
         bar = _Bar(100, "sensitivity", not args.no_progress, "%")
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            sens = study.layer_sensitivity(model, train_set, val, args.criteria,
+            sens = study.layer_sensitivity(model, train_set, val_set, args.criteria,
                                            args.sensitivity or [0.3, 0.6, 0.9],
                                            calib=args.calib, seed=seeds[0], val_samples=n_val,
                                            batch_size=args.batch_size, progress=bar,
@@ -374,20 +424,25 @@ def _sweep(args: argparse.Namespace) -> int:
                                    args.untrained, args.init_seed, args.revision)
     setup = {"model": label, "dataset": f"{args.data} ({len(train_set)} train / "
                                         f"{len(val_set)} validation images)",
-             "validation images": f"the first {n_val}", "criteria": ", ".join(args.criteria),
+             "validation images": study.val_subset_label(n_val, len(val_set)),
+             "criteria": ", ".join(args.criteria),
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
     for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():
-        (out / name).write_bytes(data)
-    print(f"{len(df)} points → {out / 'sweep.csv'}; figures and report.html in {out}")
+        if name != "sweep.csv":  # written above, point by point
+            (out / name).write_bytes(data)
+    print(f"{len(df)} points → {csv}; figures and report.html in {out}")
     return EXIT_OK
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
     from . import figures, report
 
+    from .cli_files import check_out_folder
+
     try:
         check_criteria(args.criteria)
+        out = check_out_folder(args.out, fresh=False)  # grid.* are replaced; checked first
         model, train_set, val_set, _ = resolve(args.model, args.data, dict(args.data_opt),
                                                args.untrained, args.init_seed, args.revision,
                                                args.no_progress)
@@ -398,7 +453,6 @@ def cmd_grid(args: argparse.Namespace) -> int:
     except _usage_errors() as e:
         print(f"python -m core grid: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     figures.save(fig, out / "grid")
     sim.to_csv(out / "grid.csv", index=False)

@@ -68,7 +68,7 @@ def test_cli_sweep_csv_equals_a_hand_computation(swept, model, data):
     assert not df.isna().any().any()  # every column filled
 
     train_set, val_set = data
-    val = torch.utils.data.Subset(val_set, range(24))  # --val 24: the first 24 images
+    val = study.val_subset(val_set, 24)  # --val 24: the subset every page measures on
     images, labels = calibration_batch(train_set, 16, 1)
     res = prune(model, "snip", 0.6, images, labels, scope="layer")
     ev = evaluate(res.model, val)

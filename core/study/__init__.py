@@ -19,7 +19,8 @@ One module per concern; every public name is also an attribute of this package
 (``study.sweep``, ``from core.study import sweep``):
 
 - ``criteria``: what a registered criterion is, a pruner from its name
-- ``calibrate``: the fixed validation subset, the seeded calibration batch
+- ``calibrate``: the fixed validation subset (class-stratified, seed 0), the seeded
+  calibration batch
 - ``evaluation``: the one evaluator (counts, metrics, slices, threads) that training, sweeps
   and the dashboard all go through
 - ``points``: scores → masks or shrunk model → the model of one point, evaluated
@@ -44,7 +45,8 @@ import importlib
 
 _MODULES: dict[str, tuple[str, ...]] = {
     "criteria": ("CriterionInfo", "criterion_info", "make_pruner", "seed_free"),
-    "calibrate": ("calibration", "val_subset"),
+    "calibrate": ("VAL_DEFINITION", "VAL_SEED", "calibration", "val_indices", "val_subset",
+                  "val_subset_label"),
     "evaluation": ("DEVICE_ENV", "EVAL_PRECISIONS", "autocast", "counts_in_threads", "eval_counts",
                    "eval_metrics", "evaluate", "macro_f1", "metrics_from_counts",
                    "resolve_device", "supports_float64"),

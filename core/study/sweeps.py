@@ -21,7 +21,7 @@ import copy
 import math
 import threading
 from contextlib import nullcontext
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -121,7 +121,9 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
           batch_size: int = 256,
           progress: Callable[[float, str], None] | None = None,
           cancel: threading.Event | None = None,
-          shard: tuple[int, int] = (0, 1)) -> pd.DataFrame:
+          shard: tuple[int, int] = (0, 1),
+          skip: Collection[tuple[str, float, int]] = (),
+          on_rows: Callable[[list[dict]], None] | None = None) -> pd.DataFrame:
     """Accuracy, cost and attention similarity of every criterion × sparsity × seed.
 
     Each criterion (a name, or a mapping name → its options) is scored once per seed on a
@@ -137,6 +139,11 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     ``shard=(rank, world)`` computes only the :func:`sweep_points` whose index is ``rank``
     modulo ``world`` (a distributed sweep concatenates the ranks' frames and sorts them with
     :func:`sort_sweep`).
+
+    ``skip``: points ``(criterion, sparsity, seed)`` measured before (a resumed sweep): neither
+    computed nor returned, and a (criterion, seed) whose every sparsity is skipped is not even
+    scored. ``on_rows(rows)`` gets each point's row as soon as it is measured (several at once
+    where a seed-free criterion's rows are copied to another seed), e.g. to write it to disk.
 
     Returns one row per point with the columns of :data:`SWEEP_COLUMNS`: ``cls_cosine`` is
     the cosine of the last block's CLS→patch map (mean of heads) to the dense model's,
@@ -160,7 +167,15 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
         if criterion_info(name).needs_training:
             raise ValueError(f"{name} learns its masks during training and has no one-shot "
                              "sweep; leave it out")
-    points = sweep_points(criteria, seeds)[rank::world]
+    done_before = {(str(c), round(float(s), 6), int(seed)) for c, s, seed in skip}
+    units = [(seed, name, opts, [s for s in ratios if (name, s, seed) not in done_before])
+             for seed, name, opts in sweep_points(criteria, seeds)[rank::world]]
+    units = [u for u in units if u[3]]
+    total, done = sum(len(u[3]) for u in units), 0
+    if not total:
+        df = pd.DataFrame([], columns=SWEEP_COLUMNS)
+        df.attrs["cancelled"] = False
+        return df
     base = copy.deepcopy(model).eval()
     scratch = copy.deepcopy(base)
     measure = Measure(base, val_subset(val_set, val_samples), batch_size, attention)
@@ -169,12 +184,16 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
         progress(0.0, "the dense model")
     dense_ev, dense_cls, dense_roll = measure(base)
     rows: list[dict] = []
-    total, done = len(points) * len(ratios), 0
     cancelled = False
     calib_of: dict[int, tuple[Tensor | None, Tensor | None]] = {}
     # a criterion that reads no data and draws nothing at random (magnitude, SynFlow, L2)
     # gives the same masks for every seed: measured once, its rows copied to the others
-    same: dict[tuple, list[dict]] = {}
+    same: dict[tuple, dict[float, dict]] = {}
+
+    def measured(new: list[dict]) -> None:
+        rows.extend(new)
+        if on_rows is not None:
+            on_rows(new)
 
     def point(p: Pruned) -> dict:
         """The measured columns of one point."""
@@ -193,11 +212,11 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
 
     try:  # a cancel stops the point in progress too, within one module's forward
         with cancellable(cancel) if cancel is not None else nullcontext():
-            for seed, name, opts in points:
+            for seed, name, opts, todo in units:
                 key = (name, tuple(sorted(opts.items())))
                 if key in same:
-                    rows += [{**row, "seed": seed} for row in same[key]]
-                    done += len(same[key])
+                    measured([{**same[key][s], "seed": seed} for s in todo])
+                    done += len(todo)
                     continue
                 first = len(rows)
                 if seed not in calib_of:
@@ -208,9 +227,9 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                     # SynFlow: the schedules of all sparsities together, one batched pass a round
                     if progress:
                         progress(done / total, f"{name} at every sparsity together, seed {seed}")
-                    together = dict(zip(ratios, prune_many(base, name, ratios, images, labels,
-                                                           scope, seed, options=opts)))
-                for s in ratios:
+                    together = dict(zip(todo, prune_many(base, name, todo, images, labels,
+                                                         scope, seed, options=opts)))
+                for s in todo:
                     if cancel is not None and cancel.is_set():
                         raise Cancelled("cancelled")
                     if progress:
@@ -220,9 +239,9 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                         scores = score(base, name, images, labels, seed, opts)
                     p = together.get(s) or prune_at(base, name, s, images, labels, scope, seed,
                                                     scores, opts)
-                    rows.append({"criterion": name, "sparsity": s, "seed": seed, **point(p)})
-                if seed_free(name):
-                    same[key] = rows[first:]
+                    measured([{"criterion": name, "sparsity": s, "seed": seed, **point(p)}])
+                if seed_free(name) and todo == ratios:
+                    same[key] = {row["sparsity"]: row for row in rows[first:]}
     except Cancelled:  # the point in progress is dropped; the rows done are kept
         cancelled = True
     if progress and not cancelled:

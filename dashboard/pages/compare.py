@@ -129,7 +129,8 @@ with state.page_errors():
                                     "(and another random mask); curves show mean ± std.")
         val = b.number_input("Validation images", 8, len(s.val_set),
                              min(128, len(s.val_set)), step=64, key="compare_val",
-                             help="The first N images of the validation split.")
+                             help="A fixed class-stratified random subset of the validation "
+                                  "split (seed 0): the images the Prune page measures on.")
         sens = c.checkbox("Layer sensitivity", key="compare_sensitivity",
                           help="Also prune one layer at a time at 30, 60 and 90% (structured: "
                                "one block's q/k, v or FFN) and show the accuracy drop.")

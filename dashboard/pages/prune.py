@@ -94,9 +94,11 @@ def validation_input(s: "state.Setup") -> int:
         n = st.number_input("Validation images", 1, cap, step=64, key=state.K_VAL,
                             persist_state=PERSIST,
                             help="Accuracy and loss are measured on a fixed subset of the "
-                                 "validation split: more images, finer numbers, slower. The "
-                                 "page shows numbers on the first few images at once and "
-                                 "refines them.")
+                                 "validation split, the same on every page and in the command "
+                                 "line: each class its share of the N images, drawn at random "
+                                 "with seed 0. More images, finer numbers, slower. The page "
+                                 "shows numbers on the first few images at once and refines "
+                                 "them.")
         st.caption(f"The {md(s.exp.dataset)} validation split has {cap} images (the most "
                    "this can be).")
     return int(n)
@@ -281,7 +283,8 @@ def page() -> None:
         model_note.caption(state.model_note(s))
         st.caption(f"**{md(s.base.label)}** · {md(exp.dataset)} ({plural(len(s.classes), 'class')}) · "
                    f"{exp.scope} scope · calibration {plural(exp.calib, 'image')} · "
-                   f"{plural(exp.val_samples, 'validation image')} · seed {exp.seed}")
+                   f"{state.val_subset_label(exp.val_samples, len(s.val_set))} · "
+                   f"calibration seed {exp.seed}")
         capped = {n: s.calib(n) for n in exp.pruners if s.calib(n) < exp.calib}
         if capped:
             st.caption(":material/memory: Calibration batch capped so that scoring fits "

@@ -31,7 +31,7 @@ Cached objects are shared by every browser session, so nothing here mutates one:
 training, gradient maps and hooked forwards work on copies.
 """
 from core import boot
-from core.study import METHODS, AttentionView, attention_row
+from core.study import METHODS, AttentionView, attention_row, val_subset_label
 
 boot.configure()  # the server did it already; AppTest and scripts may not have
 boot.apply_torch_threads()
@@ -97,8 +97,8 @@ __all__ = [
     "running_jobs", "saliency_table", "score_distribution", "scores", "seed_experiment_widgets",
     "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary",
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
-    "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
-    "widget_default", "widget_follow", "source_chosen", "weight_sources", "merge_curve",
-    "merge_view", "overlay_cells", "max_r", "image_picker",
+    "upload_name", "use_trained_checkpoint", "val_subset", "val_subset_label", "warm_up",
+    "warm_up_grid", "widget_default", "widget_follow", "source_chosen", "weight_sources",
+    "merge_curve", "merge_view", "overlay_cells", "max_r", "image_picker",
     "PRUNE_PAGE_SHOWN", "OTHER", "OWN", "SHARED", "current_owner",
     "owner_sidebar", "run_access", "visibility", "visible_runs"]

@@ -10,14 +10,15 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
-from torch.utils.data import Subset
 
 from core import report, study
 
 from .data import base_model, dataset_options
+from .folders import HUB
 from .keys import Setup, cache_resource
 from .work import stop_at_exit
 
@@ -123,18 +124,32 @@ def parse_sparsities(text: str) -> tuple[float, ...]:
 
 
 def command(s: Setup, spec: Spec) -> str:
-    """The ``python -m core sweep`` line computing the same numbers (the dashboard's dataset
-    options and model source included)."""
-    src = s.exp.source
-    model, revision = s.exp.preset, None
-    if src == "upload":
-        from .data import _upload_path
-        model = str(_upload_path(s.exp.upload))
-    elif src == "hub":
+    """The ``python -m core sweep`` line computing the same numbers, on the model actually
+    used: the preset (``--untrained`` where it ran at its initialisation), the model folder as
+    loaded (a hub id as its id), or for an upload, which lives in the session's private folder,
+    the file's name after a ``#`` line saying what to pass."""
+    src, key = s.exp.source, s.model_key
+    model, note, revision = s.exp.preset, "", None
+    if src == "hub":
         from .folders import parse_hub_id
         model, revision = parse_hub_id(s.exp.hub_id)
+    elif src == "folder":
+        hub = s.exp.model_folder.strip()
+        model = hub[len(HUB):] if hub.startswith(HUB) else key.folder
+    elif src == "upload":
+        from .data import _uploaded_architecture
+
+        model = Path(key.upload).name
+        if _uploaded_architecture(key.upload) is not None:
+            note = f"# the model was uploaded ({model}): give your copy of that file to --model\n"
+        else:
+            model = "MODEL.safetensors"
+            note = (f"# the model was uploaded ({Path(key.upload).name}: weights for "
+                    f"{s.exp.preset}, which the command line cannot read as they are): save it "
+                    "first as a PruneLens file (core.models.save_model) and pass that file "
+                    "to --model\n")
     untrained = src == "init" or (src == "checkpoint" and not s.base.trained)
-    return report.sweep_command(
+    return note + report.sweep_command(
         model, s.exp.dataset, spec.criteria, spec.sparsities, range(spec.seeds),
         min(spec.val, len(s.val_set)), spec.calib, spec.scope, "comparison",
         dataset_options(s.data), untrained and src != "upload",
@@ -142,15 +157,19 @@ def command(s: Setup, spec: Spec) -> str:
             " --sensitivity" if spec.sensitivity else "")
 
 
+def job_label(s: Setup, spec: Spec) -> str:
+    """What the page says a comparison measures (the model, its size, the validation images)."""
+    return (f"{s.base.label} · {len(spec.criteria)} criteria × {len(spec.sparsities)} "
+            f"sparsities × {spec.seeds} seed(s) · "
+            f"{study.val_subset_label(spec.val, len(s.val_set))}")
+
+
 def start_sweep(s: Setup, spec: Spec) -> str:
     """Start the comparison in a daemon thread; returns its job id at once."""
     if not spec.criteria:
         raise ValueError("choose at least one criterion")
     job_id = f"cmp{next(_IDS)}-{int(time.time())}"
-    label = (f"{s.base.label} · {len(spec.criteria)} criteria × {len(spec.sparsities)} "
-             f"sparsities × {spec.seeds} seed(s) · first {min(spec.val, len(s.val_set))} "
-             "validation images")
-    job = SweepJob(job_id, spec, label, command(s, spec))
+    job = SweepJob(job_id, spec, job_label(s, spec), command(s, spec))
     with _LOCK:
         reg = _registry()
         done = [k for k, j in reg.items() if j.status != "running"]
@@ -176,10 +195,9 @@ def _work(job: SweepJob, s: Setup) -> None:
     try:
         model = base_model(s.model_key).model  # shared: sweep and fig3 work on copies
         n = min(spec.val, len(s.val_set))
-        val = Subset(s.val_set, list(range(n)))
         seeds = list(range(spec.seeds))
         split = 0.75 if spec.sensitivity else 0.92
-        df = study.sweep(model, s.train_set, val, list(spec.criteria), spec.sparsities,
+        df = study.sweep(model, s.train_set, s.val_set, list(spec.criteria), spec.sparsities,
                          calib=spec.calib, seeds=seeds, val_samples=n, scope=spec.scope,
                          progress=progress(0.0, split), cancel=job.cancel)
         kinds = {c: study.criterion_info(c).kind for c in spec.criteria}
@@ -192,7 +210,7 @@ def _work(job: SweepJob, s: Setup) -> None:
                                           spec.sparsities, 0, spec.calib, spec.scope, 0)
         sens = None
         if spec.sensitivity:
-            sens = study.layer_sensitivity(model, s.train_set, val, list(spec.criteria),
+            sens = study.layer_sensitivity(model, s.train_set, s.val_set, list(spec.criteria),
                                            SENSITIVITY_RATIOS, calib=spec.calib, seed=0,
                                            val_samples=n, progress=progress(split, 0.95),
                                            cancel=job.cancel)
@@ -202,7 +220,8 @@ def _work(job: SweepJob, s: Setup) -> None:
                 return _end(job, "cancelled", "during the layer sensitivity")
         progress(0.95, 1.0)(0.0, "rendering the figures and the report")
         setup = {"model": s.base.label, "dataset": s.exp.dataset,
-                 "validation images": f"the first {n}", "criteria": ", ".join(spec.criteria),
+                 "validation images": study.val_subset_label(n, len(s.val_set)),
+                 "criteria": ", ".join(spec.criteria),
                  "sparsities": ", ".join(f"{x:g}" for x in spec.sparsities),
                  "calibration": f"{spec.calib} images, seeds {seeds}", "scope": spec.scope}
         files = report.comparison_files(df, kinds, setup, job.command, (fig, sim, 0), sens)
