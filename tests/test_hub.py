@@ -383,8 +383,8 @@ def test_cli_sweep_takes_a_hub_id(tmp_path, hub_mirror):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len((out / "sweep.csv").read_text().splitlines()) == 1 + 2
     assert "org/shapes-vit" in (out / "report.html").read_text()
-    bad = subprocess.run(cmd[:5] + ["org/missing"] + cmd[6:], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300)
+    bad = subprocess.run(cmd[:5] + ["org/missing"] + cmd[6:-1] + [str(tmp_path / "out2")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "has no model repository of that name" in bad.stderr.strip().splitlines()[-1]
 
