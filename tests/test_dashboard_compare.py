@@ -9,6 +9,7 @@ import threading
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.__main__ import main
@@ -47,6 +48,7 @@ def chart(at: AppTest, key: str) -> dict:
     raise AssertionError(f"no chart {key!r}")
 
 
+@pytest.mark.slow  # a sweep on the page and on the command line
 def test_compare_page_sweeps_exports_and_its_command_reproduces_it(runs_dir, tmp_path):
     at = compare_page()
     at.multiselect(key="compare_criteria").set_value(["magnitude", "l2-norm"])

@@ -211,6 +211,7 @@ def test_eval_slices_start_small_on_a_224_model_and_cover_the_subset():
     assert eval_bounds(128, 1.1e7) == [(0, 128)]  # vit-tiny: one slice, as before
 
 
+@pytest.mark.slow  # builds a deit-tiny setup
 def test_scoring_memory_caps_the_calibration_batch_and_says_so(runs_dir):
     from dashboard import state
 
@@ -469,6 +470,7 @@ def test_neighbouring_slider_stops():
     assert neighbours(0.333) == []  # not a slider stop
 
 
+@pytest.mark.slow  # prefetches SynFlow's schedules
 def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeypatch):
     """After a Prune page run, the server's idle time masks and evaluates the neighbouring
     stops of every criterion (SynFlow's schedule included): a move there computes nothing.
@@ -572,6 +574,7 @@ EXIT_SCRIPTS = {
 }
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize("kind", sorted(EXIT_SCRIPTS))
 def test_background_work_is_cancelled_before_the_interpreter_exits(tmp_path, kind):
     """A page's work and a comparison still running when the server stops are cancelled by
@@ -591,6 +594,7 @@ def test_background_work_is_cancelled_before_the_interpreter_exits(tmp_path, kin
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
     """A daemon thread still inside a PyTorch op at interpreter shutdown aborts the process
     ("terminate called without an active exception", exit status 134): the prefetch is
