@@ -54,6 +54,7 @@ def test_forged_architecture_is_refused_before_allocating(tmp_path, saved):
         load_model(path)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_forged_architecture_costs_no_memory_in_a_fresh_process(tmp_path, saved):
     _, meta = saved
     cfg = json.loads(meta["prunelens_config"])

@@ -93,6 +93,7 @@ def _file_epoch(path: Path) -> int:
         return int(f.metadata()["epoch"])
 
 
+@pytest.mark.slow  # a fresh interpreter each, killed
 @pytest.mark.parametrize("mode", ["fsync", "replace"])
 def test_kill_at_checkpoint_time_leaves_metrics_and_checkpoint_at_one_epoch(tmp_path, mode):
     """``fsync``: killed before the commit point (roll back); ``replace``: after it, before the

@@ -168,6 +168,7 @@ def test_running_runs_of_dead_or_reused_pids_become_interrupted(store):
     assert again.get_run(elsewhere)["status"] == "running"  # cannot be checked from here
 
 
+@pytest.mark.slow  # a fresh interpreter, killed
 def test_killed_training_process_is_marked_interrupted(tmp_path):
     root = tmp_path / "store"
     store = RunStore(root)

@@ -379,6 +379,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow  # a fresh interpreter
 def test_cli_unknown_model_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "core", "train", "--model", "no-such-model",
