@@ -22,7 +22,9 @@ optimizer steps, batch size and learning-rate schedule for every method:
 ``acc_oneshot`` is the accuracy right after pruning (before any fine-tuning; AMAP has none,
 it prunes while training), ``acc`` after the training budget. Attention MACs: the q/k/v and
 output projections and the two attention products of every block
-(``core.pruning.amap.attention_macs``); ``GMACs`` is the whole model (``count_macs``).
+(``core.pruning.amap.attention_macs``); ``GMACs`` is the whole model (``count_macs``) and
+``macs_kept`` its fraction of the dense model's (a budget of attention MACs removes less of the
+whole model: patch embedding, FFN and head are not pruned).
 The second table is the indicator's convergence: attention-MACs ratio of the binarised
 indicator (and of the sigmoid gates' expectation) every ``--log-every`` steps.
 """
@@ -127,6 +129,7 @@ def main() -> None:
                 assert macs_full - macs == attn_full - attention_macs(model), method
                 rows.append({"case": case, "seed": seed, "method": method,
                              "attn_ratio": attention_macs(model) / attn_full,
+                             "macs_kept": macs / macs_full,
                              "GMACs": macs / 1e9,
                              "counts q/k·v": " ".join(f"{q}·{v}" for q, v in counts_of(model)),
                              "acc_oneshot": acc_oneshot,

@@ -48,7 +48,7 @@ def children_cpu() -> float:
 
 
 def bench_matplotlib(df: pd.DataFrame) -> None:
-    import core.study  # noqa: F401  (torch: not part of the figure cost)
+    import core.study.sweeps  # noqa: F401  (torch, curve_table's module: not the figure cost)
 
     t0, c0 = time.perf_counter(), time.process_time()
     from core import figures

@@ -437,6 +437,57 @@ def run_hf_layers(workdir: Path) -> str:
     return "ACCEPTED"
 
 
+def prepare_declared_2048(workdir: Path) -> int:
+    """The PruneLens file of issue #21: 420 KB whose tensors fit its metadata, which declares
+    2048x2048 inputs in 64-pixel patches, width 8 (the dashboard grew past 7.7 GB generating
+    its dataset at that size; the sweep asked for 70 GiB)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from core.models import build_model, save_model
+    from dashboard.state import data  # noqa: F401  (imported before the timed part)
+
+    small = save_model(build_model("vit-tiny", 6, img_size=128, patch_size=4, embed_dim=8,
+                                   num_heads=2, depth=1), workdir / "small.safetensors")
+    sd = load_file(str(small))
+    with safe_open(str(small), "pt") as f:
+        meta = f.metadata()
+    sd["patch_embed.proj.weight"] = torch.zeros(8, 3, 64, 64)
+    config = json.loads(meta["prunelens_config"])
+    config.update(img_size=[2048, 2048], patch_size=64)
+    save_file(sd, str(workdir / "declared.safetensors"),
+              metadata={**meta, "prunelens_config": json.dumps(config)})
+    return (workdir / "declared.safetensors").stat().st_size
+
+
+def run_declared_2048_upload(workdir: Path) -> str:
+    return _accept_upload(workdir, "declared.safetensors")
+
+
+def run_declared_2048_sweep(workdir: Path) -> str:
+    """What ``python -m core sweep --model`` does first: the model, then its dataset."""
+    from core.cli_compare import resolve
+    from core.models import CheckpointError
+
+    try:
+        resolve(str(workdir / "declared.safetensors"), "shapes", {})
+    except (CheckpointError, ValueError) as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    return "ACCEPTED"
+
+
+def run_shapes_2048(workdir: Path) -> str:
+    """The dataset the sweep made for that file before: shapes at 2048x2048 (70 GiB)."""
+    from core.data import load_dataset
+
+    try:
+        load_dataset("shapes", 2048)
+    except ValueError as e:
+        return f"{type(e).__name__}: {str(e)[:120]}"
+    return "ACCEPTED"
+
+
 CASES: list[Case] = [
     Case("dashboard paths /etc /root ../.. link-out", prepare_roots, run_roots),
     Case("folder root /etc (API)", _nothing, run_etc),
@@ -461,6 +512,11 @@ CASES: list[Case] = [
     Case("upload 36 MP JPEG of 20,000 scans", prepare_jpeg_scans, run_jpeg_scans),
     Case("upload ICO holding a 13000x13000 PNG", prepare_ico_bomb, run_ico_bomb),
     Case("HF config.json with 10^8 layers", prepare_hf_layers, run_hf_layers),
+    Case("upload 420 KB PruneLens file declaring 2048x2048", prepare_declared_2048,
+         run_declared_2048_upload),
+    Case("sweep --model on that file (model, then dataset)", prepare_declared_2048,
+         run_declared_2048_sweep),
+    Case("shapes dataset at 2048x2048 (7200 images, 70 GiB)", _nothing, run_shapes_2048),
 ]
 
 

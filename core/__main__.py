@@ -110,7 +110,13 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train a model preset on a dataset; the run, its per-epoch metrics and its "
                     "last good checkpoint go to the run store.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="vit-tiny", help="model preset (core.models.list_models)")
+    p.add_argument("--model", default="vit-tiny",
+                   help="model preset (core.models.list_models), a PruneLens model file, a "
+                        "Hugging Face / timm model folder, or a Hugging Face hub id (org/name: "
+                        "downloaded into the Hugging Face cache); a model that is not a preset "
+                        "is fine-tuned as it is (its classes must match the data's)")
+    p.add_argument("--revision", default=None,
+                   help="branch, tag or commit of a hub id (default: its main branch)")
     p.add_argument("--data", default="shapes", help="dataset (core.data.list_datasets)")
     p.add_argument("--data-opt", action="append", type=_data_option, default=[],
                    metavar="KEY=VALUE",
@@ -151,8 +157,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     import torch.distributed as dist
 
-    from .data import ScanCancelled, load_dataset
-    from .models import build_model, save_model
+    from .data import ScanCancelled
+    from .models import list_models, save_model
     from .runs import RunStoreCallback
     from .train import (TqdmProgress, TrainConfig, init_distributed, resolve_device,
                         seed_everything, train)
@@ -182,17 +188,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         data_options.setdefault("cancel", cancel)
     try:
         seed_everything(config.seed)
-        overrides = {}
-        if args.image_size is not None:
-            image_size = args.image_size
-            overrides["img_size"] = image_size
-        else:  # the preset's input size; a 2-class probe is cheap next to training
-            image_size = tuple(build_model(args.model, num_classes=2).input_shape[1:])
-        train_set, val_set = load_dataset(args.data, image_size, seed=config.seed,
-                                          **data_options)
-        seed_everything(config.seed)
-        model = build_model(args.model, num_classes=len(train_set.classes),
-                            pretrained=args.pretrained, dataset=args.data, **overrides)
+        if args.model in list_models():
+            model, train_set, val_set, image_size = _preset(args, config.seed, data_options)
+        else:
+            model, train_set, val_set, image_size = _loaded(args, config.seed, data_options)
     except ScanCancelled as e:
         restore_signals(previous)
         print(f"cancelled: {e}", file=sys.stderr)
@@ -251,6 +250,46 @@ def cmd_train(args: argparse.Namespace) -> int:
         elif args.out:
             print(f"model saved to {save_model(model, args.out)}")
     return {"finished": EXIT_OK, "cancelled": EXIT_CANCELLED}.get(result.status, EXIT_FAILED)
+
+
+def _preset(args: argparse.Namespace, seed: int, data_options: dict) -> tuple:
+    """(model, train set, val set, image size) for ``--model`` a preset."""
+    from .data import load_dataset
+    from .models import build_model
+    from .train import seed_everything
+
+    if args.revision is not None:
+        raise ValueError(f"--revision is for hub ids; {args.model} is a preset")
+    overrides = {}
+    if args.image_size is not None:
+        image_size = args.image_size
+        overrides["img_size"] = image_size
+    else:  # the preset's input size; a 2-class probe is cheap next to training
+        image_size = tuple(build_model(args.model, num_classes=2).input_shape[1:])
+    train_set, val_set = load_dataset(args.data, image_size, seed=seed, **data_options)
+    seed_everything(seed)
+    model = build_model(args.model, num_classes=len(train_set.classes),
+                        pretrained=args.pretrained, dataset=args.data, **overrides)
+    return model, train_set, val_set, image_size
+
+
+def _loaded(args: argparse.Namespace, seed: int, data_options: dict) -> tuple:
+    """(model, train set, val set, image size) for ``--model`` a file, folder or hub id: the
+    data at the model's input size and with its number of classes."""
+    from .cli_compare import load_spec_model
+    from .data import load_dataset
+
+    for flag, given in (("--pretrained", args.pretrained),
+                        ("--image-size", args.image_size is not None)):
+        if given:
+            raise ValueError(f"{flag} is for presets; {args.model} is loaded as it is")
+    model = load_spec_model(args.model, args.revision, args.no_progress)
+    image_size = tuple(model.input_shape[1:])
+    train_set, val_set = load_dataset(args.data, image_size, seed=seed, **data_options)
+    if model.num_classes != len(train_set.classes):
+        raise ValueError(f"{args.model} has {model.num_classes} outputs but {args.data} has "
+                         f"{len(train_set.classes)} classes")
+    return model, train_set, val_set, image_size
 
 
 def _prog() -> str:

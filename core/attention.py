@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .models.adapter import DEFAULT_LAYOUT, TokenLayout, get_adapter, token_layout
+from .tokens import input_token_maps, to_original_tokens
 
 HeadFusion = Literal["mean", "max", "min"]
 
@@ -48,10 +49,13 @@ def record_attention(model: nn.Module, raw: bool = False) -> Iterator[list[Tenso
 
     Yields a list filled in layer order: (B, H, N, N) probabilities (Linformer: the effective
     ``P̄ Fᵀ``, or ``P̄`` (B, H, N, k) with ``raw=True``). Tensors keep their autograd graph.
-    Hooks are removed on exit, also after an exception.
+    Hooks are removed on exit, also after an exception. A model that merges tokens
+    (:mod:`core.tokens`) gives its maps over the input tokens (B, H, N0, N0), mapped back
+    through the merges made so far (not with ``raw=True``).
     """
     records: list[Tensor] = []
     adapter = get_adapter(model)
+    to_input_tokens = input_token_maps(model)
     handles = []
 
     def keep(_mod, inputs, _out) -> None:  # the hook point's input: the exact probabilities
@@ -62,7 +66,7 @@ def record_attention(model: nn.Module, raw: bool = False) -> Iterator[list[Tenso
             hook = keep
         else:
             def hook(_mod, inputs, _out, attn=attn) -> None:
-                records.append(adapter.to_tokens(attn, inputs[0]))
+                records.append(to_input_tokens(adapter.to_tokens(attn, inputs[0])))
         handles.append(adapter.hook_point(attn).register_forward_hook(hook))
     try:
         yield records
@@ -191,11 +195,11 @@ def gradient_rollout(model: nn.Module, images: Tensor, target: int | Tensor | No
     y = logits.gather(1, target[:, None]).sum()
     grads = torch.autograd.grad(y, records)
     adapter = get_adapter(model)
-    fused = []
     with torch.no_grad():
-        for attn, a, g in zip(attention_modules(model), records, grads):
-            w = adapter.to_tokens(attn, (a * g).detach())
-            fused.append(_at_least_fp32(w).mean(dim=1).clamp(min=0))
+        weighted = [adapter.to_tokens(attn, (a * g).detach())
+                    for attn, a, g in zip(attention_modules(model), records, grads)]
+        fused = [_at_least_fp32(w).mean(dim=1).clamp(min=0)
+                 for w in to_original_tokens(model, weighted)]
     return _rollout(fused, discard_ratio)
 
 

@@ -12,8 +12,10 @@ self-contained report. ``python -m core grid`` writes the Fig. 3 figure alone.
 
 The model (``--model``) is a preset name, loaded from its shipped checkpoint trained on
 ``--data`` where one exists (the dashboard's default; otherwise, or with ``--untrained``, the
-preset at its seeded initialisation), or the path of a model file saved by PruneLens
-(``core.models.load_model``). ``--val N`` is the first N images of the validation split of
+preset at its seeded initialisation), a model file saved by PruneLens, a Hugging Face or timm
+model folder, or a Hugging Face hub id (``org/name``, at ``--revision``; downloaded into the
+Hugging Face cache with a progress bar unless ``HF_HUB_OFFLINE=1``): see
+``core.models.load_model``. ``--val N`` is the first N images of the validation split of
 ``load_dataset(data, image_size=<the model's>, seed=0)``. ``--seeds K`` runs the calibration
 seeds 0 … K−1 (``--seed-list`` names them instead); a seed draws the calibration batch and
 the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
@@ -74,8 +76,11 @@ def _positive(text: str) -> int:
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit-tiny",
-                   help="preset name (its shipped checkpoint on --data where one exists) or "
-                        "the path of a PruneLens model file")
+                   help="preset name (its shipped checkpoint on --data where one exists), a "
+                        "PruneLens model file, a Hugging Face / timm model folder, or a Hugging "
+                        "Face hub id (org/name: downloaded into the Hugging Face cache)")
+    p.add_argument("--revision", default=None,
+                   help="branch, tag or commit of a hub id (default: its main branch)")
     p.add_argument("--data", default="shapes", help="dataset (core.data.list_datasets)")
     p.add_argument("--data-opt", action="append", type=_data_option, default=[],
                    metavar="KEY=VALUE", help="dataset option, repeatable (e.g. root=/images)")
@@ -149,17 +154,20 @@ def _usage_errors():
 
 
 def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = False,
-            init_seed: int = 0):
+            init_seed: int = 0, revision: str | None = None, quiet: bool = False):
     """``(model, train_set, val_set, label)``: the model (shipped checkpoint of a preset on
-    ``data`` where one exists, else its seeded initialisation; or a saved model file) and the
-    dataset at the model's image size, split with seed 0."""
+    ``data`` where one exists, else its seeded initialisation; or what
+    :func:`load_spec_model` reads) and the dataset at the model's image size, split with
+    seed 0."""
     import torch
 
     from .data import load_dataset
-    from .models import build_model, list_models, load_model, pretrained_path
+    from .models import build_model, list_models, pretrained_path
 
     path = Path(model_spec).expanduser()
     if model_spec in list_models():
+        if revision is not None:
+            raise ValueError(f"--revision is for hub ids; {model_spec} is a preset")
         shape = build_model(model_spec, num_classes=2).input_shape
         train_set, val_set = load_dataset(data, tuple(shape[1:]), seed=0, **data_options)
         n = len(train_set.classes)
@@ -174,22 +182,38 @@ def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = Fa
             print(f"note: no shipped checkpoint for {model_spec} on {data}: {label}",
                   file=sys.stderr)
         return model, train_set, val_set, label
-    if path.exists():
-        if path.is_dir():
-            found = sorted(path.glob("*.safetensors"))
-            if len(found) != 1:
-                raise FileNotFoundError(f"{path}: expected one .safetensors model file in the "
-                                        f"folder, found {len(found)}")
-            path = found[0]
-        model = load_model(path).eval()
-        train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0,
-                                          **data_options)
-        if model.num_classes != len(train_set.classes):
-            raise ValueError(f"{path.name} has {model.num_classes} outputs but {data} has "
-                             f"{len(train_set.classes)} classes")
-        return model, train_set, val_set, f"{path.name} ({model.preset or 'saved model'})"
-    raise ValueError(f"--model {model_spec!r} is neither a preset ({', '.join(list_models())}) "
-                     "nor an existing model file")
+    model = load_spec_model(model_spec, revision, quiet)
+    train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0, **data_options)
+    name = path.name if path.exists() else model_spec
+    if model.num_classes != len(train_set.classes):
+        raise ValueError(f"{name} has {model.num_classes} outputs but {data} has "
+                         f"{len(train_set.classes)} classes")
+    return model, train_set, val_set, f"{name} ({model.preset or 'saved model'})"
+
+
+def load_spec_model(model_spec: str, revision: str | None = None, quiet: bool = False):
+    """The model ``--model`` names when it is not a preset: a PruneLens file, a folder (a
+    Hugging Face / timm model folder, or one holding a single PruneLens ``.safetensors``) or
+    a hub id (downloaded, with huggingface_hub's progress bars unless ``quiet``, where
+    ``HF_HUB_OFFLINE`` is not set)."""
+    from .models import list_models, load_model
+    from .models.hf import is_hub_id
+
+    path = Path(model_spec).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file():
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) != 1:
+            raise FileNotFoundError(f"{path}: expected a model folder (config.json) or one "
+                                    f".safetensors model file in it, found {len(found)}")
+        path = found[0]
+    if not path.exists() and not is_hub_id(model_spec):
+        raise ValueError(f"unknown model {model_spec!r}: not a preset ({', '.join(list_models())})"
+                         ", an existing model file or folder, or a hub id (org/name)")
+    if revision is not None and path.exists():
+        raise ValueError(f"--revision is for hub ids; {model_spec} is a local path")
+    progress = (lambda done, total: None) if quiet else None
+    return load_model(model_spec if not path.exists() else path, revision,
+                      progress=progress).eval()
 
 
 def check_criteria(names: Sequence[str]) -> None:
@@ -288,7 +312,8 @@ def _sweep(args: argparse.Namespace) -> int:
     main = rank == 0
     try:
         model, train_set, val_set, label = resolve(args.model, args.data, data_options,
-                                                   args.untrained, args.init_seed)
+                                                   args.untrained, args.init_seed, args.revision,
+                                                   args.no_progress)
         n_val = min(args.val, len(val_set))
         val = torch.utils.data.Subset(val_set, list(range(n_val)))
         points = len(study.sweep_points(args.criteria, seeds)[rank::world]) * len(sparsities)
@@ -346,7 +371,7 @@ def _sweep(args: argparse.Namespace) -> int:
             return EXIT_CANCELLED
     command = report.sweep_command(args.model, args.data, args.criteria, sparsities, seeds,
                                    n_val, args.calib, args.scope, str(out), data_options,
-                                   args.untrained, args.init_seed)
+                                   args.untrained, args.init_seed, args.revision)
     setup = {"model": label, "dataset": f"{args.data} ({len(train_set)} train / "
                                         f"{len(val_set)} validation images)",
              "validation images": f"the first {n_val}", "criteria": ", ".join(args.criteria),
@@ -364,7 +389,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     try:
         check_criteria(args.criteria)
         model, train_set, val_set, _ = resolve(args.model, args.data, dict(args.data_opt),
-                                               args.untrained, args.init_seed)
+                                               args.untrained, args.init_seed, args.revision,
+                                               args.no_progress)
         ratios = list(dict.fromkeys(args.ratios))
         fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
                                                ratios, args.image, args.calib, args.scope,

@@ -1,19 +1,20 @@
-"""Static figures for files and papers: the sweep curves, SNP's Fig. 3 grid and the layer
-sensitivity heat map, as matplotlib figures (pure functions: data in, figure out) saved as
-PNG and SVG at publication size. The CLI, the HTML report and the dashboard's export buttons
-all draw their files here; the dashboard's on-screen charts are plotly.
+"""Static figures for files and papers, as matplotlib figures (pure functions: data in,
+figure out) saved as PNG and SVG at publication size: :func:`draw` renders a chart of
+``core.charts`` (sweep curves, attention fidelity, layer sensitivity: the same definitions the
+dashboard's plotly charts draw), and :func:`grid_figure` SNP's Fig. 3 grid. The CLI, the HTML
+report and the dashboard's export buttons all draw their files here.
 
 Why matplotlib and not plotly's static export: plotly writes PNG/SVG only through kaleido,
 which drives a Chromium (and tries to download one, impossible offline); driving Debian's
 Chromium ourselves works but starts a browser per export session and loads plotly.js into
 it. ``benchmarks/bench_figures.py`` measures both for the same four sweep charts (figures in
-the README): matplotlib took less than half the wall time for no more CPU, and needs no
-browser on the machine (a server or a torchrun node has none), which decided it. SVG text stays text (``svg.fonttype: none``) so
-titles can be searched and edited in a drawing program.
+docs/speed.md): matplotlib took less than half the wall time for no more CPU, and needs no
+browser on the machine (a server or a torchrun node has none), which decided it. SVG text
+stays text (``svg.fonttype: none``) so titles can be searched and edited in a drawing program.
 
     from core import figures, study
     df = study.sweep(...)
-    fig = figures.sweep_curves(df, x="macs_kept")
+    fig = figures.sweep_curves(df, x="macs_kept")  # = figures.draw(charts.sweep(df, ...))
     figures.save(fig, "out/accuracy_vs_macs")     # → .png and .svg
 """
 from __future__ import annotations
@@ -31,7 +32,8 @@ import pandas as pd  # noqa: E402
 from matplotlib import pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .study import curve_table  # noqa: E402
+from . import charts  # noqa: E402
+from .charts import METRICS, X_AXES, grid_labels  # noqa: E402,F401  (public names)
 
 DPI = 300
 SIZE = (6.4, 4.0)  # inches: one column of a two-column paper at full page width / 2 + margin
@@ -39,76 +41,86 @@ STYLE = {"svg.fonttype": "none", "font.size": 9, "axes.titlesize": 10,
          "axes.spines.top": False, "axes.spines.right": False, "legend.fontsize": 8,
          "legend.frameon": False, "svg.hashsalt": "prunelens"}
 
-X_AXES = {
-    "sparsity": ("sparsity (fraction of weights removed)", "linear"),
-    "kept": ("fraction of weights kept (log)", "log"),
-    "macs_kept": ("MACs kept (fraction of the dense model)", "linear"),
-    "params_kept": ("parameters kept (fraction of the dense model)", "linear"),
-}
-METRICS = {"accuracy": "validation accuracy", "loss": "validation loss",
-           "macro_f1": "macro-F1", "cls_cosine": "CLS attention cosine to dense",
-           "rollout_cosine": "rollout cosine to dense"}
-
 
 def _figure(size: tuple[float, float] = SIZE, **kw) -> Figure:
     with plt.rc_context(STYLE):
         return Figure(figsize=size, dpi=DPI, layout="constrained", **kw)
 
 
-def _draw_curves(ax, df: pd.DataFrame, x: str, metric: str,
-                 kinds: Mapping[str, str] | None) -> None:
-    t = curve_table(df, x, metric)
-    xcol = x
-    for i, (crit, d) in enumerate(t.groupby("criterion", sort=False)):
-        d = d.sort_values(xcol)
-        color = f"C{i % 10}"
-        ls = "--" if kinds and kinds.get(crit) == "structured" else "-"
-        label = f"{crit} (structured)" if ls == "--" else crit
-        ax.plot(d[xcol], d["mean"], ls, marker="o", ms=3, lw=1.4, color=color, label=label)
-        if (d["n"] > 1).any():
-            ax.fill_between(d[xcol], d["mean"] - d["std"], d["mean"] + d["std"],
-                            color=color, alpha=0.18, lw=0)
-    label, scale = X_AXES[x]
-    ax.set_xscale(scale)
-    if x == "kept":
-        ax.invert_xaxis()  # ShrinkBench: compression grows to the right
-    ax.set_xlabel(label)
-    ax.set_ylabel(METRICS.get(metric, metric))
+def _draw_lines(ax, p: charts.Panel) -> None:
+    for ln in p.lines:
+        ax.plot(ln.x, ln.y, "--" if ln.dashed else "-", marker="o", ms=3, lw=1.4,
+                color=ln.colour, label=ln.label)
+        if ln.std is not None:
+            ax.fill_between(ln.x, ln.y - ln.std, ln.y + ln.std, color=ln.colour, alpha=0.18,
+                            lw=0)
+    ax.set_xscale(p.xscale)
+    if p.xreversed:
+        ax.invert_xaxis()
     ax.grid(alpha=0.3, lw=0.5)
+
+
+def _draw_heatmap(ax, h: charts.Heatmap, cmap: str):
+    im = ax.imshow(h.z, cmap=cmap, vmin=h.zmin, vmax=h.zmax, aspect="auto")
+    ax.set_xticks(range(len(h.columns)), h.columns)
+    ax.set_yticks(range(len(h.rows)), h.rows, fontsize=6)
+    ax.tick_params(axis="x", labelsize=7)
+    for (a, b), v in np.ndenumerate(h.z):
+        ax.text(b, a, format(v, h.fmt), ha="center", va="center", fontsize=5)
+    return im
+
+
+def _size(c: charts.Chart) -> tuple[float, float]:
+    n = len(c.panels)
+    heat = [p.heatmap for p in c.panels if p.heatmap is not None]
+    if not heat:
+        return SIZE if n == 1 else (SIZE[0] * 0.75 * n, SIZE[1])
+    rows = max(len(h.rows) for h in heat)
+    cols = max(len(h.columns) for h in heat)
+    return 1.2 + n * (1.6 + 0.35 * cols), 1.4 + 0.2 * rows
+
+
+def draw(c: charts.Chart) -> Figure:
+    """A :class:`core.charts.Chart` as a matplotlib figure: panels side by side, the legend
+    in the first, one colour bar for the heat maps; one panel carries the chart's title,
+    several share it above them."""
+    fig = _figure(_size(c))
+    with plt.rc_context(STYLE):
+        axes = fig.subplots(1, len(c.panels), squeeze=False, sharey=c.sharey)[0]
+        im = None
+        for ax, p in zip(axes, c.panels):
+            if p.heatmap is not None:
+                im = _draw_heatmap(ax, p.heatmap, c.colorscale)
+            else:
+                _draw_lines(ax, p)
+            ax.set_title(p.title)
+            ax.set_xlabel(p.xlabel)
+            ax.set_ylabel(p.ylabel)
+        if any(p.lines for p in c.panels):
+            axes[0].legend(loc="best")
+        if im is not None:
+            fig.colorbar(im, ax=list(axes), shrink=0.8).set_label(c.colorbar)
+        if c.xlabel:
+            fig.supxlabel(c.xlabel, fontsize=8)
+        if len(c.panels) == 1 and not c.panels[0].title:
+            axes[0].set_title(c.title)
+        else:
+            fig.suptitle(c.title)
+    return fig
 
 
 def sweep_curves(df: pd.DataFrame, x: str = "sparsity", metric: str = "accuracy",
                  title: str | None = None, kinds: Mapping[str, str] | None = None) -> Figure:
-    """``metric`` against ``x`` (``sparsity``, ``kept`` = fraction kept on a log axis as in
-    ShrinkBench, ``macs_kept`` or ``params_kept``), one line per criterion with a mean ± std
-    band over seeds. ``kinds`` (criterion → "structured"/"unstructured") dashes the
-    structured ones; by MACs kept both kinds share the axes."""
-    if x not in X_AXES:
-        raise ValueError(f"x must be one of {list(X_AXES)}, got {x!r}")
-    fig = _figure()
-    ax = fig.add_subplot()
-    with plt.rc_context(STYLE):
-        _draw_curves(ax, df, x, metric, kinds)
-        ax.set_title(title or f"{METRICS.get(metric, metric)} vs "
-                              f"{X_AXES[x][0].split(' (')[0]}")
-        ax.legend(loc="best")
-    return fig
+    """:func:`core.charts.sweep` drawn: ``metric`` against ``x``, one line per criterion
+    with a mean ± std band over seeds, structured criteria (``kinds``) dashed."""
+    return draw(charts.sweep(df, x, metric, kinds, title))
 
 
 def fidelity_curves(df: pd.DataFrame, x: str = "sparsity", title: str | None = None,
                     kinds: Mapping[str, str] | None = None) -> Figure:
-    """Attention fidelity: CLS→patch cosine (left) and rollout cosine (right) to the dense
-    model against ``x``, mean ± std over seeds."""
-    fig = _figure((SIZE[0] * 1.5, SIZE[1]))
-    axes = fig.subplots(1, 2, sharey=True)
-    with plt.rc_context(STYLE):
-        for ax, metric in zip(axes, ("cls_cosine", "rollout_cosine")):
-            _draw_curves(ax, df, x, metric, kinds)
-            ax.set_title(METRICS[metric])
-        axes[1].set_ylabel("")
-        axes[0].legend(loc="best")
-        fig.suptitle(title or "attention fidelity vs sparsity")
-    return fig
+    """:func:`core.charts.fidelity` drawn: CLS→patch cosine (left) and rollout cosine
+    (right) to the dense model against ``x``, mean ± std over seeds."""
+    return draw(charts.fidelity(df, x, kinds, title))
 
 
 def grid_figure(rows: Sequence[Sequence[np.ndarray | None]], similarity: np.ndarray,
@@ -124,6 +136,7 @@ def grid_figure(rows: Sequence[Sequence[np.ndarray | None]], similarity: np.ndar
     extra = 1 if image is not None else 0
     cell = 0.9
     fig = _figure((cell * (nc + extra) + 1.6, cell * nr + 0.9))
+    columns, captions = grid_labels(criteria, ratios, similarity)
     with plt.rc_context(STYLE):
         axes = np.atleast_2d(fig.subplots(nr, nc + extra, squeeze=False))
         last = None
@@ -144,7 +157,7 @@ def grid_figure(rows: Sequence[Sequence[np.ndarray | None]], similarity: np.ndar
                 c = j - extra
                 row = rows[i][c]
                 if i == 0:
-                    ax.set_title("dense" if ratios[c] == 0 else f"{ratios[c]:.0%}", fontsize=8)
+                    ax.set_title(columns[c], fontsize=8)
                 if c == 0:
                     ax.set_ylabel(criteria[i], fontsize=8, rotation=0, ha="right", va="center")
                 if row is None:
@@ -154,8 +167,7 @@ def grid_figure(rows: Sequence[Sequence[np.ndarray | None]], similarity: np.ndar
                 m = np.asarray(row, dtype=float).reshape(gh, gw)
                 peak = float(np.abs(m).max()) or 1.0
                 last = ax.imshow(m / peak, cmap="viridis", vmin=0, vmax=1)
-                sim = similarity[i, c]
-                ax.set_xlabel("" if np.isnan(sim) else f"{sim:.2f}", fontsize=7, labelpad=1)
+                ax.set_xlabel(captions[i][c], fontsize=7, labelpad=1)
         if last is not None:
             cb = fig.colorbar(last, ax=axes, shrink=0.8, pad=0.02)
             cb.set_label("attention (÷ its max)")
@@ -165,32 +177,9 @@ def grid_figure(rows: Sequence[Sequence[np.ndarray | None]], similarity: np.ndar
 
 
 def sensitivity_figure(df: pd.DataFrame, title: str | None = None) -> Figure:
-    """Layer sensitivity (``core.study.layer_sensitivity``): per criterion a layers × ratios
-    heat map of the accuracy drop (dense − pruned, in points), one shared colour bar."""
-    crits = list(dict.fromkeys(df["criterion"]))
-    n_layers = max(df.groupby("criterion")["layer"].nunique().max(), 1)
-    n_ratios = df["ratio"].nunique()
-    fig = _figure((1.2 + len(crits) * (1.6 + 0.35 * n_ratios), 1.4 + 0.2 * n_layers))
-    lim = max(float(df["accuracy_drop"].abs().max()) * 100, 1e-6)
-    with plt.rc_context(STYLE):
-        axes = fig.subplots(1, len(crits), squeeze=False)[0]
-        im = None
-        for ax, crit in zip(axes, crits):
-            d = df[df.criterion == crit]
-            t = d.pivot_table(index="layer", columns="ratio", values="accuracy_drop",
-                              sort=False) * 100
-            im = ax.imshow(t.to_numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
-            ax.set_xticks(range(t.shape[1]), [f"{r:.0%}" for r in t.columns])
-            ax.set_yticks(range(t.shape[0]), list(t.index), fontsize=6)
-            ax.tick_params(axis="x", labelsize=7)
-            ax.set_title(crit)
-            for (a, b), v in np.ndenumerate(t.to_numpy()):
-                ax.text(b, a, f"{v:.0f}", ha="center", va="center", fontsize=5)
-        if im is not None:
-            fig.colorbar(im, ax=list(axes), shrink=0.8).set_label("accuracy drop (points)")
-        fig.supxlabel("fraction of the one layer pruned", fontsize=8)
-        fig.suptitle(title or "layer sensitivity: accuracy drop when one layer is pruned")
-    return fig
+    """:func:`core.charts.sensitivity` drawn: per criterion a layers × ratios heat map of the
+    accuracy drop (dense − pruned, in points), one shared colour bar."""
+    return draw(charts.sensitivity(df, title))
 
 
 def to_bytes(fig: Figure, fmt: str) -> bytes:

@@ -2,7 +2,9 @@
 and its self-contained HTML report: setup, sweep curves, the Fig. 3 grid,
 layer sensitivity and tables in one file that opens offline (no script, no stylesheet or
 font from a network: every figure is an SVG embedded as a ``data:`` URI), to send to a
-colleague or hand out in class.
+colleague or hand out in class. Every chart is a ``core.charts`` definition drawn by
+``core.figures``; the report embeds the very SVG files, and the Compare page draws the same
+definitions in plotly.
 
     html = report.sweep_report(df, setup={"model": "vit-tiny", ...},
                                figures={"Accuracy vs sparsity": fig, ...})
@@ -20,7 +22,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 from matplotlib.figure import Figure
 
-from . import figures
+from . import charts, figures
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1100px;margin:2em auto;
@@ -50,7 +52,7 @@ def summary_table(df: pd.DataFrame, metric: str = "accuracy") -> pd.DataFrame:
     """Criteria × sparsities of the mean ``metric`` over seeds (the table papers print)."""
     t = df.pivot_table(index="criterion", columns="sparsity", values=metric, aggfunc="mean",
                        sort=False)
-    t.columns = ["dense" if c == 0 else f"{c:.0%}" for c in t.columns]
+    t.columns = [charts.ratio_label(c) for c in t.columns]
     return t.reset_index()
 
 
@@ -107,9 +109,10 @@ def sweep_command(model: str, data: str, criteria: Sequence[str],
                   sparsities: Sequence[float], seeds: Sequence[int], val: int, calib: int,
                   scope: str, out: str = "sweep_out",
                   data_options: dict | None = None, untrained: bool = False,
-                  init_seed: int = 0) -> str:
+                  init_seed: int = 0, revision: str | None = None) -> str:
     """The ``python -m core sweep ...`` line that reproduces a sweep (the dashboard shows it)."""
-    args = ["python", "-m", "core", "sweep", "--model", model, "--data", data]
+    args = ["python", "-m", "core", "sweep", "--model", model,
+            *(["--revision", revision] if revision else []), "--data", data]
     for k, v in (data_options or {}).items():
         args += ["--data-opt", f"{k}={v if isinstance(v, str) else json.dumps(v)}"]
     if untrained:
@@ -122,22 +125,25 @@ def sweep_command(model: str, data: str, criteria: Sequence[str],
     return shlex.join(args)
 
 
-def sweep_figures(df: pd.DataFrame, kinds: Mapping[str, str]
-                  ) -> dict[str, tuple[Figure, pd.DataFrame, str]]:
-    """File stem → (matplotlib figure, its numbers as a DataFrame, caption) of every sweep
-    chart."""
-    from .study import curve_table
-
-    out = {stem: (figures.sweep_curves(df, x, metric, kinds=kinds), curve_table(df, x, metric),
-                  caption) for stem, (x, metric, caption) in CHARTS.items()}
+def sweep_charts(df: pd.DataFrame, kinds: Mapping[str, str]
+                 ) -> dict[str, tuple[charts.Chart, str]]:
+    """File stem → (chart definition, caption) of every sweep chart: the three accuracy
+    curves, and attention fidelity when the sweep measured it."""
+    out = {stem: (charts.sweep(df, x, metric, kinds), caption)
+           for stem, (x, metric, caption) in CHARTS.items()}
     if df["cls_cosine"].notna().any():
-        t = curve_table(df, "sparsity", "cls_cosine").merge(
-            curve_table(df, "sparsity", "rollout_cosine"), on=["criterion", "sparsity"],
-            suffixes=("_cls", "_rollout"))
-        out["fidelity_vs_sparsity"] = (figures.fidelity_curves(df, kinds=kinds), t,
+        out["fidelity_vs_sparsity"] = (charts.fidelity(df, kinds=kinds),
                                        "Attention fidelity (cosine to the dense model) vs "
                                        "sparsity")
     return out
+
+
+def sweep_figures(df: pd.DataFrame, kinds: Mapping[str, str]
+                  ) -> dict[str, tuple[Figure, pd.DataFrame, str]]:
+    """File stem → (matplotlib figure, its numbers as a DataFrame, caption) of every sweep
+    chart (:func:`sweep_charts` drawn)."""
+    return {stem: (figures.draw(c), c.table, caption)
+            for stem, (c, caption) in sweep_charts(df, kinds).items()}
 
 
 def grid_outputs(model, train_set, val_set, criteria: Sequence[str], ratios: Sequence[float],
@@ -155,7 +161,7 @@ def grid_outputs(model, train_set, val_set, criteria: Sequence[str], ratios: Seq
     images, labels = study.calibration(train_set, calib, seed)
     g = study.fig3(model, image, list(criteria), list(ratios), images, labels,
                    study.AttentionView(mode), scope, seed)
-    cols = ["dense" if r == 0 else f"{r:.0%}" for r in ratios]
+    cols, _ = charts.grid_labels(criteria, ratios, g.similarity)
     fig = figures.grid_figure(g.rows, g.similarity, criteria, ratios, tuple(model.grid_size),
                               image.permute(1, 2, 0).numpy().clip(0, 1),
                               title=f"{'CLS attention' if mode == 'cls' else 'rollout'} of "
@@ -191,7 +197,8 @@ def comparison_files(df: pd.DataFrame, kinds: Mapping[str, str],
                               "the dense map under each cell)")
         tables["Fig. 3 cosine similarity to the dense map"] = sim
     if sensitivity is not None and len(sensitivity):
-        add("sensitivity", figures.sensitivity_figure(sensitivity), sensitivity,
+        c = charts.sensitivity(sensitivity)
+        add("sensitivity", figures.draw(c), c.table,
             "Layer sensitivity: accuracy drop when one layer alone is pruned")
     files["report.html"] = sweep_report(df, setup, report_figs, tables, command).encode()
     return files

@@ -23,6 +23,13 @@ writer is still alive is left alone (another process may be mid-checkpoint); one
 cannot be checked (another host, or a name from an older PruneLens) goes after
 ``STALE_TMP_SECONDS``.
 
+A run may have an ``owner``: an opaque string the caller chooses (the dashboard gives each
+browser session, or each name a user types, its own). Only the owner may delete an owned run
+through :meth:`RunStore.delete_run` when the caller says who it is (``owner=``); runs without
+an owner (the CLI's, and every run of a store older than this column) are shared. Opening an
+older store adds the column in place. The owner is a label, not a credential: whoever can
+open the file can change it.
+
 A run records the pid, host and process start time of its writer. Opening the store (or
 calling :meth:`RunStore.mark_interrupted`) marks ``running`` runs of this host whose process is
 gone, or whose pid now belongs to another process, as ``interrupted``.
@@ -51,7 +58,7 @@ from torch import nn
 from .train import Callback, EpochEvent, TrainResult
 
 STATUSES = ("running", "finished", "cancelled", "failed", "interrupted")
-FILTERS = ("model", "dataset", "pruner", "sparsity", "status", "name")
+FILTERS = ("model", "dataset", "pruner", "sparsity", "status", "name", "owner")
 ENV_VAR = "PRUNELENS_RUNS_DIR"
 
 _SCHEMA = """
@@ -69,7 +76,8 @@ CREATE TABLE IF NOT EXISTS runs (
     pid        INTEGER,
     host       TEXT,
     proc_start TEXT,
-    reason     TEXT
+    reason     TEXT,
+    owner      TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_status ON runs (status);
 CREATE TABLE IF NOT EXISTS metrics (
@@ -100,6 +108,17 @@ _LEGACY_TMP = re.compile(r"^\.(?P<name>[A-Za-z0-9_.-]+)\.safetensors\.(?P<pid>[0
                          r"(?P<token>[0-9a-f]+)\.tmp(\.tmp)*$")
 STALE_TMP_SECONDS = 6 * 3600
 """Age after which a temporary checkpoint file whose writer cannot be checked is deleted."""
+OWNER_MAX = 200  # characters of an owner label
+
+
+class _Anyone:
+    def __repr__(self) -> str:
+        return "ANYONE"
+
+
+ANYONE = _Anyone()
+"""``delete_run``'s default ``owner``: the caller acts for whoever runs the store (the CLI, a
+notebook), so ownership is not checked."""
 
 
 def default_root() -> Path:
@@ -200,6 +219,7 @@ class RunStore:
             with self._connect() as con:
                 con.execute("PRAGMA journal_mode=WAL")
                 con.executescript(_SCHEMA)
+            self._add_owner_column()
         except sqlite3.DatabaseError as e:
             raise RunStoreError(f"cannot open the run store {str(self.db_path)!r}: {e}") from None
         self.mark_interrupted()
@@ -217,28 +237,44 @@ class RunStore:
             with con:
                 yield con
 
+    def _add_owner_column(self) -> None:
+        """Give a store made before run owners its ``owner`` column (NULL: shared runs).
+
+        Checked under the write lock, so processes opening an old store at once add it once;
+        ``ALTER TABLE`` is transactional, so a kill leaves the old schema or the new one.
+        """
+        with self._connect() as con:
+            if "owner" in _columns(con):
+                return
+            con.execute("BEGIN IMMEDIATE")
+            if "owner" not in _columns(con):
+                con.execute("ALTER TABLE runs ADD COLUMN owner TEXT")
+
     # ------------------------------------------------------------------ runs
 
     def create_run(self, model: str, dataset: str, pruner: str | None = None,
                    sparsity: float | None = None, config: Mapping[str, Any] | None = None,
-                   name: str | None = None) -> str:
+                   name: str | None = None, owner: str | None = None) -> str:
         """Record a new ``running`` run of this process; returns its id (``YYYYmmdd-HHMMSS-hex``).
 
         ``config`` is any JSON-able mapping (e.g. ``dataclasses.asdict(TrainConfig())`` plus the
-        data options); ``sparsity`` is the pruned fraction in ``[0, 1]``.
+        data options); ``sparsity`` is the pruned fraction in ``[0, 1]``; ``owner`` a label of
+        who made the run (None: a shared run, see the module docstring).
         """
         if sparsity is not None and not 0.0 <= float(sparsity) <= 1.0:
             raise ValueError(f"sparsity must be in [0, 1], got {sparsity!r}")
+        _check_owner(owner)
         run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(3)}"
         now = _now()
         pid = os.getpid()
         with self._connect() as con:
             con.execute(
                 "INSERT INTO runs (id, created, updated, name, model, dataset, pruner, sparsity,"
-                " config, status, pid, host, proc_start) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " config, status, pid, host, proc_start, owner)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (run_id, now, now, name, model, dataset, pruner,
                  None if sparsity is None else float(sparsity), _dumps(dict(config or {})),
-                 "running", pid, socket.gethostname(), _process_start(pid)))
+                 "running", pid, socket.gethostname(), _process_start(pid), owner))
         return run_id
 
     def log_epoch(self, run_id: str, epoch: int, metrics: Mapping[str, Any]) -> None:
@@ -270,9 +306,10 @@ class RunStore:
     def list_runs(self, **filters: Any) -> pd.DataFrame:
         """Runs, newest first, with the last epoch's metrics as extra columns.
 
-        Filters (any of ``model, dataset, pruner, sparsity, status, name``) keep rows equal to
-        the value; None matches missing values (``pruner=None``: unpruned runs), a list or tuple
-        matches any of its items. Sparsity compares to within 1e-9.
+        Filters (any of ``model, dataset, pruner, sparsity, status, name, owner``) keep rows
+        equal to the value; None matches missing values (``pruner=None``: unpruned runs,
+        ``owner=None``: shared runs), a list or tuple matches any of its items. Sparsity
+        compares to within 1e-9.
         """
         unknown = sorted(set(filters) - set(FILTERS))
         if unknown:
@@ -299,7 +336,7 @@ class RunStore:
         with self._connect() as con:
             rows = [dict(r) for r in con.execute(sql, args)]
         columns = ["id", "created", "updated", "name", "model", "dataset", "pruner", "sparsity",
-                   "status", "reason", "epochs", "config", "pid", "host"]
+                   "status", "reason", "epochs", "config", "pid", "host", "owner"]
         records, extra = [], []
         for r in rows:
             last = json.loads(r.pop("last_metrics") or "{}")
@@ -324,15 +361,23 @@ class RunStore:
             return pd.DataFrame({"epoch": pd.Series(dtype="int64")})
         return df[["epoch"] + [c for c in df.columns if c != "epoch"]]
 
-    def delete_run(self, run_id: str, force: bool = False) -> None:
+    def delete_run(self, run_id: str, force: bool = False,
+                   owner: str | None | _Anyone = ANYONE) -> None:
         """Remove the run, its metrics and its checkpoints.
 
-        A run still ``running`` (its process alive) is refused unless ``force``: deleting it
-        under a live training would make its next write fail.
+        ``owner``: who asks. Given (a label, or None for "the shared runs' keeper"), a run
+        whose owner differs is refused with PermissionError; left out (:data:`ANYONE`), the
+        caller acts for whoever runs the store and any run may go. A run still ``running``
+        (its process alive) is refused unless ``force``: deleting it under a live training
+        would make its next write fail.
         """
         self.mark_interrupted()
         with self._connect() as con:
             row = self._require(con, run_id)
+            if owner is not ANYONE and row["owner"] != owner:
+                whose = ("is shared (no owner: made by the command line or an older PruneLens)"
+                         if row["owner"] is None else "belongs to someone else")
+                raise PermissionError(f"run {run_id} {whose}: only its owner can delete it")
             if row["status"] == "running" and not force:
                 raise ValueError(f"run {run_id} is still running (pid {row['pid']} on "
                                  f"{row['host']}); pass force=True to delete it anyway")
@@ -340,6 +385,19 @@ class RunStore:
             con.execute("DELETE FROM checkpoints WHERE run_id=?", (run_id,))
             con.execute("DELETE FROM runs WHERE id=?", (run_id,))
         shutil.rmtree(self._run_dir(run_id), ignore_errors=True)
+
+    def reassign_runs(self, owner: str, new_owner: str) -> list[str]:
+        """Give every run of ``owner`` to ``new_owner`` (both labels, not None); returns their
+        ids. The dashboard uses it when a browser session that made runs takes a name."""
+        for o in (owner, new_owner):
+            if o is None:
+                raise ValueError("reassign_runs moves owned runs only; shared runs stay shared")
+            _check_owner(o)
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")  # no run of ``owner`` appears between the two
+            ids = [r["id"] for r in con.execute("SELECT id FROM runs WHERE owner=?", (owner,))]
+            con.execute("UPDATE runs SET owner=? WHERE owner=?", (new_owner, owner))
+        return ids
 
     def mark_interrupted(self) -> list[str]:
         """Mark ``running`` runs of this host whose writer process is gone as ``interrupted``.
@@ -512,6 +570,16 @@ class RunStore:
         if row is None:
             raise KeyError(f"no run {run_id!r} in the store")
         return row
+
+
+def _columns(con: sqlite3.Connection) -> set[str]:
+    return {r["name"] for r in con.execute("PRAGMA table_info(runs)")}
+
+
+def _check_owner(owner: str | None) -> None:
+    if owner is not None and (not isinstance(owner, str) or not 0 < len(owner) <= OWNER_MAX):
+        raise ValueError(f"owner must be None or a string of 1 to {OWNER_MAX} characters, "
+                         f"got {owner!r}")
 
 
 def _writer_state(tmp_name: str, host: str) -> str:

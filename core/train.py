@@ -9,6 +9,10 @@ callbacks get the loss lazily (:class:`StepEvent` ``.loss`` reads it only if ask
 Under ``torchrun --nproc_per_node=N`` (env ``WORLD_SIZE > 1``) the same call initialises the
 process group (gloo on CPU, NCCL on CUDA), wraps the model in ``DistributedDataParallel``, shards
 the data with ``DistributedSampler`` and all-reduces the metrics; callbacks run on rank 0 only.
+
+Validation goes through the evaluator sweeps and the dashboard use
+(:func:`core.study.evaluation.eval_counts`), so an epoch's ``val_acc`` is the number a page
+shows for the same model and images.
 """
 from __future__ import annotations
 
@@ -18,16 +22,19 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+# the one evaluator (study's); evaluate and macro_f1 stay importable from here for callers
+from .study.evaluation import (eval_counts, eval_metrics, evaluate,  # noqa: F401
+                               macro_f1, resolve_device)
 
 # Steps between reads of the loss window (non-finite check) and, under DDP, the collective
 # stop decision. Reading a loss forces a device sync on CUDA; once per 10 steps is noise.
@@ -225,19 +232,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` → CUDA if available, else CPU; anything else as ``torch.device``."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as e:
-        raise ValueError(f"unknown device {device!r}: {e}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available")
-    return dev
-
-
 def _group_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
@@ -306,92 +300,8 @@ def lr_at(step: int, total_steps: int, peak: float, warmup_frac: float) -> float
     return peak * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
 
-def macro_f1(confusion: Tensor) -> Tensor:
-    """Macro-averaged F1 from a ``(C, C)`` confusion matrix (rows true, columns predicted).
-
-    Per class ``2 TP / (2 TP + FP + FN)``, averaged over the classes that occur as a label or a
-    prediction (sklearn's ``f1_score(average="macro")`` with its default ``labels=None``).
-    Returns a 0-dim float64 tensor.
-    """
-    conf = confusion.double()
-    tp = conf.diagonal()
-    denom = conf.sum(0) + conf.sum(1)  # = 2TP + FP + FN
-    present = denom > 0
-    if not bool(present.any()):
-        return torch.zeros((), dtype=torch.float64)
-    return (2 * tp[present] / denom[present]).mean()
-
-
 def _is_int(x: object) -> bool:
     return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-# ---------------------------------------------------------------------------- evaluation
-
-@torch.no_grad()
-def _eval_counts(model: nn.Module, loader: Iterable, device: torch.device,
-                 num_classes: int | None) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Sum of CE loss (float64), sample count and ``(C, C)`` confusion over ``loader``."""
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    count = torch.zeros((), dtype=torch.int64, device=device)
-    conf = (torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
-            if num_classes else None)
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        logits = model(x)
-        C = logits.shape[-1]
-        if conf is None:
-            conf = torch.zeros(C, C, dtype=torch.int64, device=device)
-        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
-        count += y.numel()
-        conf += torch.bincount(y * C + logits.argmax(-1), minlength=C * C).view(C, C)
-    return loss_sum, count, conf
-
-
-def _metrics_from_counts(loss_sum: Tensor, count: Tensor, conf: Tensor) -> dict[str, float]:
-    n = int(count)
-    return {"accuracy": float(conf.diagonal().sum()) / n,
-            "loss": float(loss_sum) / n,
-            "macro_f1": float(macro_f1(conf))}
-
-
-def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256,
-             device: str | torch.device | None = None, num_workers: int = 0) -> dict[str, float]:
-    """Accuracy, mean cross-entropy and macro-F1 of ``model`` on ``dataset``.
-
-    Args:
-        model: maps images ``(B, C, H, W)`` to logits ``(B, num_classes)``; put in eval mode
-            for the call, its previous mode restored after.
-        dataset: ``(image, int label)`` pairs.
-        device: where to run; None → where the model's parameters are (the model is moved
-            to ``device`` otherwise).
-
-    Returns:
-        ``{"accuracy", "loss", "macro_f1"}`` as floats (macro-F1 as sklearn's, see
-        :func:`macro_f1`).
-    """
-    if len(dataset) == 0:
-        raise ValueError("evaluate: the dataset is empty")
-    dev = _model_device(model) if device is None else resolve_device(device)
-    model.to(dev)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=dev.type == "cuda")
-    was_training = model.training
-    model.eval()
-    try:
-        counts = _eval_counts(model, loader, dev, None)
-    finally:
-        model.train(was_training)
-    return _metrics_from_counts(*counts)
 
 
 # ---------------------------------------------------------------------------- training
@@ -624,10 +534,10 @@ def train(model: nn.Module, train_set: Dataset, val_set: Dataset | None,
             if val_loader is None:
                 val = {"loss": math.nan, "accuracy": math.nan, "macro_f1": math.nan}
             else:
-                counts = _eval_counts(model, val_loader, device, None)
+                counts = eval_counts(model, val_loader, device)
                 if world > 1:
                     counts = _all_reduce_counts(counts, model, device)
-                val = _metrics_from_counts(*counts)
+                val = eval_metrics(*counts)
             if val_loader is not None and not math.isfinite(val["loss"]):
                 model.load_state_dict(good_state)
                 return finish("failed", f"validation loss is {val['loss']} after epoch {epoch} "

@@ -15,13 +15,10 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from core.charts import PALETTE, colour  # noqa: F401  (one palette: screen and files)
+from dashboard.text import plain
+
 FONT = dict(family="Source Sans Pro, sans-serif", size=13)
-PALETTE = ("#4C78A8", "#F58518", "#54A24B", "#E45756", "#72B7B2", "#B279A2", "#FF9DA6",
-           "#9D755D", "#BAB0AC", "#EECA3B")
-
-
-def colour(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
 
 
 def _png_uri(rgb: np.ndarray) -> str:
@@ -318,7 +315,7 @@ def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
     """
     traces = []
     for i, (label, df) in enumerate(curves.items()):
-        c = colour(i)
+        c, label = colour(i), plain(label)
         if "val_acc" in df:
             traces.append(go.Scatter(x=df["epoch"], y=df["val_acc"], name=label,
                                      mode="lines+markers", line=dict(color=c),
@@ -335,8 +332,24 @@ def runs_curves(curves: Mapping[str, pd.DataFrame]) -> go.Figure:
     fig.update_layout(
         height=340, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
         xaxis=dict(domain=[0, 0.46], title="epoch", dtick=1),
-        yaxis=dict(title="validation accuracy", tickformat=".1%"),
+        yaxis=dict(title="validation accuracy", tickformat=".0%", range=[0, 1.02]),
         xaxis2=dict(domain=[0.54, 1], title="epoch", dtick=1),
         yaxis2=dict(title="loss (solid: val, dotted: train)", anchor="x2"),
         legend=dict(orientation="h", y=1.02, yanchor="bottom", x=0))
+    return fig
+
+
+def merge_curve(df: pd.DataFrame) -> go.Figure:
+    """Accuracy against the fraction of dense MACs kept, one marker per ToMe ``r`` (labelled).
+
+    df: ``core.study.merge_curve``'s columns (``r``, ``macs_ratio``, ``accuracy``, …)."""
+    fig = go.Figure(go.Scatter(
+        x=df["macs_ratio"], y=df["accuracy"], mode="lines+markers+text",
+        text=[f"r={r}" for r in df["r"]], textposition="top center", line=dict(color=colour(0)),
+        hovertemplate="r=%{text}<br>MACs kept %{x:.1%}<br>accuracy %{y:.1%}<extra></extra>"))
+    fig.update_layout(height=320, margin=dict(l=10, r=10, t=30, b=10), font=FONT,
+                      xaxis=dict(title="MACs kept (merged / dense)", tickformat=".0%",
+                                 autorange="reversed"),
+                      yaxis=dict(title="validation accuracy", tickformat=".0%", range=[0, 1.02]),
+                      showlegend=False)
     return fig

@@ -1,4 +1,6 @@
 """Shared fixtures (keep small)."""
+import os
+
 import pytest
 
 from core import boot
@@ -23,3 +25,11 @@ def runs_dir(tmp_path, monkeypatch):
     root = tmp_path / "runs"
     monkeypatch.setenv("PRUNELENS_RUNS_DIR", str(root))
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_internet_hub(monkeypatch):
+    """No test reaches the real Hugging Face hub: unless a test names an endpoint (its own
+    mirror on 127.0.0.1, see hub_mirror.py), hub ids go to a closed local port."""
+    if not os.environ.get("HF_ENDPOINT"):
+        monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")

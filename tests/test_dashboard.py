@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -40,8 +41,13 @@ def ok(at: AppTest) -> AppTest:
     return at
 
 
+def shown(markdown: str) -> str:
+    """What the reader sees of a Markdown source: backslash escapes undone."""
+    return re.sub(r"\\([!-/:-@[-`{-~])", r"\1", markdown)
+
+
 def errors(at: AppTest) -> list[str]:
-    return [e.value for e in at.error]
+    return [shown(e.value) for e in at.error]
 
 
 def metrics(at: AppTest) -> dict[str, list[str]]:
@@ -310,14 +316,29 @@ def test_attention_page_grid_and_heads(runs_dir):
     assert not errors(at)
 
 
+def _grid_rows(at: AppTest) -> list[str]:
+    names = {f"<b>{n}</b>": n for n in list_pruners()}
+    return [names[t] for t in annotations(figure(at, "att_chart_grid")) if t in names]
+
+
 @pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
-def test_attention_page_default_rows_are_fig3(runs_dir):
-    at = make_app().run()
+def test_attention_page_rows_follow_the_prune_pages_criteria(runs_dir):
+    at = make_app(prune_pruners=["magnitude", "snip", "random"]).run()
     at.switch_page("pages/attention.py").run()
     ok(at)
-    rows = [t for t in annotations(figure(at, "att_chart_grid"))
-            if t in ("<b>l2-norm</b>", "<b>gm</b>", "<b>reverse</b>", "<b>snp</b>")]
-    assert len(rows) == 4
+    assert at.multiselect(key="att_criteria").value == ["magnitude", "snip", "random"]
+    assert _grid_rows(at) == ["magnitude", "snip", "random"]
+    # the user's own rows stand while the Prune page's choice stays the same
+    at.multiselect(key="att_criteria").set_value(["random"]).run()
+    ok(at)
+    assert _grid_rows(at) == ["random"]
+    # a new choice on the Prune page is followed; with none chosen, SNP's Fig. 3 rows
+    at.session_state["prune_pruners"] = ["magnitude"]
+    ok(at.run())
+    assert _grid_rows(at) == ["magnitude"]
+    at.session_state["prune_pruners"] = []
+    ok(at.run())
+    assert _grid_rows(at) == ["l2-norm", "gm", "reverse", "snp"]
 
 
 def test_attention_page_rejects_a_corrupt_image(runs_dir):
@@ -412,7 +433,7 @@ def test_train_runs_to_the_end_then_runs_page(runs_dir):
     fresh.query_params["run"] = run_id
     fresh.switch_page("pages/train.py").run()
     ok(fresh)
-    assert any(run_id in s.value for s in fresh.success)
+    assert any(run_id in shown(s.value) for s in fresh.success)
 
     at.switch_page("pages/runs.py").run()
     ok(at)
@@ -471,8 +492,8 @@ def test_two_sessions_do_not_mix_and_the_base_model_is_untouched(runs_dir):
     assert id_a != id_b
     wait_for(a, lambda x: bool(x.success))
     wait_for(b, lambda x: bool(x.success))
-    assert any("magnitude 30%" in m.value for m in a.markdown)
-    assert any("snip 90%" in m.value for m in b.markdown)
+    assert any("magnitude 30%" in shown(m.value) for m in a.markdown)
+    assert any("snip 90%" in shown(m.value) for m in b.markdown)
 
     for k, v in base.state_dict().items():
         assert torch.equal(v, snapshot[k]), f"{k} of the cached base model changed"
@@ -523,7 +544,7 @@ def test_amap_runs_from_the_train_page(runs_dir):
     run_id = start_amap(at, steps=5)
     wait_for(at, lambda a: bool(a.success) or bool(errors(a)))
     assert not errors(at)
-    assert any(run_id in s.value for s in at.success)
+    assert any(run_id in shown(s.value) for s in at.success)
     m = metrics(at)
     assert {"Attention MACs ratio", "Parameters", "MACs", "Validation accuracy"} <= set(m)
     assert float(m["Attention MACs ratio"][0].rstrip("%")) <= 70.0
@@ -660,3 +681,49 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     # also the dense key's pruned result (0 bytes) lives there; two images' maps fit
     assert small.used <= small.budget and small.used == 2 * one
     assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2
+
+
+def test_weights_radio_offers_only_what_exists_and_agrees_with_the_banner(runs_dir):
+    at = ok(make_app(prune_pruners=["magnitude"]).run())
+    radio = lambda: at.radio(key="prune_source")  # noqa: E731
+    assert radio().value == "checkpoint"
+    at.selectbox(key="prune_model").set_value("deit-tiny").run()
+    ok(at)
+    # no checkpoint for deit-tiny: not offered, and the session is on "untrained"
+    assert "checkpoint" not in radio().options and radio().value == "init"
+    assert any("untrained" in w.value for w in at.warning)
+    at.selectbox(key="prune_model").set_value("vit-tiny").run()
+    ok(at)
+    assert radio().value == "checkpoint"  # what the user had: trained where it exists
+    radio().set_value("init").run()
+    at.selectbox(key="prune_dataset").set_value("digits").run()
+    ok(at)
+    assert radio().value == "init"  # the user's own choice of untrained stands
+
+
+def test_token_merging_page_shows_groups_metrics_and_the_curve(runs_dir):
+    from core import study
+
+    at = make_app().run()
+    at.switch_page("pages/tokens.py").run()
+    ok(at)
+    assert not errors(at)
+    m = metrics(at)
+    assert m["MACs kept"] and m["Tokens after the last block"]
+    at.slider(key="tok_r").set_value(0).run()
+    ok(at)
+    assert metrics(at)["MACs kept"] == ["100.0%"]  # r = 0 is the model itself
+    assert metrics(at)["Tokens after the last block"] == ["65"]  # vit-tiny: 64 patches + CLS
+    import base64
+
+    import numpy as np
+
+    def values(v):  # plotly's JSON holds numeric arrays as {"dtype", "bdata"}
+        return (np.frombuffer(base64.b64decode(v["bdata"]), dtype=v["dtype"])
+                if isinstance(v, dict) else np.asarray(v))
+
+    curve = figure(at, "tok_chart_curve")["data"][0]
+    x, y = values(curve["x"]), values(curve["y"])
+    assert x[0] == 1.0 and len(x) == len((0, 1, 2, 3, 4, 6, 8, 10, 13, 16))
+    assert ((0 <= y) & (y <= 1)).all() and list(curve["text"][:2]) == ["r=0", "r=1"]
+    assert study.MERGE_COLUMNS  # the CSV's columns are core's

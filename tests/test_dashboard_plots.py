@@ -222,3 +222,53 @@ def test_amap_curves_show_loss_ratio_and_budget():
     assert fig.layout.shapes[0].y0 == 0.7 and "70%" in fig.layout.annotations[0].text
     empty = plots.amap_curves(steps.iloc[:0], ratios.iloc[:0], 0.5)
     assert len(empty.data) == 0
+
+
+def test_accuracy_axes_stay_within_0_to_100_percent():
+    """Plotly's autorange padded the runs chart's accuracy axis to ~150% around one point."""
+    runs = {"a": pd.DataFrame({"epoch": [1], "val_acc": [0.93], "val_loss": [0.2]})}
+    fig = plots.runs_curves(runs)
+    assert tuple(fig.layout.yaxis.range) == (0, 1.02)
+    steps = pd.DataFrame({"step": [1], "loss": [1.0], "accuracy": [1.0]})
+    assert tuple(plots.training_curves(steps, pd.DataFrame()).layout.yaxis2.range) == (0, 1.02)
+
+
+def test_download_names_say_which_model_they_came_from():
+    from dashboard.state.exports import model_stem
+    from dashboard.state.keys import ModelKey
+    assert model_stem(ModelKey("vit-tiny", "checkpoint", "shapes", 10)) == (
+        "prunelens_vit-tiny_shapes")
+    assert model_stem(ModelKey("deit-tiny", "init", "digits", 10)) == (
+        "prunelens_deit-tiny_digits")
+    assert model_stem(ModelKey("vit-tiny", "folder", "shapes", 10,
+                               folder="/data/models/my vit [v2]")) == "prunelens_my-vit-v2"
+    hub = "/c/hub/models--facebook--deit-tiny-patch16-224/snapshots/" + "ab12" * 10
+    assert model_stem(ModelKey("vit-tiny", "folder", "shapes", 10, folder=hub)) == (
+        "prunelens_facebook--deit-tiny-patch16-224")
+    assert model_stem(ModelKey("vit-tiny", "upload", "shapes", 10,
+                               upload="/tmp/u/tok/model/abc/../../x/pruned.safetensors")) == (
+        "prunelens_pruned")
+
+
+@pytest.mark.parametrize("side", [224, 512, 1024])
+def test_generated_data_for_big_models_fits_the_data_budget(side, monkeypatch):
+    """A 1024-pixel model got 1200 + 300 shapes images, which the data budget refuses with
+    advice a browser user cannot follow: the dashboard asks for what fits."""
+    from core.data import load_dataset
+    from core.data.common import check_data_budget
+    from dashboard.state.data import dataset_options
+    from dashboard.state.keys import DataKey
+
+    if side != 224:  # 224 at the default budget: what smaller models always had
+        monkeypatch.setenv("PRUNELENS_DATA_MB", "512")
+    else:
+        monkeypatch.delenv("PRUNELENS_DATA_MB", raising=False)
+    opts = dataset_options(DataKey("shapes", "", (side, side)))
+    n_train, n_val = opts["num_train"], opts["num_val"]
+    check_data_budget(n_train + n_val, (side, side), "shapes", "", 4)   # generated, uint8
+    check_data_budget(n_val, (side, side), "validation images", "")     # stacked as float32
+    if side == 224:
+        assert (n_train, n_val) == (1200, 300)
+    if side == 1024:  # and it really generates (the smallest split only, to keep it cheap)
+        _, val = load_dataset("shapes", side, seed=0, num_train=1, num_val=n_val)
+        assert len(val) == n_val

@@ -1,7 +1,10 @@
 """Bring your own ViT: Hugging Face folders, hub-cache ids, timm folders and state dicts.
 
-Oracles: transformers' own ViT/DeiT models (random tiny configs, eager attention) for the
-Hugging Face formats, and a functional re-implementation of timm's forward written here (its
+Oracles: transformers 5's own ViT/DeiT models (random tiny configs, eager attention) for the
+Hugging Face formats; for a folder transformers 4 wrote after ``prune_heads``, which
+transformers 5 no longer reads, the logits transformers 4.57 computed when it wrote the fixture
+(tests/fixtures/make_hf4_pruned_vit.py); and a functional re-implementation of timm's forward
+written here (its
 ``qkv.reshape(B, N, 3, H, d)`` layout, its token and position-embedding order) for the timm
 options transformers has no model for.
 """
@@ -15,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 transformers = pytest.importorskip("transformers")
@@ -54,6 +57,25 @@ def images(n: int = 3, size: int = 16, seed: int = 1) -> Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
+def saved_state_dict(model: torch.nn.Module, folder: Path) -> dict[str, Tensor]:
+    """``model`` saved with ``save_pretrained`` into ``folder``; the tensors as written there
+    (transformers 5 keeps other names in memory and writes transformers 4's)."""
+    model.save_pretrained(folder)
+    return load_file(str(folder / "model.safetensors"))
+
+
+def bin_folder(model: torch.nn.Module, folder: Path) -> Path:
+    """A folder as transformers 4 saved with ``safe_serialization=False`` (transformers 5 only
+    writes safetensors): the same tensors in ``pytorch_model.bin``."""
+    sd = saved_state_dict(model, folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(sd, folder / "pytorch_model.bin")
+    return folder
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
 # ---------------------------------------------------------------------------- Hugging Face
 
 @pytest.mark.parametrize("cls_name", HF_CLASSES)
@@ -65,7 +87,7 @@ def test_hf_folder_matches_transformers_logits_and_attention(tmp_path, cls_name)
     with torch.no_grad():
         out = hf((x - 0.5) / 0.5, output_attentions=True)
         logits = ours(x)
-    torch.testing.assert_close(logits, out.logits, atol=1e-4, rtol=0)
+    torch.testing.assert_close(logits, out.logits, atol=1e-5, rtol=0)
     maps = capture_attention(ours, x)
     assert len(maps) == len(out.attentions) == 2
     for a, b in zip(maps, out.attentions):
@@ -87,12 +109,12 @@ def test_hf_distilled_logits_are_the_mean_of_both_heads_in_training_too(tmp_path
     with torch.no_grad():
         out = hf((x - 0.5) / 0.5)
         torch.testing.assert_close(ours(x), (out.cls_logits + out.distillation_logits) / 2,
-                                   atol=1e-4, rtol=0)
+                                   atol=1e-5, rtol=0)
 
 
 def test_hf_bin_weights_no_qkv_bias_and_preprocessor(tmp_path):
     hf = hf_model("ViTForImageClassification", qkv_bias=False, layer_norm_eps=1e-6)
-    hf.save_pretrained(tmp_path, safe_serialization=False)
+    bin_folder(hf, tmp_path)
     assert (tmp_path / "pytorch_model.bin").exists()
     assert not (tmp_path / "model.safetensors").exists()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -103,34 +125,88 @@ def test_hf_bin_weights_no_qkv_bias_and_preprocessor(tmp_path):
     torch.testing.assert_close(ours.config.mean, mean)
     x = images()
     with torch.no_grad():
-        torch.testing.assert_close(ours(x), hf_logits(hf, x, mean, std), atol=1e-4, rtol=0)
+        torch.testing.assert_close(ours(x), hf_logits(hf, x, mean, std), atol=1e-5, rtol=0)
     # the processor itself (uint8 image → rescale 1/255 → normalise) agrees with ours
     img = (x[0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
     proc = transformers.ViTImageProcessor.from_pretrained(tmp_path)
     pixel = torch.from_numpy(proc(img, return_tensors="np", do_resize=False)["pixel_values"])
     with torch.no_grad():
         torch.testing.assert_close(ours(torch.from_numpy(img).permute(2, 0, 1)[None] / 255),
-                                   hf(pixel).logits, atol=1e-4, rtol=0)
+                                   hf(pixel).logits, atol=1e-5, rtol=0)
 
 
-def test_hf_pruned_heads_folder(tmp_path):
-    hf = hf_model("ViTForImageClassification")
-    hf.prune_heads({0: [1, 3], 1: [0]})
+def test_hf4_pruned_heads_folder_loads_with_transformers_4_logits(tmp_path):
+    """A folder transformers 4.57 saved after prune_heads({0: [0, 2], 1: [1]}): PruneLens
+    builds the smaller blocks from config.pruned_heads and gives the logits transformers 4.57
+    gave; transformers 5 builds full-size layers and refuses the weights."""
+    folder = FIXTURES / "hf4_pruned_vit"
+    assert json.loads((folder / "config.json").read_text())["transformers_version"] == "4.57.6"
+    expected = load_file(str(folder / "expected.safetensors"))
+    ours = load_model(folder)
+    assert [b.num_heads for b in ours.config.blocks] == [1, 2]
+    assert [b.qk_dim for b in ours.config.blocks] == [4, 4]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(expected["images"]), expected["logits"], atol=1e-5,
+                                   rtol=0)
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        transformers.ViTForImageClassification.from_pretrained(folder)
+    # its per-layer head counts have no transformers 5 config: PruneLens or ONNX keep them
+    with pytest.raises(CheckpointError, match=r"per-block head counts \[1, 2\]"):
+        save_model(ours, tmp_path / "hf", format="hf")
+    back = load_model(save_model(ours, tmp_path / "m.safetensors"))
+    with torch.no_grad():
+        torch.testing.assert_close(back(expected["images"]), expected["logits"], atol=1e-5,
+                                   rtol=0)
+
+
+def test_hf5_ignores_pruned_heads_and_so_do_we(tmp_path):
+    """transformers 5 keeps an old pruned_heads entry in config.json but builds (and saves)
+    full-size layers; a folder it wrote loads as it computes, not as transformers 4 would."""
+    hf = hf_model("ViTForImageClassification", pruned_heads={"0": [1, 3]})
+    assert hf.vit.layers[0].attention.q_proj.out_features == 32  # nothing pruned
     hf.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["pruned_heads"] == {"0": [1, 3]} and cfg["transformers_version"].startswith("5.")
     ours = load_model(tmp_path)
-    assert [b.num_heads for b in ours.config.blocks] == [2, 3]
+    assert [b.num_heads for b in ours.config.blocks] == [4, 4]
     x = images()
-    torch.testing.assert_close(ours(x).detach(), hf_logits(hf, x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours(x).detach(), hf_logits(hf, x), atol=1e-5, rtol=0)
 
 
-def test_hub_id_read_from_the_local_cache_only(tmp_path, monkeypatch):
+def test_hf5_head_dim_and_in_memory_names(tmp_path):
+    """transformers 5 folders: ``head_dim`` (2 heads of 8 in a width-32 model) and
+    ``save_original_format=False`` (its in-memory names: layers.i.attention.q_proj, …)."""
+    hf = hf_model("DeiTForImageClassificationWithTeacher", num_attention_heads=2, head_dim=8)
+    assert hf.deit.layers[0].attention.q_proj.out_features == 16
+    hf.save_pretrained(tmp_path / "original")
+    hf.save_pretrained(tmp_path / "v5", save_original_format=False)
+    keys = load_file(str(tmp_path / "v5" / "model.safetensors")).keys()
+    assert "deit.layers.0.attention.q_proj.weight" in keys
+    assert not any(".encoder.layer." in k for k in keys)
+    x = images()
+    with torch.no_grad():
+        out = hf((x - 0.5) / 0.5, output_attentions=True)
+    for name in ("original", "v5"):
+        ours = load_model(tmp_path / name)
+        assert [(b.num_heads, b.qk_dim, b.v_dim) for b in ours.config.blocks] == [(2, 8, 8)] * 2
+        with torch.no_grad():
+            torch.testing.assert_close(ours(x), (out.cls_logits + out.distillation_logits) / 2,
+                                       atol=1e-5, rtol=0)
+        for a, b in zip(capture_attention(ours, x), out.attentions, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_hub_id_read_from_the_local_cache_when_offline(tmp_path, monkeypatch):
+    """HF_HUB_OFFLINE: the cache only (downloads: test_hub.py)."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     with pytest.raises(CheckpointError) as err:
         load_model("facebook/deit-tiny-patch16-224")
     msg = str(err.value)
     assert "\n" not in msg and "not in the local Hugging Face cache" in msg
-    assert "huggingface-cli download facebook/deit-tiny-patch16-224" in msg
+    assert "HF_HUB_OFFLINE is set, so nothing is downloaded" in msg
+    assert "hf download facebook/deit-tiny-patch16-224" in msg
     assert str(tmp_path / "hf" / "hub") in msg
     # the cache layout huggingface_hub writes: models--org--name/{refs/main, snapshots/<rev>}
     repo = tmp_path / "hf" / "hub" / "models--org--tiny-vit"
@@ -141,7 +217,44 @@ def test_hub_id_read_from_the_local_cache_only(tmp_path, monkeypatch):
     (repo / "refs" / "main").write_text("abc123")
     ours = load_model("org/tiny-vit")
     x = images()
-    torch.testing.assert_close(ours(x).detach(), hf_logits(hf, x), atol=1e-4, rtol=0)
+    torch.testing.assert_close(ours(x).detach(), hf_logits(hf, x), atol=1e-5, rtol=0)
+
+
+def test_hub_cache_revisions_and_links_stay_inside_the_cache(tmp_path, monkeypatch):
+    """A hostile cache entry cannot make load_model open a folder or file outside it."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    outside = tmp_path / "hf"  # = snapshots/../../.. : a readable model folder lies there
+    hf_model("ViTForImageClassification").save_pretrained(outside)
+    repo = outside / "hub" / "models--org--evil"
+    (repo / "snapshots").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("../../..")
+    with pytest.raises(CheckpointError, match="refs/main that is not a revision") as err:
+        load_model("org/evil")
+    assert "\n" not in str(err.value)
+    # a snapshot that is a link to a folder elsewhere is not a snapshot
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
+        load_model("org/evil")
+    # a real snapshot folder whose config.json links out of the repository's cache folder
+    (repo / "snapshots" / "abc123").unlink()
+    snap = repo / "snapshots" / "abc123"
+    snap.mkdir()
+    (snap / "config.json").symlink_to(outside / "config.json")
+    (snap / "model.safetensors").symlink_to(outside / "model.safetensors")
+    with pytest.raises(CheckpointError, match="files linking out of its cache folder"):
+        load_model("org/evil")
+    # the layout huggingface_hub writes (files linking to ../../blobs) still loads
+    blobs = repo / "blobs"
+    blobs.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        (blobs / name).write_bytes((outside / name).read_bytes())
+        (snap / name).unlink()
+        (snap / name).symlink_to(Path("../../blobs") / name)
+    assert load_model("org/evil") is not None
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -180,6 +293,13 @@ def test_bad_folders_give_one_line_errors(tmp_path):
     fails(folder("mystery", model_type="mystery", architectures=None), "model_type 'mystery'")
     fails(folder("backbone", architectures=["ViTModel"]), "unsupported architecture 'ViTModel'")
     fails(folder("act", hidden_act="gelu_new"), "hidden_act 'gelu_new' is not supported")
+    fails(folder("head_dim_str", head_dim="8"), "head_dim must be a positive int.*'8'")
+    fails(folder("head_dim_zero", head_dim=0), "head_dim must be a positive int")
+    fails(folder("head_dim_wrong", head_dim=16),
+          r"mis-shaped.*attention\.query\.weight \(32, 32\) vs \(64, 32\)")
+    fails(folder("per_layer", per_layer_config={"0": {"num_attention_heads": 2}}),
+          "per_layer_config .* not read")
+    fails(folder("per_layer_list", per_layer_config=[1]), "per_layer_config must be a JSON object")
     nowt = tmp_path / "noweights"
     nowt.mkdir()
     (nowt / "config.json").write_text(json.dumps(cfg))
@@ -205,8 +325,7 @@ class _Payload:
 
 
 def test_pickled_code_in_bin_is_refused_and_never_run(tmp_path):
-    hf = hf_model("ViTForImageClassification")
-    hf.save_pretrained(tmp_path, safe_serialization=False)
+    bin_folder(hf_model("ViTForImageClassification"), tmp_path)
     marker = tmp_path / "pwned"
     sd = torch.load(tmp_path / "pytorch_model.bin", weights_only=True)
     torch.save({**sd, "evil": _Payload(marker)}, tmp_path / "pytorch_model.bin")
@@ -269,7 +388,7 @@ def test_timm_files_from_the_same_weights_give_the_same_numbers(tmp_path, cls_na
     hf = hf_model(cls_name, layer_norm_eps=1e-6)  # timm's LayerNorm eps
     x = images()
     want = hf_logits(hf, x)
-    sd = hf_to_timm(hf.state_dict(), depth=2)
+    sd = hf_to_timm(saved_state_dict(hf, tmp_path / "hf"), depth=2)
     arch = "deit_tiny_distilled_patch4_16" if "Teacher" in cls_name else "vit_tiny_patch4_16"
     folder = timm_folder(tmp_path / "timm", sd, arch, 5, 16, num_heads=4)
     ours = load_model(folder)

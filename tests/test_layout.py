@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import platform
 from pathlib import Path
 
@@ -113,9 +114,59 @@ def test_nothing_edits_sys_path():
     assert offenders == ["tests/test_layout.py"] or not offenders, offenders
 
 
-def test_dashboard_listens_on_this_machine_only_by_default():
-    """`streamlit run dashboard/app.py` reads .streamlit/config.toml: no other machine can
-    reach the server unless the user passes --server.address."""
-    import tomllib
-    config = tomllib.loads((ROOT / ".streamlit" / "config.toml").read_text())
-    assert config["server"]["address"] == "127.0.0.1"
+def _listening_addresses(port: int) -> list[str]:
+    """The local IPv4/IPv6 addresses a LISTEN socket on ``port`` is bound to (/proc/net)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.append(address)
+    return found
+
+
+@pytest.mark.slow
+def test_dashboard_listens_on_loopback_whatever_the_working_directory(tmp_path):
+    """Started from another folder (and another HOME), the server still binds 127.0.0.1 only:
+    its settings sit beside dashboard/app.py, which Streamlit reads whatever the cwd."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "HOME": str(tmp_path), "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}
+    env.pop("STREAMLIT_SERVER_ADDRESS", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "dashboard" / "app.py"),
+         "--server.headless", "true", "--server.port", str(port)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    try:
+        addresses: list[str] = []
+        for _ in range(600):  # until the socket is bound (or the server died): 60 s at most
+            addresses = _listening_addresses(port)
+            if addresses or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert addresses == ["0100007F"], (addresses, proc.poll())  # 127.0.0.1, nothing else
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_dashboard_settings_are_read_from_beside_the_app(tmp_path):
+    """Streamlit's own config loader, run from another folder: loopback, no usage statistics."""
+    import subprocess
+    import sys
+    code = ("from streamlit import config; config._main_script_path = %r; "
+            "config.get_config_options(force_reparse=True); "
+            "print(config.get_option('server.address'), "
+            "config.get_option('browser.gatherUsageStats'))"
+            % str(ROOT / "dashboard" / "app.py"))
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                         text=True, env={**os.environ, "HOME": str(tmp_path)}, check=True)
+    assert out.stdout.split() == ["127.0.0.1", "False"], out
+    assert not (ROOT / ".streamlit").exists(), "one settings file, beside dashboard/app.py"

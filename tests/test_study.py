@@ -258,5 +258,121 @@ def test_evaluation_in_threads_equals_one_thread_and_can_be_cancelled(model, dat
     slow = Slow(p.model(model)).eval()
     with pytest.raises(study.Cancelled):
         with study.cancellable(event):
-            study._counts_in_threads(slow, [(x[:8], y[:8])] * 12, torch.device("cpu"), 2)
+            study.counts_in_threads(slow, [(x[:8], y[:8])] * 12, torch.device("cpu"), 2)
     assert started.is_set() and slow.calls <= 3  # each thread stops at its next forward
+
+
+def plain_counts(net, dataset):
+    """Loss sum, count and confusion of ``net`` written out: one image at a time, the
+    prediction the argmax of ``net(x)``, the loss ``-log softmax`` of the label in float64."""
+    conf, loss = None, 0.0
+    with torch.no_grad():
+        for i in range(len(dataset)):
+            x, y = dataset[i]
+            logits = net.eval()(x[None])[0].double()
+            if conf is None:
+                conf = np.zeros((len(logits), len(logits)), dtype=np.int64)
+            conf[int(y), int(logits.argmax())] += 1
+            loss -= float(torch.log_softmax(logits, -1)[int(y)])
+    return loss, len(dataset), conf
+
+
+def test_training_sweeps_and_the_dashboard_share_one_evaluator(model, data, monkeypatch):
+    """Training's per-epoch validation, the sweep's Measure and the slice counts the
+    dashboard's Prune page shows (``study.evaluate_counts``, on one thread and on several)
+    all go through ``core.study.evaluation.eval_counts``, and its counts equal a plain loop."""
+    import core.train
+    from core.study import evaluation, points, sweeps
+    from core.train import TrainConfig, train
+
+    real = evaluation.eval_counts
+    assert core.train.eval_counts is real and points.eval_counts is real
+    assert sweeps.eval_counts is real
+    train_set, val_set = data
+    calls: dict[str, list] = {"train": [], "sweep": [], "slices": [], "threads": []}
+
+    def spy(caller):
+        def counted(*args, **kwargs):
+            out = real(*args, **kwargs)
+            calls[caller].append(out)
+            return out
+        return counted
+
+    for module, caller in ((core.train, "train"), (sweeps, "sweep"), (points, "slices"),
+                           (evaluation, "threads")):
+        monkeypatch.setattr(module, "eval_counts", spy(caller))
+
+    def same(got, net):
+        loss, n, conf = plain_counts(net, val_set)
+        assert int(got[1]) == n
+        np.testing.assert_array_equal(np.asarray(got[2]), conf)
+        assert float(got[0]) == pytest.approx(loss, rel=1e-5)
+
+    net = copy.deepcopy(model)
+    result = train(net, train_set, val_set, TrainConfig(epochs=1, max_steps=2, batch_size=16,
+                                                        device="cpu", precision="fp32"))
+    assert result.status == "finished" and len(calls["train"]) == 1
+    same(calls["train"][0], net)
+    assert result.history[-1]["val_acc"] == plain_counts(net, val_set)[2].trace() / len(val_set)
+
+    df = study.sweep(model, train_set, val_set, ["magnitude"], [0.0, 0.5], calib=16,
+                     val_samples=len(val_set))
+    pruned = study.prune_at(model, "magnitude", 0.5)
+    assert len(calls["sweep"]) == 2  # the dense model, then the point at 50 %
+    same(calls["sweep"][0], model)
+    same(calls["sweep"][1], pruned.model(model))
+    assert df["accuracy"].tolist() == [
+        plain_counts(m, val_set)[2].trace() / len(val_set) for m in (model, pruned.model(model))]
+
+    one = study.evaluate_counts(model, pruned, val_set, 0, len(val_set), batch_size=8)
+    assert len(calls["slices"]) == 1 and not calls["threads"]
+    same(one, pruned.model(model))
+    several = study.evaluate_counts(model, pruned, val_set, 0, len(val_set), batch_size=8,
+                                    workers=2)
+    assert len(calls["threads"]) == -(-len(val_set) // 8)  # one call per batch
+    same(several, pruned.model(model))
+
+
+def test_the_package_exports_every_public_name_of_its_modules():
+    """``core.study.__all__`` is exactly the public functions, classes and constants its
+    modules define, each reachable as ``study.X`` and ``from core.study import X``."""
+    import ast
+    from pathlib import Path
+
+    defined = set()
+    for path in Path(study.__file__).parent.glob("[!_]*.py"):  # top-level defs, assignments
+        for node in ast.parse(path.read_text()).body:
+            names = ([node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+                     else [t.id for t in getattr(node, "targets", [getattr(node, "target", 0)])
+                           if isinstance(t, ast.Name)])
+            defined |= {n for n in names if not n.startswith("_")}
+    assert sorted(study.__all__) == sorted(defined)
+    for name in study.__all__:  # defined in one of the package's modules, not re-exported
+        assert getattr(getattr(study, name), "__module__", "core.study.").startswith(
+            "core.study."), name
+    ns: dict = {}
+    exec("from core.study import *", ns)
+    assert set(study.__all__) <= set(ns)
+
+
+def test_no_module_imports_a_private_name_of_study_or_train():
+    """core.study's modules and core.train import no one's private names, and nothing in the
+    repository imports theirs."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    ours = {root / "core" / "train.py", *(root / "core" / "study").glob("*.py")}
+    offenders = []
+    for path in [p for d in ("core", "dashboard", "benchmarks", "tests", "assets")
+                 for p in (root / d).rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            module = node.module or ""
+            theirs = (module.split(".")[-1] in ("study", "train") or ".study." in f".{module}."
+                      or module.startswith("core.study"))
+            for alias in node.names:
+                if alias.name.startswith("_") and (path in ours or theirs):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno} {alias.name}")
+    assert not offenders, offenders

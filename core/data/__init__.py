@@ -13,6 +13,12 @@ Every dataset yields ``(image, label)`` with ``image`` float32 ``(3, H, W)`` in 
 normalisation: models do their own) and has ``classes``, ``targets`` and ``image_size``.
 ``calibration_batch`` draws a class-balanced batch for data-driven pruning criteria.
 
+Memory: images are made at the size asked for, usually a model's, which a model file declares.
+Whatever holds images (a generated dataset, a calibration batch, a lazy dataset's one image at
+a time) is checked against ``PRUNELENS_DATA_MB`` (default 2048) first by ``check_data_budget``:
+over it, a :class:`DataBudgetError` (a ``ValueError``) says how much, the budget and how to ask
+for less.
+
 Untrusted input: ``core.data.images.decode_image`` decodes an uploaded file (size refused from
 the header first, only the formats of ``core.data.images.ACCEPTED_FORMATS``, a JPEG of more
 than ``MAX_JPEG_SCANS`` scans refused unread); ``core.data.roots`` says which server folders a
@@ -26,7 +32,8 @@ from collections.abc import Callable
 
 from torch.utils.data import Dataset
 
-from .common import calibration_batch, validate_image_size, validate_seed
+from .common import (DataBudgetError, calibration_batch, check_data_budget,
+                     validate_image_size, validate_seed)
 from .digits import DigitsDataset, make_digits
 from .folder import FolderDataset, FolderScanError, ScanCancelled, make_folder, scan_folder
 from .images import ImageError, ImageTooLargeError, decode_image
@@ -35,6 +42,7 @@ from .shapes import SHAPE_CLASSES, ShapesDataset, make_shapes
 
 __all__ = [
     "SHAPE_CLASSES",
+    "DataBudgetError",
     "DataPathError",
     "DigitsDataset",
     "FolderDataset",
@@ -44,6 +52,7 @@ __all__ = [
     "ScanCancelled",
     "ShapesDataset",
     "calibration_batch",
+    "check_data_budget",
     "data_roots",
     "decode_image",
     "list_data_folders",

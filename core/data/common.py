@@ -1,8 +1,14 @@
-"""Helpers shared by every dataset source: argument checks, stratified splits, calibration batches.
+"""Helpers shared by every dataset source: argument checks, stratified splits, calibration batches,
+the memory budget.
 
 Every dataset in ``core.data`` is a ``torch.utils.data.Dataset`` of ``(image, label)`` pairs with
 ``image`` a float32 tensor ``(3, H, W)`` in ``[0, 1]`` and ``label`` a python ``int``, plus the
 attributes ``classes: list[str]``, ``targets: list[int]`` and ``image_size: tuple[int, int]``.
+
+The image size is usually the model's, and a model file declares it: whatever holds images in
+memory (a generated dataset, a calibration batch, stacked validation images) asks
+:func:`check_data_budget` first, which refuses more than ``PRUNELENS_DATA_MB`` (default
+:data:`DEFAULT_DATA_MB`) before anything is allocated.
 """
 
 from __future__ import annotations
@@ -10,12 +16,68 @@ from __future__ import annotations
 from collections.abc import Sequence
 from numbers import Integral
 
+import math
+import os
+
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 MIN_IMAGE_SIDE = 8
+DATA_MB_ENV = "PRUNELENS_DATA_MB"
+DEFAULT_DATA_MB = 2048
+"""Images one dataset or batch may hold, in MB (``PRUNELENS_DATA_MB`` changes it): room for
+shapes' default 6000 + 1200 images at 224×224, or 256 validation images at 512×512 as float32."""
+FLOAT_RGB = 12
+"""Bytes per pixel of a float32 (3, H, W) image."""
+
+
+class DataBudgetError(ValueError):
+    """Images that would take more memory than ``PRUNELENS_DATA_MB`` allows; the message says
+    how many, how much, the budget and how to ask for less."""
+
+
+def data_budget_bytes() -> int:
+    """``PRUNELENS_DATA_MB`` in bytes (read at every call); unset, or not a positive number:
+    :data:`DEFAULT_DATA_MB`."""
+    text = os.environ.get(DATA_MB_ENV, "").strip()
+    try:
+        mb = float(text) if text else DEFAULT_DATA_MB
+    except ValueError:
+        mb = DEFAULT_DATA_MB
+    if not (math.isfinite(mb) and mb > 0):
+        mb = DEFAULT_DATA_MB
+    return int(mb * 2**20)
+
+
+def check_data_budget(count: int, image_size: tuple[int, int], what: str, fewer: str,
+                      bytes_per_pixel: int = FLOAT_RGB) -> int:
+    """Bytes ``count`` images of ``image_size`` (H, W) take at ``bytes_per_pixel`` (12: float32
+    RGB) → returned, or :class:`DataBudgetError` over :func:`data_budget_bytes`, raised before
+    anything is allocated. ``what`` names the images, ``fewer`` says how to ask for fewer."""
+    H, W = image_size
+    need = int(count) * H * W * int(bytes_per_pixel)
+    budget = data_budget_bytes()
+    if need > budget:
+        fit = budget // (H * W * int(bytes_per_pixel))
+        images = "1 image" if count == 1 else f"{count} images"
+        raise DataBudgetError(
+            f"{what}: {images} of {H}x{W} would take {need / 2**20:,.0f} MB, over the "
+            f"{budget / 2**20:,.0f} MB data budget ({DATA_MB_ENV}); "
+            + (f"{fit} fit: {fewer}, or use a smaller image size" if fit else
+               "use a smaller image size") + f", or raise {DATA_MB_ENV}")
+    return need
+
+
+def image_size_of(dataset: Dataset) -> tuple[int, int]:
+    """``(H, W)`` of ``dataset``'s images: ``.image_size`` if present, through ``Subset`` too;
+    else the first image's (one image read)."""
+    if hasattr(dataset, "image_size"):
+        return tuple(dataset.image_size)  # type: ignore[return-value]
+    if isinstance(dataset, Subset):
+        return image_size_of(dataset.dataset)
+    return tuple(dataset[0][0].shape[-2:])  # type: ignore[index]
 
 
 def validate_image_size(image_size: object) -> tuple[int, int]:
@@ -167,6 +229,8 @@ def calibration_batch(dataset: Dataset, batch_size: int, seed: int = 0) -> tuple
             f"calibration_batch needs a dataset with at least 2 classes; "
             f"its targets hold {len(present)}"
         )
+    check_data_budget(int(batch_size), image_size_of(dataset), "calibration batch",
+                      "draw fewer calibration images")
     rng = np.random.default_rng(validate_seed(seed))
     members = [np.flatnonzero(targets == c) for c in present]
     counts = balanced_counts(np.array([len(m) for m in members]), int(batch_size), rng)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .common import stratified_split, validate_image_size, validate_seed
+from .common import check_data_budget, stratified_split, validate_image_size, validate_seed
 
 DIGIT_CLASSES: list[str] = [str(d) for d in range(10)]
 
@@ -45,6 +45,8 @@ class DigitsDataset(Dataset):
 
     def __init__(self, indices: np.ndarray, image_size: int | tuple[int, int]) -> None:
         self.image_size = validate_image_size(image_size)
+        # images are made on access, one at a time: each must fit
+        check_data_budget(1, self.image_size, "digits dataset", "")
         images, targets = _sklearn_digits()
         self.indices: list[int] = [int(i) for i in indices]
         self._images = torch.tensor(images[self.indices])  # (N, 8, 8), a private copy

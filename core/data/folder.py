@@ -42,7 +42,8 @@ from pathlib import Path
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .common import check_num_classes, stratified_split, validate_image_size, validate_seed
+from .common import (check_data_budget, check_num_classes, stratified_split,
+                     validate_image_size, validate_seed)
 from .fs import NotARegularFileError, file_kind, open_regular, pseudo_filesystems
 from .images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, check_image,
                      open_image, to_tensor)
@@ -85,6 +86,8 @@ class FolderDataset(Dataset):
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         self.image_size = validate_image_size(image_size)
+        # images are decoded and resized on access, one at a time: each must fit
+        check_data_budget(1, self.image_size, "folder dataset", "")
         self.classes = list(classes)
         check_num_classes(self.classes, "folder dataset")
         self.samples = [(str(p), int(y)) for p, y in samples]
@@ -362,6 +365,7 @@ def make_folder(
     if root is None:
         raise ValueError("the folder dataset needs root=<directory with one sub-folder per class>")
     seed = validate_seed(seed)
+    check_data_budget(1, validate_image_size(image_size), "folder dataset", "")  # before the scan
     samples, classes = scan_folder(root, max_pixels=max_pixels, max_files=max_files,
                                    max_depth=max_depth, max_seconds=max_seconds, roots=roots,
                                    cancel=cancel)

@@ -13,7 +13,9 @@ lands on the object.
 
 Generation is vectorised numpy, done once at construction: 6000 images of 32x32 take a fraction
 of a second. Storage is uint8, ``N * 3 * H * W`` bytes (6000 images at 224x224 would be 900 MB, so
-pass a smaller ``num_train`` for big inputs); masks are bit-packed (``N * H * W / 8`` bytes).
+pass a smaller ``num_train`` for big inputs); masks are bit-packed (``N * H * W / 8`` bytes), after
+being generated as ``N * H * W`` bools. That is checked against the data budget
+(``core.data.common.check_data_budget``) before anything is generated.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .common import check_num_classes, validate_image_size, validate_seed
+from .common import check_data_budget, check_num_classes, validate_image_size, validate_seed
 
 SHAPE_CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "cross", "ring", "star")
 
@@ -56,6 +58,8 @@ _COARSE_NOISE = 0.08  # amplitude of the 4x4 noise grid, upsampled bilinearly
 _PIXEL_NOISE = 0.02
 _CHUNK_PIXELS = 1 << 20  # samples generated together, bounds temporary memory to ~50 MB
 _SPLIT_STREAMS = {"train": 0, "val": 1}
+_BYTES_PER_PIXEL = 4  # uint8 RGB, and the bool mask before it is packed
+_FEWER = "pass fewer images (num_train=..., num_val=...)"
 
 
 class ShapesDataset(Dataset):
@@ -94,6 +98,8 @@ class ShapesDataset(Dataset):
         check_num_classes(self.classes, "shapes dataset")
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"number of samples must be an int >= 1; got {num_samples!r}")
+        check_data_budget(num_samples, self.image_size, f"shapes {split} split", _FEWER,
+                          _BYTES_PER_PIXEL)
 
         rng = np.random.default_rng([seed, _SPLIT_STREAMS[split]])
         images, masks, labels = _generate(rng, num_samples, self.image_size, self.classes)
@@ -126,6 +132,8 @@ def make_shapes(
     for name, n in (("num_train", num_train), ("num_val", num_val)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{name} must be an int >= 1; got {n!r}")
+    check_data_budget(num_train + num_val, validate_image_size(image_size), "shapes dataset "
+                      f"(num_train {num_train} + num_val {num_val})", _FEWER, _BYTES_PER_PIXEL)
     return (
         ShapesDataset(num_train, image_size, seed, "train", classes),
         ShapesDataset(num_val, image_size, seed, "val", classes),

@@ -112,7 +112,9 @@ class ModelAdapter:
     it serves. Class attributes describe constraints of the family:
 
     ``tied_qk_v``: q/k and v share one per-head dim (Linformer's package);
-    ``heads_divide_width``: the residual width must stay a multiple of every layer's heads.
+    ``heads_divide_width``: the residual width must stay a multiple of every layer's heads;
+    ``merges_tokens``: the attention takes any number of tokens, so blocks can merge them
+    (ToMe, :mod:`core.tokens`); Linformer's sequence projections fix the length.
     """
 
     family: ClassVar[str] = ""
@@ -120,6 +122,7 @@ class ModelAdapter:
     config_type: ClassVar[type]
     tied_qk_v: ClassVar[bool] = False
     heads_divide_width: ClassVar[bool] = False
+    merges_tokens: ClassVar[bool] = False
 
     # -- building
     def build(self, config: Any) -> nn.Module:
@@ -175,6 +178,18 @@ class ModelAdapter:
         """Recorded probabilities (B, H, N, M) → token-to-token map (B, H, N, N). Identity for
         softmax attention (M = N)."""
         return probs
+
+    # -- token merging (only where ``merges_tokens``)
+    def key_point(self, attn: nn.Module) -> nn.Module:
+        """The submodule whose output is the keys (B, H, N, d_qk) the queries are scored
+        against (ToMe's similarity metric)."""
+        raise NotImplementedError
+
+    def set_token_merging(self, model: nn.Module, merges: list[nn.Module],
+                          unmerge: nn.Module) -> None:
+        """Put ``merges[i]`` ((B, N, C) → (B, N', C)) between block i's attention and its FFN,
+        and ``unmerge`` ((B, N', C) → (B, N, C)) after the final norm, in place."""
+        raise NotImplementedError
 
     # -- structured pruning
     def slices(self, model: nn.Module, plan: Any) -> Slices:

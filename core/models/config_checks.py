@@ -2,9 +2,11 @@
 
 A configuration comes from a preset, a user's keyword, or a checkpoint's metadata (which a
 browser user can forge), so every field is checked for type and range before a module is
-built: a bad one raises ``ValueError`` naming the field, never ``ZeroDivisionError`` or a
-``TypeError`` from deep inside PyTorch. The bounds keep a forged file from making the server
-allocate a huge model (a 564-byte file declaring ``mlp_hidden=2000000`` once cost 1.35 GB).
+built: a bad one raises ``ValueError`` naming the field, its value and the bound, never
+``ZeroDivisionError`` or a ``TypeError`` from deep inside PyTorch. The bounds, all in
+:data:`SIZE_LIMITS`, keep a forged file from making the server allocate a huge model (a 564-byte
+file declaring ``mlp_hidden=2000000`` once cost 1.35 GB) or huge inputs for it (a 420 KB file
+declaring 2048×2048 images had a dataset generated at that size: 70 GiB asked for).
 """
 from __future__ import annotations
 
@@ -14,29 +16,97 @@ from contextlib import contextmanager
 from numbers import Integral, Real
 from typing import Any, Iterator
 
-MAX_WIDTH = 1 << 16        # channels, heads, hidden sizes, classes
-MAX_DEPTH = 256
-MAX_IMAGE_SIDE = 8192
+# The most a model may declare, wherever its configuration comes from (a preset, a keyword, a
+# PruneLens file's metadata, a Hugging Face or timm config.json), and why. A file's tensors are
+# checked against the shapes it declares before they are read, so a size a weight backs costs
+# what the file weighs; the input size, and the activations it makes, no weight backs. Each
+# bound lets the released models named in its line through with room to spare.
+SIZE_LIMITS: dict[str, tuple[int, str]] = {
+    "image_side": (1024, "pixels per side; ViT-L runs at 384 or 512, DINOv2 at 518"),
+    "tokens": (4096, "patches per image; ViT-B/8 at 512 has 4096, and attention grows as "
+                     "its square"),
+    "classes": (32_768, "ImageNet-22k has 21,843"),
+    "width": (1 << 16, "embedding, head and hidden sizes; ViT-22B's MLP is 24,576 wide"),
+    "heads": (256, "ViT-22B has 48"),
+    "depth": (256, "ViT-22B has 48 blocks"),
+    "channels": (64, "RGB is 3, multispectral tens"),
+    "registers": (64, "timm's register models have 4 to 16"),
+    "activation": (1 << 28, "1 GiB of float32 for one image in one block; ViT-B/8 at 512's "
+                            "attention maps hold 201 M values"),
+}
+MAX_IMAGE_SIDE = SIZE_LIMITS["image_side"][0]
+MAX_TOKENS = SIZE_LIMITS["tokens"][0]
+MAX_CLASSES = SIZE_LIMITS["classes"][0]
+MAX_WIDTH = SIZE_LIMITS["width"][0]
+MAX_HEADS = SIZE_LIMITS["heads"][0]
+MAX_DEPTH = SIZE_LIMITS["depth"][0]
+MAX_CHANNELS = SIZE_LIMITS["channels"][0]
+MAX_REGISTERS = SIZE_LIMITS["registers"][0]
+MAX_ACTIVATION = SIZE_LIMITS["activation"][0]
 
 
-def check_int(owner: str, name: str, value: Any, low: int = 1, high: int = MAX_WIDTH) -> None:
+def why(limit: str) -> str:
+    """`` (why)``: the reason for bound ``limit`` of :data:`SIZE_LIMITS`, for a message."""
+    return f" ({SIZE_LIMITS[limit][1]})"
+
+
+def check_int(owner: str, name: str, value: Any, low: int = 1, high: int = MAX_WIDTH,
+              limit: str = "width") -> None:
+    """An int in [low, high]; ``limit``: the :data:`SIZE_LIMITS` entry ``high`` comes from,
+    whose reason the message gives."""
     if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ValueError(f"{owner}.{name} must be an integer, got {value!r}")
+        raise ValueError(f"{owner}.{name} must be an integer, got {shown(value)}")
     if not low <= value <= high:
-        raise ValueError(f"{owner}.{name} must be in [{low}, {high}], got {value}")
+        raise ValueError(f"{owner}.{name} must be in [{low}, {high}], got {shown(value)}"
+                         + (why(limit) if limit else ""))
 
 
-def check_image(owner: str, img_size: Any, patch_size: Any, in_chans: Any) -> None:
+def check_image(owner: str, img_size: Any, patch_size: Any, in_chans: Any) -> int:
+    """Image size, patch size and channels in their bounds, the patch grid too; → the number
+    of patches."""
     if not (isinstance(img_size, tuple) and len(img_size) == 2):
-        raise ValueError(f"{owner}.img_size must be (height, width) integers, got {img_size!r}")
+        raise ValueError(f"{owner}.img_size must be (height, width) integers, got "
+                         f"{shown(img_size)}")
     for side in img_size:
-        check_int(owner, "img_size", side, 1, MAX_IMAGE_SIDE)
-    check_int(owner, "patch_size", patch_size, 1, MAX_IMAGE_SIDE)
-    check_int(owner, "in_chans", in_chans, 1, 64)
+        check_int(owner, "img_size", side, 1, MAX_IMAGE_SIDE, "image_side")
+    check_int(owner, "patch_size", patch_size, 1, MAX_IMAGE_SIDE, "image_side")
+    check_int(owner, "in_chans", in_chans, 1, MAX_CHANNELS, "channels")
     H, W = img_size
     if H % patch_size or W % patch_size:
         raise ValueError(f"{owner}: image size {H}x{W} is not divisible by the patch size "
                          f"{patch_size}")
+    return check_tokens(owner, img_size, patch_size)
+
+
+def check_tokens(owner: str, img_size: tuple[int, int], patch_size: int) -> int:
+    """The patch grid of ``img_size`` (sides already bounded) within :data:`MAX_TOKENS` →
+    the number of patches."""
+    H, W = img_size
+    tokens = (H // patch_size) * (W // patch_size)
+    if tokens > MAX_TOKENS:
+        raise ValueError(f"{owner}: {H}x{W} images in {patch_size}-pixel patches make "
+                         f"{tokens} tokens; at most {MAX_TOKENS}{why('tokens')}")
+    return tokens
+
+
+def check_activation(owner: str, what: str, values: int) -> None:
+    """One image's tensor in a block (``values`` entries, described by ``what``) within
+    :data:`MAX_ACTIVATION`."""
+    if values > MAX_ACTIVATION:
+        raise ValueError(f"{owner}: {what} make {values} values per image; at most "
+                         f"{MAX_ACTIVATION}{why('activation')}")
+
+
+def check_block(owner: str, block: str, tokens: int, heads: int, qkv: int, hidden: int) -> None:
+    """What one image makes in a ViT block over ``tokens`` tokens, each within
+    :data:`MAX_ACTIVATION`: attention maps (heads × tokens²), q/k/v (tokens × ``qkv``) and the
+    MLP's hidden layer (tokens × ``hidden``). No weight backs these, so a small file could
+    otherwise ask for any amount."""
+    N = tokens
+    check_activation(owner, f"{block}'s attention maps ({heads} heads × {N} × {N} tokens)",
+                     heads * N * N)
+    check_activation(owner, f"{block}'s q/k/v ({N} tokens × {qkv})", N * qkv)
+    check_activation(owner, f"{block}'s MLP ({N} tokens × {hidden})", N * hidden)
 
 
 def check_stats(owner: str, name: str, value: Any, channels: int, positive: bool) -> None:
@@ -89,12 +159,14 @@ def shown(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def json_int(where: str, name: str, value: Any, low: int = 1, high: int = MAX_WIDTH) -> int:
-    """An integer field in [low, high]."""
+def json_int(where: str, name: str, value: Any, low: int = 1, high: int = MAX_WIDTH,
+             limit: str = "width") -> int:
+    """An integer field in [low, high] (``limit``: the :data:`SIZE_LIMITS` entry of ``high``,
+    whose reason the message gives)."""
     if isinstance(value, bool) or not isinstance(value, Integral) or not low <= value <= high:
         what = "a positive int" if low == 1 else f"an int >= {low}"
         raise ValueError(f"{where}: {name} must be {what} (at most {high}), "
-                         f"got {shown(value)}")
+                         f"got {shown(value)}" + (why(limit) if limit else ""))
     return int(value)
 
 
@@ -133,12 +205,14 @@ def json_dict(where: str, name: str, value: Any) -> dict:
     return value
 
 
-def json_size(where: str, name: str, value: Any, high: int = MAX_IMAGE_SIDE) -> tuple[int, int]:
-    """An image or patch size: an int, or [height, width] ints, each in [1, high]."""
+def json_size(where: str, name: str, value: Any) -> tuple[int, int]:
+    """An image or patch size: an int, or [height, width] ints, each in [1, MAX_IMAGE_SIDE]."""
+    high = MAX_IMAGE_SIDE
     if isinstance(value, (list, tuple)) and len(value) == 2:
-        return (json_int(where, name, value[0], 1, high), json_int(where, name, value[1], 1, high))
+        return (json_int(where, name, value[0], 1, high, "image_side"),
+                json_int(where, name, value[1], 1, high, "image_side"))
     if isinstance(value, Integral) and not isinstance(value, bool):
-        side = json_int(where, name, value, 1, high)
+        side = json_int(where, name, value, 1, high, "image_side")
         return (side, side)
     raise ValueError(f"{where}: {name} must be an int or [height, width], got {shown(value)}")
 

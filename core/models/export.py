@@ -3,11 +3,15 @@
 ``save_hf`` writes ``config.json``, ``preprocessor_config.json`` and ``model.safetensors`` that
 transformers' ``ViTForImageClassification`` (``DeiTForImageClassification[WithTeacher]`` for a
 distilled model) ``from_pretrained`` loads with the same logits; transformers is not imported.
-Pruning masks are baked in (zeros in the weights); heads removed from a block go through the
-config's ``pruned_heads`` (every block keeps the head dim ``hidden_size / num_attention_heads``).
-Anything else a pruned model may be — per-block FFN widths, q/k dim ≠ v dim, a changed softmax
-scale, register tokens, LayerScale, average pooling — has no place in that config and raises
-:class:`CheckpointError` pointing to the formats that keep it ("onnx", "prunelens").
+Pruning masks are baked in (zeros in the weights). transformers 5 builds every layer from one
+set of numbers (its ``pruned_heads``, which let layers differ, is gone): a model whose blocks all
+keep the same heads, head size and FFN width is written as such, with ``head_dim`` when heads ×
+head size is not the width (a folder only transformers 5 reads). Anything else a pruned model
+may be — head counts or FFN widths that differ between blocks, q/k dim ≠ v dim, a changed
+softmax scale, register tokens, LayerScale, average pooling — has no place in that config and
+raises :class:`CheckpointError` pointing to the formats that keep it ("onnx", "prunelens").
+Zero-padding the smaller blocks back to one shape would give the same logits but a file no
+smaller than the dense model and extra heads of uniform attention in every attention view.
 
 ``save_onnx`` traces a plain copy (masks baked, no parametrizations, so the file holds each
 weight once) with torch's TorchScript exporter (``dynamo=False``: the torch.export-based one
@@ -17,6 +21,7 @@ output ``logits`` (B, num_classes).
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -62,16 +67,14 @@ def hf_layout(config: ViTConfig) -> tuple[str, dict]:
     if any(q != v for q, v in dims) or len(dims) > 1:
         why.append("per-head q/k or v dims that differ between blocks or from each other "
                    f"({sorted(dims)})")
-    d = blocks[0].qk_dim
-    if not why and config.embed_dim % d:
-        why.append(f"head dim {d} that does not divide the width {config.embed_dim}")
+    if len({b.num_heads for b in blocks}) > 1:
+        why.append(f"per-block head counts {[b.num_heads for b in blocks]} (transformers 5 "
+                   "has no pruned_heads)")
     if len({b.mlp_hidden for b in blocks}) > 1:
         why.append(f"per-block FFN widths {[b.mlp_hidden for b in blocks]}")
+    d, heads = blocks[0].qk_dim, blocks[0].num_heads
     if any(b.scale is not None and abs(b.scale - d ** -0.5) > 1e-7 * d ** -0.5 for b in blocks):
         why.append("a softmax scale other than head_dim ** -0.5")
-    heads = config.embed_dim // d if not why else 0
-    if not why and any(b.num_heads > heads for b in blocks):
-        why.append(f"more heads than width / head dim ({heads})")
     if why:
         raise CheckpointError("a transformers ViT/DeiT config cannot express this model: "
                               + ", ".join(why) + hint)
@@ -89,11 +92,12 @@ def hf_layout(config: ViTConfig) -> tuple[str, dict]:
         "image_size": H if H == W else [H, W], "patch_size": config.patch_size,
         "num_channels": config.in_chans, "qkv_bias": config.qkv_bias,
         "encoder_stride": config.patch_size,
-        "pruned_heads": {str(i): list(range(b.num_heads, heads))
-                         for i, b in enumerate(blocks) if b.num_heads < heads},
+        # transformers 5 reads head_dim; transformers 4 sizes heads as width / heads and
+        # refuses the weights of such a folder
+        **({"head_dim": d} if heads * d != config.embed_dim else {}),
         "id2label": {str(i): f"LABEL_{i}" for i in range(C)},
         "label2id": {f"LABEL_{i}": i for i in range(C)},
-        "torch_dtype": "float32",
+        "dtype": "float32",
     }
 
 
@@ -105,7 +109,6 @@ def _write_json(path: Path, data: dict) -> None:
 
 def save_hf(model: nn.Module, folder: str | Path) -> Path:
     """Write ``model`` as a transformers ``save_pretrained`` folder; returns the folder."""
-    from safetensors.torch import save_file
 
     if get_adapter(model).family != "vit":
         raise CheckpointError(f"transformers has no {get_adapter(model).family} model; save with "
@@ -120,7 +123,20 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
     sd = _plain_state_dict(model)
     hf_sd = {k: v.clone() for k, v in to_hf_state_dict(sd, config, arch).items()}
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_hf(folder, hf_sd, hf_config, config)
+    except BaseException:
+        if created:  # a full disk, say: leave no half-written folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def _write_hf(folder: Path, hf_sd: dict, hf_config: dict, config: ViTConfig) -> None:
+    from safetensors.torch import save_file
+
     H, W = config.img_size
     processor = "DeiTImageProcessor" if config.distilled else "ViTImageProcessor"
     pre = {"image_processor_type": processor, "do_resize": True,
@@ -137,7 +153,6 @@ def save_hf(model: nn.Module, folder: str | Path) -> Path:
         tmp.unlink(missing_ok=True)
     _write_json(folder / "config.json", hf_config)
     _write_json(folder / "preprocessor_config.json", pre)
-    return folder
 
 
 def save_onnx(model: nn.Module, path: str | Path, opset: int = ONNX_OPSET) -> Path:

@@ -14,11 +14,17 @@ without importing transformers. Their layers map one to one onto timm's names:
     {p}encoder.layer.i.{intermediate, output}.dense  → blocks.i.mlp.{fc1, fc2}
     {p}layernorm → norm;  classifier (or cls_ / distillation_classifier) → head (/ head_dist)
 
-with ``p`` = ``vit.`` or ``deit.``. Heads removed with transformers' ``prune_heads`` (config
-``pruned_heads``) become blocks with fewer heads. The image mean/std come from
+with ``p`` = ``vit.`` or ``deit.``; transformers 5's in-memory names (``{p}layers.i.attention.
+{q,k,v,o}_proj``, ``{p}layers.i.mlp.{fc1,fc2}``, written by ``save_pretrained(...,
+save_original_format=False)``) are read too. Heads removed with transformers 4's ``prune_heads``
+(config ``pruned_heads``) become blocks with fewer heads; transformers 5 ignores that field, and
+so does PruneLens where config.json names transformers 5 as its writer. A ``head_dim``
+(transformers 5: fewer heads of the same size in every layer) sets the head size; without it a
+head is ``hidden_size / num_attention_heads`` wide. The image mean/std come from
 ``preprocessor_config.json`` (transformers' defaults 0.5/0.5 when absent) and are folded so the
-returned model takes images in [0, 1]. A hub id (``org/name``) is looked up in the local cache
-only (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``).
+returned model takes images in [0, 1]. A hub id (``org/name``) is found in the local cache
+(``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``) here, and
+downloaded into it by :mod:`core.models.hub`.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ import torch
 from torch import Tensor
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_json, read_weights
-from .config_checks import (MAX_DEPTH, json_bool, json_dict, json_int, json_number, json_size,
+from .config_checks import (MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_HEADS, check_block,
+                            check_tokens, json_bool, json_dict, json_int, json_number, json_size,
                             json_stats, shown, stray_errors)
 from .vit import BlockConfig, VisionTransformer, ViTConfig, state_dict_mismatch
 
@@ -63,24 +70,69 @@ def hub_cache_dir() -> Path:
     return Path(home).expanduser() / "hub"
 
 
-def hub_snapshot(repo_id: str) -> Path:
-    """The cached snapshot folder of ``repo_id`` (``refs/main``'s revision, else the newest);
-    nothing is downloaded."""
+_REVISION = re.compile(r"^[\w.-]{1,128}$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def is_revision(revision: str) -> bool:
+    """A branch, tag or commit name that stays one path inside the cache's ``refs/`` (parts of
+    ``[A-Za-z0-9_.-]`` joined by ``/``, none ``.`` or ``..``, at most 128 characters)."""
+    parts = revision.split("/") if isinstance(revision, str) and len(revision) <= 128 else [""]
+    return all(_REVISION.match(p) and p not in (".", "..") for p in parts)
+
+
+def hub_snapshot(repo_id: str, revision: str | None = None,
+                 reason: str = "nothing is downloaded") -> Path:
+    """The cached snapshot folder of ``repo_id`` at ``revision`` (a commit, or a branch or tag
+    that ``refs/`` names; by default ``refs/main``'s revision, else the newest); nothing is
+    downloaded. ``reason`` says why not, in the message for a repository not in the cache.
+
+    The cache is data, not trusted: a ref must name a plain revision (no ``/``, not ``.`` or
+    ``..``), the snapshot must resolve to a folder directly inside the repository's
+    ``snapshots/``, and the files read from it (``config.json``, the weights) must resolve
+    inside the repository's cache folder (huggingface_hub links them to ``blobs/``); anything
+    else is a one-line :class:`CheckpointError`."""
     cache = hub_cache_dir()
     repo = cache / ("models--" + repo_id.replace("/", "--"))
     snapshots = repo / "snapshots"
-    found = sorted((p for p in snapshots.iterdir() if p.is_dir()),
-                   key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
-    ref = repo / "refs" / "main"
-    if ref.is_file() and (snapshots / ref.read_text().strip()).is_dir():
-        return snapshots / ref.read_text().strip()
-    if found:
-        return found[-1]
-    raise _error(
-        f"{repo_id!r} is not a local path and not in the local Hugging Face cache ({cache}); "
-        f"nothing is downloaded. On a machine with internet run `huggingface-cli download "
-        f"{repo_id}`, then copy its {repo.name} folder into {cache} here (or point HF_HOME "
-        "at a copied cache)")
+
+    def inside(snap: Path) -> bool:
+        real = Path(os.path.realpath(snap))
+        return real.parent == Path(os.path.realpath(snapshots)) and real.is_dir()
+
+    if revision is not None and not is_revision(revision):
+        raise _error(f"{shown(revision)} is not a revision name (a branch, tag or commit)")
+    name = revision or "main"
+    ref = repo / "refs" / name
+    chosen = None
+    if revision is not None and _COMMIT.match(revision):
+        chosen = snapshots / revision if inside(snapshots / revision) else None
+    elif ref.is_file() and not ref.is_symlink():
+        commit = ref.read_text(errors="replace")[:200].strip()
+        if not _REVISION.match(commit) or commit in (".", ".."):
+            raise _error(f"the cached {repo_id!r} has a refs/{name} that is not a revision "
+                         f"({shown(commit)}); delete {repo.name} from the cache and "
+                         "download it again")
+        if inside(snapshots / commit):
+            chosen = snapshots / commit
+    if chosen is None and revision is None and snapshots.is_dir():
+        found = sorted((p for p in snapshots.iterdir() if inside(p)),
+                       key=lambda p: p.stat().st_mtime)
+        chosen = found[-1] if found else None
+    if chosen is None:
+        at = f" at revision {revision!r}" if revision is not None else ""
+        raise _error(
+            f"{repo_id!r}{at} is not a local path and not in the local Hugging Face cache "
+            f"({cache}); {reason}. On a machine with internet run `hf download {repo_id}"
+            f"{' --revision ' + revision if revision else ''}`, then copy its {repo.name} "
+            f"folder into {cache} here (or point HF_HOME at a copied cache)")
+    from core.data.roots import DataPathError, check_files_under_roots
+    try:
+        check_files_under_roots(chosen, roots=[repo])
+    except DataPathError:
+        raise _error(f"the cached {repo_id!r} has files linking out of its cache folder "
+                     f"({repo.name}); delete it from the cache and download it again") from None
+    return chosen
 
 
 # ---------------------------------------------------------------------------- conversion
@@ -141,8 +193,22 @@ def preprocessing(folder: Path, channels: int = 3
     return mean, std, pre
 
 
+_VERSION = re.compile(r"^(\d{1,4})\.")
+
+
+def _written_by_transformers_5(cfg: dict) -> bool:
+    """``config.json`` names transformers 5 or later as its writer (absent, as in folders
+    PruneLens and hand-written tools made before, counts as 4)."""
+    version = cfg.get("transformers_version")
+    found = _VERSION.match(version[:20]) if isinstance(version, str) else None
+    return found is not None and int(found.group(1)) >= 5
+
+
 def _pruned_heads(cfg: dict, depth: int, heads: int, where: str) -> dict[int, set[int]]:
-    """transformers' ``pruned_heads`` ({"layer": [head, …]}) checked against the model."""
+    """transformers 4's ``pruned_heads`` ({"layer": [head, …]}) checked against the model;
+    empty for a config written by transformers 5, whose models ignore the field."""
+    if _written_by_transformers_5(cfg):
+        return {}
     raw = json_dict(where, "pruned_heads", cfg.get("pruned_heads"))
     pruned: dict[int, set[int]] = {}
     for key, hs in raw.items():
@@ -177,28 +243,43 @@ def hf_config_fields(cfg: dict, where: str = "config.json") -> dict:
         f: dict = {
             "embed_dim": json_int(where, "hidden_size", need("hidden_size")),
             "depth": json_int(where, "num_hidden_layers", need("num_hidden_layers"), 1,
-                              MAX_DEPTH),
-            "heads": json_int(where, "num_attention_heads", need("num_attention_heads")),
+                              MAX_DEPTH, "depth"),
+            "heads": json_int(where, "num_attention_heads", need("num_attention_heads"), 1,
+                              MAX_HEADS, "heads"),
             "mlp_hidden": json_int(where, "intermediate_size", need("intermediate_size")),
-            "in_chans": json_int(where, "num_channels", cfg.get("num_channels", 3), 1, 64),
+            "in_chans": json_int(where, "num_channels", cfg.get("num_channels", 3), 1,
+                                 MAX_CHANNELS, "channels"),
             "img_size": json_size(where, "image_size", need("image_size", 224)),
             "patch": json_size(where, "patch_size", need("patch_size", 16)),
             "qkv_bias": json_bool(where, "qkv_bias", cfg.get("qkv_bias", True)),
             "norm_eps": json_number(where, "layer_norm_eps", cfg.get("layer_norm_eps", 1e-12),
                                     positive=True, below=1.0),
         }
-        if f["embed_dim"] % f["heads"]:
+        if cfg.get("head_dim") is not None:  # transformers 5: heads × head_dim ≠ width allowed
+            f["head_dim"] = json_int(where, "head_dim", cfg["head_dim"])
+        elif f["embed_dim"] % f["heads"]:
             raise ValueError(f"{where}: hidden_size {f['embed_dim']} is not divisible by "
                              f"num_attention_heads {f['heads']}")
+        else:
+            f["head_dim"] = f["embed_dim"] // f["heads"]
+        if json_dict(where, "per_layer_config", cfg.get("per_layer_config")):
+            raise ValueError(f"{where}: per_layer_config (layers that differ) is not read: "
+                             "transformers' ViT and DeiT build every layer alike")
         ph, pw = f["patch"]
         if ph != pw:
             raise ValueError(f"{where}: non-square patches {ph}x{pw} are not supported")
+        # cls (+ distillation) token and the patches: what one image makes, before any read
+        tokens = 2 + check_tokens(where, f["img_size"], ph)
+        check_block(where, "each layer", tokens, f["heads"], 3 * f["embed_dim"],
+                    f["mlp_hidden"])
         labels = cfg.get("id2label")
         if labels:
             labels = json_dict(where, "id2label", labels)
-            f["num_classes"] = json_int(where, "id2label (number of labels)", len(labels), 2)
+            f["num_classes"] = json_int(where, "id2label (number of labels)", len(labels), 2,
+                                        MAX_CLASSES, "classes")
         else:
-            f["num_classes"] = json_int(where, "num_labels", cfg.get("num_labels", 2), 2)
+            f["num_classes"] = json_int(where, "num_labels", cfg.get("num_labels", 2), 2,
+                                        MAX_CLASSES, "classes")
         f["pruned"] = _pruned_heads(cfg, f["depth"], f["heads"], where)
     except ValueError as e:
         raise _error(str(e)) from None
@@ -209,7 +290,7 @@ def hf_vit_config(cfg: dict, arch: str, mean: tuple[float, ...], std: tuple[floa
                   where: str = "config.json") -> ViTConfig:
     """A transformers ViT/DeiT ``config.json`` as a PruneLens :class:`ViTConfig`."""
     f = hf_config_fields(cfg, where)
-    heads, d = f["heads"], f["embed_dim"] // f["heads"]
+    heads, d = f["heads"], f["head_dim"]
     blocks = tuple(BlockConfig(heads - len(f["pruned"].get(i, ())), d, d, f["mlp_hidden"])
                    for i in range(f["depth"]))
     model_type = HF_ARCHITECTURES[arch][0]
@@ -276,6 +357,28 @@ def from_hf_state_dict(hf: dict[str, Tensor], config: ViTConfig, arch: str) -> d
     return out
 
 
+# transformers 5's in-memory layer names → the ones save_pretrained writes by default
+_V5_NAMES = re.compile(r"^(vit|deit)\.layers\.(\d+)\.(attention\.[qkvo]_proj|mlp\.fc[12]|"
+                       r"layernorm_before|layernorm_after)\.")
+_V5_TO_SAVED = {"attention.q_proj": "attention.attention.query",
+                "attention.k_proj": "attention.attention.key",
+                "attention.v_proj": "attention.attention.value",
+                "attention.o_proj": "attention.output.dense", "mlp.fc1": "intermediate.dense",
+                "mlp.fc2": "output.dense", "layernorm_before": "layernorm_before",
+                "layernorm_after": "layernorm_after"}
+
+
+def saved_names(hf: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Weights under the names transformers' ``save_pretrained`` writes by default (and
+    transformers 4 kept in memory): a folder saved by transformers 5 with
+    ``save_original_format=False`` is renamed; one that mixes both layouts is left as it is
+    (its keys then do not match, and the error names them)."""
+    if any(".encoder.layer." in k for k in hf) or not any(_V5_NAMES.match(k) for k in hf):
+        return hf
+    return {_V5_NAMES.sub(lambda m: f"{m[1]}.encoder.layer.{m[2]}.{_V5_TO_SAVED[m[3]]}.", k): v
+            for k, v in hf.items()}
+
+
 def _name(folder: Path) -> str:
     """How messages name a model folder: its name, never the server path around it."""
     return Path(folder).name or str(folder)
@@ -298,7 +401,7 @@ def _load_hf_folder(folder: Path, cfg: dict | None) -> VisionTransformer:
     _architecture(cfg, {}, where)  # an unsupported one is refused before any weights are read
     fields = hf_config_fields(cfg, where)  # sizes checked before anything is read or built
     mean, std, _ = preprocessing(folder, fields["in_chans"])
-    weights = read_weights(folder)
+    weights = saved_names(read_weights(folder))
     arch = _architecture(cfg, weights, where)
     try:
         config = hf_vit_config(cfg, arch, mean, std, where=where)

@@ -20,7 +20,8 @@ from linformer import Linformer
 from linformer.linformer import FeedForward, LinformerSelfAttention
 from torch import Tensor, nn
 
-from .config_checks import (MAX_DEPTH, check_image, check_input, check_int, check_scale,
+from .config_checks import (MAX_CLASSES, MAX_DEPTH, MAX_HEADS, MAX_TOKENS, MAX_WIDTH,
+                            check_activation, check_image, check_input, check_int, check_scale,
                             check_stats, image_size)
 
 
@@ -36,8 +37,9 @@ class LinformerLayerConfig:
     scale: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("heads", "dim_head", "ff_hidden"):
-            check_int("LinformerLayerConfig", name, getattr(self, name))
+        check_int("LinformerLayerConfig", "heads", self.heads, 1, MAX_HEADS, "heads")
+        for name in ("dim_head", "ff_hidden"):
+            check_int("LinformerLayerConfig", name, getattr(self, name), 1, MAX_WIDTH, "width")
         check_scale("LinformerLayerConfig", self.scale)
 
 
@@ -55,15 +57,24 @@ class LinformerViTConfig:
 
     def __post_init__(self) -> None:
         check_image("LinformerViTConfig", self.img_size, self.patch_size, self.in_chans)
-        check_int("LinformerViTConfig", "num_classes", self.num_classes, 2)
-        check_int("LinformerViTConfig", "dim", self.dim)
-        check_int("LinformerViTConfig", "k", self.k)
+        check_int("LinformerViTConfig", "num_classes", self.num_classes, 2, MAX_CLASSES,
+                  "classes")
+        check_int("LinformerViTConfig", "dim", self.dim, 1, MAX_WIDTH, "width")
+        check_int("LinformerViTConfig", "k", self.k, 1, MAX_TOKENS, "tokens")
         if not isinstance(self.layers, tuple) or len(self.layers) > MAX_DEPTH or not all(
                 isinstance(b, LinformerLayerConfig) for b in self.layers):
             raise ValueError(f"LinformerViTConfig.layers must be a tuple of at most "
                              f"{MAX_DEPTH} LinformerLayerConfig")
         check_stats("LinformerViTConfig", "mean", self.mean, self.in_chans, positive=False)
         check_stats("LinformerViTConfig", "std", self.std, self.in_chans, positive=True)
+        N = self.seq_len
+        for i, x in enumerate(self.layers):  # what one image makes in the layer
+            check_activation("LinformerViTConfig", f"layer {i}'s attention maps ({x.heads} "
+                             f"heads × {N} tokens × k {self.k})", x.heads * N * self.k)
+            check_activation("LinformerViTConfig", f"layer {i}'s queries ({N} tokens × "
+                             f"{x.heads * x.dim_head})", N * x.heads * x.dim_head)
+            check_activation("LinformerViTConfig", f"layer {i}'s feed-forward ({N} tokens × "
+                             f"{x.ff_hidden})", N * x.ff_hidden)
 
     @property
     def depth(self) -> int:

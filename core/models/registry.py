@@ -8,6 +8,7 @@ metadata, so a physically shrunk model loads back with its new shapes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -166,7 +167,20 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     folder given for a file or a file for a folder raise before anything is written."""
     if format not in ("prunelens", "hf", "onnx"):
         raise ValueError(f"unknown format {format!r}; choose 'prunelens', 'hf' or 'onnx'")
+    try:
+        get_adapter(model)
+    except TypeError:
+        raise CheckpointError(f"{type(model).__name__} is not a PruneLens model (build_model or "
+                              "load_model makes one): save_model writes PruneLens ViTs only"
+                              ) from None
     path = Path(path)
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise CheckpointError(f"cannot write {path.name}: {parent} is a file, not a "
+                                      "folder")
+            break
+    _require_finite(model)
     if format != "hf" and path.is_dir():
         raise CheckpointError(f"{path} is a folder: give a file name (format {format!r} writes "
                               "one file)")
@@ -200,6 +214,16 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _require_finite(model: nn.Module) -> None:
+    """Refuse to save NaN or infinite weights (load_model refuses them; a file that cannot
+    be read back would be lost work): CheckpointError naming the first such tensor."""
+    for name, t in _plain_state_dict(model).items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            bad = int((~torch.isfinite(t)).sum())
+            raise CheckpointError(f"not saved: {name} holds {bad} NaN or infinite value(s) "
+                                  "(a diverged run?); nothing was written")
 
 
 def _meta_json(meta: dict[str, str], field: str, name: str) -> object:
@@ -236,11 +260,15 @@ def _architecture(meta: dict[str, str], name: str):
     return adapter, config
 
 
-def load_model(path: str | Path) -> nn.Module:
+def load_model(path: str | Path, revision: str | None = None, *, progress=None,
+               allow_download: bool | None = None) -> nn.Module:
     """Rebuild a model saved by :func:`save_model` (shrunk shapes included) and load it.
 
-    Also reads a Hugging Face or timm model folder, a Hugging Face hub id from the local cache
-    (:mod:`core.models.hf`) and a bare timm ViT/DeiT state dict (:mod:`core.models.timm_format`).
+    Also reads a Hugging Face or timm model folder, a Hugging Face hub id (``org/name`` that
+    is not a local path; ``revision``: a branch, tag or commit) from the cache or downloaded
+    into it (:mod:`core.models.hub`: ``progress`` and ``allow_download`` go to
+    :func:`~core.models.hub.download`), and a bare timm ViT/DeiT state dict
+    (:mod:`core.models.timm_format`).
     For a PruneLens file the declared architecture is checked against the tensor shapes in the
     file's header before any weight is read or any module allocated, so a forged file costs
     what its size says; every problem is a one-line :class:`CheckpointError` naming the field
@@ -249,12 +277,17 @@ def load_model(path: str | Path) -> nn.Module:
     baked into zeros by :func:`save_model`; a PruneLens file also lists the masked parameters,
     given back as ``model.masked_params``, and ``core.pruning.restore_masks(model)`` puts the
     masks back before training (else the pruned weights would move)."""
-    from .hf import hub_snapshot, is_hub_id
+    from .hf import is_hub_id
     path = Path(path)
+    if not path.exists() and is_hub_id(str(path)):
+        from .hub import download
+        folder = download(str(path), revision, progress=progress, allow_download=allow_download)
+        return load_folder(folder)
+    if revision is not None:
+        raise ValueError(f"revision= is for Hugging Face hub ids; {path.name} is a local "
+                         f"{'folder' if path.is_dir() else 'file'}")
     if path.is_dir():
         return load_folder(path)
-    if not path.exists() and is_hub_id(str(path)):
-        return load_folder(hub_snapshot(str(path)))
     if path.is_file() and (path.suffix.lower() == ".safetensors" or is_safetensors(path)):
         shapes, meta = _header(path)
         if "prunelens_config" in meta:
@@ -269,6 +302,7 @@ def load_model(path: str | Path) -> nn.Module:
     sd, meta = _read_state_dict(path)
     if "prunelens_config" not in meta:
         from .timm_format import load_timm_state_dict
+        _not_a_bare_timm_dict(sd, path.name)
         return load_timm_state_dict(sd, source=path.name).eval()
     adapter, config = _architecture(meta, path.name)
     try:
@@ -278,6 +312,24 @@ def load_model(path: str | Path) -> nn.Module:
     model.preset = meta.get("prunelens_preset", "")
     model.masked_params = _masked_params(meta, sd, path.name)
     return model.eval()
+
+
+def _not_a_bare_timm_dict(sd: dict[str, torch.Tensor], name: str) -> None:
+    """Name the two look-alikes of a bare timm state dict: Hugging Face weights without
+    their config.json, and a wrapper's checkpoint (Lightning, DDP) whose keys carry a prefix."""
+    keys = list(sd)
+    if keys and all(k.startswith(("vit.", "deit.", "classifier.", "cls_classifier.",
+                                  "distillation_classifier.")) for k in keys):
+        raise CheckpointError(f"{name} holds bare Hugging Face ViT/DeiT weights: they need their "
+                              "config.json; load the save_pretrained folder (config.json + "
+                              "model.safetensors) instead of the file")
+    prefix = keys[0].split(".", 1)[0] + "." if keys and "." in keys[0] else ""
+    if prefix and all(k.startswith(prefix) for k in keys) and any(
+            k == f"{prefix}patch_embed.proj.weight" for k in keys):
+        hint = {"model.": " (a PyTorch Lightning checkpoint?)",
+                "module.": " (saved from a DistributedDataParallel wrapper?)"}.get(prefix, "")
+        raise CheckpointError(f"{name}: every key starts with {prefix!r}{hint}: save the inner "
+                              f"model's state_dict() (keys without {prefix!r}) and load that")
 
 
 def _masked_params(meta: dict[str, str], sd: dict[str, torch.Tensor],
@@ -299,7 +351,15 @@ def _masked_params(meta: dict[str, str], sd: dict[str, torch.Tensor],
 def load_folder(folder: Path) -> nn.Module:
     """A Hugging Face (``model_type``) or timm (``architecture``) model folder."""
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
+    config = folder / "config.json"
+    if os.path.lexists(config) and not config.is_file():
+        kind = ("a folder" if config.is_dir() else "a FIFO" if config.is_fifo()
+                else "a device" if config.is_char_device() or config.is_block_device()
+                else "a broken link" if config.is_symlink() and not config.exists()
+                else "not a regular file")
+        raise _error(f"{folder.name}: its config.json is {kind}, not a file: expected a "
+                     "Hugging Face or timm model folder (config.json + model.safetensors)")
+    if not config.is_file():
         raise _error(f"{folder} has no config.json: expected a Hugging Face or timm model "
                      "folder (config.json + model.safetensors)")
     cfg = read_json(folder / "config.json")

@@ -20,8 +20,8 @@ from pathlib import Path
 from torch import Tensor
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_weights
-from .config_checks import (MAX_DEPTH, json_bool, json_dict, json_int, json_size, json_stats,
-                            json_str, shown, stray_errors)
+from .config_checks import (MAX_CLASSES, MAX_DEPTH, MAX_HEADS, json_bool, json_dict, json_int,
+                            json_size, json_stats, json_str, shown, stray_errors)
 from .vit import BlockConfig, VisionTransformer, ViTConfig
 
 TIMM_FAMILIES = ("vit_", "deit_", "deit3_")
@@ -106,7 +106,7 @@ def timm_vit_config(sd: dict[str, Tensor], *, source: str, num_heads: int | None
     guessed = num_heads is None
     if num_heads is not None:
         try:
-            num_heads = json_int(source, "num_heads", num_heads)
+            num_heads = json_int(source, "num_heads", num_heads, 1, MAX_HEADS, "heads")
         except ValueError as e:
             raise _error(str(e)) from None
     else:
@@ -266,10 +266,11 @@ def _timm_fields(cfg: dict, where: str) -> dict:
         img_size = json_size(where, "pretrained_cfg.input_size", size[1:])
     num_heads = args.get("num_heads")
     if num_heads is not None:
-        num_heads = json_int(where, "model_args.num_heads", num_heads)
+        num_heads = json_int(where, "model_args.num_heads", num_heads, 1, MAX_HEADS, "heads")
     num_classes = cfg.get("num_classes")
     if num_classes is not None:
-        num_classes = json_int(where, "num_classes", num_classes, 0)  # 0: headless, said later
+        num_classes = json_int(where, "num_classes", num_classes, 0,  # 0: headless, said later
+                               MAX_CLASSES, "classes")
     pool = args.get("global_pool") or cfg.get("global_pool")
     if pool is not None:
         pool = json_str(where, "global_pool", pool)

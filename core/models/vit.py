@@ -13,7 +13,9 @@ size, and the residual width (``embed_dim``) is free: a physically pruned model 
 is just another configuration of this class.
 
 The attention computes its softmax explicitly and passes the probabilities through
-``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses.
+``attn.attn_drop`` (an ``nn.Dropout``), the hook point ``core.attention`` uses. Token merging
+(``core.tokens``) uses three ``nn.Identity`` slots: ``attn.key_point`` (its output is the keys),
+``blocks.i.token_merge`` (between attention and FFN) and ``token_unmerge`` (after ``norm``).
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config_checks import (MAX_DEPTH, check_image, check_input, check_int, check_scale,
+from .config_checks import (MAX_CLASSES, MAX_DEPTH, MAX_HEADS, MAX_REGISTERS, MAX_WIDTH,
+                            check_block, check_image, check_input, check_int, check_scale,
                             check_stats, image_size)
 
 
@@ -43,8 +46,9 @@ class BlockConfig:
     scale: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_heads", "qk_dim", "v_dim", "mlp_hidden"):
-            check_int("BlockConfig", name, getattr(self, name))
+        check_int("BlockConfig", "num_heads", self.num_heads, 1, MAX_HEADS, "heads")
+        for name in ("qk_dim", "v_dim", "mlp_hidden"):
+            check_int("BlockConfig", name, getattr(self, name), 1, MAX_WIDTH, "width")
         check_scale("BlockConfig", self.scale)
 
 
@@ -75,9 +79,9 @@ class ViTConfig:
     dynamic_img_size: bool = False     # other input sizes: pos_embed resized per forward
 
     def __post_init__(self) -> None:
-        check_image("ViTConfig", self.img_size, self.patch_size, self.in_chans)
-        check_int("ViTConfig", "num_classes", self.num_classes, 2)
-        check_int("ViTConfig", "embed_dim", self.embed_dim)
+        patches = check_image("ViTConfig", self.img_size, self.patch_size, self.in_chans)
+        check_int("ViTConfig", "num_classes", self.num_classes, 2, MAX_CLASSES, "classes")
+        check_int("ViTConfig", "embed_dim", self.embed_dim, 1, MAX_WIDTH, "width")
         if not isinstance(self.blocks, tuple) or len(self.blocks) > MAX_DEPTH or not all(
                 isinstance(b, BlockConfig) for b in self.blocks):
             raise ValueError(f"ViTConfig.blocks must be a tuple of at most {MAX_DEPTH} "
@@ -87,7 +91,8 @@ class ViTConfig:
                              f"{self.norm_eps!r}")
         check_stats("ViTConfig", "mean", self.mean, self.in_chans, positive=False)
         check_stats("ViTConfig", "std", self.std, self.in_chans, positive=True)
-        check_int("ViTConfig", "num_reg_tokens", self.num_reg_tokens, 0, 64)
+        check_int("ViTConfig", "num_reg_tokens", self.num_reg_tokens, 0, MAX_REGISTERS,
+                  "registers")
         for flag in ("class_token", "distilled", "dist_head", "no_embed_class",
                      "dynamic_img_size", "qkv_bias"):
             if not isinstance(getattr(self, flag), bool):
@@ -101,6 +106,9 @@ class ViTConfig:
             raise ValueError(f"ViTConfig.init_values must be None or a finite number, got "
                              f"{self.init_values!r}")
         self.check()
+        for i, b in enumerate(self.blocks):
+            check_block("ViTConfig", f"block {i}", patches + self.num_prefix_tokens,
+                        b.num_heads, b.num_heads * (2 * b.qk_dim + b.v_dim), b.mlp_hidden)
 
     @property
     def depth(self) -> int:
@@ -191,6 +199,7 @@ class Attention(nn.Module):
         self.scale = scale if scale is not None else qk_dim ** -0.5
         self.qkv = nn.Linear(dim, num_heads * (2 * qk_dim + v_dim), bias=qkv_bias, device=device)
         self.attn_drop = nn.Dropout(0.0)  # hook point: sees the post-softmax probabilities
+        self.key_point = nn.Identity()    # hook point: its output is the keys (token merging)
         self.proj = nn.Linear(num_heads * v_dim, dim, device=device)
 
     def split_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -206,6 +215,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         B, N, _ = x.shape
         q, k, v = self.split_qkv(x)
+        k = self.key_point(k)
         attn = (q * self.scale) @ k.transpose(-2, -1)
         attn = self.attn_drop(attn.softmax(dim=-1))
         out = (attn @ v).transpose(1, 2).reshape(B, N, self.num_heads * self.v_dim)
@@ -247,6 +257,7 @@ class Block(nn.Module):
         self.attn = Attention(dim, cfg.num_heads, cfg.qk_dim, cfg.v_dim, qkv_bias, cfg.scale, **dd)
         self.ls1 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
         self.drop_path1 = nn.Identity()
+        self.token_merge = nn.Identity()  # core.tokens (ToMe) merges here: (B, N, C) → (B, N', C)
         self.norm2 = nn.LayerNorm(dim, eps=eps, **dd)
         self.mlp = Mlp(dim, cfg.mlp_hidden, **dd)
         self.ls2 = LayerScale(dim, init_values, **dd) if init_values is not None else nn.Identity()
@@ -254,6 +265,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.drop_path1(self.ls1(self.attn(self.norm1(x))))
+        x = self.token_merge(x)
         return x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
 
 
@@ -309,6 +321,7 @@ class VisionTransformer(nn.Module):
         self.norm = nn.Identity() if use_fc_norm else nn.LayerNorm(D, eps=config.norm_eps, **dd)
         self.fc_norm = nn.LayerNorm(D, eps=config.norm_eps, **dd) if use_fc_norm else nn.Identity()
         self.head = nn.Linear(D, config.num_classes, **dd)
+        self.token_unmerge = nn.Identity()  # core.tokens: merged tokens back to one per input
         self.head_dist = (nn.Linear(D, config.num_classes, **dd)
                           if config.distilled and config.dist_head else None)
         self.register_buffer("pixel_mean", torch.tensor(config.mean, **dd).view(1, -1, 1, 1),
@@ -387,6 +400,7 @@ class VisionTransformer(nn.Module):
         if size[0] % p or size[1] % p:
             raise ValueError(f"image size {size[0]}x{size[1]} is not divisible by the patch "
                              f"size {p}")
+        config = replace(self.config, img_size=size)  # bounds checked before resampling
         new_grid = (size[0] // p, size[1] // p)
         if new_grid != self.grid_size:
             self._warn_resize(new_grid)
@@ -394,7 +408,7 @@ class VisionTransformer(nn.Module):
             with torch.no_grad():
                 pos = resample_pos_embed(self.pos_embed, new_grid, self.grid_size, prefix)
             self.pos_embed = nn.Parameter(pos)
-        self.config = replace(self.config, img_size=size)
+        self.config = config
         self.patch_embed.img_size, self.patch_embed.grid_size = size, new_grid
         self.patch_embed.num_patches = new_grid[0] * new_grid[1]
 
@@ -429,7 +443,7 @@ class VisionTransformer(nn.Module):
         x = self._pos_embed(self.patch_embed(x), (H // p, W // p))
         for blk in self.blocks:
             x = blk(x)
-        return self.norm(x)
+        return self.token_unmerge(self.norm(x))
 
     def forward_head(self, x: Tensor) -> Tensor:
         """Tokens (B, P + N, D) → logits (B, num_classes)."""

@@ -31,6 +31,7 @@ class ViTAdapter(ModelAdapter):
     family = "vit"
     model_type = VisionTransformer
     config_type = ViTConfig
+    merges_tokens = True
 
     def from_state_dict(self, config: ViTConfig, state: dict[str, Tensor]) -> VisionTransformer:
         return VisionTransformer.from_state_dict(config, state)
@@ -98,6 +99,15 @@ class ViTAdapter(ModelAdapter):
 
     def hook_point(self, attn: nn.Module) -> nn.Module:
         return attn.attn_drop
+
+    def key_point(self, attn: nn.Module) -> nn.Module:
+        return attn.key_point
+
+    def set_token_merging(self, model: VisionTransformer, merges: list[nn.Module],
+                          unmerge: nn.Module) -> None:
+        for blk, merge in zip(model.blocks, merges, strict=True):
+            blk.token_merge = merge
+        model.token_unmerge = unmerge
 
     # -- structured pruning
     def slices(self, model: VisionTransformer, plan) -> Slices:

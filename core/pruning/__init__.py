@@ -22,6 +22,11 @@ Extension point for structured pruning: subclass :class:`Pruner` with ``kind = "
 register it with ``@register_pruner("snp")``, and override ``prune_model(model, sparsity,
 images, labels, scope) -> PruneResult`` to return the physically smaller model with
 ``masks=None``; ``prune(model, "snp", ...)`` then dispatches to it by name.
+
+A criterion declares what it needs as class attributes (``needs_data``, ``iterative``,
+``seeded``, ``memory_per_image``...: the table in :class:`Pruner`'s docstring); callers read
+them through ``core.study.criterion_info``, and ``register_pruner`` refuses a class whose
+methods contradict them (an overridden ``prune_model`` not declared ``iterative``, say).
 """
 from .api import TABLE_COLUMNS, PruneResult, layer_saliency, prune
 from .base import (PrunableParam, Pruner, get_pruner, list_pruners, prunable_parameters,

@@ -719,6 +719,7 @@ class AMAPPruner(Pruner):
     kind: ClassVar[str] = "structured"
     needs_data: ClassVar[bool] = True
     needs_training: ClassVar[bool] = True
+    seeded: ClassVar[bool] = True
     formula: ClassVar[str] = (
         r"m_{h,c} = \sigma\!\left(s_{h,c} + \gamma \log w_{h,c}\right),\quad "
         r"\mathcal{L} = \mathrm{CE} + \lambda\left(\frac{\sum_b a_b \sum_{h,c} m_{b,h,c}}"

@@ -34,6 +34,7 @@ def register_pruner(name: str) -> Callable[[type["Pruner"]], type["Pruner"]]:
     def deco(cls: type[Pruner]) -> type[Pruner]:
         if name in _PRUNERS and _PRUNERS[name] is not cls:
             raise ValueError(f"a pruner named {name!r} is already registered")
+        check_declarations(cls, name)
         cls.name = name
         _PRUNERS[name] = cls
         return cls
@@ -156,14 +157,48 @@ class Pruner:
     """Base of every criterion. Fields: the prunable-set options (see
     :func:`prunable_parameters`); subclasses add their hyper-parameters.
 
-    Class attributes for the dashboard's teaching text: ``formula`` (LaTeX), ``explanation``
-    (one paragraph), ``needs_data`` (whether ``score`` reads the calibration batch),
-    ``kind`` (``"unstructured"``: masks; ``"structured"``: a smaller model).
+    What a criterion needs is declared, as class attributes (scikit-learn's estimator tags);
+    callers read them (through ``core.study.criterion_info``) and never probe the class. A
+    subclass sets the ones that differ from the defaults; :func:`register_pruner` checks them
+    (:func:`check_declarations`) and refuses a class whose methods say otherwise.
+
+    =============================== ======= ==================================================
+    attribute                       default meaning
+    =============================== ======= ==================================================
+    ``kind``                        unstr.  ``"unstructured"``: masks; ``"structured"``: a
+                                            physically smaller model (one-shot ones offer
+                                            ``prune_scored``: one scoring, every sparsity)
+    ``needs_data``                  True    ``score`` reads the calibration batch (B, C, H, W)
+    ``needs_training``              False   learns its masks in a training run
+                                            (``train_set``): never run inside a page rerun
+    ``iterative``                   False   its masks depend on the target sparsity (it
+                                            re-scores on the way there): ``prune_model`` is
+                                            its own and no score is reused across sparsities
+    ``schedules_many_sparsities``   False   offers ``prune_many(model, sparsities, ...)``,
+                                            several targets together, faster than one
+                                            ``prune_model`` each (iterative criteria only)
+    ``seeded``                      False   draws at random: has a ``seed`` field, so its
+                                            masks differ from seed to seed even without data
+    ``rounds``                      1       scoring passes one ``prune_model`` makes at the
+                                            default options (an iterative schedule's length)
+    ``memory_per_image``            1.0     activation memory of scoring one calibration
+                                            image, in units of the sum of one forward's
+                                            module outputs (a forward + backward keeps about
+                                            that; GraSP's double backward about 3×): what
+                                            caps the calibration batch to a memory budget
+    ``formula``, ``explanation``    ""      teaching text: LaTeX, one paragraph
+    =============================== ======= ==================================================
     """
 
     name: ClassVar[str] = ""
     kind: ClassVar[str] = "unstructured"
     needs_data: ClassVar[bool] = True
+    needs_training: ClassVar[bool] = False
+    iterative: ClassVar[bool] = False
+    schedules_many_sparsities: ClassVar[bool] = False
+    seeded: ClassVar[bool] = False
+    rounds: ClassVar[int] = 1
+    memory_per_image: ClassVar[float] = 1.0
     formula: ClassVar[str] = ""
     explanation: ClassVar[str] = ""
 
@@ -196,5 +231,64 @@ class Pruner:
                     labels: Tensor | None = None, scope: str = "global"):
         """Score, mask and apply to a deep copy → :class:`~core.pruning.api.PruneResult`.
 
-        Structured pruners override this to return a physically smaller model."""
+        Structured pruners override this to return a physically smaller model, iterative
+        ones (``iterative = True``) to re-score on the way to ``sparsity``."""
         return mask_prune(self, model, sparsity, images, labels, scope)
+
+
+# ---------------------------------------------------------------------------- declarations
+
+KINDS = ("unstructured", "structured")
+
+# What every criterion declares (the table in :class:`Pruner`'s docstring) and its type.
+DECLARATIONS: dict[str, type] = {
+    "kind": str, "needs_data": bool, "needs_training": bool, "iterative": bool,
+    "schedules_many_sparsities": bool, "seeded": bool, "rounds": int,
+    "memory_per_image": float, "formula": str, "explanation": str}
+
+
+def check_declarations(cls: type[Pruner], name: str) -> None:
+    """Raise TypeError if ``cls`` declares a need with the wrong type or a value its own
+    methods contradict (a class that overrides ``prune_model`` but says it is not iterative,
+    a ``prune_many`` it does not declare, a ``seed`` field it does not declare...).
+
+    This is the one place that looks at a criterion's methods and fields instead of its
+    declarations: once, when the class is registered, so a class that lies fails at import."""
+    def bad(msg: str) -> TypeError:
+        return TypeError(f"pruner {name!r} ({cls.__name__}): {msg}")
+
+    for attr, typ in DECLARATIONS.items():
+        value = getattr(cls, attr)
+        if type(value) is not typ:  # noqa: E721 (True is an int; 1 is not a float)
+            raise bad(f"{attr} must be a {typ.__name__}, got {value!r}")
+    d = {attr: getattr(cls, attr) for attr in DECLARATIONS}
+    if d["kind"] not in KINDS:
+        raise bad(f"kind must be one of {KINDS}, got {d['kind']!r}")
+    if d["rounds"] < 1 or not d["memory_per_image"] > 0:
+        raise bad(f"rounds must be >= 1 and memory_per_image > 0, got {d['rounds']} and "
+                  f"{d['memory_per_image']}")
+    own_prune = cls.prune_model is not Pruner.prune_model
+    if d["iterative"] and not own_prune:
+        raise bad("declares iterative = True but prunes with the default one-shot "
+                  "prune_model")
+    if own_prune and d["kind"] == "unstructured" and not (d["iterative"]
+                                                          or d["needs_training"]):
+        raise bad("overrides prune_model: declare iterative = True (its masks depend on the "
+                  "sparsity, so study must not threshold its scores)")
+    if d["kind"] == "structured" and not (d["iterative"] or d["needs_training"]) \
+            and not callable(getattr(cls, "prune_scored", None)):
+        raise bad("a one-shot structured pruner must offer prune_scored (study selects and "
+                  "shrinks from its scores at every sparsity)")
+    if d["rounds"] > 1 and not d["iterative"]:
+        raise bad(f"declares rounds = {d['rounds']} but iterative = False")
+    has_many = callable(getattr(cls, "prune_many", None))
+    if d["schedules_many_sparsities"] != has_many:
+        raise bad("schedules_many_sparsities must be True exactly when the class offers "
+                  f"prune_many (declared {d['schedules_many_sparsities']}, has it: {has_many})")
+    if d["schedules_many_sparsities"] and not d["iterative"]:
+        raise bad("schedules_many_sparsities applies to iterative criteria only (the others "
+                  "re-threshold one set of scores)")
+    has_seed = "seed" in {f.name for f in fields(cls)}
+    if d["seeded"] != has_seed:
+        raise bad(f"seeded must be True exactly when the class has a seed field (declared "
+                  f"{d['seeded']}, field: {has_seed})")

@@ -506,6 +506,7 @@ class GeometricMedianPruner(StructuredPruner):
 class StructuredRandomPruner(StructuredPruner):
     """Uniform random scores from a seeded generator (the chance baseline)."""
 
+    seeded = True
     formula = r"s_i \sim \mathcal{U}(0, 1)"
     explanation = ("Random neurons, heads and channels on SNP's structures (seeded): the "
                    "baseline a structured criterion has to beat.")

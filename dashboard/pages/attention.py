@@ -1,9 +1,10 @@
 """Attention: SNP's Fig. 3 grid (criteria × pruning ratios over one image) and per-head maps."""
-import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core import charts
 from dashboard import plots, state
+from dashboard.text import md, plain
 
 KEEP = "session"  # controls keep their values across page switches and uploads
 SCALES = {"cell": "per cell", "shared": "shared"}
@@ -60,7 +61,7 @@ with state.page_errors():
                              "map then looks as hot as a peaked one). Shared: one scale for "
                              "the whole grid, so colours compare across cells.")
         crit_options = list(state.pruner_names())
-        state.widget_default("att_criteria", state.default_grid_criteria(exp))
+        state.widget_follow("att_criteria", state.default_grid_criteria(exp))
         criteria = st.multiselect("Rows: criteria", crit_options, key="att_criteria",
                                   format_func=state.pruner_label, max_selections=6,
                                   persist_state=KEEP)
@@ -80,15 +81,14 @@ with state.page_errors():
                                             shared=shared, progress=report),
         "Pruning and capturing attention")
     for crit, msg in grid.errors.items():
-        st.error(f"{crit}: {msg}", icon=":material/error:")
-    cols = ["dense" if r == 0 else f"{r:.0%}" for r in state.RATIOS]
-    captions = [["" if np.isnan(v) else f"{v:.2f}" for v in row] for row in grid.similarity]
+        st.error(f"{md(crit)}: {md(msg)}", icon=":material/error:")
+    cols, captions = charts.grid_labels(criteria, state.RATIOS, grid.similarity)
     hover = [[f"{c} at {col}: cosine similarity to dense {cap or 'n/a'}"
               for col, cap in zip(cols, caps)] for c, caps in zip(criteria, captions)]
     what = (f"block {view.layer + 1}, " + ("mean of heads" if view.head is None
                                            else f"head {view.head + 1}")
             if view.mode == "cls" else f"rollout ({view.fusion}, discard {view.discard:.0%})")
-    who = f"{s.classes[label]}" if label is not None else "uploaded"
+    who = plain(s.classes[label]) if label is not None else "uploaded"
     st.plotly_chart(
         plots.image_grid(grid.cells, criteria, cols, captions=captions, hover=hover,
                          left=grid.image, left_label=f"input ({who})",

@@ -5,6 +5,7 @@ download, with the command line that reproduces them."""
 import streamlit as st
 
 from dashboard import plots_compare, state
+from dashboard.text import md
 from dashboard.state import compare
 
 X_CHOICES = {"sparsity": "sparsity", "kept": "fraction kept (log axis)",
@@ -36,7 +37,7 @@ def _show(job_id: str, live: bool) -> None:
     snap = job.snapshot()
     if live and snap["status"] != "running":
         st.rerun(scope="app")  # stop polling; the full page shows the results
-    st.markdown(f"**{snap['label']}**")
+    st.markdown(f"**{md(snap['label'])}**")
     if snap["status"] == "running":
         st.progress(min(snap["fraction"], 1.0),
                     text=f"{snap['text']} · {snap['elapsed']:.0f} s")
@@ -49,10 +50,10 @@ def _show(job_id: str, live: bool) -> None:
     if snap["status"] == "finished":
         st.success(f"Done in {snap['elapsed']:.0f} s.", icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
-        st.warning(f"Cancelled ({snap['reason']}); the points done are shown, no exports.",
+        st.warning(f"Cancelled ({md(snap['reason'])}); the points done are shown, no exports.",
                    icon=":material/cancel:")
     else:
-        st.error(f"The comparison failed: {snap['reason']}", icon=":material/error:")
+        st.error(f"The comparison failed: {md(snap['reason'])}", icon=":material/error:")
     df = snap["df"]
     if df is None or not len(df):
         return

@@ -5,6 +5,7 @@ from dataclasses import replace
 import streamlit as st
 
 from dashboard import plots, session
+from dashboard.text import md
 
 st.title("Prune", anchor=False)
 head = st.container()   # caption, notices, progress and the headline numbers
@@ -35,8 +36,9 @@ with st.sidebar:
                      accept_new_options=True, placeholder="Choose, or type a path",
                      help="One sub-folder of images per class (ImageFolder layout), inside the "
                           "server's data folders (PRUNELENS_DATA_ROOTS).")
-    source = st.radio("Weights", list(state.SOURCES), key=state.K_SOURCE, persist_state=PERSIST,
-                      format_func=lambda src: state.source_label(src, preset, dataset))
+    source = st.radio("Weights", state.weight_sources(), key=state.K_SOURCE,
+                      persist_state=PERSIST, format_func=state.SOURCES.get,
+                      on_change=state.source_chosen)
     if source == "upload":
         up = st.file_uploader("Checkpoint (.safetensors, or weights-only .pt/.pth)",
                               type=["safetensors", "pt", "pth"], key="prune_upload_file",
@@ -45,9 +47,9 @@ with st.sidebar:
             try:
                 state.accept_model_upload(up.name, up.getvalue(), up.file_id)
             except state.EXPECTED_ERRORS as e:
-                st.error(f"Upload rejected: {e}", icon=":material/error:")
+                st.error(f"Upload rejected: {md(e)}", icon=":material/error:")
         elif state.upload_name():
-            st.caption(f"Using {state.upload_name()}")
+            st.caption(f"Using {md(state.upload_name())}")
     elif source == "folder":
         st.selectbox("Model folder on the server", state.model_folders(),
                      key=state.K_MODEL_FOLDER, persist_state=PERSIST,
@@ -56,6 +58,12 @@ with st.sidebar:
                      help="A Hugging Face save_pretrained or timm folder (config.json + "
                           "model.safetensors) inside the server's data folders, or a model in "
                           "its Hugging Face cache.")
+    elif source == "hub":
+        st.text_input("Hugging Face hub id", key=state.K_HUB_ID, persist_state=PERSIST,
+                      placeholder="org/name or org/name@revision", max_chars=200,
+                      help="A ViT or DeiT image classifier on the Hugging Face hub (transformers "
+                           "or timm), e.g. facebook/deit-tiny-patch16-224: downloaded once into "
+                           "the server's Hugging Face cache, with a progress bar.")
     model_note = st.empty()  # what was loaded, once the page has set it up
     st.multiselect("Criteria to compare", state.pruner_names(), format_func=state.pruner_label,
                    key=state.K_PRUNERS, persist_state=PERSIST, max_selections=6)
@@ -89,7 +97,7 @@ def validation_input(s: "state.Setup") -> int:
                                  "validation split: more images, finer numbers, slower. The "
                                  "page shows numbers on the first few images at once and "
                                  "refines them.")
-        st.caption(f"The {s.exp.dataset} validation split has {cap} images (the most "
+        st.caption(f"The {md(s.exp.dataset)} validation split has {cap} images (the most "
                    "this can be).")
     return int(n)
 
@@ -125,7 +133,7 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
         for col, name in zip(cols, names[start:start + per_row]):
             with col.container(border=True):
                 if name == "dense":
-                    st.markdown(f"**Dense model** · {label}")
+                    st.markdown(f"**Dense model** · {md(label)}")
                     a, b = st.columns(2)
                     a.metric("Accuracy", pct(d_eval["accuracy"]))
                     b.metric("Loss", num(d_eval["loss"]))
@@ -133,7 +141,7 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
                     b.metric("MACs", si(d_cost["macs"]))
                     continue
                 r = results[name]
-                st.markdown(f"**{name}** at {sparsity:.0%}")
+                st.markdown(f"**{md(name)}** at {sparsity:.0%}")
                 if r is None:
                     st.caption("failed: the reason is above" if name in (failed or {})
                                else "evaluating…" if name in masked else "scoring and masking…")
@@ -231,7 +239,7 @@ def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str], label: str)
     """Per-layer kept fraction of every criterion, in the slot above the details."""
     long = pd.concat([tables[n].assign(criterion=n) for n in ok])
     with kept_slot.container():
-        st.subheader(f"Kept fraction per layer · {label}", anchor=False)
+        st.subheader(f"Kept fraction per layer · {md(label)}", anchor=False)
         st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
                         key="prune_chart_kept", config={"displayModeBar": False})
 
@@ -271,7 +279,7 @@ def page() -> None:
         exp = replace(exp, val_samples=validation_input(s))
         s = replace(s, exp=exp)
         model_note.caption(state.model_note(s))
-        st.caption(f"**{s.base.label}** · {exp.dataset} ({plural(len(s.classes), 'class')}) · "
+        st.caption(f"**{md(s.base.label)}** · {md(exp.dataset)} ({plural(len(s.classes), 'class')}) · "
                    f"{exp.scope} scope · calibration {plural(exp.calib, 'image')} · "
                    f"{plural(exp.val_samples, 'validation image')} · seed {exp.seed}")
         capped = {n: s.calib(n) for n in exp.pruners if s.calib(n) < exp.calib}
@@ -331,10 +339,10 @@ def page() -> None:
     r = snap["results"]
     with problems:
         for name, msg in r.get("failed", {}).items():
-            st.error(f"{name}: {msg}", icon=":material/error:")
+            st.error(f"{md(name)}: {md(msg)}", icon=":material/error:")
     if snap["status"] == "cancelled":
         with progress.container():
-            st.warning(f"Stopped after {snap['elapsed']:.0f} s ({snap['reason']}): the numbers "
+            st.warning(f"Stopped after {snap['elapsed']:.0f} s ({md(snap['reason'])}): the numbers "
                        "below are those computed so far.", icon=":material/stop_circle:")
             st.button("Resume", key="prune_resume", icon=":material/play_arrow:",
                       on_click=state.set_flag, args=("prune_restart",))

@@ -3,6 +3,7 @@ dense and the pruned model, side by side."""
 import streamlit as st
 
 from dashboard import plots, state
+from dashboard.text import md, plain
 
 exp = state.experiment()
 state.sidebar_summary(exp)
@@ -22,17 +23,8 @@ with state.page_errors():
     discard = b.slider("Discard ratio", 0.0, 0.95, 0.0, 0.05, key="ro_discard",
                        help="Rollout drops this fraction of the weakest attention links per "
                             "block before multiplying (CLS→CLS is kept).")
-    src = c.radio("Image", ["validation sample", "upload"], key="ro_image_source",
-                  horizontal=True)
-    up, idx = None, 0
-    if src == "upload":
-        up = c.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
-                             key="ro_upload", max_upload_size=state.MAX_IMAGE_MB)
-    else:
-        idx = c.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
-                             len(s.val_set) - 1, value=0, step=1, key="ro_sample")
+    ref = state.image_picker(c, s, "ro")
     target = c.selectbox("Explain class", ["predicted", *s.classes], key="ro_target")
-    ref = state.chosen_image(s, src, up, idx)
     image, label = state.image_tensor(s, ref)
     key = s.key(crit, sparsity / 100)
     tgt = None if target == "predicted" else s.classes.index(target)
@@ -44,9 +36,9 @@ with state.page_errors():
     def row_label(name: str) -> str:
         e = ex[name]
         who = "dense" if name == "dense" else f"{crit} {sparsity}%"
-        return f"{who}<br>{s.classes[e['pred']]} {e['prob']:.0%}"
+        return f"{who}<br>{plain(s.classes[e['pred']])} {e['prob']:.0%}"
 
-    truth = "uploaded" if label is None else s.classes[label]
+    truth = "uploaded" if label is None else plain(s.classes[label])
     rows = [[state.heat_cell(image, ex[n]["heats"][m]) for m in state.METHODS]
             for n in ("dense", "pruned")]
     st.plotly_chart(
@@ -54,13 +46,13 @@ with state.page_errors():
                          left=state.image_cell(image, 2 * state.CELL_PX),
                          left_label=f"input ({truth})", colorbar=state.colour_bar(None),
                          title=f"dense vs {crit} at {sparsity}%: explaining class "
-                               f"“{s.classes[ex['dense']['target']]}”"),
+                               f"“{plain(s.classes[ex['dense']['target']])}”"),
         key="ro_chart", config={"displayModeBar": False}, width="content")
     m1, m2, m3 = st.columns(3)
     m1.metric("True class", "unknown (upload)" if label is None else truth)
     m2.metric("Dense prediction", s.classes[ex["dense"]["pred"]],
               f"{ex['dense']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
-    m3.metric(f"{crit} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],
+    m3.metric(f"{md(crit)} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],
               f"{ex['pruned']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
     st.caption("Attention rollout (Abnar & Zuidema 2020) multiplies the head-fused attention of "
                "all blocks; gradient rollout weighs each block's attention by the gradient of "

@@ -1,14 +1,20 @@
-"""Runs: the run store as a table, curves of chosen runs overlaid, downloads, deletion."""
+"""Runs: the run store as a table, curves of chosen runs overlaid, downloads, deletion.
+
+The session's own runs are its to download and delete; others' are listed read-only or not at
+all (``state.owners``: ``PRUNELENS_RUNS_VISIBILITY``)."""
 import streamlit as st
 
 from dashboard import plots, state
+from dashboard.text import md
 
 st.title("Runs", anchor=False)
+state.owner_sidebar()
 
 with state.page_errors():
     store = state.run_store()
-    runs = store.list_runs()
-    st.caption(f"Run store: `{store.root.resolve()}` · {len(runs)} run(s)")
+    runs = state.visible_runs(store)
+    mine = runs.loc[runs["access"] == state.OWN, "id"].tolist()
+    st.caption(f"The server's run store · {len(runs)} run(s) shown, {len(mine)} of them yours")
     if runs.empty:
         st.info("No runs yet: start one on the Train page.", icon=":material/info:")
         st.stop()
@@ -27,13 +33,17 @@ with state.page_errors():
     for col, values in pick.items():
         if values:
             shown = shown[shown[col].isin(values)]
-    cols = [c for c in ("id", "created", "model", "dataset", "pruner", "sparsity", "status",
-                        "epochs", "val_acc", "val_loss", "train_loss", "reason")
+    cols = [c for c in ("id", "created", "access", "model", "dataset", "pruner", "sparsity",
+                        "status", "epochs", "val_acc", "val_loss", "train_loss", "reason")
             if c in shown.columns]
     st.dataframe(
         shown[cols], hide_index=True, key="runs_table",
         column_config={
             "created": st.column_config.DatetimeColumn("created", format="YYYY-MM-DD HH:mm"),
+            "access": st.column_config.TextColumn(
+                "owner", help="yours: started by this browser tab or your name; shared: "
+                              "made by the command line or an older PruneLens (read-only); "
+                              "another user's runs are read-only."),
             "sparsity": st.column_config.NumberColumn("sparsity", format="percent"),
             "val_acc": st.column_config.ProgressColumn("val. accuracy", format="percent",
                                                        min_value=0, max_value=1),
@@ -64,16 +74,24 @@ with state.page_errors():
     with left:
         st.subheader("Download", anchor=False)
         run_id = st.selectbox("Run", ids, key="runs_download_run", format_func=label)
-        state.run_downloads(store.checkpoint_path(run_id), f"prunelens_{run_id}")
+        if runs.set_index("id").loc[run_id, "access"] == state.OTHER:
+            st.caption("Another user's checkpoint is theirs to download; its metrics are "
+                       "below.")
+        else:
+            state.run_downloads(store.checkpoint_path(run_id), f"prunelens_{run_id}")
         st.download_button("Metrics (.csv)", data=store.metrics(run_id).to_csv(index=False),
                            file_name=f"prunelens_{run_id}_metrics.csv", mime="text/csv",
                            key="runs_dl_csv", icon=":material/download:")
     with right:
         st.subheader("Delete", anchor=False)
-        doomed = st.multiselect("Runs to delete", ids, key="runs_delete_select",
-                                format_func=label)
-        pending = state.pending_delete()
-        if not pending:
+        own_ids = [r for r in ids if r in mine]
+        pending = tuple(r for r in state.pending_delete() if r in mine)
+        if not own_ids and not pending:
+            st.caption("You can delete the runs you started (in this browser tab, or under "
+                       "your name); there are none here.")
+        elif not pending:
+            doomed = st.multiselect("Runs to delete", own_ids, key="runs_delete_select",
+                                    format_func=label)
             st.button("Delete…", key="runs_delete", disabled=not doomed,
                       icon=":material/delete:", on_click=state.set_pending_delete,
                       args=(tuple(doomed),))
@@ -88,11 +106,11 @@ with state.page_errors():
                 errors = []
                 for r in pending:
                     try:
-                        store.delete_run(r)
-                    except (ValueError, KeyError) as e:
+                        store.delete_run(r, owner=state.current_owner())
+                    except (ValueError, KeyError, PermissionError) as e:
                         errors.append(f"{r}: {e}")
                 state.set_pending_delete(())
                 if errors:
-                    st.error("Not deleted: " + "; ".join(errors), icon=":material/error:")
+                    st.error("Not deleted: " + md("; ".join(errors)), icon=":material/error:")
                 else:
                     st.rerun()

@@ -1,30 +1,34 @@
 """Train: fine-tune the pruned model for a few epochs, or run the training-based pruner AMAP,
-in a background thread, live (progress, curves, cancel)."""
+in a background thread, live (progress, curves, cancel). A ``?run=`` of another session's run
+shows read-only (or, with ``PRUNELENS_RUNS_VISIBILITY=private``, as unknown); only the
+session's own runs are offered to follow and cancel."""
 import streamlit as st
 
 from core.train import TrainConfig
 from dashboard import plots, state
+from dashboard.text import md
 
 exp = state.experiment()
 state.sidebar_summary(exp)
+state.owner_sidebar()
 st.title("Train", anchor=False)
 
 
-def show_run(run_id: str, live: bool) -> None:
-    """Progress, curves and the cancel button of ``run_id`` (a fragment while it runs: its
-    reruns happen outside the page's error guard, hence its own)."""
+def show_run(run_id: str, live: bool, own: bool) -> None:
+    """Progress, curves and, for the session's own run, the cancel button of ``run_id`` (a
+    fragment while it runs: its reruns happen outside the page's error guard, hence its own)."""
     with state.page_errors():
-        _show_run(run_id, live)
+        _show_run(run_id, live, own)
 
 
-def _show_run(run_id: str, live: bool) -> None:
+def _show_run(run_id: str, live: bool, own: bool) -> None:
     job = state.get_job(run_id)
     if job is None:  # not started by this server process: what the store knows
         run = state.run_store().get_run(run_id)
-        st.markdown(f"**Run {run_id}** · {run['model']} · {run['pruner']} "
+        st.markdown(f"**Run {md(run_id)}** · {md(run['model'])} · {md(run['pruner'])} "
                     f"{(run['sparsity'] or 0):.0%} · status **{run['status']}**")
         if run.get("reason"):
-            st.caption(run["reason"])
+            st.caption(md(run["reason"]))
         m = state.run_store().metrics(run_id)
         if len(m) > 1 or "val_acc" in m:
             st.plotly_chart(plots.runs_curves({run_id: m}), key="train_chart_store")
@@ -32,29 +36,31 @@ def _show_run(run_id: str, live: bool) -> None:
     snap = job.snapshot()
     if live and snap["status"] != "running":
         st.rerun(scope="app")  # stop polling; the full page shows the final state
-    st.markdown(f"**Run {run_id}** · {snap['label']}")
+    st.markdown(f"**Run {md(run_id)}** · {md(snap['label'])}")
     if snap["kind"] == "amap":
-        _show_amap(run_id, snap)
+        _show_amap(run_id, snap, own)
         return
     total = max(snap["total_steps"], 1)
     text = (f"epoch {max(snap['epoch'], 1)}/{snap['epochs']} · step {snap['step']}/"
             f"{snap['total_steps'] or '…'} · {snap['elapsed']:.0f} s")
     st.progress(min(snap["step"] / total, 1.0), text=text)
     if snap["status"] == "running":
-        st.button("Cancel run", key="train_cancel", icon=":material/stop_circle:",
-                  disabled=snap["cancel_requested"], on_click=state.cancel_job, args=(run_id,))
+        if own:
+            st.button("Cancel run", key="train_cancel", icon=":material/stop_circle:",
+                      disabled=snap["cancel_requested"], on_click=state.cancel_job,
+                      args=(run_id,))
         if snap["cancel_requested"]:
             st.caption("Cancelling: the run stops before its next step.")
     elif snap["status"] == "finished":
-        st.success(f"Finished in {snap['elapsed']:.0f} s; saved in the run store as {run_id}.",
+        st.success(f"Finished in {snap['elapsed']:.0f} s; saved in the run store as {md(run_id)}.",
                    icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
         n = len(snap["history"])
         kept = (f"its {n} finished epoch(s) and checkpoint are saved" if n
                 else "no epoch finished, so it has metrics but no checkpoint")
-        st.warning(f"Cancelled ({snap['reason']}); {kept}.", icon=":material/cancel:")
+        st.warning(f"Cancelled ({md(snap['reason'])}); {kept}.", icon=":material/cancel:")
     else:
-        st.error(f"The run failed: {snap['reason']}", icon=":material/error:")
+        st.error(f"The run failed: {md(snap['reason'])}", icon=":material/error:")
     if len(snap["steps"]) or len(snap["history"]):
         st.plotly_chart(plots.training_curves(snap["steps"], snap["history"]),
                         key="train_chart_live", config={"displayModeBar": False})
@@ -66,7 +72,7 @@ def _show_run(run_id: str, live: bool) -> None:
         c3.metric("Macro F1", f"{h['val_f1']:.3f}")
 
 
-def _show_amap(run_id: str, snap: dict) -> None:
+def _show_amap(run_id: str, snap: dict, own: bool) -> None:
     """An AMAP job: progress with the phase and the MACs ratio, loss and ratio curves, cancel;
     at the end the exported model's numbers."""
     total = max(snap["total_steps"], 1)
@@ -77,8 +83,10 @@ def _show_amap(run_id: str, snap: dict) -> None:
     st.progress(min(snap["step"] / total, 1.0), text=text)
     res = snap["result"]
     if snap["status"] == "running":
-        st.button("Cancel run", key="train_cancel", icon=":material/stop_circle:",
-                  disabled=snap["cancel_requested"], on_click=state.cancel_job, args=(run_id,))
+        if own:
+            st.button("Cancel run", key="train_cancel", icon=":material/stop_circle:",
+                      disabled=snap["cancel_requested"], on_click=state.cancel_job,
+                      args=(run_id,))
         if snap["cancel_requested"]:
             st.caption("Cancelling: the search stops before its next step; the model is then "
                        "fitted to the budget, exported, evaluated and saved.")
@@ -88,10 +96,10 @@ def _show_amap(run_id: str, snap: dict) -> None:
         st.success(f"Finished in {snap['elapsed']:.0f} s; the exported model is saved in the "
                    f"run store as {run_id}.", icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
-        st.warning(f"Cancelled ({snap['reason']}); the model was still fitted to the budget, "
+        st.warning(f"Cancelled ({md(snap['reason'])}); the model was still fitted to the budget, "
                    "exported and saved.", icon=":material/cancel:")
     else:
-        st.error(f"The run failed: {snap['reason']}", icon=":material/error:")
+        st.error(f"The run failed: {md(snap['reason'])}", icon=":material/error:")
     if len(snap["steps"]) or len(r):
         st.plotly_chart(plots.amap_curves(snap["steps"], r, snap["budget"]),
                         key="train_chart_amap", config={"displayModeBar": False})
@@ -167,12 +175,22 @@ MODES = {"finetune": "Fine-tune the pruned model",
 with state.page_errors():
     run_id = state.current_run_id()
     if run_id:
-        job = state.get_job(run_id)
+        seen = state.run_access(state.run_store(), run_id)
+        job = state.get_job(run_id) if seen else None
         running = job is not None and job.status == "running"
-        if running:
-            st.fragment(run_every=1.0)(show_run)(run_id, True)
-        else:
-            show_run(run_id, False)
+        if seen is None:  # unknown, or hidden from this session: the same words either way
+            st.info("The run in this page's address is not one you can see: it was deleted, "
+                    "or it belongs to another session.", icon=":material/info:")
+        elif seen != state.OWN:
+            whose = "a shared run" if seen == state.SHARED else "another session's run"
+            st.caption(f"Read-only: {whose}. A run you started before a reload stays yours "
+                       "only under the name you gave in the sidebar.")
+        if seen is not None:
+            if running:
+                st.fragment(run_every=1.0)(show_run)(run_id, True, seen == state.OWN)
+            else:
+                show_run(run_id, False, seen == state.OWN)
+        if seen != state.OWN or not running:
             st.button("New run", key="train_new", icon=":material/add:",
                       on_click=state.follow_run, args=(None,))
         st.stop()
@@ -190,12 +208,12 @@ with state.page_errors():
     else:
         _finetune_form(s, exp)
 
-    others = state.running_jobs()
-    if others:
-        with st.expander(f"{len(others)} run(s) training on this server",
+    mine = state.running_jobs()  # this session's only: others' are not offered to follow
+    if mine:
+        with st.expander(f"{len(mine)} of your runs training on this server",
                          icon=":material/pending:"):
-            for j in others:
+            for j in mine:
                 c1, c2 = st.columns([4, 1])
-                c1.markdown(f"`{j['run_id']}` {j['label']} · step {j['step']}/{j['total_steps']}")
+                c1.markdown(f"`{j['run_id']}` {md(j['label'])} · step {j['step']}/{j['total_steps']}")
                 c2.button("Follow", key=f"train_follow_{j['run_id']}",
                           on_click=state.follow_run, args=(j["run_id"],))

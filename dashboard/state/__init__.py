@@ -15,6 +15,8 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
 - :mod:`.pruning`: scores → masks or shrunk model → evaluation, cost, tables, and the warm-up;
 - :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
 - :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
+- :mod:`.owners`: who owns a run (the session or a typed name) and who may see it
+  (``PRUNELENS_RUNS_VISIBILITY``);
 - :mod:`.compare`: the Compare page's sweep job (imported by that page only);
 - :mod:`.work`: a page's long computation in a per-session worker thread (progress, estimate,
   cancel, stopped when the browser session ends); :mod:`.prune_work`: the Prune page's
@@ -35,14 +37,16 @@ boot.configure()  # the server did it already; AppTest and scripts may not have
 boot.apply_torch_threads()
 
 from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  # noqa: E402
-                   K_CALIB, K_DATASET, K_FOLDER, K_MODEL, K_MODEL_FOLDER, K_PRUNERS, K_SCOPE,
+                   K_CALIB, K_DATASET, K_FOLDER, K_HUB_ID, K_MODEL, K_MODEL_FOLDER, K_PRUNERS,
+                   K_SCOPE,
                    K_SEED, K_SOURCE, K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS,
                    SCORE_MB, SOURCES, SPARSITY_OPTIONS, DataKey, Experiment, ImageRef,
                    LoadedModel, ModelKey, PruneKey, Setup)
 from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
                       current_run_id, experiment, follow_run, pending_delete,  # noqa: E402
                       seed_experiment_widgets, set_pending_delete, snap_sparsity, upload_name,
-                      use_trained_checkpoint, widget_default)
+                      use_trained_checkpoint, widget_default, widget_follow,
+                      source_chosen, weight_sources)
 from .catalogue import (dataset_names, has_checkpoint, model_names, pruner_info,  # noqa: E402
                         pruner_names, training_pruner_names)
 from .data import (accept_image_upload, accept_model_upload, base_model,  # noqa: E402
@@ -58,13 +62,17 @@ from .work import start as start_work, wait as wait_work  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
 from .prefetch import request as prefetch_neighbours  # noqa: E402
 from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
-from .folders import dataset_folders, label as folder_label, model_folders  # noqa: E402
+from .folders import (dataset_folders, label as folder_label, model_folders,  # noqa: E402
+                      model_sources)
 from .exports import pruned_downloads, run_downloads  # noqa: E402
+from .merging import max_r, merge_curve, merge_view, overlay_cells  # noqa: E402
 from .jobs import (Job, cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
                    start_training)
-from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work, heat_cell,  # noqa: E402
-                 image_cell, model_note, no_class_token_note, overlay_cell, page_errors,
-                 pruner_label, scale_note, sidebar_summary, source_label, untrained_notice)
+from .owners import (OTHER, OWN, SHARED, current_owner, owner_sidebar,  # noqa: E402
+                     run_access, visibility, visible_runs)
+from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work,  # noqa: E402
+                 heat_cell, image_cell, image_picker, model_note, no_class_token_note, overlay_cell, page_errors,
+                 pruner_label, scale_note, sidebar_summary, untrained_notice)
 
 __all__ = [
     "chosen_image",
@@ -73,7 +81,8 @@ __all__ = [
     "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
-    "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY", "K_VAL",
+    "K_HUB_ID", "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY",
+    "K_VAL",
     "LoadedModel", "MAX_IMAGE_MB", "MAX_MODEL_MB", "METHODS", "ModelKey", "PruneKey", "RATIOS",
     "SOURCES", "Setup", "accept_image_upload", "accept_model_upload", "attention_grid",
     "attention_maps", "attention_row", "base_model", "calibration", "cancel_job",
@@ -81,11 +90,15 @@ __all__ = [
     "default_grid_criteria", "dense_cost", "evaluation", "experiment", "explanations",
     "folder_label", "follow_run", "forward_only", "get_job", "has_checkpoint", "head_maps",
     "heat_cell", "image_cell", "image_tensor", "layer_kept", "mask_layers", "mask_matrix",
-    "model_folders", "model_names", "model_note", "no_class_token_note", "num_blocks",
+    "model_folders", "model_names", "model_sources", "model_note", "no_class_token_note",
+    "num_blocks",
     "num_heads", "overlay_cell", "page_errors", "pending_delete", "pruned", "pruned_downloads",
     "pruned_model", "pruner_info", "pruner_label", "pruner_names", "run_downloads", "run_store",
     "running_jobs", "saliency_table", "score_distribution", "scores", "seed_experiment_widgets",
-    "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary", "source_label",
+    "set_pending_delete", "setup", "setup_or_stop", "sidebar_summary",
     "start_amap", "start_training", "training_pruner_names", "training_set", "untrained_notice",
     "upload_name", "use_trained_checkpoint", "val_subset", "warm_up", "warm_up_grid",
-    "widget_default", "PRUNE_PAGE_SHOWN"]
+    "widget_default", "widget_follow", "source_chosen", "weight_sources", "merge_curve",
+    "merge_view", "overlay_cells", "max_r", "image_picker",
+    "PRUNE_PAGE_SHOWN", "OTHER", "OWN", "SHARED", "current_owner",
+    "owner_sidebar", "run_access", "visibility", "visible_runs"]

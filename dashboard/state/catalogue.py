@@ -35,8 +35,9 @@ def training_pruner_names() -> tuple[str, ...]:
 
 @cache_resource(show_spinner=False)
 def pruner_info(name: str) -> dict:
-    """Teaching text of a criterion: ``formula`` (LaTeX), ``explanation``, ``kind``,
-    ``needs_data``, and ``iterative`` (re-scores for every sparsity: no score cache)."""
+    """``study.criterion_info`` as a dict: teaching text (``formula`` in LaTeX,
+    ``explanation``), ``kind``, ``needs_data``, ``iterative`` (re-scores for every sparsity:
+    no score cache), ``rounds``, ``memory_per_image`` and the other declared needs."""
     return asdict(study.criterion_info(name))
 
 

@@ -126,16 +126,20 @@ def command(s: Setup, spec: Spec) -> str:
     """The ``python -m core sweep`` line computing the same numbers (the dashboard's dataset
     options and model source included)."""
     src = s.exp.source
-    model = s.exp.preset
+    model, revision = s.exp.preset, None
     if src == "upload":
         from .data import _upload_path
         model = str(_upload_path(s.exp.upload))
+    elif src == "hub":
+        from .folders import parse_hub_id
+        model, revision = parse_hub_id(s.exp.hub_id)
     untrained = src == "init" or (src == "checkpoint" and not s.base.trained)
     return report.sweep_command(
         model, s.exp.dataset, spec.criteria, spec.sparsities, range(spec.seeds),
         min(spec.val, len(s.val_set)), spec.calib, spec.scope, "comparison",
         dataset_options(s.data), untrained and src != "upload",
-        s.exp.seed if src == "init" else 0) + (" --sensitivity" if spec.sensitivity else "")
+        s.exp.seed if src == "init" else 0, revision) + (
+            " --sensitivity" if spec.sensitivity else "")
 
 
 def start_sweep(s: Setup, spec: Spec) -> str:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from core import study
 from core.data import ImageError, decode_image, load_dataset
+from core.data.common import data_budget_bytes
 from core.models import CheckpointError, build_model, checkpoint_info, load_model, load_weights
 from core.models.checkpoint import one_line
 from core.models.registry import load_folder
@@ -43,8 +44,15 @@ def dataset_options(key: DataKey) -> dict:
     if key.name == "folder":
         return {"root": key.root}
     if key.name == "shapes" and max(key.image_size) > 64:
-        # 6000 images of 224×224 would be 900 MB; a dashboard needs far fewer
-        options.update(num_train=1200, num_val=300)
+        # 6000 images of 224×224 would be 900 MB; a dashboard needs far fewer, and at the
+        # largest sizes fewer still: what the data budget holds (uint8 images and masks, 4
+        # bytes a pixel; the validation images once more as float32, 12 bytes, when a sweep
+        # stacks them), with room to spare
+        px = key.image_size[0] * key.image_size[1]
+        budget = data_budget_bytes() // 2
+        num_val = max(12, min(300, budget // (px * (4 + 12)) // 4))
+        num_train = max(12, min(1200, (budget - num_val * px * 16) // (px * 4)))
+        options.update(num_train=int(num_train), num_val=int(num_val))
     elif key.name == "shapes" and not key.full:
         options.update(num_train=CALIBRATION_POOL)
     return options
@@ -177,9 +185,9 @@ def base_model(key: ModelKey) -> LoadedModel:
             load_weights(model, key.upload)
         name = model.preset or key.preset
         return LoadedModel(model.eval(), True, "", f"uploaded checkpoint ({name})")
-    if key.source == "folder":
+    if key.source in ("folder", "hub"):
         model = copy.deepcopy(_folder_model(key.folder))
-        return LoadedModel(model, True, "", f"{folders.label(key.folder)} (model folder)")
+        return LoadedModel(model, True, "", folders.model_label(key.folder))
     note = ""
     trained = False
     if key.source == "checkpoint":
@@ -232,8 +240,9 @@ def setup(exp: Experiment) -> Setup:
         upload = str(uploads.path("model", exp.upload))
         arch = _uploaded_architecture(upload)
         shape = tuple(arch.input_shape) if arch is not None else preset_input_shape(exp.preset)
-    elif exp.source == "folder":
-        folder = str(folders.resolve_model(exp.model_folder))
+    elif exp.source in ("folder", "hub"):
+        folder = str(folders.resolve_model(exp.model_folder) if exp.source == "folder"
+                     else folders.hub_model(exp.hub_id))
         shape = tuple(_folder_model(folder).input_shape)
     else:
         shape = preset_input_shape(exp.preset)

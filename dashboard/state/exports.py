@@ -1,7 +1,7 @@
 """Downloads of a model in the three formats ``core.models.save_model`` writes: PruneLens
 ``.safetensors``, a Hugging Face ``save_pretrained`` folder (zipped) and ONNX.
 
-A format a model cannot be saved in (a neuron-shrunk model has no Hugging Face config) is
+A format a model cannot be saved in (blocks of different shapes have no transformers 5 config) is
 found before any file is written (``hf_layout`` reads the config only) and shown as its reason
 instead of a button. Files are built only when the user clicks (a deferred download), in a
 temporary folder of their own, removed right after, and refused beyond
@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import tempfile
+import re
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -21,10 +22,12 @@ from torch import nn
 
 from core.models import CheckpointError, get_adapter, load_model, save_model
 from core.models.checkpoint import one_line
+from dashboard.text import md
 
 from .data import base_model
-from .keys import PruneKey, cache_data, cache_resource
+from .keys import ModelKey, PruneKey, cache_data, cache_resource
 from .pruning import pruned, pruned_model
+from .ui import public
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -83,7 +86,7 @@ def download_buttons(problems: dict[str, str | None], make: Callable[[str], byte
     reason the model cannot be saved in it."""
     for col, fmt in zip(st.columns(len(FORMATS)), FORMATS):
         if problems.get(fmt):
-            col.caption(f"**{FORMATS[fmt]}** not available: {problems[fmt]}")
+            col.caption(f"**{FORMATS[fmt]}** not available: {md(problems[fmt])}")
             continue
         col.download_button(FORMATS[fmt], data=functools.partial(_logged, make, fmt),
                             file_name=f"{stem}{SUFFIX[fmt]}", mime="application/octet-stream",
@@ -110,6 +113,21 @@ def _pruned_bytes(key: PruneKey, fmt: str) -> bytes:
     return export_bytes(pruned_model(key), fmt)
 
 
+def model_stem(key: ModelKey) -> str:
+    """A file-name stem naming the model a download came from: the preset and its dataset,
+    the model folder's (or hub repository's) name, or the uploaded file's name."""
+    if key.source in ("folder", "hub") and key.folder:
+        name = Path(key.folder).name
+        if name and all(c in "0123456789abcdef" for c in name) and len(name) >= 7:
+            name = Path(key.folder).parents[1].name.removeprefix("models--")  # hub snapshot
+    elif key.source == "upload" and key.upload:
+        name = Path(key.upload).stem
+    else:
+        name = f"{key.preset}_{key.dataset}"
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:60] or "model"
+    return f"prunelens_{slug}"
+
+
 def pruned_downloads(keys: dict[str, PruneKey]) -> None:
     """A popover with the three downloads of one pruned model (criterion chosen)."""
     if not keys:
@@ -120,7 +138,8 @@ def pruned_downloads(keys: dict[str, PruneKey]) -> None:
         st.caption("Masks are baked in (zeros in the weights); structured criteria give the "
                    "smaller model.")
         download_buttons(pruned_problems(key), functools.partial(_pruned_bytes, key),
-                         f"prunelens_{name}_{round(key.sparsity * 100)}", "prune_export")
+                         f"{model_stem(key.model)}_{name}_{round(key.sparsity * 100)}",
+                         "prune_export")
 
 
 # ---------------------------------------------------------------------------- runs
@@ -148,6 +167,6 @@ def run_downloads(path: Path, stem: str) -> None:
     try:
         problems = export_problems(_checkpoint_model(str(path), path.stat().st_mtime))
     except (CheckpointError, OSError) as e:
-        st.caption(f"The checkpoint cannot be read: {one_line(e)}")
+        st.caption(f"The checkpoint cannot be read: {md(public(one_line(e)))}")
         return
     download_buttons(problems, functools.partial(_checkpoint_bytes, path), stem, "runs_dl")

@@ -5,7 +5,10 @@ model folder must resolve (symlinks and ``..`` included) inside the data roots
 (``PRUNELENS_DATA_ROOTS``, default ``./data``); anything else gets the one refusal message,
 whatever is or is not there. The select boxes offer the folders that exist
 (``list_data_folders``); a typed path is checked the same way. Models may also come from the
-local Hugging Face cache (``hub:<org>/<name>``, only ids found there).
+local Hugging Face cache (``hub:<org>/<name>``, only ids found there) and, where downloads are
+on, from the Hugging Face hub (:func:`hub_model`, the "Hugging Face hub" source): on by
+default when the server listens on loopback only, off beyond it, and
+``PRUNELENS_HUB_DOWNLOADS`` (1 or 0) decides either way.
 
 A folder dataset is scanned in a worker thread, bounded (:data:`SCAN_SECONDS`,
 :data:`SCAN_MAX_FILES`, :data:`SCAN_MAX_DEPTH`, symlinks kept inside the roots), while the page
@@ -29,7 +32,10 @@ from core.data import (DataPathError, ScanCancelled, data_roots, list_data_folde
                        load_dataset, resolve_under_roots)
 from core.data.roots import check_files_under_roots
 
-from .keys import DATASET_SEED, K_FOLDER, K_MODEL_FOLDER, DataKey, cache_resource
+from core.models import CheckpointError
+from dashboard.text import md
+
+from .keys import DATASET_SEED, K_FOLDER, K_MODEL_FOLDER, SOURCES, DataKey, cache_resource
 from .uploads import session_token
 
 SCAN_SECONDS = 20.0
@@ -42,10 +48,14 @@ DATASETS_KEPT = 6
 # ---------------------------------------------------------------------------- choices
 
 def label(option: str) -> str:
-    """How a folder option reads: ``<root name>/<path inside it>``, or the hub id."""
+    """How a folder option reads: ``<root name>/<path inside it>``, or the hub id (also for
+    a snapshot folder in the Hugging Face cache: the server's paths are not shown)."""
     if option.startswith(HUB):
         return f"{option[len(HUB):]} (Hugging Face cache)"
     path = Path(option)
+    repo = _cached_repo(path)
+    if repo:
+        return f"{repo} (Hugging Face hub)"
     for root in data_roots():
         if path == root or path.is_relative_to(root):
             return str(Path(root.name) / path.relative_to(root))
@@ -92,6 +102,23 @@ def hub_ids() -> list[str]:
     return [n[len("models--"):].replace("--", "/", 1) for n in names]
 
 
+def _cached_repo(path: Path) -> str:
+    """``org/name`` if ``path`` is a snapshot folder in the Hugging Face cache, else ""."""
+    from core.models.hf import hub_cache_dir
+
+    parts = path.parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--") \
+            and path.parents[2] == hub_cache_dir():
+        return parts[-3][len("models--"):].replace("--", "/", 1)
+    return ""
+
+
+def model_label(path: str) -> str:
+    """How the loaded model's source reads: the hub id, or the folder (in its root)."""
+    text = label(path)
+    return text if _cached_repo(Path(path)) else f"{text} (model folder)"
+
+
 def model_folders() -> list[str]:
     """Model folders (``config.json`` inside) in the data roots, then ``hub:<id>`` entries;
     and the path the user typed, if any."""
@@ -125,6 +152,82 @@ def resolve_model(text: str) -> Path:
     if path.is_dir():  # its config.json / weights must not be links out of the roots either
         check_files_under_roots(path)
     return path
+
+
+# ---------------------------------------------------------------------------- hub downloads
+
+def listens_on_loopback() -> bool:
+    """Whether the server listens on this machine only (``server.address`` a loopback
+    address; unset means every interface)."""
+    import ipaddress
+
+    address = str(st.get_option("server.address") or "").strip("[]")
+    if address == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def downloads_allowed() -> bool:
+    """Whether a browser user may make the server download from the Hugging Face hub:
+    ``PRUNELENS_HUB_DOWNLOADS`` (1 or 0) where set, else only when the server listens on
+    loopback (a classroom server downloads nothing unless its operator says so)."""
+    from core.models.hub import downloads_allowed as allowed
+
+    try:
+        return allowed(default=listens_on_loopback())
+    except ValueError:  # a mistyped setting: the safe side
+        return False
+
+
+def model_sources() -> list[str]:
+    """The model sources the Prune page offers: "hub" only where downloads are on."""
+    return [s for s in SOURCES if s != "hub" or downloads_allowed()]
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None]:
+    """``org/name`` or ``org/name@revision`` (a ``hub:`` prefix allowed) → (id, revision);
+    ValueError saying what an id looks like otherwise."""
+    from core.models.hub import check_id
+
+    text = (text or "").strip().removeprefix(HUB)
+    if not text:
+        raise ValueError("enter a Hugging Face hub id in the sidebar (org/name, e.g. "
+                         "facebook/deit-tiny-patch16-224, or org/name@revision)")
+    repo, _, revision = text.partition("@")
+    check_id(repo, revision or None)
+    return repo, revision or None
+
+
+def hub_model(text: str) -> Path:
+    """The snapshot folder of the hub id the user typed: from the cache if it is there (no
+    request to the hub on every rerun), else downloaded with a progress bar where downloads
+    are on. CheckpointError / ValueError with the reason otherwise (no server path in it)."""
+    from core.models.hub import cached, download
+
+    repo, revision = parse_hub_id(text)
+    try:
+        return cached(repo, revision)
+    except CheckpointError:
+        pass
+    if not downloads_allowed():
+        raise CheckpointError(f"{repo} is not in this server's Hugging Face cache, and "
+                              "downloads are off here (the server's operator can turn them on "
+                              "with PRUNELENS_HUB_DOWNLOADS=1)")
+    what = repo + (f" at {revision}" if revision else "")
+    bar = st.progress(0.0, text=f"Downloading {md(what)} from the Hugging Face hub…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(min(done / total, 1.0) if total else 0.0,
+                     text=f"Downloading {md(what)}: {done / 2**20:.1f} of "
+                          f"{total / 2**20:.1f} MB…")
+
+    try:
+        return download(repo, revision, progress=progress, allow_download=True)
+    finally:
+        bar.empty()
 
 
 # ---------------------------------------------------------------------------- scans

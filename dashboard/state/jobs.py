@@ -1,6 +1,7 @@
 """Background jobs: fine-tuning a pruned model and AMAP, each in a daemon thread with live
 progress and cancel, recorded in the run store. The registry of jobs is process-wide, so a
-page reload (a new session) finds its run again."""
+page reload (a new session) finds its run again; each job and run belongs to the session (or
+name) that started it (``owners.py``), and only that owner lists, follows or cancels it."""
 from __future__ import annotations
 
 import copy
@@ -20,6 +21,7 @@ from core.train import Callback, TrainConfig, train
 
 from .data import base_model, calibration, dense_cost, training_set, val_subset
 from .keys import PruneKey, Setup, cache_resource
+from .owners import current_owner
 from .pruning import pruned_model
 
 log = logging.getLogger("prunelens.dashboard")
@@ -57,6 +59,7 @@ class Job:
     ended: float | None = None
     steps: list[tuple[int, float, float]] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+    owner: str | None = None  # the session's or name's label (owners.py)
     kind: str = "finetune"  # or "amap"
     budget: float | None = None  # AMAP: fraction of attention MACs kept
     ratios: list[tuple[int, float, float, str]] = field(default_factory=list)
@@ -103,9 +106,19 @@ def get_job(run_id: str | None) -> Job | None:
 
 
 def running_jobs() -> list[dict]:
+    """This session's running jobs (others' are not offered to follow)."""
+    me = current_owner()
     with _JOBS_LOCK:
         jobs = list(_jobs().values())
-    return [j.snapshot() for j in jobs if j.status == "running"]
+    return [j.snapshot() for j in jobs if j.status == "running" and j.owner == me]
+
+
+def reassign_jobs(owner: str, new_owner: str) -> None:
+    """Jobs of ``owner`` now belong to ``new_owner`` (with ``RunStore.reassign_runs``)."""
+    with _JOBS_LOCK:
+        for job in _jobs().values():
+            if job.owner == owner:
+                job.owner = new_owner
 
 
 def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: int) -> str:
@@ -119,11 +132,12 @@ def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: 
                "scope": key.scope,
                "calibration": key.calib, "seed": key.seed, "train_samples": len(train_set),
                "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size}
-    run_id = _create_run(store, run_cfg)
+    owner = current_owner()
+    run_id = _create_run(store, run_cfg, owner)
     _forget_old_jobs()
     what = f"{key.pruner} {key.sparsity:.0%}" if key.sparsity else "dense"
     label = f"{s.exp.preset} · {what} · {config.epochs} epoch(s)"
-    job = Job(run_id, label, config.epochs)
+    job = Job(run_id, label, config.epochs, owner=owner)
     val_set = val_subset(s.data, 10**9)
 
     def work(hooks: list, cancel: threading.Event) -> None:
@@ -160,10 +174,12 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
                "calibration": s.exp.calib, "seed": s.exp.seed, "train_samples": len(train_set),
                "steps": int(steps), "batch_size": int(batch_size),
                "val_samples": len(val_set)}
-    run_id = _create_run(store, run_cfg)
+    owner = current_owner()
+    run_id = _create_run(store, run_cfg, owner)
     _forget_old_jobs()
     label = f"{s.exp.preset} · AMAP to {budget:.0%} of attention MACs · {int(steps)} steps"
-    job = Job(run_id, label, 2, total_steps=int(steps), kind="amap", budget=budget)
+    job = Job(run_id, label, 2, total_steps=int(steps), kind="amap", budget=budget,
+              owner=owner)
     dense = dense_cost(s.model_key)
 
     def work(hooks: list, cancel: threading.Event) -> None:
@@ -182,7 +198,7 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
 
 def _model_name(s: Setup) -> str:
     """The preset's name, or what was loaded for an uploaded / server-folder model."""
-    return s.base.label if s.exp.source in ("upload", "folder") else s.exp.preset
+    return s.base.label if s.exp.source in ("upload", "folder", "hub") else s.exp.preset
 
 
 def _train_subset(s: Setup, n: int, seed: int):
@@ -207,9 +223,9 @@ def _launch(job: Job, store, work: Callable[[list, threading.Event], None],
     job.thread.start()
 
 
-def _create_run(store, cfg: dict) -> str:
+def _create_run(store, cfg: dict, owner: str) -> str:
     return store.create_run(model=cfg["model"], dataset=cfg["dataset"], pruner=cfg["pruner"],
-                            sparsity=cfg["sparsity"], config=cfg)
+                            sparsity=cfg["sparsity"], config=cfg, owner=owner)
 
 
 class Progress(Callback):
@@ -259,8 +275,9 @@ def _worker(job: Job, store, work: Callable[[list, threading.Event], None],
 
 
 def cancel_job(run_id: str) -> bool:
+    """Widget callback: ask this session's job ``run_id`` to stop (another's is refused)."""
     job = get_job(run_id)
-    if job is None or job.status != "running":
+    if job is None or job.status != "running" or job.owner != current_owner():
         return False
     job.cancel.set()
     return True

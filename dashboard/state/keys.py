@@ -12,7 +12,7 @@ from torch import nn
 from core import study
 from core.models import CheckpointError
 
-MAX_MODEL_MB = 400   # also server.maxUploadSize in .streamlit/config.toml
+MAX_MODEL_MB = 400   # also server.maxUploadSize in dashboard/.streamlit/config.toml
 MAX_IMAGE_MB = 10
 MAX_IMAGE_PIXELS = 40_000_000  # an uploaded picture's width × height, checked from its header
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth")
@@ -22,23 +22,24 @@ IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
 SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))          # the Fig. 3 columns, 0% … 90%
 SOURCES = {"checkpoint": "shipped checkpoint (trained)", "init": "untrained (pruning at init)",
-           "upload": "uploaded checkpoint", "folder": "model folder on the server"}
+           "upload": "uploaded checkpoint", "folder": "model folder on the server",
+           "hub": "Hugging Face hub"}  # "hub": offered where downloads are on (folders.py)
 DATASET_SEED = 0  # the shipped checkpoints were trained on seed 0's split; keep its val set
 CALIBRATION_POOL = 1024  # shapes training images generated for calibration batches
 CELL_PX = 96      # side of one attention-grid cell on screen
 # Activation memory a criterion may use to score its calibration batch (one forward and
 # backward of the whole batch at once): on a 224×224 model 64 images would take 3 GB (SNIP)
 # and 9 GB (GraSP's double backward), so the batch is capped to fit and the page says so.
+# What one image takes is the criterion's declaration (``memory_per_image``).
 SCORE_MB = float(os.environ.get("PRUNELENS_SCORE_MB", 1024))
-# Activation bytes per image relative to the sum of a forward's module outputs; GraSP keeps
-# the graph of its gradient for a second backward (measured on deit-tiny: 0.85× and 2.9×).
-SCORE_MEMORY_FACTOR = {"grasp": 3.0}
 
 # Widget keys of the experiment set up on the Prune page (read by every page).
 K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
+K_SOURCE_WANTED = "prune_source_wanted"  # what the user last picked on the Weights radio
 K_FOLDER, K_PRUNERS, K_SPARSITY = "prune_folder", "prune_pruners", "prune_sparsity"
 K_SCOPE, K_CALIB, K_SEED, K_VAL = "prune_scope", "prune_calib", "prune_seed", "prune_val"
 K_MODEL_FOLDER = "prune_model_folder"
+K_HUB_ID = "prune_hub_id"
 K_UPLOAD_DIGEST = "upload_digest"  # not a widget: the accepted upload's sha256
 K_UPLOAD_NAME = "upload_name"
 K_UPLOAD_FILE_ID = "upload_file_id"  # the uploader's id of the accepted file
@@ -65,6 +66,7 @@ class Experiment:
     val_samples: int = 128
     upload: str = ""        # the accepted upload's sha256 (this session's file)
     model_folder: str = ""  # source "folder": what the user chose (checked on use)
+    hub_id: str = ""        # source "hub": org/name[@revision] as typed (checked on use)
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,8 @@ class DataKey:
 @dataclass(frozen=True)
 class ModelKey:
     """A base model. ``upload``: the path of the session's uploaded checkpoint; ``folder``:
-    the resolved model folder (or cached hub snapshot) it is loaded from."""
+    the resolved model folder (or hub snapshot in the Hugging Face cache) it is loaded
+    from."""
 
     preset: str
     source: str
@@ -150,11 +153,9 @@ class Setup:
 
     def calib(self, pruner: str) -> int:
         """The calibration batch ``pruner`` scores on: the experiment's, capped so that its
-        activations fit :data:`SCORE_MB` (data-free criteria: the experiment's)."""
-        if not self.image_bytes or not _needs_data(pruner):
-            return self.exp.calib
-        per_image = self.image_bytes * SCORE_MEMORY_FACTOR.get(pruner, 1.0)
-        return max(1, min(self.exp.calib, int(SCORE_MB * 2**20 // per_image)))
+        activations fit :data:`SCORE_MB` (``CriterionInfo.calibration_cap``; data-free
+        criteria: the experiment's)."""
+        return _info(pruner).calibration_cap(self.exp.calib, self.image_bytes, SCORE_MB * 2**20)
 
     def key(self, pruner: str, sparsity: float | None = None) -> PruneKey:
         s = self.exp.sparsity if sparsity is None else sparsity
@@ -163,8 +164,8 @@ class Setup:
 
 
 @functools.lru_cache(maxsize=None)
-def _needs_data(pruner: str) -> bool:
-    return study.criterion_info(pruner).needs_data
+def _info(pruner: str) -> study.CriterionInfo:
+    return study.criterion_info(pruner)
 
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred

@@ -4,9 +4,9 @@ Once a Prune page run has finished, the neighbouring stops of its sparsity slide
 side, nearest first) are masked and evaluated for every criterion of that experiment, in one
 background thread, one step at a time (a criterion's masks, or one slice of its evaluation)
 and only while no page is running (``session.wait_quiet``): a move to a neighbour then finds
-its numbers cached, SynFlow's 100-round schedule included. A newer request replaces an older
-one between steps. The results go to the same caches the page reads, so a page that asks for
-an entry being computed waits for it instead of computing it twice.
+its numbers cached, an iterative criterion's schedule (SynFlow's) included. A newer request
+replaces an older one between steps. The results go to the same caches the page reads, so a
+page that asks for an entry being computed waits for it instead of computing it twice.
 
 Only models whose one-image forward is small work (``pruning.is_small``: the 32×32 presets)
 are prefetched; on a 224×224 model a step is seconds of CPU a user may never ask for.

@@ -37,9 +37,10 @@ def _score_units(name: str, calib: int, cached: bool) -> float:
     if cached:
         return 0.05
     info = pruner_info(name)
-    if info["iterative"]:
-        return 3.0 * 100  # SynFlow: 100 rounds of a forward and a backward of one input
-    return 3.0 * calib if info["needs_data"] else 0.5
+    if not (info["needs_data"] or info["iterative"]):
+        return 0.5  # no forward: weights or a random draw
+    # a forward and a backward of each image a round (data-free: of one synthetic input)
+    return 3.0 * info["rounds"] * (calib if info["needs_data"] else 1)
 
 
 def prune_and_evaluate(s: Setup, exp: Experiment):

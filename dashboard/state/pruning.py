@@ -110,7 +110,7 @@ def eval_counts(key: PruneKey, val_samples: int, start: int,
     # evaluate; about a dozen on the 224×224 ones)
     batch = int(max(1, min(256, EVAL_MB * 2**20 // max(image_bytes(key.model), 1))))
     # a 224×224 model: batches shared out to threads of one intra-op thread each, which keep
-    # their speed while the browser holds a core (study._counts_in_threads); a 32×32 model's
+    # their speed while the browser holds a core (study.counts_in_threads); a 32×32 model's
     # one batch is quicker on PyTorch's own threads
     workers = 1 if is_small(key.model) else torch.get_num_threads()
     with HOOK_LOCK:

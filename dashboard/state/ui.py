@@ -15,10 +15,12 @@ from torch import Tensor
 from core import attention as attn
 from core.models import CheckpointError, get_adapter, token_layout
 from core.models.checkpoint import one_line
+from dashboard.text import md
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .data import accept_image_upload, dense_cost
-from .keys import CELL_PX, EXPECTED_ERRORS, SOURCES, Experiment, ImageRef, Setup
+from .keys import (CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES, MAX_IMAGE_MB, Experiment,
+                   ImageRef, Setup)
 from .widgets import set_flag, take_flag, use_trained_checkpoint
 
 log = logging.getLogger("prunelens.dashboard")
@@ -34,10 +36,10 @@ def page_errors() -> Iterator[None]:
     try:
         yield
     except EXPECTED_ERRORS as e:
-        st.error(f"{_reason(e)}", icon=":material/error:")
+        st.error(md(_reason(e)), icon=":material/error:")
     except Exception as e:
         log.exception("dashboard page failed")
-        st.error(f"Unexpected error ({type(e).__name__}): {_reason(e)}",
+        st.error(f"Unexpected error ({type(e).__name__}): {md(_reason(e))}",
                  icon=":material/error:")
 
 
@@ -52,15 +54,22 @@ def _reason(e: BaseException) -> str:
     return public(msg)
 
 
+RUN_STORE = "[run store]"  # what messages say instead of the run store's folder
+
+
 def public(message: str) -> str:
     """``message`` without the server's paths: a data root becomes its name (as the folder
-    choices show it: ``data/flowers``), a session's upload its file name (the temporary
-    folder holds the session's private token)."""
+    choices show it: ``data/flowers``), the run store's folder :data:`RUN_STORE`, a session's
+    upload its file name (the temporary folder holds the session's private token)."""
     from core.data.roots import data_roots
+    from core.runs import default_root
 
-    for root in sorted(data_roots(), key=lambda r: len(str(r)), reverse=True):
-        if len(root.parts) > 1:
-            message = message.replace(str(root), root.name)
+    runs = default_root()
+    names = {str(root): root.name for root in data_roots() if len(root.parts) > 1}
+    names.update({str(r): RUN_STORE for r in (runs, runs.absolute(), runs.resolve())
+                  if len(r.parts) > 1})
+    for path in sorted(names, key=len, reverse=True):
+        message = message.replace(path, names[path])
     return UPLOAD_PATH.sub(lambda m: m.group(0).rstrip("/").rsplit("/", 1)[-1], message)
 
 
@@ -73,7 +82,7 @@ def untrained_notice(s: Setup, where: str) -> None:
         "the criterion.")
     st.warning(text, icon=":material/warning:")
     if has_checkpoint(s.exp.preset, s.exp.dataset) and s.exp.source != "checkpoint":
-        st.button(f"Use the trained {s.exp.preset} checkpoint ({s.exp.dataset})",
+        st.button(f"Use the trained {md(s.exp.preset)} checkpoint ({md(s.exp.dataset)})",
                   key=f"{where}_use_trained", on_click=use_trained_checkpoint, type="primary")
 
 
@@ -83,9 +92,10 @@ def sidebar_summary(exp: Experiment) -> None:
         st.header("Setup", divider="gray")
         src = {"checkpoint": "trained" if has_checkpoint(exp.preset, exp.dataset)
                else "untrained: no checkpoint", "init": "untrained",
-               "upload": "uploaded", "folder": "model folder"}.get(exp.source, exp.source)
-        st.markdown(f"**{exp.preset}** ({src}) on **{exp.dataset}**  \n"
-                    f"{', '.join(exp.pruners) or 'no criteria'} · {exp.sparsity:.0%} · "
+               "upload": "uploaded", "folder": "model folder",
+               "hub": "Hugging Face hub"}.get(exp.source, exp.source)
+        st.markdown(f"**{md(exp.preset)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
+                    f"{md(', '.join(exp.pruners)) or 'no criteria'} · {exp.sparsity:.0%} · "
                     f"{exp.scope} scope · seed {exp.seed}")
         st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
 
@@ -124,13 +134,17 @@ def _floats(xs) -> str:
 
 
 def default_grid_criteria(exp: Experiment) -> list[str]:
-    """SNP's Fig. 3 rows (l2-norm, GM, reverse, SNP) when those pruners exist, else the
-    experiment's criteria topped up to four with fast single-shot ones."""
+    """The grid's rows: the criteria chosen on the Prune page (at most six); with none chosen,
+    SNP's Fig. 3 rows (l2-norm, GM, reverse, SNP) when those pruners exist, else four fast
+    single-shot ones."""
     names = pruner_names()
+    chosen = [n for n in exp.pruners if n in names][:6]
+    if chosen:
+        return chosen
     fig3 = [n for n in ("l2-norm", "gm", "reverse", "snp") if n in names]
     if len(fig3) == 4:
         return fig3
-    out = list(exp.pruners[:4])
+    out: list[str] = []
     for n in ("magnitude", "snip", "attention-snip", "random"):
         if len(out) >= 4:
             break
@@ -145,12 +159,6 @@ def pruner_label(name: str) -> str:
                             ("iterative", info["iterative"] and info["kind"] != "structured"))
             if on]
     return f"{name} ({', '.join(tags)})" if tags else name
-
-
-def source_label(source: str, preset: str, dataset: str) -> str:
-    if source == "checkpoint" and not has_checkpoint(preset, dataset):
-        return f"shipped checkpoint (none for {preset} on {dataset})"
-    return SOURCES[source]
 
 
 # ---------------------------------------------------------------------------- image cells
@@ -237,11 +245,27 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
         return snap["results"]["result"]
     if snap["status"] == "failed":
         raise job.error if job.error is not None else RuntimeError(snap["reason"])
-    st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({snap['reason']}).",
+    st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({md(snap['reason'])}).",
                icon=":material/stop_circle:")
     st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
               on_click=set_flag, args=(restart_key,))
     st.stop()
+
+
+def image_picker(where, s: Setup, prefix: str) -> ImageRef:
+    """The image a page explains, chosen in ``where`` (a column): a validation sample by
+    index or an uploaded picture (widget keys ``{prefix}_image_source``, ``{prefix}_upload``,
+    ``{prefix}_sample``)."""
+    src = where.radio("Image", ["validation sample", "upload"], key=f"{prefix}_image_source",
+                      horizontal=True)
+    up, idx = None, 0
+    if src == "upload":
+        up = where.file_uploader("Picture (PNG, JPEG, …)", type=list(IMAGE_SUFFIXES),
+                                 key=f"{prefix}_upload", max_upload_size=MAX_IMAGE_MB)
+    else:
+        idx = where.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
+                                 len(s.val_set) - 1, value=0, step=1, key=f"{prefix}_sample")
+    return chosen_image(s, src, up, idx)
 
 
 def chosen_image(s: Setup, source: str, upload, index: int) -> ImageRef:

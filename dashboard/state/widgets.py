@@ -5,26 +5,31 @@ from __future__ import annotations
 import streamlit as st
 
 from .keys import (SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL,
-                   K_MODEL_FOLDER, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY,
-                   K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL, Experiment)
+                   K_HUB_ID, K_MODEL_FOLDER, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY,
+                   K_SOURCE_WANTED, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL, SOURCES,
+                   Experiment)
 
 
 def experiment() -> Experiment:
     """The current session's experiment (defaults for whatever the Prune page never set)."""
-    from .catalogue import pruner_names
+    from .catalogue import has_checkpoint, pruner_names
 
     ss = st.session_state
     d = Experiment()
     pruners = ss.get(K_PRUNERS, list(d.pruners))
+    preset, dataset = ss.get(K_MODEL, d.preset), ss.get(K_DATASET, d.dataset)
+    source = ss.get(K_SOURCE, d.source)
+    if source == "checkpoint" and not has_checkpoint(preset, dataset):
+        source = "init"  # what is loaded: there is no checkpoint to ship
     return Experiment(
-        preset=ss.get(K_MODEL, d.preset), source=ss.get(K_SOURCE, d.source),
-        dataset=ss.get(K_DATASET, d.dataset), folder=ss.get(K_FOLDER, d.folder) or "",
+        preset=preset, source=source, dataset=dataset, folder=ss.get(K_FOLDER, d.folder) or "",
         pruners=tuple(p for p in pruners if p in pruner_names()),
         sparsity=int(ss.get(K_SPARSITY, round(d.sparsity * 100))) / 100,
         scope=ss.get(K_SCOPE, d.scope),
         calib=int(ss.get(K_CALIB, d.calib)), seed=int(ss.get(K_SEED, d.seed)),
         val_samples=int(ss.get(K_VAL, d.val_samples)), upload=ss.get(K_UPLOAD_DIGEST, ""),
-        model_folder=ss.get(K_MODEL_FOLDER, d.model_folder) or "")
+        model_folder=ss.get(K_MODEL_FOLDER, d.model_folder) or "",
+        hub_id=ss.get(K_HUB_ID, d.hub_id) or "")
 
 
 def widget_default(key: str, value: object) -> None:
@@ -34,12 +39,22 @@ def widget_default(key: str, value: object) -> None:
         st.session_state[key] = value
 
 
+def widget_follow(key: str, value: list) -> None:
+    """Seed a widget from a choice made elsewhere (another page) and seed it again whenever
+    that choice changes; the user's own edit of the widget stands until then."""
+    marker = f"{key}__follows"
+    if key not in st.session_state or st.session_state.get(marker, value) != value:
+        st.session_state[key] = list(value)
+    st.session_state[marker] = list(value)
+
+
 def seed_experiment_widgets() -> None:
     """Give the Prune page's widgets their defaults once per session."""
     d = Experiment()
     # the folder boxes start empty (None): "" is not one of their options
     for key, value in ((K_MODEL, d.preset), (K_SOURCE, d.source), (K_DATASET, d.dataset),
-                       (K_FOLDER, None), (K_MODEL_FOLDER, None), (K_PRUNERS, list(d.pruners)),
+                       (K_FOLDER, None), (K_MODEL_FOLDER, None), (K_HUB_ID, ""),
+                       (K_PRUNERS, list(d.pruners)),
                        (K_SPARSITY, round(d.sparsity * 100)), (K_SCOPE, d.scope),
                        (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples)):
         widget_default(key, value)
@@ -62,7 +77,32 @@ def upload_name() -> str:
 
 def use_trained_checkpoint() -> None:
     """Widget callback: switch the experiment to the shipped trained checkpoint."""
-    st.session_state[K_SOURCE] = "checkpoint"
+    st.session_state[K_SOURCE] = st.session_state[K_SOURCE_WANTED] = "checkpoint"
+
+
+def source_chosen() -> None:
+    """Widget callback of the Weights radio: remember what the user asked for."""
+    st.session_state[K_SOURCE_WANTED] = st.session_state.get(K_SOURCE)
+
+
+def weight_sources() -> list[str]:
+    """The Weights radio's choices for the chosen model and dataset: the shipped checkpoint
+    only where one exists. A session on "checkpoint" (what it asked for, or the default) is
+    moved to the trained checkpoint or to "untrained" as the model and dataset change, so
+    the radio never shows a checkpoint that the banner says is not there."""
+    from .catalogue import has_checkpoint
+
+    ss = st.session_state
+    d = Experiment()
+    preset, dataset = ss.get(K_MODEL, d.preset), ss.get(K_DATASET, d.dataset)
+    trained = has_checkpoint(preset, dataset)
+    wanted = ss.setdefault(K_SOURCE_WANTED, ss.get(K_SOURCE, d.source))
+    if ss.get(K_SOURCE, d.source) in ("checkpoint", "init"):
+        ss[K_SOURCE] = "checkpoint" if wanted == "checkpoint" and trained else "init"
+    from .folders import downloads_allowed  # ("hub" only where downloads are on)
+
+    return [s for s in SOURCES if (s != "checkpoint" or trained)
+            and (s != "hub" or downloads_allowed())]
 
 
 def pending_delete() -> tuple[str, ...]:
