@@ -683,6 +683,7 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2
 
 
+@pytest.mark.slow  # evaluates deit-tiny on the Prune page
 def test_weights_radio_offers_only_what_exists_and_agrees_with_the_banner(runs_dir):
     at = ok(make_app(prune_pruners=["magnitude"]).run())
     radio = lambda: at.radio(key="prune_source")  # noqa: E731
