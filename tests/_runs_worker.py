@@ -1,12 +1,12 @@
 """Run by test_runs.py: trains a tiny model into a run store until killed.
 
 Usage: ``python tests/_runs_worker.py STORE_ROOT``. Prints ``run <id>`` then ``epoch <k>`` after
-each logged epoch (and its checkpoint), sleeping a little per step so it is killed mid-run.
+each logged epoch (and its checkpoint); the first step of epoch 3 then waits to be killed (it
+reads stdin, which the test never writes to), so the kill lands mid-run.
 """
 from __future__ import annotations
 
 import sys
-import time
 
 
 import torch  # noqa: E402
@@ -18,7 +18,8 @@ from core.train import Callback, TrainConfig, train  # noqa: E402
 
 class Report(Callback):
     def on_step(self, event) -> None:
-        time.sleep(0.01)
+        if event.epoch == 3:
+            sys.stdin.read()
 
     def on_epoch_end(self, event) -> None:  # after RunStoreCallback: metrics and checkpoint saved
         print(f"epoch {event.epoch}", flush=True)

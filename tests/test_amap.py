@@ -12,6 +12,7 @@ from torch.utils.data import TensorDataset
 
 from core.attention import attention_modules, capture_attention
 from core.models import count_macs, load_model, save_model
+from core.models.linformer_vit import LinformerViT
 from core.models.vit import Attention
 from core.pruning import get_pruner, list_pruners, prune
 from core.pruning.amap import (AMAPPruner, AMAPStepEvent, AttentionIndicator, amap_prune,
@@ -142,13 +143,27 @@ def test_export_equals_gated_model_with_binarised_indicator_and_folded_reweights
     assert attention_macs(small) <= 0.6 * attention_macs(model)
 
 
+def attention_macs_by_hand(model: nn.Module) -> int:
+    """From the config: each kept channel of a head (a q/k pair or a v channel) costs two
+    N×D projections plus N² (ViT: its column of QKᵀ or AV) or 2·N·k (Linformer: its E or F
+    projection along the sequence and its column of QKᵀ or AV against k keys)."""
+    c = model.config
+    if isinstance(model, LinformerViT):  # q, k and v share dim_head
+        N, D = c.seq_len, c.dim
+        return sum(lay.heads * 2 * lay.dim_head * (2 * N * D + 2 * N * c.k) for lay in c.layers)
+    N, D = model.patch_embed.num_patches + model.num_prefix_tokens, c.embed_dim
+    return sum(b.num_heads * (b.qk_dim + b.v_dim) * (2 * N * D + N * N) for b in c.blocks)
+
+
 @pytest.mark.parametrize("family", list(MODELS))
 def test_attention_macs_closed_form_matches_the_counter(family):
     model = MODELS[family]()
     ind = AttentionIndicator(model, calibrate(model, images()))
     counts = ind.freeze(0.5)
     small, _ = export(model, ind)
-    assert attention_macs(model, counts) == attention_macs(small)
+    assert attention_macs(model) == attention_macs_by_hand(model)
+    assert attention_macs(model, counts) == attention_macs(small) == attention_macs_by_hand(small)
+    assert attention_macs(small) < attention_macs(model)
     assert count_macs(model) - count_macs(small) == attention_macs(model) - attention_macs(small)
     assert ind.ratio() == pytest.approx(attention_macs(small) / attention_macs(model))
 

@@ -54,6 +54,7 @@ def test_forged_architecture_is_refused_before_allocating(tmp_path, saved):
         load_model(path)
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_forged_architecture_costs_no_memory_in_a_fresh_process(tmp_path, saved):
     _, meta = saved
     cfg = json.loads(meta["prunelens_config"])
@@ -160,7 +161,9 @@ _meta_values = st.one_of(
         max_size=8)))
 
 
-@settings(max_examples=1000, deadline=2000, database=None,
+# property scans: slow (CI runs them); no deadline, a fixed number of examples bounds the work
+@pytest.mark.slow
+@settings(max_examples=1000, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(family=st.sampled_from(["vit", "linformer-vit", "", "x"]), config=_meta_values,
        shapes=st.dictionaries(st.sampled_from(_KEYS), st.lists(st.integers(0, 6), max_size=3),
@@ -181,7 +184,8 @@ def test_reader_gives_a_checkpoint_error_or_a_model(tmp_path, family, config, sh
     assert grown_mib < 200
 
 
-@settings(max_examples=300, deadline=2000, database=None,
+@pytest.mark.slow
+@settings(max_examples=300, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.binary(max_size=4096))
 def test_reader_of_random_bytes(tmp_path, data):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,9 @@ from core.runs import RunStore
 # the page list; dashboard/app.py is the server around it (st.App with the warm-up)
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
 FAST = {"prune_val": 64, "prune_calib": 32}
+# A wait on an event (a thread's end, a semaphore) that never comes fails after this instead of
+# hanging the suite: a guard against hangs, far above any run's time, never a speed bound.
+HANG_S = 600
 
 
 def make_app(**session) -> AppTest:
@@ -65,16 +68,23 @@ def annotations(fig: dict) -> list[str]:
     return [a.get("text", "") for a in fig["layout"].get("annotations", [])]
 
 
-def wait_for(at: AppTest, done, timeout: float = 180.0) -> AppTest:
-    deadline = time.monotonic() + timeout
-    while True:
-        at.run()
-        ok(at)
-        if done(at):
-            return at
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for the page")
-        time.sleep(0.5)
+def join(thread: threading.Thread | None) -> None:
+    """Wait for a background thread's end (:data:`HANG_S` at most, as a hang guard)."""
+    if thread is not None:
+        thread.join(HANG_S)
+        assert not thread.is_alive(), f"{thread.name} still running after {HANG_S} s (hangs?)"
+
+
+def wait_for(at: AppTest, done) -> AppTest:
+    """The page once its background jobs (training, AMAP) have ended: their threads joined,
+    one rerun, then ``done(at)`` must hold."""
+    from dashboard.state import jobs
+
+    for job in list(jobs._jobs().values()):
+        join(job.thread)
+    ok(at.run())
+    assert done(at), "the page does not show the end of its job"
+    return at
 
 
 # ---------------------------------------------------------------------------- Prune
@@ -147,31 +157,60 @@ def test_grid_warm_up_waits_while_a_page_runs(runs_dir, monkeypatch):
     """The server's background warm-up of the Attention grid takes no CPU while a page runs
     (a slider move would share the 2 cores with it): it starts its first cell only once no
     script run has been active for ``QUIET_S``, and then fills every cell."""
-    import threading
-
     from dashboard import session
     from dashboard.state import attention as att
 
     monkeypatch.setattr(session, "QUIET_S", 0.3)
-    calls: list[float] = []
-    real = att.attention_maps
+    log: list[str] = []  # the warm-up's questions ("busy" / "quiet") and cells, in order
+    told_busy = threading.Semaphore(0)
+    real_quiet, real_maps = session.quiet_for, att.attention_maps
+
+    def quiet_for(seconds):
+        quiet = real_quiet(seconds)
+        log.append("quiet" if quiet else "busy")
+        if not quiet:
+            told_busy.release()
+        return quiet
 
     def attention_maps(*args, **kwargs):
-        calls.append(time.monotonic())
-        return real(*args, **kwargs)
+        log.append("cell")
+        return real_maps(*args, **kwargs)
 
+    monkeypatch.setattr(session, "quiet_for", quiet_for)
     monkeypatch.setattr(att, "attention_maps", attention_maps)
     with session.script_run():
         warm = threading.Thread(target=att.warm_up_grid, kwargs={"wait_s": 0})
         warm.start()
-        time.sleep(1.0)
-        assert not calls  # a page is running: nothing computed
-        ended = time.monotonic()
-    warm.join(240)
-    assert not warm.is_alive()
-    assert calls and calls[0] >= ended + 0.3
+        for _ in range(3):  # it asked three times while the page ran, and was told to wait
+            assert told_busy.acquire(timeout=HANG_S)
+        assert "cell" not in log  # a page is running: nothing computed
+    join(warm)
+    assert log[0] == "busy"
+    for i, entry in enumerate(log):  # every cell right after the warm-up was told "quiet"
+        if entry == "cell":
+            assert [e for e in log[:i] if e != "cell"][-1] == "quiet", log[:i + 1]
     from dashboard.state.keys import RATIOS
-    assert len(calls) >= len(RATIOS)  # every cell of the default grid (a row per criterion)
+    assert log.count("cell") >= len(RATIOS)  # every cell of the default grid (a row per criterion)
+
+
+def test_quiet_means_no_page_run_for_quiet_s(monkeypatch):
+    """``session.quiet_for``: no script run in progress and none started or ended within the
+    last ``seconds``, on a clock the test moves by hand."""
+    from types import SimpleNamespace
+
+    from dashboard import session
+
+    now = [1000.0]
+    monkeypatch.setattr(session, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    monkeypatch.setitem(session._runs, "last", 0.0)
+    assert session.quiet_for(1.0)
+    with session.script_run():
+        now[0] += 50.0
+        assert not session.quiet_for(1.0)  # a run in progress, however long ago it started
+    now[0] += 0.99
+    assert not session.quiet_for(1.0)  # ended 0.99 s ago
+    now[0] += 0.01
+    assert session.quiet_for(1.0)
 
 
 @pytest.mark.skipif("l2-norm" not in list_pruners(), reason="structured pruners not in core")
@@ -503,7 +542,7 @@ def test_amap_is_not_run_by_the_prune_page(runs_dir):
 def test_amap_runs_from_the_train_page(runs_dir):
     at = make_app(prune_pruners=["magnitude"]).run()
     run_id = start_amap(at, steps=5)
-    wait_for(at, lambda a: bool(a.success) or bool(errors(a)), timeout=300)
+    wait_for(at, lambda a: bool(a.success) or bool(errors(a)))
     assert not errors(at)
     assert any(run_id in shown(s.value) for s in at.success)
     m = metrics(at)
@@ -524,8 +563,7 @@ def test_amap_cancel(runs_dir):
     run_id = start_amap(at, steps=5000, samples=512)
     at.button(key="train_cancel").click().run()
     ok(at)
-    wait_for(at, lambda a: any("Cancelled" in w.value for w in a.warning) or bool(errors(a)),
-             timeout=300)
+    wait_for(at, lambda a: any("Cancelled" in w.value for w in a.warning) or bool(errors(a)))
     assert not errors(at)
     run = RunStore(runs_dir).get_run(run_id)
     assert run["status"] == "cancelled" and run["pruner"] == "amap"
@@ -585,25 +623,35 @@ def test_byte_cache_evicts_by_bytes_least_recently_used_first():
     assert big.shape == (1000,) and "huge" not in c and c.used == 640
 
 
-def test_byte_cache_computes_a_key_once_for_concurrent_callers():
-    import threading
+def test_byte_cache_computes_a_key_once_for_concurrent_callers(monkeypatch):
+    from types import SimpleNamespace
 
+    from dashboard.state import cache
     from dashboard.state.cache import ByteLRU
 
+    waiting = threading.Semaphore(0)
+
+    class Pending(threading.Event):  # the cache's "being computed" marker, its waits counted
+        def wait(self, timeout=None):
+            waiting.release()
+            return super().wait(timeout)
+
+    monkeypatch.setattr(cache, "threading", SimpleNamespace(Event=Pending, Lock=threading.Lock))
     c, calls, gate = ByteLRU(budget=10**6), [], threading.Event()
 
     def slow():
         calls.append(1)
-        gate.wait(5)
+        gate.wait(HANG_S)
         return torch.zeros(4)
 
     threads = [threading.Thread(target=c.get, args=("k", slow)) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.2)
+    for _ in range(3):  # the three others wait for the one computing
+        assert waiting.acquire(timeout=HANG_S)
     gate.set()
     for t in threads:
-        t.join(10)
+        join(t)
     assert len(calls) == 1 and c.used == 16
 
     def fails():
@@ -618,8 +666,11 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     """The attention-map cache holds as many images' maps as the budget allows, measured by
     the arrays' bytes (it used to hold 1,024 entries whatever their size)."""
     from dashboard import state
-    from dashboard.state import cache
+    from dashboard.state import cache, prefetch
 
+    # earlier tests' Prune pages queued neighbouring stops: that idle-time work writes masks
+    # into the same store, so it must be over before the store is swapped for a small one
+    assert prefetch.wait_done(HANG_S)
     s = state.setup(state.Experiment(calib=32, val_samples=64))
     key = s.key("magnitude", 0.5)
     one = sum(m.nbytes for m in state.attention_maps(key, state.ImageRef(0), s.val_set[0][0]))
@@ -632,6 +683,7 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2
 
 
+@pytest.mark.slow  # evaluates deit-tiny on the Prune page
 def test_weights_radio_offers_only_what_exists_and_agrees_with_the_banner(runs_dir):
     at = ok(make_app(prune_pruners=["magnitude"]).run())
     radio = lambda: at.radio(key="prune_source")  # noqa: E731

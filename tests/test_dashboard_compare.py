@@ -5,14 +5,15 @@ from __future__ import annotations
 import io
 import json
 import shlex
-import time
+import threading
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.__main__ import main
-from test_dashboard import shown
+from test_dashboard import join, shown
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
 
@@ -27,15 +28,17 @@ def compare_page(**session) -> AppTest:
     return at
 
 
-def wait_for(at: AppTest, done, timeout: float = 240.0) -> AppTest:
-    deadline = time.monotonic() + timeout
-    while True:
-        at.run()
-        assert not at.exception, [e.value for e in at.exception]
-        if done(at):
-            return at
-        assert time.monotonic() < deadline, "timed out waiting for the comparison"
-        time.sleep(0.5)
+def wait_for(at: AppTest, done) -> AppTest:
+    """The page once its comparison has ended (the sweep's thread joined; ``HANG_S`` at most,
+    as a hang guard), after one rerun; then ``done(at)`` must hold."""
+    name = f"prunelens-{at.session_state['compare_job']}"  # compare.start_sweep's thread
+    for thread in threading.enumerate():
+        if thread.name == name:
+            join(thread)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert done(at), "the page does not show the end of its comparison"
+    return at
 
 
 def chart(at: AppTest, key: str) -> dict:
@@ -45,6 +48,7 @@ def chart(at: AppTest, key: str) -> dict:
     raise AssertionError(f"no chart {key!r}")
 
 
+@pytest.mark.slow  # a sweep on the page and on the command line
 def test_compare_page_sweeps_exports_and_its_command_reproduces_it(runs_dir, tmp_path):
     at = compare_page()
     at.multiselect(key="compare_criteria").set_value(["magnitude", "l2-norm"])

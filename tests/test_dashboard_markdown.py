@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import string
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 from streamlit.testing.v1 import AppTest
@@ -27,6 +28,7 @@ def _unescape(markdown: str) -> str:
     return re.sub(r"\\([" + re.escape(string.punctuation) + "])", r"\1", markdown)
 
 
+@pytest.mark.slow  # a property scan
 @settings(max_examples=300, deadline=None)
 @given(st_.text(max_size=80))
 def test_md_reads_back_as_the_same_text_and_leaves_no_punctuation_active(text):

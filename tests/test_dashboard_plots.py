@@ -109,15 +109,36 @@ def test_layer_kept_and_scores():
     assert fig.data[0].z.tolist() == [[100, 0, 26]] and fig.data[0].zmax == 100  # percent
 
 
+def _points(fig) -> list[tuple]:
+    """Each trace as (name, panel's x axis, xs, ys): what the chart draws where."""
+    return [(t.name, t.xaxis or "x", list(t.x), list(t.y)) for t in fig.data]
+
+
 def test_curves_accept_empty_and_partial_data():
+    """Every point drawn is a number of the frames given, on the panel its label says (loss
+    left and accuracy right for training; accuracy left and losses right for runs)."""
     empty = pd.DataFrame(columns=["step", "loss", "accuracy"])
-    assert len(plots.training_curves(empty, pd.DataFrame()).data) == 0
+    assert _points(plots.training_curves(empty, pd.DataFrame())) == []
     steps = pd.DataFrame({"step": [2, 4], "loss": [1.0, 0.8], "accuracy": [0.3, 0.5]})
     hist = pd.DataFrame({"step": [4], "val_loss": [0.7], "val_acc": [0.6]})
-    assert len(plots.training_curves(steps, hist).data) == 4
+    assert _points(plots.training_curves(steps, hist)) == [
+        ("train loss (running)", "x", [2, 4], [1.0, 0.8]),
+        ("train acc (running)", "x2", [2, 4], [0.3, 0.5]),
+        ("validation", "x", [4], [0.7]),
+        ("validation", "x2", [4], [0.6])]
+    assert _points(plots.training_curves(empty, hist)) == [("validation", "x", [4], [0.7]),
+                                                           ("validation", "x2", [4], [0.6])]
     m = pd.DataFrame({"epoch": [1, 2], "val_acc": [0.5, 0.6], "val_loss": [1.0, 0.9],
                       "train_loss": [1.1, 0.95]})
-    assert len(plots.runs_curves({"r1": m, "r2": m}).data) == 6
+    partial = m[["epoch", "val_acc"]]  # a run without losses: its accuracy only
+    assert _points(plots.runs_curves({"r1": m, "r2": partial})) == [
+        ("r1", "x", [1, 2], [0.5, 0.6]),
+        ("r1", "x2", [1, 2], [1.0, 0.9]),
+        ("r1 (train)", "x2", [1, 2], [1.1, 0.95]),
+        ("r2", "x", [1, 2], [0.5, 0.6])]
+    runs = plots.runs_curves({"r1": m, "r2": partial})
+    assert runs.data[0].line.color != runs.data[3].line.color  # one colour per run
+    assert runs.data[2].line.dash == "dot"  # train loss dotted, as the axis title says
 
 
 # ---------------------------------------------------------------------------- state numbers

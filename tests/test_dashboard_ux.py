@@ -11,14 +11,13 @@ import io
 import os
 import json
 import threading
-import time
 
 import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
 
-from test_dashboard import errors, make_app, ok  # the shared AppTest helpers
+from test_dashboard import HANG_S, errors, join, make_app, ok  # the shared AppTest helpers
 
 
 def figure(at: AppTest, key: str) -> dict:
@@ -212,6 +211,7 @@ def test_eval_slices_start_small_on_a_224_model_and_cover_the_subset():
     assert eval_bounds(128, 1.1e7) == [(0, 128)]  # vit-tiny: one slice, as before
 
 
+@pytest.mark.slow  # builds a deit-tiny setup
 def test_scoring_memory_caps_the_calibration_batch_and_says_so(runs_dir):
     from dashboard import state
 
@@ -224,13 +224,19 @@ def test_scoring_memory_caps_the_calibration_batch_and_says_so(runs_dir):
 
 # ---------------------------------------------------------------------------- long work
 
-def spin(model: torch.nn.Module, stop: threading.Event) -> None:
-    """Forwards until told to stop: stands for minutes of scoring."""
+def spin(model: torch.nn.Module, stop: threading.Event,
+         forwards: list | None = None, started: threading.Event | None = None) -> None:
+    """Forwards until told to stop: stands for minutes of scoring. Each finished forward is
+    appended to ``forwards``; ``started`` is set after the first."""
     x = torch.zeros(2, *model.input_shape)
     with torch.no_grad():
         while not stop.is_set():
             model(x)
-            time.sleep(0.001)
+            if forwards is not None:
+                forwards.append(1)
+            if started is not None:
+                started.set()
+            stop.wait(0.001)  # a breath for the test's thread on a shared core
 
 
 @pytest.fixture
@@ -243,31 +249,34 @@ def tiny():
 def test_cancel_stops_work_inside_a_forward(tiny):
     from dashboard.state import work
 
-    never = threading.Event()
-    job = work.start("test_cancel", 1, 1, lambda w: spin(tiny, never), session="s1")
-    time.sleep(0.3)
+    never, started, forwards = threading.Event(), threading.Event(), []
+    job = work.start("test_cancel", 1, 1, lambda w: spin(tiny, never, forwards, started),
+                     session="s1")
+    assert started.wait(HANG_S)
     assert job.running
-    t0 = time.monotonic()
     assert work.cancel("test_cancel", session="s1")
-    job.thread.join(5)
-    assert not job.thread.is_alive() and time.monotonic() - t0 < 2
+    at_cancel = len(forwards)
+    join(job.thread)  # spin never looks at the cancel: only a forward's hook can end it
     assert job.status == "cancelled"
+    assert len(forwards) <= at_cancel + 1  # at most the forward under way when cancelled
 
 
 def test_work_stops_when_its_session_ends(tiny):
     from dashboard.state import work
 
-    never = threading.Event()
-    job = work.start("test_session", 1, 1, lambda w: spin(tiny, never), session="gone")
-    other = work.start("test_session", 1, 1, lambda w: spin(tiny, never), session="here")
-    time.sleep(0.2)
+    never, gone_started, here_started = threading.Event(), threading.Event(), threading.Event()
+    job = work.start("test_session", 1, 1, lambda w: spin(tiny, never, started=gone_started),
+                     session="gone")
+    other = work.start("test_session", 1, 1, lambda w: spin(tiny, never, started=here_started),
+                       session="here")
+    assert gone_started.wait(HANG_S) and here_started.wait(HANG_S)
     stopped = work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
     assert stopped == [job]
-    job.thread.join(5)
+    join(job.thread)
     assert job.status == "cancelled" and "session ended" in job.reason
     assert other.running
     work.cancel("test_session", session="here")
-    other.thread.join(5)
+    join(other.thread)
     # a finished job of an ended session is forgotten at the next sweep
     work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
     assert work.current("test_session", session="gone") is None
@@ -285,7 +294,7 @@ def test_new_settings_cancel_old_work_at_once_or_after_its_step(tiny):
     assert work.start("test_swap", "sig-c", "model-2", lambda w: None, session="s") is c
     for j in (a, b, c):
         j.cancel.set()
-        j.thread.join(5)
+        join(j.thread)
 
 
 def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
@@ -299,16 +308,15 @@ def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
     def slow(key, n, a, b):
         if key.pruner == "snip":
             hanging.set()
-            while not release.is_set():
+            while not release.wait(0.01):  # until resumed, a forward every 10 ms
                 with torch.no_grad():  # a forward: the cancellation point
                     torch.nn.Linear(2, 2)(torch.zeros(1, 2))
-                time.sleep(0.01)
         return real(key, n, a, b)
 
     monkeypatch.setattr(prune_work, "eval_counts", slow)
 
     def cancel_soon():
-        hanging.wait(200)
+        assert hanging.wait(HANG_S)
         with work._LOCK:
             jobs = [j for (s, slot), j in work._WORK.items() if slot == "prune" and j.running]
         for j in jobs:
@@ -328,13 +336,21 @@ def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
 
 def test_a_slow_prune_page_shows_progress_and_a_cancel_button(runs_dir, monkeypatch):
     """While the work runs past a moment, the page draws a progress bar with an estimate and a
-    Cancel button (checked in the messages the page sent, as the browser would see them)."""
+    Cancel button (checked in the messages the page sent, as the browser would see them).
+    Each evaluation of the page's work waits until the page has drawn its progress once more,
+    so the work outlasts the page's "moment" however fast the machine is, and the bar is
+    redrawn after the first evaluation has given it a rate to estimate from."""
     from dashboard.state import prune_work
 
     real = prune_work.eval_counts
+    drawn = threading.Condition()
+    draws = [0]
 
     def slow(key, n, a, b):
-        time.sleep(0.4)
+        if threading.current_thread().name.startswith("prunelens-work"):  # not the page
+            with drawn:
+                before = draws[0]
+                assert drawn.wait_for(lambda: draws[0] > before, HANG_S)
         return real(key, n, a, b)
 
     monkeypatch.setattr(prune_work, "eval_counts", slow)
@@ -350,6 +366,9 @@ def test_a_slow_prune_page_shows_progress_and_a_cancel_button(runs_dir, monkeypa
 
     def progress(self, value, text=None):
         seen.append(f"progress:{text}")
+        with drawn:
+            draws[0] += 1
+            drawn.notify_all()
         return real_progress(self, value, text)
 
     monkeypatch.setattr(st, "button", button)
@@ -451,6 +470,7 @@ def test_neighbouring_slider_stops():
     assert neighbours(0.333) == []  # not a slider stop
 
 
+@pytest.mark.slow  # prefetches SynFlow's schedules
 def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeypatch):
     """After a Prune page run, the server's idle time masks and evaluates the neighbouring
     stops of every criterion (SynFlow's schedule included): a move there computes nothing.
@@ -460,21 +480,34 @@ def test_the_next_slider_stops_are_ready_before_the_user_moves(runs_dir, monkeyp
     from dashboard.state import prefetch
 
     monkeypatch.setattr(session, "QUIET_S", 0.2)
-    steps: list[float] = []
-    real = prefetch.eval_counts
+    log: list[str] = []  # the prefetch's questions ("busy" / "quiet") and evaluations, in order
+    told_busy = threading.Semaphore(0)
+    real_quiet, real_eval = session.quiet_for, prefetch.eval_counts
+
+    def quiet_for(seconds):
+        quiet = real_quiet(seconds)
+        if threading.current_thread().name == "prunelens-prefetch":
+            log.append("quiet" if quiet else "busy")
+            if not quiet:
+                told_busy.release()
+        return quiet
 
     def eval_counts(*args):
-        steps.append(time.monotonic())
-        return real(*args)
+        log.append("eval")
+        return real_eval(*args)
 
+    monkeypatch.setattr(session, "quiet_for", quiet_for)
     monkeypatch.setattr(prefetch, "eval_counts", eval_counts)
     with session.script_run():  # as if another page were running meanwhile
         at = ok(make_app(prune_pruners=["magnitude", "synflow"], prune_sparsity=50).run())
-        time.sleep(0.6)
-        assert not steps  # a page is running: nothing prefetched yet
-        ended = time.monotonic()
-    assert prefetch.wait_done(240)
-    assert steps and steps[0] >= ended + 0.2
+        for _ in range(3):  # it asked three times while a page ran, and was told to wait
+            assert told_busy.acquire(timeout=HANG_S)
+        assert "eval" not in log  # a page is running: nothing prefetched yet
+    assert prefetch.wait_done(HANG_S)
+    assert log[0] == "busy" and "eval" in log
+    for i, entry in enumerate(log):  # every step right after the prefetch was told "quiet"
+        if entry == "eval":
+            assert [e for e in log[:i] if e != "eval"][-1] == "quiet", log[:i + 1]
 
     def computed_again(*args, **kwargs):
         raise AssertionError("computed again after the prefetch")
@@ -500,7 +533,7 @@ def test_the_prefetch_keeps_no_model_once_done(runs_dir):
     s = state.setup(state.Experiment(pruners=("magnitude",), val_samples=32))
     probe = weakref.ref(s)
     assert prefetch.request(s, s.exp)
-    assert prefetch.wait_done(240)
+    assert prefetch.wait_done(HANG_S)
     del s
     gc.collect()
     assert probe() is None
@@ -509,28 +542,39 @@ def test_the_prefetch_keeps_no_model_once_done(runs_dir):
 EXIT_SCRIPTS = {
     "work": """
         from dashboard.state import work
+        inside = threading.Event()
         def fn(w):  # forwards until cancelled (core.study.cancellable checks each module)
             m = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
             x = torch.randn(256, 512)
             while True:
+                inside.set()
                 m(x)
         w = work.start("exit-test", 1, 1, fn, session="s")
-        time.sleep(1.0)
+        assert inside.wait(HANG_S)
         assert w.running
     """,
     "compare": """
+        from core import study
         from dashboard import state
         from dashboard.state import compare
+        progressed, real_sweep = threading.Event(), study.sweep
+        def sweep(*args, progress, **kwargs):  # tells when the sweep has reported progress
+            def reported(frac, text):
+                progressed.set()
+                progress(frac, text)
+            return real_sweep(*args, progress=reported, **kwargs)
+        study.sweep = sweep
         s = state.setup(state.Experiment(pruners=("magnitude",), val_samples=64))
         spec = compare.Spec(("synflow", "magnitude"), (0.0, 0.5, 0.9, 0.99), 2, 64,
                             s.exp.calib, s.exp.scope, False)
         job = compare.get_sweep(compare.start_sweep(s, spec))
-        time.sleep(2.0)
+        assert progressed.wait(HANG_S)
         assert job.status == "running"
     """,
 }
 
 
+@pytest.mark.slow  # a fresh interpreter each
 @pytest.mark.parametrize("kind", sorted(EXIT_SCRIPTS))
 def test_background_work_is_cancelled_before_the_interpreter_exits(tmp_path, kind):
     """A page's work and a comparison still running when the server stops are cancelled by
@@ -540,7 +584,8 @@ def test_background_work_is_cancelled_before_the_interpreter_exits(tmp_path, kin
     import sys
     import textwrap
 
-    script = ("from core import boot\nboot.configure()\nimport time, torch\n"
+    script = ("from core import boot\nboot.configure()\nimport threading, torch\n"
+              f"HANG_S = {HANG_S}\n"
               + textwrap.dedent(EXIT_SCRIPTS[kind]) + "print('exiting', flush=True)\n")
     env = {**os.environ, "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
@@ -549,6 +594,7 @@ def test_background_work_is_cancelled_before_the_interpreter_exits(tmp_path, kin
     assert done.returncode == 0, done.stderr[-2000:]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
     """A daemon thread still inside a PyTorch op at interpreter shutdown aborts the process
     ("terminate called without an active exception", exit status 134): the prefetch is
@@ -561,16 +607,21 @@ def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
     script = textwrap.dedent("""
         from core import boot
         boot.configure()
-        import os, time
+        import threading
         from dashboard import session, state
         from dashboard.state import prefetch
         session.QUIET_S = 0.0
+        inside, real_pruned = threading.Event(), prefetch.pruned
+        def pruned(key):  # SynFlow comes first: its 100-round schedule
+            inside.set()
+            return real_pruned(key)
+        prefetch.pruned = pruned
         s = state.setup(state.Experiment(pruners=("synflow", "magnitude"), val_samples=64))
         assert prefetch.request(s, s.exp)
-        time.sleep(1.0)          # the thread is inside SynFlow's schedule
+        assert inside.wait(%d)   # the thread is inside SynFlow's schedule
         assert prefetch._thread.is_alive()
         print("exiting", flush=True)
-    """)
+    """) % HANG_S
     env = {**os.environ, "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
                           text=True, timeout=300)

@@ -91,6 +91,7 @@ def test_console_script_name_in_the_usage_line(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("prunelens train: error:")
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_real_process_prints_no_traceback(tmp_path):
     (tmp_path / "runs").write_text("x")
     proc = subprocess.run([sys.executable, "-m", "core", "train", *FAST, "--runs-dir",

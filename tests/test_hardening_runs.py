@@ -2,8 +2,9 @@
 
 The probe found, after a kill at checkpoint time, metrics one epoch ahead of the checkpoint in 11
 of 12 runs and hidden ``.tmp`` files left behind. Here real processes are SIGKILLed at chosen
-instants of the commit (the worker below slows ``os.fsync`` or ``os.replace`` and says when it is
-inside) and the reopened store must hold the same epoch in its metrics and its checkpoint file.
+instants of the commit (the worker below holds its 3rd ``os.fsync`` or ``os.replace`` and says when
+it is inside) and the reopened store must hold the same epoch in its metrics and its checkpoint
+file.
 
 Run as a script, this file is the worker: ``python tests/test_hardening_runs.py MODE ROOT``.
 """
@@ -27,14 +28,12 @@ from safetensors.torch import load_file
 
 from core.runs import RunStore, RunStoreError
 
-HOLD_SECONDS = 30.0
-
-
 # --------------------------------------------------------------------------- worker
 
 def worker(mode: str, root: str) -> None:
     """Train a tiny model into ``root``; in ``mode`` (``fsync`` / ``replace``) every call of that
-    ``os`` function in core.runs prints ``inside <mode> <n>`` and then waits, to be killed."""
+    ``os`` function in core.runs prints ``inside <mode> <n>``; the 3rd then waits to be killed
+    (it reads stdin, which the test never writes to, so it returns only if the test is gone)."""
     from _tiny import tiny_data, tiny_model  # the script's folder is on sys.path
 
     import core.runs as runs
@@ -44,17 +43,18 @@ def worker(mode: str, root: str) -> None:
     original = getattr(os, mode)
     calls = [0]
 
-    def slow(*args, **kwargs):
+    def held(*args, **kwargs):
         calls[0] += 1
         print(f"inside {mode} {calls[0]}", flush=True)
-        time.sleep(0.2 if calls[0] < 3 else HOLD_SECONDS)
+        if calls[0] >= 3:
+            sys.stdin.read()
         return original(*args, **kwargs)
 
-    class SlowOs:  # core.runs sees this instead of the os module
+    class HeldOs:  # core.runs sees this instead of the os module
         def __getattr__(self, name):
-            return slow if name == mode else getattr(os, name)
+            return held if name == mode else getattr(os, name)
 
-    runs.os = SlowOs()
+    runs.os = HeldOs()
     store = runs.RunStore(root)
     model = tiny_model()
     run_id = store.create_run("tiny", "blobs", None, None, {"epochs": 1000})
@@ -68,8 +68,8 @@ def worker(mode: str, root: str) -> None:
 
 def _kill_inside(root: Path, mode: str) -> str:
     """Start the worker, SIGKILL it while it is held inside its 3rd ``os.<mode>`` call."""
-    proc = subprocess.Popen([sys.executable, __file__, mode, str(root)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, __file__, mode, str(root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     timer = threading.Timer(120, proc.kill)  # never hang the suite
     timer.start()
     run_id = None
@@ -93,6 +93,7 @@ def _file_epoch(path: Path) -> int:
         return int(f.metadata()["epoch"])
 
 
+@pytest.mark.slow  # a fresh interpreter each, killed
 @pytest.mark.parametrize("mode", ["fsync", "replace"])
 def test_kill_at_checkpoint_time_leaves_metrics_and_checkpoint_at_one_epoch(tmp_path, mode):
     """``fsync``: killed before the commit point (roll back); ``replace``: after it, before the

@@ -110,6 +110,7 @@ def run_cli(args: list[str], tmp_path: Path, env: dict | None = None
     return proc.returncode, err.read_text(), usage.ru_maxrss * 1024
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_cli_sweep_on_the_issues_file_is_one_line_no_traceback(tmp_path):
     path = hostile_file(tmp_path)
     rc, stderr, peak = run_cli(["sweep", "--model", str(path), "--out", str(tmp_path / "out"),
@@ -122,6 +123,7 @@ def test_the_cli_sweep_on_the_issues_file_is_one_line_no_traceback(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_cli_refuses_a_dataset_over_the_budget_for_a_legitimate_model(tmp_path):
     """A model within every bound, on a machine whose operator set a small data budget: the
     shapes dataset at its size (7200 images of 64×64, 118 MB) is refused before it is made."""

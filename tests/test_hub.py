@@ -370,6 +370,7 @@ def test_a_link_planted_in_the_cache_is_not_followed_online(tmp_path, hub_mirror
 
 # ---------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow  # a fresh interpreter running a sweep
 def test_cli_sweep_takes_a_hub_id(tmp_path, hub_mirror):
     hf_folder(tmp_path / "src", num_labels=6)  # shapes has 6 classes; 16×16 images
     hub_mirror.add("org/shapes-vit", tmp_path / "src")

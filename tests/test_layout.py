@@ -133,7 +133,7 @@ def test_dashboard_listens_on_loopback_whatever_the_working_directory(tmp_path):
     import socket
     import subprocess
     import sys
-    import time
+    import threading
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -144,15 +144,16 @@ def test_dashboard_listens_on_loopback_whatever_the_working_directory(tmp_path):
          "--server.headless", "true", "--server.port", str(port)],
         cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
+    hang_guard = threading.Timer(600, proc.kill)  # a hang fails the test, not the run
+    hang_guard.start()
     try:
-        addresses: list[str] = []
-        for _ in range(600):  # until the socket is bound (or the server died): 60 s at most
-            addresses = _listening_addresses(port)
-            if addresses or proc.poll() is not None:
+        for line in proc.stdout:  # Streamlit prints its URL once its socket is bound
+            if "URL:" in line:
                 break
-            time.sleep(0.1)
+        addresses = _listening_addresses(port)  # (none if the server died: stdout ended)
         assert addresses == ["0100007F"], (addresses, proc.poll())  # 127.0.0.1, nothing else
     finally:
+        hang_guard.cancel()
         proc.terminate()
         proc.wait(10)
 

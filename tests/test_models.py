@@ -1,8 +1,10 @@
 """Models: presets, shapes, parameter counts, closed-form MACs, checkpoints."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from scipy.special import erf
 from torch import nn
 
 from core.models import (BlockConfig, CheckpointError, LinformerLayerConfig, MacCounter,
@@ -42,14 +44,108 @@ def test_list_and_unknown_model():
         build_model("resnet", 10)
 
 
-@pytest.mark.parametrize("name", ["vit-tiny", "linformer-vit-tiny"])
-def test_tiny_presets_forward(name):
+# ---------------------------------------------------------------------------- forward by hand
+# numpy in float64, from the state dict and the formulas (ViT: Dosovitskiy et al. 2021;
+# Linformer: Wang et al. 2020, keys and values projected along the sequence by E, F)
+
+def _layer_norm(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + eps) * w + b
+
+
+def _gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1 + erf(x / np.sqrt(2)))  # exact GELU
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _patches(model: nn.Module, x: torch.Tensor, order: str) -> np.ndarray:
+    """Normalised image → (B, N, C·p·p) patch rows, row-major over the grid; inside a row the
+    values in ``order`` "cpp" (a convolution's weight layout) or "ppc" (vit-pytorch's)."""
+    B, C, H, W = x.shape
+    p = model.config.patch_size
+    img = (x.double().numpy() - np.array(model.config.mean)[:, None, None]) \
+        / np.array(model.config.std)[:, None, None]
+    grid = img.reshape(B, C, H // p, p, W // p, p)
+    grid = grid.transpose(0, 2, 4, 1, 3, 5) if order == "cpp" else grid.transpose(0, 2, 4, 3, 5, 1)
+    return grid.reshape(B, (H // p) * (W // p), C * p * p)
+
+
+def vit_by_hand(model: VisionTransformer, x: torch.Tensor) -> np.ndarray:
+    sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    c = model.config
+    assert c.class_token and c.global_pool == "token" and not c.distilled \
+        and c.init_values is None  # what this hand forward covers
+    D = c.embed_dim
+    t = _patches(model, x, "cpp") @ sd["patch_embed.proj.weight"].reshape(D, -1).T \
+        + sd["patch_embed.proj.bias"]
+    cls = np.broadcast_to(sd["cls_token"], (t.shape[0], 1, D))
+    t = np.concatenate([cls, t], 1) + sd["pos_embed"]
+    for i, b in enumerate(c.blocks):
+        w = {k[len(f"blocks.{i}."):]: v for k, v in sd.items() if k.startswith(f"blocks.{i}.")}
+        h = _layer_norm(t, w["norm1.weight"], w["norm1.bias"], c.norm_eps)
+        qkv = h @ w["attn.qkv.weight"].T + w["attn.qkv.bias"]
+        H, dq, dv = b.num_heads, b.qk_dim, b.v_dim
+        heads = []
+        for j in range(H):
+            q = qkv[..., j * dq:(j + 1) * dq]
+            k = qkv[..., H * dq + j * dq:H * dq + (j + 1) * dq]
+            v = qkv[..., 2 * H * dq + j * dv:2 * H * dq + (j + 1) * dv]
+            heads.append(_softmax(q @ k.transpose(0, 2, 1) / np.sqrt(dq)) @ v)
+        t = t + np.concatenate(heads, -1) @ w["attn.proj.weight"].T + w["attn.proj.bias"]
+        h = _layer_norm(t, w["norm2.weight"], w["norm2.bias"], c.norm_eps)
+        t = t + _gelu(h @ w["mlp.fc1.weight"].T + w["mlp.fc1.bias"]) @ w["mlp.fc2.weight"].T \
+            + w["mlp.fc2.bias"]
+    t = _layer_norm(t, sd["norm.weight"], sd["norm.bias"], c.norm_eps)
+    return t[:, 0] @ sd["head.weight"].T + sd["head.bias"]
+
+
+def linformer_by_hand(model: LinformerViT, x: torch.Tensor) -> np.ndarray:
+    sd = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
+    c, eps = model.config, 1e-5  # the linformer package's LayerNorms keep torch's default eps
+    t = _patches(model, x, "ppc") @ sd["patch_embed.proj.weight"].T + sd["patch_embed.proj.bias"]
+    cls = np.broadcast_to(sd["cls_token"], (t.shape[0], 1, c.dim))
+    t = np.concatenate([cls, t], 1) + sd["pos_embed"]
+    for i, layer in enumerate(c.layers):
+        pre = f"transformer.net.layers.{i}."
+        a = {k[len(pre + "0."):]: v for k, v in sd.items() if k.startswith(pre + "0.")}
+        f = {k[len(pre + "1."):]: v for k, v in sd.items() if k.startswith(pre + "1.")}
+        h = _layer_norm(t, a["norm.weight"], a["norm.bias"], eps)
+        q = h @ a["fn.to_q.weight"].T
+        k = np.einsum("bnd,nk->bkd", h @ a["fn.to_k.weight"].T, a["fn.proj_k"])  # (B, k, ·)
+        v = np.einsum("bnd,nk->bkd", h @ a["fn.to_v.weight"].T, a["fn.proj_v"])
+        dh = layer.dim_head
+        heads = [_softmax(q[..., j * dh:(j + 1) * dh] @ k[..., j * dh:(j + 1) * dh]
+                          .transpose(0, 2, 1) / np.sqrt(dh)) @ v[..., j * dh:(j + 1) * dh]
+                 for j in range(layer.heads)]
+        t = t + np.concatenate(heads, -1) @ a["fn.to_out.weight"].T + a["fn.to_out.bias"]
+        h = _layer_norm(t, f["norm.weight"], f["norm.bias"], eps)
+        t = t + _gelu(h @ f["fn.w1.weight"].T + f["fn.w1.bias"]) @ f["fn.w2.weight"].T \
+            + f["fn.w2.bias"]
+    t = _layer_norm(t, sd["norm.weight"], sd["norm.bias"], eps)
+    return t[:, 0] @ sd["head.weight"].T + sd["head.bias"]
+
+
+@pytest.mark.parametrize("name, by_hand", [("vit-tiny", vit_by_hand),
+                                           ("linformer-vit-tiny", linformer_by_hand)])
+def test_tiny_presets_forward_equals_a_hand_forward(name, by_hand):
+    """The logits are those of the paper's formulas written out in numpy (float64) on the
+    model's own weights, randomised first so that no block is close to the identity."""
     torch.manual_seed(0)
-    m = build_model(name, num_classes=7)
+    m = build_model(name, num_classes=7).eval()
     assert m.input_shape == (3, 32, 32)
-    out = m(torch.rand(3, *m.input_shape))
-    assert out.shape == (3, 7)
-    assert torch.isfinite(out).all()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    x = torch.rand(3, *m.input_shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = m(x)
+    want = by_hand(m, x)
+    assert want.shape == (3, 7) and want.std() > 0.1  # a lively function, not a constant
+    np.testing.assert_allclose(out.double().numpy(), want, rtol=1e-5, atol=2e-5)
 
 
 def test_linformer_paper_matches_seed_000():

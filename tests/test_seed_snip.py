@@ -4,10 +4,12 @@ from __future__ import annotations
 import math
 
 import pandas as pd
+import pytest
 
 from core.experiments.seed_snip import COLUMNS, main
 
 
+@pytest.mark.slow  # two short trainings end to end
 def test_seed_snip_tiny_run(tmp_path, capsys):
     out_dir = tmp_path / "out"
     result = main(["--model", "linformer-vit-tiny", "--image-size", "16", "--num-train", "48",

@@ -242,7 +242,9 @@ def test_global_removals_by_hand():
     assert global_removals([a, b], 5) == [3, 2]     # everything but the last slot of each
     with pytest.raises(ValueError, match="cannot remove 6"):
         global_removals([a, b], 6)
-    torch.testing.assert_close(normalise_layer(-a), -normalise_layer(a))
+    by_hand = torch.tensor([[0.4, 0.8, 1.2, 1.6]], dtype=torch.float64)  # a / mean |a|
+    torch.testing.assert_close(normalise_layer(a), by_hand)
+    torch.testing.assert_close(normalise_layer(-a), -by_hand)
     # per-head slots: the r-th slot costs the mean over heads of the r-th lowest score;
     # two / mean|two| = [[.25, 2.25, 1.25], [.75, .75, .75]] → slot costs .5, 1.0, (1.5)
     two = torch.tensor([[1.0, 9.0, 5.0], [3.0, 3.0, 3.0]])

@@ -15,6 +15,7 @@ from core.data import calibration_batch, load_dataset
 from core.models import build_model, count_macs
 from core.pruning import get_pruner, list_pruners, prune
 from core.train import evaluate
+from test_attention import rollout_by_hand
 
 structured_only = pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
 
@@ -166,8 +167,10 @@ def test_attention_grid_and_rows(model, data):
     got = capture_attention(p.model(model), image[None])[-1][0].mean(0)[0, 1:].numpy()
     assert g.similarity[1, 1] == pytest.approx(
         got @ want / (np.linalg.norm(got) * np.linalg.norm(want)), rel=1e-5)
-    roll = study.attention_row(dense, study.AttentionView("rollout"))
-    assert roll.shape == (4,) and roll.min() >= 0
+    roll = study.attention_row(dense, study.AttentionView("rollout", fusion="max",
+                                                          discard=0.5))
+    hand = rollout_by_hand([m.astype(np.float64) for m in dense], 0.5, "max")
+    np.testing.assert_allclose(roll, hand[0, 1:], rtol=1e-5)  # CLS row, patch columns
 
 
 def test_bad_inputs_are_named(model, data):

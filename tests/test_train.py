@@ -348,7 +348,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
+@pytest.mark.torchrun
 def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
@@ -379,6 +379,7 @@ def test_ddp_two_cpu_processes_end_with_identical_weights(tmp_path):
 
 # ---------------------------------------------------------------------------- CLI
 
+@pytest.mark.slow  # a fresh interpreter
 def test_cli_unknown_model_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "core", "train", "--model", "no-such-model",
@@ -426,7 +427,7 @@ def test_cli_train_records_the_run(tmp_path, capsys):
     assert store.checkpoint_path(run.id).exists()
 
 
-@pytest.mark.slow
+@pytest.mark.torchrun
 def test_cli_under_torchrun_records_one_run(tmp_path):
     from core.runs import RunStore
 

@@ -3,6 +3,7 @@ tokens, LayerScale, no class token with average pooling, no qkv bias. Small rand
 each view is checked against an explicit computation where one exists."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -16,6 +17,7 @@ from core.pruning.amap import amap_prune
 from core.pruning.structured import StructuredRatios, config_macs, masked_model, select, shrink
 from core.pruning.snp import StructuredRandomPruner, SNPPruner
 from core.train import TrainConfig, train
+from test_attention import rollout_by_hand
 
 VARIANTS = {
     "distilled": dict(distilled=True),
@@ -64,7 +66,10 @@ def test_layout_capture_and_maps(variant):
     torch.testing.assert_close(rows, want)
     roll = attention_rollout(maps)
     r = rollout_map(roll, layout)
-    assert r.shape == (3, 16)       # special tokens never become image cells
+    for b in range(3):              # special tokens never become image cells
+        R = rollout_by_hand([m[b].double().numpy() for m in maps])
+        want = R[layout.cls_index, p:] if layout.cls_index is not None else R[p:, p:].mean(0)
+        np.testing.assert_allclose(r[b].numpy(), want, rtol=1e-5, atol=1e-7)
     heat = patch_heatmap(r, model.grid_size, (16, 16))
     assert heat.shape == (3, 16, 16) and float(heat.max()) <= 1.0
     g = rollout_map(gradient_rollout(model, x), layout)
