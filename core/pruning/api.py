@@ -52,8 +52,6 @@ def prune(model: nn.Module, name: str | Pruner, sparsity: float | None = None,
             pruner = replace(pruner, pattern=pattern)
     else:
         if pattern is not None:
-            if "pattern" in options:
-                raise ValueError("pass pattern once, not both as pattern= and in options")
             options["pattern"] = pattern
         pruner = get_pruner(name, **options)
     if pruner.kind == "unstructured":
