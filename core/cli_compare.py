@@ -17,7 +17,11 @@ preset at its seeded initialisation), or the path of a model file saved by Prune
 ``load_dataset(data, image_size=<the model's>, seed=0)``. ``--seeds K`` runs the calibration
 seeds 0 … K−1 (``--seed-list`` names them instead); a seed draws the calibration batch and
 the random criteria. Sparsity 0 is the dense model. Unstructured criteria use one global
-threshold unless ``--scope layer``.
+threshold unless ``--scope layer`` (Wanda compares within output rows either way).
+``--pattern 2:4`` (any ``N:M``) gives the unstructured criteria N:M sparsity: the sparsities
+are then 0 and ``1 − N/M`` (others are refused), structured criteria are pruned at that
+sparsity without a pattern, and the report leaves out the Fig. 3 grid (it has no pattern
+yet); ``--sensitivity`` is refused with a pattern.
 
 Under ``torchrun --nproc_per_node=N -m core sweep ...`` the (criterion, seed) points are
 split across the ranks (gloo on CPU) and gathered on rank 0, which writes the files: the CSV
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -72,6 +77,15 @@ def _positive(text: str) -> int:
     return v
 
 
+def _pattern(text: str) -> str:
+    from .pruning.nm import pattern_name
+
+    try:
+        return pattern_name(text) or "unstructured"
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit-tiny",
                    help="preset name (its shipped checkpoint on --data where one exists) or "
@@ -101,8 +115,13 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
                     "sweep.csv, the charts (PNG, SVG, CSV) and report.html to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(p)
-    p.add_argument("--sparsities", nargs="+", type=_fraction, default=list(DEFAULT_SPARSITIES),
-                   metavar="S", help="fractions removed, in [0, 1); 0 is the dense model")
+    p.add_argument("--sparsities", nargs="+", type=_fraction, default=None,
+                   metavar="S", help="fractions removed, in [0, 1); 0 is the dense model "
+                                     f"(default: {' '.join(f'{s:g}' for s in DEFAULT_SPARSITIES)}"
+                                     "; with --pattern N:M: 0 and 1 − N/M)")
+    p.add_argument("--pattern", type=_pattern, default="unstructured", metavar="N:M",
+                   help="N:M sparsity for the unstructured criteria (e.g. 2:4: every group of "
+                        "4 consecutive inputs of a row keeps its 2 highest scores)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=_positive, default=1, metavar="K",
                        help="calibration seeds 0 … K-1 (mean ± std bands over them)")
@@ -281,8 +300,9 @@ def _sweep(args: argparse.Namespace) -> int:
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeated: {seeds}")
-    sparsities = list(dict.fromkeys(args.sparsities))
     check_criteria(args.criteria)
+    pattern = None if args.pattern == "unstructured" else args.pattern
+    sparsities, criteria = _with_pattern(args, pattern)
     data_options = dict(args.data_opt)
     _, rank, world = init_distributed(torch.device("cpu"))
     main = rank == 0
@@ -291,12 +311,12 @@ def _sweep(args: argparse.Namespace) -> int:
                                                    args.untrained, args.init_seed)
         n_val = min(args.val, len(val_set))
         val = torch.utils.data.Subset(val_set, list(range(n_val)))
-        points = len(study.sweep_points(args.criteria, seeds)[rank::world]) * len(sparsities)
+        points = len(study.sweep_points(criteria, seeds)[rank::world]) * len(sparsities)
         bar = _Bar(points, "sweep" if world == 1 else f"sweep rank {rank}",
                    not args.no_progress)
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            df = study.sweep(model, train_set, val, args.criteria, sparsities,
+            df = study.sweep(model, train_set, val, criteria, sparsities,
                              calib=args.calib, seeds=seeds, val_samples=n_val,
                              scope=args.scope, attention=not args.no_attention,
                              batch_size=args.batch_size, progress=bar, cancel=cancel,
@@ -324,7 +344,10 @@ def _sweep(args: argparse.Namespace) -> int:
         return EXIT_CANCELLED
     kinds = {c: study.criterion_info(c).kind for c in args.criteria}
     grid = sens = None
-    if args.grid_image >= 0:
+    if args.grid_image >= 0 and pattern:
+        print(f"note: no Fig. 3 grid in the report: the grid has no {pattern} pattern yet",
+              file=sys.stderr)
+    elif args.grid_image >= 0:
         fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
                                                sparsities, args.grid_image, args.calib,
                                                args.scope, seeds[0])
@@ -352,10 +375,41 @@ def _sweep(args: argparse.Namespace) -> int:
              "validation images": f"the first {n_val}", "criteria": ", ".join(args.criteria),
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
+    if pattern:
+        command += " " + shlex.join(["--pattern", pattern])
+        setup["pattern"] = (f"{pattern} for the unstructured criteria (realised in every layer "
+                            f"whose input size is a multiple of {pattern.split(':')[1]})")
     for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():
         (out / name).write_bytes(data)
     print(f"{len(df)} points → {out / 'sweep.csv'}; figures and report.html in {out}")
     return EXIT_OK
+
+
+def _with_pattern(args: argparse.Namespace, pattern: str | None
+                  ) -> tuple[list[float], list[str] | dict[str, dict]]:
+    """The sweep's sparsities and criteria (a mapping name → options with a pattern: the
+    unstructured criteria get it, structured ones run at its sparsity without one)."""
+    from .pruning.nm import pattern_sparsity
+    from .study import criterion_info
+
+    if not pattern:
+        return list(dict.fromkeys(args.sparsities or DEFAULT_SPARSITIES)), list(args.criteria)
+    fixed = round(pattern_sparsity(pattern), 6)
+    given = list(dict.fromkeys(args.sparsities or (0.0, fixed)))
+    wrong = [s for s in given if s != 0 and abs(s - fixed) > 1e-6]
+    if wrong:
+        raise ValueError(f"--pattern {pattern} fixes the sparsity at {fixed:g}; "
+                         f"--sparsities may only be 0 and {fixed:g}, got "
+                         f"{' '.join(f'{s:g}' for s in wrong)}")
+    if args.sensitivity is not None:
+        raise ValueError("--sensitivity prunes one layer at a time at its own ratios: "
+                         "not with --pattern")
+    structured = [c for c in args.criteria if criterion_info(c).kind != "unstructured"]
+    if structured:
+        print(f"note: {pattern} applies to unstructured criteria; {', '.join(structured)} "
+              f"pruned at {fixed:g} without it", file=sys.stderr)
+    return ([0.0 if s == 0 else fixed for s in given],
+            {c: ({} if c in structured else {"pattern": pattern}) for c in args.criteria})
 
 
 def cmd_grid(args: argparse.Namespace) -> int:

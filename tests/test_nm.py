@@ -176,3 +176,59 @@ def test_a_2_4_mask_converts_to_torch_semi_structured():
     sparse = to_sparse_semi_structured(w)
     x = torch.randn(32, 128, dtype=torch.half, device="cuda")
     torch.testing.assert_close(torch.mm(x, sparse.t()), x @ w.t(), rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------- command line
+
+DATA_OPTS = ["--data-opt", "num_train=120", "--data-opt", "num_val=40"]
+
+
+@pytest.fixture(scope="module")
+def cli_model(tmp_path_factory):
+    from core.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("vit-tiny", 6, img_size=8, patch_size=4, embed_dim=16, depth=2,
+                        num_heads=2).eval()
+    return model, save_model(model, tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+def test_cli_sweep_with_a_pattern_equals_prune_by_hand(cli_model, tmp_path, capsys):
+    import pandas as pd
+
+    from core.__main__ import main
+    from core.data import calibration_batch, load_dataset
+    from core.train import evaluate
+
+    model, path = cli_model
+    code = main(["sweep", "--model", str(path), "--data", "shapes", *DATA_OPTS,
+                 "--criteria", "wanda", "magnitude", "--pattern", "2:4", "--val", "16",
+                 "--calib", "8", "--no-attention", "--no-progress", "--out", str(tmp_path)])
+    assert code == 0, capsys.readouterr().err
+    df = pd.read_csv(tmp_path / "sweep.csv")
+    assert df["sparsity"].tolist() == [0.0, 0.5, 0.0, 0.5]  # 0 and 1 − N/M by default
+    train_set, val_set = load_dataset("shapes", 8, seed=0, num_train=120, num_val=40)
+    images, labels = calibration_batch(train_set, 8, 0)
+    res = prune(model, "wanda", None, images, labels, pattern="2:4")
+    assert check_nm(res.model, "2:4").ok
+    ev = evaluate(res.model, torch.utils.data.Subset(val_set, range(16)))
+    row = df[(df.criterion == "wanda") & (df.sparsity == 0.5)].iloc[0]
+    assert row["loss"] == pytest.approx(ev["loss"], rel=1e-5)
+    html = (tmp_path / "report.html").read_text()
+    assert "--pattern 2:4" in html and not (tmp_path / "grid.png").exists()
+
+
+def test_cli_pattern_usage_errors_are_one_line(cli_model, tmp_path, capsys):
+    from core.__main__ import main
+
+    _, path = cli_model
+    for extra, what in ((["--sparsities", "0", "0.3"], "fixes the sparsity at 0.5"),
+                        (["--sensitivity"], "not with --pattern")):
+        code = main(["sweep", "--model", str(path), "--data", "shapes", *DATA_OPTS,
+                     "--criteria", "magnitude", "--pattern", "2:4", "--no-progress",
+                     "--out", str(tmp_path), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and what in err and err.count("\n") == 1 and "Traceback" not in err
+    with pytest.raises(SystemExit) as e:
+        main(["sweep", "--pattern", "4:2", "--out", str(tmp_path)])
+    assert e.value.code == 2 and "N:M" in capsys.readouterr().err
