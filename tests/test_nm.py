@@ -232,3 +232,35 @@ def test_cli_pattern_usage_errors_are_one_line(cli_model, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sweep", "--pattern", "4:2", "--out", str(tmp_path)])
     assert e.value.code == 2 and "N:M" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- dashboard
+
+def test_prune_page_pattern_box(runs_dir):
+    """The Pattern box on the Prune page: unstructured criteria at 2:4 with the check shown,
+    a structured one noted and left at the slider's sparsity; Wanda listed with its text."""
+    import re
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    app = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
+    at = AppTest.from_file(app, default_timeout=240)
+    crits = ["wanda", "magnitude"] + (["l2-norm"] if "l2-norm" in list_pruners() else [])
+    for key, value in {"prune_val": 32, "prune_calib": 16, "prune_pruners": crits,
+                       "prune_sparsity": 30}.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="prune_pattern").options == ["unstructured", "2:4", "4:8"]
+    assert any("Wanda" in m.value for m in at.markdown)  # its teaching text
+
+    at.selectbox(key="prune_pattern").set_value("2:4").run()
+    assert not at.exception, [e.value for e in at.exception]
+    text = [re.sub(r"\\(.)", r"\1", e.value) for e in (*at.markdown, *at.caption)]
+    assert any(t.startswith("**wanda** at 50% · 2:4") for t in text)
+    assert any(t.startswith("**magnitude** at 50% · 2:4") for t in text)
+    assert sum("2:4 realised in 18 of 18 layers" == t for t in text) == 2  # vit-tiny
+    if "l2-norm" in crits:
+        assert any(t.startswith("**l2-norm** at 30%") for t in text)
+        assert any("prune at the slider's sparsity without it" in t for t in text)

@@ -94,7 +94,9 @@ def sidebar_summary(exp: Experiment) -> None:
                "upload": "uploaded", "folder": "model folder"}.get(exp.source, exp.source)
         st.markdown(f"**{md(exp.preset)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
                     f"{md(', '.join(exp.pruners)) or 'no criteria'} · {exp.sparsity:.0%} · "
-                    f"{exp.scope} scope · seed {exp.seed}")
+                    + (f"{exp.pattern} (unstructured) · " if exp.pattern != "unstructured"
+                       else "")
+                    + f"{exp.scope} scope · seed {exp.seed}")
         st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
 
 
