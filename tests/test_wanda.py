@@ -101,6 +101,15 @@ def test_masks_equal_an_explicit_computation_from_hooks(sparsity):
     assert res.extra["comparison"] == "row"
 
 
+@pytest.mark.parametrize("sparsity", [0.25, 0.3, 0.5, 0.9])
+def test_row_masks_break_ties_like_the_loops(sparsity):
+    g = torch.Generator().manual_seed(7)
+    scores = torch.randint(0, 3, (7, 12), generator=g).float()  # many ties
+    scores[2, :5] = -math.inf                                   # a row already pruned
+    masks = compute_masks({"w": scores}, sparsity, rows=True)
+    assert torch.equal(masks["w"], per_row_by_loops(scores, sparsity))
+
+
 def test_each_row_keeps_its_top_fraction_whatever_the_scope():
     model = random_vit(seed=2)
     x, y = batch(model)

@@ -145,12 +145,19 @@ def row_keep(scores: Tensor, sparsity: float) -> Tensor:
     s = as_rows(_flat(scores).view(scores.shape))
     out, cols = s.shape
     base, extra = divmod(num_pruned(sparsity, out * cols), out)  # base = floor(sparsity · in)
-    order = torch.sort(s, dim=1, stable=True)
     keep = torch.ones(s.shape, dtype=torch.bool, device=s.device)
-    keep.scatter_(1, order.indices[:, :base], False)
+    if base:  # a selection per row, not a sort (np.partition: ~9x torch.kthvalue on CPU)
+        if s.device.type == "cpu":                                 # each row's base-th lowest
+            t = torch.from_numpy(np.partition(s.numpy(), base - 1, axis=1)[:, base - 1:base])
+        else:
+            t = s.kthvalue(base, dim=1, keepdim=True).values
+        less, tied = s < t, s == t
+        need = base - less.sum(1, keepdim=True)                   # tied entries to prune
+        keep = ~(less | (tied & (tied.cumsum(1) <= need)))        # the first tied ones
     if extra:
-        rows = torch.sort(order.values[:, base], stable=True).indices[:extra]
-        keep[rows, order.indices[rows, base]] = False
+        low = s.masked_fill(~keep, math.inf).min(1)               # lowest survivor (first)
+        rows = torch.sort(low.values, stable=True).indices[:extra]
+        keep[rows, low.indices[rows]] = False
     return keep.view(scores.shape)
 
 
