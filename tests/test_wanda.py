@@ -233,6 +233,11 @@ def test_registered_declared_and_refusals():
         get_pruner("wanda", include_linformer_proj=True)
     with pytest.raises(ValueError, match="calibration batch"):
         get_pruner("wanda").score(random_vit())
+    idle = Parallel()
+    idle.c = nn.Linear(8, 3)  # never called by forward
+    with pytest.raises(ValueError, match="never ran in the forward.*c.weight.*ignored_layers"):
+        get_pruner("wanda").score(idle, torch.rand(2, 3, 8))
+    assert get_pruner("wanda", ignored_layers=("c",)).score(idle, torch.rand(2, 3, 8))
     model = random_linformer()
     x, y = batch(model)
     res = prune(model, "wanda", 0.5, x, y)  # Linformer-ViT's nn.Linear patch embedding too

@@ -84,7 +84,8 @@ class WandaPruner(Pruner):
     each block's inputs coming from the blocks already pruned; here one forward of the model
     as given scores every layer, so the scores do not depend on the sparsity and a sweep
     re-thresholds them. The Linformer sequence projections (``include_linformer_proj``) are
-    not layers with an input and are refused.
+    not layers with an input and are refused, as are layers whose module never runs in the
+    forward (a weight used through ``F.linear`` elsewhere): their inputs are unknown.
     """
 
     formula = (r"s_{ij} = |W_{ij}| \cdot \lVert X_j \rVert_2,\quad "
@@ -116,12 +117,16 @@ class WandaPruner(Pruner):
         with input_norms({p.key: p.module for p in params}) as sums:
             with scoring_state(model, []), torch.no_grad():
                 model(images)
+        idle = [p.key for p in params if p.key not in sums]
+        if idle:  # e.g. a weight used through F.linear elsewhere: its inputs are unknown
+            raise ValueError(f"wanda: {len(idle)} layer(s) never ran in the forward, so their "
+                             f"inputs are unknown: {', '.join(idle[:4])}"
+                             f"{' …' if len(idle) > 4 else ''}; leave them out with "
+                             "ignored_layers=(...)")
         with torch.no_grad():
             out = {}
             for p in params:
                 w = p.value().detach()
-                sq = sums.get(p.key)
-                norm = (torch.zeros(w.shape[1:], dtype=w.dtype, device=w.device) if sq is None
-                        else sq.sqrt().to(w.dtype).view(w.shape[1:]))
+                norm = sums[p.key].sqrt().to(w.dtype).view(w.shape[1:])
                 out[p.key] = w.abs() * norm  # (out, in) · (in,): ‖X_j‖ along each row
             return out

@@ -252,7 +252,8 @@ def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str], label: str)
     long = pd.concat([tables[n].assign(criterion=n) for n in ok])
     with kept_slot.container():
         st.subheader(f"Kept fraction per layer · {md(label)}", anchor=False)
-        st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
+        target = exp.sparsity if exp.scope == "global" and exp.pattern == "unstructured" else None
+        st.plotly_chart(plots.layer_kept(long, target),
                         key="prune_chart_kept", config={"displayModeBar": False})
 
 
