@@ -376,9 +376,17 @@ def _sweep(args: argparse.Namespace) -> int:
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
     if pattern:
+        from .pruning import prunable_parameters
+        from .pruning.nm import holds_pattern, parse_pattern
+
+        m = parse_pattern(pattern)[1]
+        shapes = [p.param.shape for p in prunable_parameters(model)]
+        fit = sum(holds_pattern(sh, m) for sh in shapes)
         command += " " + shlex.join(["--pattern", pattern])
-        setup["pattern"] = (f"{pattern} for the unstructured criteria (realised in every layer "
-                            f"whose input size is a multiple of {pattern.split(':')[1]})")
+        setup["pattern"] = (f"{pattern} for the unstructured criteria, in the {fit} of "
+                            f"{len(shapes)} prunable layers whose input size is a multiple of "
+                            f"{m} (the others stay dense)")
+        print(f"{pattern}: {fit} of {len(shapes)} prunable layers can hold it", file=sys.stderr)
     for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():
         (out / name).write_bytes(data)
     print(f"{len(df)} points → {out / 'sweep.csv'}; figures and report.html in {out}")

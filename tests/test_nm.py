@@ -217,6 +217,7 @@ def test_cli_sweep_with_a_pattern_equals_prune_by_hand(cli_model, tmp_path, caps
     assert row["loss"] == pytest.approx(ev["loss"], rel=1e-5)
     html = (tmp_path / "report.html").read_text()
     assert "--pattern 2:4" in html and not (tmp_path / "grid.png").exists()
+    assert "in the 10 of 10 prunable layers" in html
 
 
 def test_cli_pattern_usage_errors_are_one_line(cli_model, tmp_path, capsys):
