@@ -11,6 +11,10 @@
    A CPU has no N:M kernels: masked weights are dense multiplications there, no faster.
 
     python benchmarks/bench_wanda.py [--repeats 7] [--batch 64] [--deit-batch 16] [--short]
+                                     [--threads N]
+
+The process is configured as the CLI and the dashboard configure theirs (``core.boot``):
+without glibc keeping freed blocks, each hook's temporary is faulted in afresh.
 """
 from __future__ import annotations
 
@@ -19,11 +23,15 @@ import os
 import statistics
 import time
 
-import torch
-import torch.nn.functional as F
+from core import boot
 
-from core.models import build_model
-from core.pruning import compute_masks, get_pruner
+boot.configure()  # as the CLI and the dashboard do, before torch: malloc keeps freed blocks
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from core.models import build_model  # noqa: E402
+from core.pruning import compute_masks, get_pruner  # noqa: E402
 
 WALL: dict[str, float] = {}
 
@@ -115,7 +123,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64, help="vit-tiny calibration batch")
     ap.add_argument("--deit-batch", type=int, default=16, help="deit-tiny calibration batch")
     ap.add_argument("--short", action="store_true", help="3 rounds, deit-tiny batch 8")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     repeats, deit = (3, 8) if args.short else (args.repeats, args.deit_batch)
     load = os.getloadavg()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "

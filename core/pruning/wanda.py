@@ -128,5 +128,5 @@ class WandaPruner(Pruner):
             for p in params:
                 w = p.value().detach()
                 norm = sums[p.key].sqrt().to(w.dtype).view(w.shape[1:])
-                out[p.key] = w.abs() * norm  # (out, in) · (in,): ‖X_j‖ along each row
+                out[p.key] = w.abs().mul_(norm)  # (out, in) · (in,): ‖X_j‖ along each row
             return out
