@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -81,6 +82,15 @@ def _positive(text: str) -> int:
     return v
 
 
+def _pattern(text: str) -> str:
+    from .pruning.nm import pattern_name
+
+    try:
+        return pattern_name(text) or "unstructured"
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="vit-tiny",
                    help="preset name (its shipped checkpoint on --data where one exists), a "
@@ -114,8 +124,13 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
                     "sweep.csv, the charts (PNG, SVG, CSV) and report.html to --out.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common(p)
-    p.add_argument("--sparsities", nargs="+", type=_fraction, default=list(DEFAULT_SPARSITIES),
-                   metavar="S", help="fractions removed, in [0, 1); 0 is the dense model")
+    p.add_argument("--sparsities", nargs="+", type=_fraction, default=None,
+                   metavar="S", help="fractions removed, in [0, 1); 0 is the dense model "
+                                     f"(default: {' '.join(f'{s:g}' for s in DEFAULT_SPARSITIES)}"
+                                     "; with --pattern N:M: 0 and 1 − N/M)")
+    p.add_argument("--pattern", type=_pattern, default="unstructured", metavar="N:M",
+                   help="N:M sparsity for the unstructured criteria (e.g. 2:4: every group of "
+                        "4 consecutive inputs of a row keeps its 2 highest scores)")
     seeds = p.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=_positive, default=1, metavar="K",
                        help="calibration seeds 0 … K-1 (mean ± std bands over them)")
@@ -338,8 +353,9 @@ def _sweep(args: argparse.Namespace) -> int:
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeated: {seeds}")
-    sparsities = list(dict.fromkeys(args.sparsities))
     check_criteria(args.criteria)
+    pattern = None if args.pattern == "unstructured" else args.pattern
+    sparsities, criteria = _with_pattern(args, pattern)
     data_options = dict(args.data_opt)
     # every rank checks before the rendezvous, so none has written anything yet
     folder = SweepFolder(check_out_folder(args.out, args.resume),
@@ -354,7 +370,7 @@ def _sweep(args: argparse.Namespace) -> int:
         n_val = min(args.val, len(val_set))
         skip = folder.points()
         mine = [(c, s, seed)
-                for seed, c, _ in study.sweep_points(args.criteria, seeds)[rank::world]
+                for seed, c, _ in study.sweep_points(criteria, seeds)[rank::world]
                 for s in sparsities if (c, round(s, 6), seed) not in skip]
         if main:
             folder.start()
@@ -365,7 +381,7 @@ def _sweep(args: argparse.Namespace) -> int:
                    not args.no_progress)
         cancel = threading.Event()
         with stop_on_signals(cancel):
-            df = study.sweep(model, train_set, val_set, args.criteria, sparsities,
+            df = study.sweep(model, train_set, val_set, criteria, sparsities,
                              calib=args.calib, seeds=seeds, val_samples=n_val,
                              scope=args.scope, attention=not args.no_attention,
                              batch_size=args.batch_size, progress=bar, cancel=cancel,
@@ -399,7 +415,10 @@ def _sweep(args: argparse.Namespace) -> int:
     df = folder.frame()
     kinds = {c: study.criterion_info(c).kind for c in args.criteria}
     grid = sens = None
-    if args.grid_image >= 0:
+    if args.grid_image >= 0 and pattern:
+        print(f"note: no Fig. 3 grid in the report: the grid has no {pattern} pattern yet",
+              file=sys.stderr)
+    elif args.grid_image >= 0:
         fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
                                                sparsities, args.grid_image, args.calib,
                                                args.scope, seeds[0])
@@ -428,11 +447,50 @@ def _sweep(args: argparse.Namespace) -> int:
              "criteria": ", ".join(args.criteria),
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
+    if pattern:
+        from .pruning import prunable_parameters
+        from .pruning.nm import holds_pattern, parse_pattern
+
+        m = parse_pattern(pattern)[1]
+        shapes = [p.param.shape for p in prunable_parameters(model)]
+        fit = sum(holds_pattern(sh, m) for sh in shapes)
+        command += " " + shlex.join(["--pattern", pattern])
+        setup["pattern"] = (f"{pattern} for the unstructured criteria, in the {fit} of "
+                            f"{len(shapes)} prunable layers whose input size is a multiple of "
+                            f"{m} (the others stay dense)")
+        print(f"{pattern}: {fit} of {len(shapes)} prunable layers can hold it", file=sys.stderr)
     for name, data in report.comparison_files(df, kinds, setup, command, grid, sens).items():
         if name != "sweep.csv":  # written above, point by point
             (out / name).write_bytes(data)
     print(f"{len(df)} points → {csv}; figures and report.html in {out}")
     return EXIT_OK
+
+
+def _with_pattern(args: argparse.Namespace, pattern: str | None
+                  ) -> tuple[list[float], list[str] | dict[str, dict]]:
+    """The sweep's sparsities and criteria (a mapping name → options with a pattern: the
+    unstructured criteria get it, structured ones run at its sparsity without one)."""
+    from .pruning.nm import pattern_sparsity
+    from .study import criterion_info
+
+    if not pattern:
+        return list(dict.fromkeys(args.sparsities or DEFAULT_SPARSITIES)), list(args.criteria)
+    fixed = round(pattern_sparsity(pattern), 6)
+    given = list(dict.fromkeys(args.sparsities or (0.0, fixed)))
+    wrong = [s for s in given if s != 0 and abs(s - fixed) > 1e-6]
+    if wrong:
+        raise ValueError(f"--pattern {pattern} fixes the sparsity at {fixed:g}; "
+                         f"--sparsities may only be 0 and {fixed:g}, got "
+                         f"{' '.join(f'{s:g}' for s in wrong)}")
+    if args.sensitivity is not None:
+        raise ValueError("--sensitivity prunes one layer at a time at its own ratios: "
+                         "not with --pattern")
+    structured = [c for c in args.criteria if criterion_info(c).kind != "unstructured"]
+    if structured:
+        print(f"note: {pattern} applies to unstructured criteria; {', '.join(structured)} "
+              f"pruned at {fixed:g} without it", file=sys.stderr)
+    return ([0.0 if s == 0 else fixed for s in given],
+            {c: ({} if c in structured else {"pattern": pattern}) for c in args.criteria})
 
 
 def cmd_grid(args: argparse.Namespace) -> int:

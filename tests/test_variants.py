@@ -89,7 +89,7 @@ def test_attributions_and_training(variant):
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "random", "snip", "attention-snip",
-                                       "grasp", "synflow"])
+                                       "grasp", "synflow", "wanda"])
 def test_unstructured_criteria(criterion):
     for variant in ("dist_reg_ls", "avgpool"):
         model = make(variant)
@@ -127,7 +127,8 @@ def test_amap_and_macs_on_variants():
 
 
 def test_every_registered_pruner_is_covered():
-    covered = {"magnitude", "random", "snip", "attention-snip", "grasp", "synflow", "snp", "amap",
+    covered = {"magnitude", "random", "snip", "attention-snip", "grasp", "synflow", "wanda",
+               "snp", "amap",
                "reverse", "l2-norm", "gm", "structured-random"}
     assert set(list_pruners()) <= covered | {"taylor", "activation", "snp-act"}, \
         set(list_pruners())

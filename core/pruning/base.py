@@ -24,6 +24,8 @@ from torch.nn.utils import parametrize
 
 from ..models.adapter import get_adapter
 from .checks import check_batch, check_logits, check_sparsity  # noqa: F401  (re-exported)
+from .masks import group_scores
+from .nm import pattern_name
 from .result import mask_prune
 
 _PRUNERS: dict[str, type["Pruner"]] = {}
@@ -188,6 +190,11 @@ class Pruner:
                                             caps the calibration batch to a memory budget
     ``formula``, ``explanation``    ""      teaching text: LaTeX, one paragraph
     =============================== ======= ==================================================
+
+    An unstructured criterion implements :meth:`keep_scores`; :meth:`score` returns them
+    declared with how they may be compared (:class:`~core.pruning.masks.GroupedScores`):
+    within groups of ``pattern`` (``"N:M"``, any unstructured criterion; sparsity then
+    ``1 − N/M``) and, for :attr:`row_groups` criteria (Wanda), within each output row.
     """
 
     name: ClassVar[str] = ""
@@ -206,12 +213,22 @@ class Pruner:
     exclude_patch_embed: bool = False
     include_linformer_proj: bool = False
     ignored_layers: tuple[str, ...] = ()
+    pattern: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.ignored_layers, str):
             object.__setattr__(self, "ignored_layers", (self.ignored_layers,))
         else:
             object.__setattr__(self, "ignored_layers", tuple(self.ignored_layers))
+        object.__setattr__(self, "pattern", pattern_name(self.pattern))
+        if self.pattern and self.kind != "unstructured":
+            raise ValueError(f"pattern {self.pattern} applies to unstructured criteria; "
+                             f"{self.name or type(self).__name__} is {self.kind}")
+
+    @property
+    def row_groups(self) -> bool:
+        """Whether this criterion's scores are compared only within output rows."""
+        return False
 
     @property
     def options(self) -> dict:
@@ -224,7 +241,16 @@ class Pruner:
 
     def score(self, model: nn.Module, images: Tensor | None = None,
               labels: Tensor | None = None) -> dict[str, Tensor]:
-        """Keep-scores ``{key: tensor shaped like the parameter}``; the model is left as found."""
+        """Keep-scores ``{key: tensor shaped like the parameter}``; the model is left as found.
+
+        :meth:`keep_scores`, declared with this pruner's ``pattern`` and :attr:`row_groups`
+        (a plain dict when it has neither)."""
+        return group_scores(self.keep_scores(model, images, labels), self.row_groups,
+                            self.pattern)
+
+    def keep_scores(self, model: nn.Module, images: Tensor | None = None,
+                    labels: Tensor | None = None) -> dict[str, Tensor]:
+        """The criterion's own scores (higher = kept); what an unstructured criterion writes."""
         raise NotImplementedError
 
     def prune_model(self, model: nn.Module, sparsity: float, images: Tensor | None = None,

@@ -27,8 +27,9 @@ from ..boot import threads_for
 from ..models import approx_macs
 from .base import (Pruner, check_batch, check_logits, check_sparsity, register_pruner,
                    scoring_state)
-from .masks import (SCOPES, _keep_numpy, _keep_torch, compute_masks, get_masks, num_pruned,
-                    remove_masks)
+from .masks import (SCOPES, _keep_numpy, _keep_torch, compute_masks, get_masks, group_scores,
+                    num_pruned, remove_masks)
+from .nm import nm_masks, parse_pattern, pattern_sparsity
 from .result import PruneResult, finish_mask_prune
 
 # one batched SynFlow round (prune_many) stays under this: parameter sets + saved activations
@@ -62,7 +63,7 @@ class RandomPruner(Pruner):
 
     seed: int = 0
 
-    def score(self, model, images=None, labels=None):
+    def keep_scores(self, model, images=None, labels=None):
         gen = torch.Generator().manual_seed(int(self.seed))
         return {p.key: torch.rand(p.param.shape, generator=gen).to(p.param.device)
                 for p in self.parameters(model)}
@@ -79,7 +80,7 @@ class MagnitudePruner(Pruner):
         "initialisation the magnitudes are just the random init, so it is close to random "
         "within a layer; globally it favours layers initialised with a larger scale.")
 
-    def score(self, model, images=None, labels=None):
+    def keep_scores(self, model, images=None, labels=None):
         with torch.no_grad():
             return {p.key: p.value().detach().abs().clone() for p in self.parameters(model)}
 
@@ -103,7 +104,7 @@ class SnipPruner(Pruner):
     def _hook_modules(self, model: nn.Module) -> list[nn.Module]:
         return []
 
-    def score(self, model, images=None, labels=None):
+    def keep_scores(self, model, images=None, labels=None):
         params = self.parameters(model)
         images, labels = check_batch(model, images, labels)
         leaves = [p.param for p in params]
@@ -193,7 +194,7 @@ class GraspPruner(Pruner):
 
     temperature: float = 200.0
 
-    def score(self, model, images=None, labels=None):
+    def keep_scores(self, model, images=None, labels=None):
         params = self.parameters(model)
         images, labels = check_batch(model, images, labels)
         leaves = [p.param for p in params]
@@ -333,12 +334,13 @@ class SynflowPruner(Pruner):
         with torch.no_grad():
             return {p.key: (p.param * g).abs() for p, g in zip(params, grads)}
 
-    def score(self, model, images=None, labels=None):
+    def keep_scores(self, model, images=None, labels=None):
         shape = self._input_shape(model, images)
         return self._round(self._abs_copy(model), shape)
 
     def prune_model(self, model, sparsity, images=None, labels=None, scope="global"):
-        s = check_sparsity(sparsity)
+        s = (pattern_sparsity(self.pattern, sparsity) if self.pattern
+             else check_sparsity(sparsity))
         shape = self._input_shape(model, images)
         net = self._abs_copy(model)
         params = self.parameters(net)
@@ -355,10 +357,23 @@ class SynflowPruner(Pruner):
                 scores = self._round(net, shape)
                 ranked = {key: sc.masked_fill(~masks[key], -math.inf)
                           for key, sc in scores.items()}
-                target = s if k == self.iterations else 1.0 - density ** (k / self.iterations)
-                new = compute_masks(ranked, target, scope)
+                if self.pattern:
+                    new = self._pattern_round(ranked, k)
+                else:
+                    target = s if k == self.iterations else 1.0 - density ** (k / self.iterations)
+                    new = compute_masks(ranked, target, scope)
                 masks = {key: new[key] & masks[key] for key in new}  # pruned stays pruned
-        return finish_mask_prune(self, model, masks, scores, s, scope)
+        return finish_mask_prune(self, model, masks, group_scores(scores, pattern=self.pattern),
+                                 s, scope)
+
+    def _pattern_round(self, ranked: dict[str, Tensor], k: int) -> dict[str, Tensor]:
+        """Round k of the schedule under an N:M pattern: every group of M keeps its
+        ``max(N, ceil(M · (N/M)^{k/n}))`` highest (the exponential schedule counted in whole
+        weights per group; N in the last round), pruned entries ranking −∞."""
+        n, m = parse_pattern(self.pattern)
+        keep = max(n, math.ceil(m * (n / m) ** (k / self.iterations) - 1e-9))
+        return nm_masks(ranked, (keep, m))[0] if keep < m else {
+            key: torch.ones_like(v, dtype=torch.bool) for key, v in ranked.items()}
 
     def prune_many(self, model: nn.Module, sparsities: Sequence[float],
                    images: Tensor | None = None, labels: Tensor | None = None,
@@ -391,6 +406,8 @@ class SynflowPruner(Pruner):
             raise ValueError("sparsities is empty: give at least one target sparsity")
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        if self.pattern:  # one sparsity only (1 − N/M), and its own schedule
+            return [self.prune_model(model, s, images, labels, scope) for s in targets]
         shape = self._input_shape(model, images)
         unique = list(dict.fromkeys(targets))
         try:

@@ -10,6 +10,15 @@ resolved by index. CUDA scores use ``torch.kthvalue`` on the device.
 ``sparsity · n`` is read with the decimal value ``sparsity`` prints as (``Fraction(repr(s))``),
 so 0.29 of 100 weights prunes 29, not the 28 that ``floor(0.29 * 100)`` in floats gives.
 
+Two finer comparison groups than ``scope``: **per output row** (``rows=True``, Wanda's
+per-output comparison: each row of each layer prunes its own lowest scores) and an **N:M
+pattern** (``pattern="2:4"``: each group of M consecutive inputs of a row keeps its N highest,
+:mod:`core.pruning.nm`). Either is asked for explicitly, or declared by the scores themselves:
+a pruner built with ``pattern=`` (or Wanda) returns :class:`GroupedScores`, and
+``compute_masks`` honours their declaration whatever ``scope`` it is given — which is how a
+sweep or the dashboard, re-thresholding cached scores with ``compute_masks(scores, s, scope)``,
+keeps Wanda's rows and the N:M groups.
+
 Masks live on the model as a parametrization (torch.ao.pruning's ``FakeSparsity``): the
 forward sees ``mask ⊙ original``, so pruned weights are exactly zero and get zero gradient
 through any number of optimizer steps; the dense values stay in ``original`` until
@@ -28,8 +37,57 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from .checks import check_sparsity
+from .nm import as_rows, nm_masks, pattern_name, pattern_sparsity
 
 SCOPES = ("global", "layer")
+
+
+class GroupedScores(dict):
+    """Keep-scores ``{key: tensor}`` that say which entries may be compared with each other.
+
+    ``rows``: only within an output row (Wanda's per-output comparison: its ``‖X_j‖`` scale
+    differs from layer to layer, and the paper prunes the same fraction of every row);
+    ``pattern``: ``"N:M"``, only within each group of M consecutive inputs of a row.
+    :func:`compute_masks` follows the declaration whatever ``scope`` it is given. A plain
+    ``dict`` in every other respect (copies with ``dict(...)`` drop the declaration: use
+    :meth:`like`); pickles and deep-copies with it.
+    """
+
+    def __init__(self, scores: Mapping[str, Tensor] | None = None, *, rows: bool = False,
+                 pattern: str | None = None):
+        super().__init__(scores or {})
+        self.rows = bool(rows)
+        self.pattern = pattern_name(pattern)
+
+    def like(self, scores: Mapping[str, Tensor]) -> "GroupedScores":
+        """Other tensors under the same declaration."""
+        return GroupedScores(scores, rows=self.rows, pattern=self.pattern)
+
+    def __repr__(self) -> str:
+        return (f"GroupedScores(rows={self.rows}, pattern={self.pattern!r}, "
+                f"keys={list(self)})")
+
+
+def group_scores(scores: Mapping[str, Tensor], rows: bool = False,
+                 pattern: str | None = None) -> dict[str, Tensor]:
+    """``scores`` declared with ``rows`` / ``pattern`` (:class:`GroupedScores`); a plain dict
+    when neither is set, so the criteria without them return what they always did."""
+    if rows or pattern_name(pattern):
+        return GroupedScores(scores, rows=rows, pattern=pattern)
+    return dict(scores)
+
+
+def same_grouping(template: Mapping[str, Tensor],
+                  scores: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``scores`` under ``template``'s declaration (when it has one)."""
+    return template.like(scores) if isinstance(template, GroupedScores) else dict(scores)
+
+
+def comparison(scores: Mapping[str, Tensor], scope: str) -> str:
+    """How ``compute_masks(scores, s, scope)`` compares: ``"2:4"``, ``"row"`` or ``scope``."""
+    if isinstance(scores, GroupedScores):
+        return scores.pattern or ("row" if scores.rows else scope)
+    return scope
 
 
 def num_pruned(sparsity: float, n: int) -> int:
@@ -74,17 +132,64 @@ def _flat(t: Tensor) -> Tensor:
     return t if t.dtype in (torch.float32, torch.float64) else t.float()
 
 
-def compute_masks(scores: Mapping[str, Tensor], sparsity: float,
-                  scope: str = "global") -> dict[str, Tensor]:
+def row_keep(scores: Tensor, sparsity: float) -> Tensor:
+    """Keep-mask of one layer compared per output row (Wanda's per-output group).
+
+    ``scores`` is read as ``(out, in)`` (:func:`~core.pruning.nm.as_rows`). Every row prunes
+    its ``floor(sparsity · in)`` lowest scores (ties: lower index first); so that the layer
+    prunes exactly ``floor(sparsity · out · in)`` like the other scopes, the ``r`` remaining
+    entries come one each from the ``r`` rows whose lowest surviving score is lowest (ties:
+    lower row first). The paper's code prunes ``int(in · sparsity)`` per row and leaves those
+    ``r < out`` entries.
+    """
+    s = as_rows(_flat(scores).view(scores.shape))
+    out, cols = s.shape
+    base, extra = divmod(num_pruned(sparsity, out * cols), out)  # base = floor(sparsity · in)
+    keep = torch.ones(s.shape, dtype=torch.bool, device=s.device)
+    if base:  # a selection per row, not a sort (np.partition: ~9x torch.kthvalue on CPU)
+        if s.device.type == "cpu":                                 # each row's base-th lowest
+            t = torch.from_numpy(np.partition(s.numpy(), base - 1, axis=1)[:, base - 1:base])
+        else:
+            t = s.kthvalue(base, dim=1, keepdim=True).values
+        less, tied = s < t, s == t
+        need = base - less.sum(1, keepdim=True)                   # tied entries to prune
+        keep = ~(less | (tied & (tied.cumsum(1) <= need)))        # the first tied ones
+    if extra:
+        low = s.masked_fill(~keep, math.inf).min(1)               # lowest survivor (first)
+        rows = torch.sort(low.values, stable=True).indices[:extra]
+        keep[rows, low.indices[rows]] = False
+    return keep.view(scores.shape)
+
+
+def compute_masks(scores: Mapping[str, Tensor], sparsity: float | None,
+                  scope: str = "global", *, rows: bool | None = None,
+                  pattern: str | None = None) -> dict[str, Tensor]:
     """Boolean masks (True = kept), shaped like the scores, pruning the lowest keep-scores.
 
     scope ``"global"``: ``floor(sparsity · n)`` over all layers together (n their total size);
-    ``"layer"``: the same fraction in every layer. Raises ValueError for ``sparsity`` outside
-    [0, 1) or NaN, an unknown scope, no scores, or NaN scores.
+    ``"layer"``: the same fraction in every layer. ``rows=True``: compared within each output
+    row (:func:`row_keep`; every layer then prunes what ``"layer"`` prunes); ``pattern="N:M"``:
+    within each group of M inputs (:func:`~core.pruning.nm.nm_masks`; ``sparsity`` must be
+    ``1 − N/M`` or None; layers whose input size is not a multiple of M stay dense). Both
+    default to what :class:`GroupedScores` declare (``pattern=""`` turns a declared pattern
+    off); a pattern overrides ``rows`` and ``scope``, ``rows`` overrides ``scope``.
+
+    Raises ValueError for ``sparsity`` outside [0, 1) or NaN, a sparsity a pattern does not
+    fix, an unknown scope, no scores, or NaN scores.
     """
-    s = check_sparsity(sparsity)
+    declared = isinstance(scores, GroupedScores)
+    if pattern is None and declared:
+        pattern = scores.pattern
+    if rows is None:
+        rows = declared and scores.rows
     if scope not in SCOPES:
         raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+    if pattern_name(pattern):
+        pattern_sparsity(pattern, sparsity)
+        if not scores:
+            raise ValueError("no scores to build masks from")
+        return nm_masks(scores, pattern)[0]
+    s = check_sparsity(sparsity)
     if not scores:
         raise ValueError("no scores to build masks from")
     keys = list(scores)
@@ -92,6 +197,8 @@ def compute_masks(scores: Mapping[str, Tensor], sparsity: float,
     for key, f in zip(keys, flats):
         if bool(torch.isnan(f).any()):
             raise ValueError(f"scores of {key!r} contain NaN")
+    if rows:
+        return {k: row_keep(f.view(scores[k].shape), s) for k, f in zip(keys, flats)}
     if scope == "layer":
         return {k: _keep(f, s).view(scores[k].shape) for k, f in zip(keys, flats)}
     if flats[0].device.type == "cpu":

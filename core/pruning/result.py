@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from .checks import check_sparsity
-from .masks import apply_masks, collapsed, compute_masks, get_masks, layer_collapse, mask_sparsity
+from .masks import (apply_masks, collapsed, comparison, compute_masks, get_masks, layer_collapse,
+                    mask_sparsity, same_grouping)
+from .nm import check_nm, pattern_sparsity
 
 TABLE_COLUMNS = ["layer", "parameters", "kept", "kept_fraction", "score_mean", "score_median",
                  "score_min", "score_max", "saliency_share", "kept_saliency_share", "collapsed"]
@@ -24,7 +26,11 @@ class PruneResult:
     """A pruned deep copy and what the dashboard shows about it.
 
     ``masks`` / ``scores``: ``{plain key: tensor}`` (None for structured pruners);
-    ``table``: :func:`layer_saliency`'s per-layer frame; ``sparsity``: the requested value.
+    ``table``: :func:`layer_saliency`'s per-layer frame; ``sparsity``: the requested value
+    (``1 − N/M`` with a pattern). Unstructured results say in ``extra["comparison"]`` how the
+    scores were compared (``"global"``, ``"layer"``, ``"row"`` or the pattern, e.g. ``"2:4"``)
+    and, with a pattern, hold :func:`~core.pruning.nm.check_nm`'s verdict in ``extra["nm"]``
+    (layers too narrow for the pattern stay dense: ``extra["nm"].skipped``).
     """
 
     model: nn.Module
@@ -50,11 +56,12 @@ class PruneResult:
 def mask_prune(pruner: Any, model: nn.Module, sparsity: float, images: Tensor | None,
                labels: Tensor | None, scope: str) -> PruneResult:
     """The default ``prune_model``: one round of scoring, masks, apply to a copy."""
-    s = check_sparsity(sparsity)
+    s = (pattern_sparsity(pruner.pattern, sparsity) if getattr(pruner, "pattern", None)
+         else check_sparsity(sparsity))
     scores = pruner.score(model, images, labels)
     existing = {k: m for k, m in get_masks(model).items() if k in scores}
-    ranked = {k: v.masked_fill(~existing[k], -math.inf) if k in existing else v
-              for k, v in scores.items()}
+    ranked = same_grouping(scores, {k: v.masked_fill(~existing[k], -math.inf)
+                                    if k in existing else v for k, v in scores.items()})
     masks = compute_masks(ranked, s, scope)
     masks = {k: m & existing[k] if k in existing else m for k, m in masks.items()}
     return finish_mask_prune(pruner, model, masks, scores, s, scope)
@@ -63,8 +70,12 @@ def mask_prune(pruner: Any, model: nn.Module, sparsity: float, images: Tensor | 
 def finish_mask_prune(pruner: Any, model: nn.Module, masks: dict[str, Tensor],
                       scores: dict[str, Tensor], sparsity: float, scope: str) -> PruneResult:
     pruned = apply_masks(copy.deepcopy(model), masks)
+    how = comparison(scores, scope)
+    extra: dict = {"comparison": how}
+    if getattr(pruner, "pattern", None):
+        extra["nm"] = check_nm(masks, pruner.pattern)
     return PruneResult(pruned, masks, scores, layer_saliency(scores, masks), sparsity, pruner,
-                       scope)
+                       scope, extra)
 
 
 def layer_saliency(scores: Mapping[str, Tensor],

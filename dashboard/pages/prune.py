@@ -77,7 +77,17 @@ with st.sidebar:
                           "criteria part ways.")
     st.radio("Scope", ["global", "layer"], key=state.K_SCOPE, persist_state=PERSIST,
              horizontal=True, help="global: one threshold over all layers; layer: the same "
-                                   "fraction removed from every layer.")
+                                   "fraction removed from every layer. Wanda compares within "
+                                   "each output row either way.")
+    pattern = st.selectbox("Pattern", state.PATTERNS, key=state.K_PATTERN, persist_state=PERSIST,
+                           help="N:M sparsity for the unstructured criteria: every group of M "
+                                "consecutive inputs of a row keeps its N highest scores, so "
+                                "the sparsity is 1 − N/M. GPUs with sparse tensor cores run "
+                                "2:4 faster; a CPU runs it no faster than any mask.")
+    if pattern != "unstructured":
+        st.caption(f"{md(pattern)} fixes the unstructured criteria at "
+                   f"{state.pattern_sparsity(pattern):.0%}; the slider and the "
+                   "scope apply to structured criteria, which ignore the pattern.")
     c1, c2 = st.columns(2)
     c1.number_input("Calibration batch", 1, state.CALIBRATION_POOL, step=16,
                     key=state.K_CALIB, persist_state=PERSIST,
@@ -122,11 +132,17 @@ def num(x: float) -> str:
     return f"{x:.3f}" if abs(x) < 10 else f"{x:.2f}" if abs(x) < 100 else f"{x:.4g}"
 
 
-def headline(results: dict, ok: list[str], sparsity: float, label: str,
+def at_label(key: "state.PruneKey") -> str:
+    """"50%", or "50% · 2:4" under a pattern."""
+    return f"{key.sparsity:.0%}" + (f" · {md(key.pattern)}" if key.pattern else "")
+
+
+def headline(results: dict, ok: list[str], at: dict[str, str], label: str,
              masked: tuple[str, ...] = (), failed: dict | None = None) -> None:
     """One card for the dense model and one per criterion (three to a row): accuracy, loss,
-    what is kept. Criteria still being computed get a card that says which step they are at
-    (``masked``: scored and masked, being evaluated)."""
+    what is kept (``at``: each criterion's sparsity, and pattern). Criteria still being
+    computed get a card that says which step they are at (``masked``: scored and masked,
+    being evaluated)."""
     d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
     names = ["dense", *ok]
     per_row = min(len(names), 3)
@@ -143,7 +159,7 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
                     b.metric("MACs", si(d_cost["macs"]))
                     continue
                 r = results[name]
-                st.markdown(f"**{md(name)}** at {sparsity:.0%}")
+                st.markdown(f"**{md(name)}** at {at[name]}")
                 if r is None:
                     st.caption("failed: the reason is above" if name in (failed or {})
                                else "evaluating…" if name in masked else "scoring and masking…")
@@ -157,6 +173,8 @@ def headline(results: dict, ok: list[str], sparsity: float, label: str,
                 b.metric("MACs kept", pct(r["cost"]["macs_kept"]),
                          help="Masked weights count as removed (sparse MACs); structured "
                               "criteria are counted on the smaller model.")
+                if r["key"].pattern:
+                    st.caption(md(state.nm_summary(r["key"])))
                 collapsed = state.collapsed_layers(r["key"])
                 if collapsed:
                     st.warning(f"Layer collapse: {collapsed} layer(s) lost ≥ 99% of their "
@@ -242,7 +260,8 @@ def kept_chart(exp: "state.Experiment", tables: dict, ok: list[str], label: str)
     long = pd.concat([tables[n].assign(criterion=n) for n in ok])
     with kept_slot.container():
         st.subheader(f"Kept fraction per layer · {md(label)}", anchor=False)
-        st.plotly_chart(plots.layer_kept(long, exp.sparsity if exp.scope == "global" else None),
+        target = exp.sparsity if exp.scope == "global" and exp.pattern == "unstructured" else None
+        st.plotly_chart(plots.layer_kept(long, target),
                         key="prune_chart_kept", config={"displayModeBar": False})
 
 
@@ -282,7 +301,10 @@ def page() -> None:
         s = replace(s, exp=exp)
         model_note.caption(state.model_note(s))
         st.caption(f"**{md(s.base.label)}** · {md(exp.dataset)} ({plural(len(s.classes), 'class')}) · "
-                   f"{exp.scope} scope · calibration {plural(exp.calib, 'image')} · "
+                   f"{exp.scope} scope · "
+                   + (f"{md(exp.pattern)} for unstructured criteria · "
+                      if exp.pattern != "unstructured" else "")
+                   + f"calibration {plural(exp.calib, 'image')} · "
                    f"{state.val_subset_label(exp.val_samples, len(s.val_set))} · "
                    f"calibration seed {exp.seed}")
         capped = {n: s.calib(n) for n in exp.pruners if s.calib(n) < exp.calib}
@@ -291,6 +313,11 @@ def page() -> None:
                        f"{state.SCORE_MB:.0f} MB of activations (PRUNELENS_SCORE_MB): "
                        + ", ".join(f"{n} on {plural(c, 'image')}" for n, c in capped.items())
                        + ".")
+        ignored = [n for n in exp.pruners if exp.pattern != "unstructured"
+                   and state.pruner_info(n)["kind"] != "unstructured"]
+        if ignored:
+            st.caption(f"{md(exp.pattern)} applies to unstructured criteria: "
+                       f"{md(', '.join(ignored))} prune at the slider's sparsity without it.")
         state.untrained_notice(s, "prune")
     work = state.start_work(state.PRUNE_SLOT, state.prune_signature(s, exp),
                             state.prune_basis(s, exp), state.prune_and_evaluate(s, exp),
@@ -329,7 +356,8 @@ def page() -> None:
                 st.caption(f":material/hourglass_top: Numbers on the first "
                            f"{plural(m, 'validation image')} of {r['n']}; refining…"
                            if m < r["n"] else f"Numbers on all {plural(m, 'validation image')}.")
-                headline(results, list(exp.pruners), exp.sparsity, s.base.label, tuple(ok),
+                headline(results, list(exp.pruners),
+                         {n: at_label(s.key(n)) for n in exp.pruners}, s.base.label, tuple(ok),
                          r["failed"])
             if not drawn_details and ok and len(ok) + len(r["failed"]) == len(exp.pruners):
                 keys = {n: s.key(n) for n in exp.pruners if n in ok}
@@ -355,7 +383,11 @@ def page() -> None:
     ok = [n for n in exp.pruners if n in r.get("pruned", [])]
     progress.caption(f":material/{'error' if r.get('failed') else 'check_circle'}: "
                      f"{len(ok)} of {len(exp.pruners)} criteria at {exp.sparsity:.0%} "
-                     f"sparsity · {snap['elapsed']:.2f} s")
+                     "sparsity"
+                     + (f" ({md(exp.pattern)}: {state.pattern_sparsity(exp.pattern):.0%} for "
+                        "unstructured ones)"
+                        if exp.pattern != "unstructured" else "")
+                     + f" · {snap['elapsed']:.2f} s")
     if numbers is not None and ok:
         results = {"dense": {"eval": state.evaluation(s.key(ok[0], 0.0), exp.val_samples),
                              "cost": state.cost(s.key(ok[0], 0.0))}}

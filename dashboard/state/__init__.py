@@ -36,10 +36,11 @@ from core.study import METHODS, AttentionView, attention_row, val_subset_label
 boot.configure()  # the server did it already; AppTest and scripts may not have
 boot.apply_torch_threads()
 
+from core.pruning import pattern_sparsity  # noqa: E402  (the Pattern box's fixed sparsity)
 from .keys import (CALIBRATION_POOL, CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES,  # noqa: E402
-                   K_CALIB, K_DATASET, K_FOLDER, K_HUB_ID, K_MODEL, K_MODEL_FOLDER, K_PRUNERS,
-                   K_SCOPE,
-                   K_SEED, K_SOURCE, K_SPARSITY, K_VAL, MAX_IMAGE_MB, MAX_MODEL_MB, RATIOS,
+                   K_CALIB, K_DATASET, K_FOLDER, K_HUB_ID, K_MODEL, K_MODEL_FOLDER, K_PATTERN,
+                   K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY, K_VAL, MAX_IMAGE_MB,
+                   MAX_MODEL_MB, PATTERNS, RATIOS,
                    SCORE_MB, SOURCES, SPARSITY_OPTIONS, DataKey, Experiment, ImageRef,
                    LoadedModel, ModelKey, PruneKey, Setup)
 from .widgets import (bound_widget, changed_since_last_run, set_flag, take_flag,  # noqa: E402
@@ -53,8 +54,8 @@ from .data import (accept_image_upload, accept_model_upload, base_model,  # noqa
                    calibration, dataset, dense_cost, image_tensor, setup, setup_or_stop,
                    training_set, val_subset)
 from .pruning import (collapsed_layers, cost, evaluation, forward_only, layer_kept,  # noqa: E402
-                      mask_layers, mask_matrix, pruned, pruned_model, saliency_table, scores,
-                      score_distribution, warm_up)
+                      mask_layers, mask_matrix, nm_summary, pruned, pruned_model,
+                      saliency_table, scores, score_distribution, warm_up)
 from .attention import (Grid, attention_grid, attention_maps, explanations,  # noqa: E402
                         head_maps, num_blocks, num_heads, warm_up_grid, PRUNE_PAGE_SHOWN)
 from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
@@ -81,8 +82,8 @@ __all__ = [
     "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
-    "K_HUB_ID", "K_MODEL_FOLDER", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE", "K_SPARSITY",
-    "K_VAL",
+    "K_HUB_ID", "K_MODEL_FOLDER", "K_PATTERN", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE",
+    "K_SPARSITY", "K_VAL",
     "LoadedModel", "MAX_IMAGE_MB", "MAX_MODEL_MB", "METHODS", "ModelKey", "PruneKey", "RATIOS",
     "SOURCES", "Setup", "accept_image_upload", "accept_model_upload", "attention_grid",
     "attention_maps", "attention_row", "base_model", "calibration", "cancel_job",
@@ -90,8 +91,8 @@ __all__ = [
     "default_grid_criteria", "dense_cost", "evaluation", "experiment", "explanations",
     "folder_label", "follow_run", "forward_only", "get_job", "has_checkpoint", "head_maps",
     "heat_cell", "image_cell", "image_tensor", "layer_kept", "mask_layers", "mask_matrix",
-    "model_folders", "model_names", "model_sources", "model_note", "no_class_token_note",
-    "num_blocks",
+    "model_folders", "model_names", "model_sources", "model_note", "nm_summary", "PATTERNS",
+    "pattern_sparsity", "no_class_token_note", "num_blocks",
     "num_heads", "overlay_cell", "page_errors", "pending_delete", "pruned", "pruned_downloads",
     "pruned_model", "pruner_info", "pruner_label", "pruner_names", "run_downloads", "run_store",
     "running_jobs", "saliency_table", "score_distribution", "scores", "seed_experiment_widgets",

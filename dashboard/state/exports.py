@@ -138,7 +138,8 @@ def pruned_downloads(keys: dict[str, PruneKey]) -> None:
         st.caption("Masks are baked in (zeros in the weights); structured criteria give the "
                    "smaller model.")
         download_buttons(pruned_problems(key), functools.partial(_pruned_bytes, key),
-                         f"{model_stem(key.model)}_{name}_{round(key.sparsity * 100)}",
+                         f"{model_stem(key.model)}_{name}_{round(key.sparsity * 100)}"
+                         + (f"_{key.pattern.replace(':', 'of')}" if key.pattern else ""),
                          "prune_export")
 
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from core import study
 from core.models import CheckpointError
+from core.pruning import pattern_sparsity
 
 MAX_MODEL_MB = 400   # also server.maxUploadSize in dashboard/.streamlit/config.toml
 MAX_IMAGE_MB = 10
@@ -21,6 +22,9 @@ IMAGE_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "webp")
 # unstructured criteria part ways between 90 and 99 %).
 SPARSITY_OPTIONS = tuple(range(5, 90, 5)) + tuple(range(90, 100))
 RATIOS = tuple(round(0.1 * i, 1) for i in range(10))          # the Fig. 3 columns, 0% … 90%
+# The Prune page's Pattern box: N:M sparsity for the unstructured criteria (2:4 is what sparse
+# tensor cores run; core takes any N:M).
+PATTERNS = ("unstructured", "2:4", "4:8")
 SOURCES = {"checkpoint": "shipped checkpoint (trained)", "init": "untrained (pruning at init)",
            "upload": "uploaded checkpoint", "folder": "model folder on the server",
            "hub": "Hugging Face hub"}  # "hub": offered where downloads are on (folders.py)
@@ -38,6 +42,7 @@ K_MODEL, K_SOURCE, K_DATASET = "prune_model", "prune_source", "prune_dataset"
 K_SOURCE_WANTED = "prune_source_wanted"  # what the user last picked on the Weights radio
 K_FOLDER, K_PRUNERS, K_SPARSITY = "prune_folder", "prune_pruners", "prune_sparsity"
 K_SCOPE, K_CALIB, K_SEED, K_VAL = "prune_scope", "prune_calib", "prune_seed", "prune_val"
+K_PATTERN = "prune_pattern"
 K_MODEL_FOLDER = "prune_model_folder"
 K_HUB_ID = "prune_hub_id"
 K_UPLOAD_DIGEST = "upload_digest"  # not a widget: the accepted upload's sha256
@@ -67,6 +72,7 @@ class Experiment:
     upload: str = ""        # the accepted upload's sha256 (this session's file)
     model_folder: str = ""  # source "folder": what the user chose (checked on use)
     hub_id: str = ""        # source "hub": org/name[@revision] as typed (checked on use)
+    pattern: str = "unstructured"  # or "N:M" for the unstructured criteria (PATTERNS)
 
 
 @dataclass(frozen=True)
@@ -98,7 +104,9 @@ class ModelKey:
 
 @dataclass(frozen=True)
 class PruneKey:
-    """One pruned model: criterion ``pruner`` at ``sparsity`` (0 → the dense base model)."""
+    """One pruned model: criterion ``pruner`` at ``sparsity`` (0 → the dense base model);
+    ``pattern``: ``"N:M"`` for an unstructured criterion under that pattern (its sparsity is
+    then ``1 − N/M``), ``""`` otherwise."""
 
     model: ModelKey
     data: DataKey
@@ -107,13 +115,18 @@ class PruneKey:
     scope: str
     calib: int
     seed: int
+    pattern: str = ""
 
     def at(self, sparsity: float) -> "PruneKey":
         """The same criterion at another sparsity; at 0 the one dense key every criterion
-        shares (so the dense model is evaluated and hooked once)."""
+        shares (so the dense model is evaluated and hooked once). A sparsity other than the
+        pattern's drops the pattern."""
         s = round(float(sparsity), 4)
         if s == 0:
-            return replace(self, pruner="dense", sparsity=0.0, scope="global", calib=0, seed=0)
+            return replace(self, pruner="dense", sparsity=0.0, scope="global", calib=0, seed=0,
+                           pattern="")
+        if self.pattern and abs(s - pattern_sparsity(self.pattern)) > 1e-4:
+            return replace(self, sparsity=s, pattern="")
         return replace(self, sparsity=s)
 
     def using(self, pruner: str) -> "PruneKey":
@@ -158,6 +171,12 @@ class Setup:
         return _info(pruner).calibration_cap(self.exp.calib, self.image_bytes, SCORE_MB * 2**20)
 
     def key(self, pruner: str, sparsity: float | None = None) -> PruneKey:
+        """``pruner`` at the experiment's setting (under its pattern, for an unstructured
+        criterion), or at ``sparsity`` (no pattern: other pages' own ratios)."""
+        if sparsity is None and self.exp.pattern in PATTERNS[1:] and _unstructured(pruner):
+            return PruneKey(self.model_key, self.data, pruner,
+                            round(pattern_sparsity(self.exp.pattern), 4), self.exp.scope,
+                            self.calib(pruner), self.exp.seed, self.exp.pattern)
         s = self.exp.sparsity if sparsity is None else sparsity
         return PruneKey(self.model_key, self.data, pruner, self.exp.sparsity, self.exp.scope,
                         self.calib(pruner), self.exp.seed).at(s)
@@ -166,6 +185,11 @@ class Setup:
 @functools.lru_cache(maxsize=None)
 def _info(pruner: str) -> study.CriterionInfo:
     return study.criterion_info(pruner)
+
+
+@functools.lru_cache(maxsize=None)
+def _unstructured(pruner: str) -> bool:
+    return study.criterion_info(pruner).kind == "unstructured"
 
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred

@@ -110,6 +110,8 @@ def _prefetch(seq: int, s: Setup, exp: Experiment) -> None:
     bounds = eval_bounds(n, dense_cost(s.model_key).macs)
     for sparsity in neighbours(exp.sparsity):
         for name in exp.pruners:
+            if s.key(name).pattern:
+                continue  # fixed by its N:M pattern: the slider does not move it
             key = s.key(name, sparsity)
             if not _current(seq):
                 return

@@ -24,7 +24,7 @@ def signature(s: Setup, exp: Experiment) -> tuple:
     """What the numbers depend on; ``basis``: what the scores depend on (a change there
     cancels running work at once)."""
     return (s.model_key, s.data, exp.pruners, exp.sparsity, exp.scope, exp.calib, exp.seed,
-            exp.val_samples)
+            exp.val_samples, exp.pattern)
 
 
 def basis(s: Setup, exp: Experiment) -> tuple:

@@ -20,6 +20,8 @@ from torch import nn
 
 from core import study
 from core.boot import SMALL_WORK_MACS
+from core.pruning import check_nm
+from core.pruning.masks import comparison
 
 from .cache import BIG, byte_cached
 from .catalogue import pruner_info
@@ -27,12 +29,17 @@ from .data import base_model, calibration, dense_cost, image_bytes, val_subset
 from .keys import DataKey, ModelKey, PruneKey, cache_data, cache_resource
 
 
+def _options(pattern: str) -> dict | None:
+    return {"pattern": pattern} if pattern else None
+
+
 @byte_cached()
-def scores(model: ModelKey, data: DataKey, pruner: str, calib: int,
-           seed: int) -> study.Scores | None:
-    """Scores of a criterion (None for iterative ones), computed once on a private copy."""
+def scores(model: ModelKey, data: DataKey, pruner: str, calib: int, seed: int,
+           pattern: str = "") -> study.Scores | None:
+    """Scores of a criterion (None for iterative ones), computed once on a private copy;
+    under an N:M ``pattern`` they declare it, and every re-threshold follows it."""
     images, labels = calibration(data, calib, seed)
-    return study.score(base_model(model).model, pruner, images, labels, seed)
+    return study.score(base_model(model).model, pruner, images, labels, seed, _options(pattern))
 
 
 @byte_cached(size=lambda p: p.nbytes())
@@ -43,9 +50,9 @@ def pruned(key: PruneKey) -> study.Pruned:
     if key.sparsity == 0:
         return study.Pruned("dense", 0.0, key.scope)
     images, labels = calibration(key.data, key.calib, key.seed)
-    sc = scores(key.model, key.data, key.pruner, key.calib, key.seed)
+    sc = scores(key.model, key.data, key.pruner, key.calib, key.seed, key.pattern)
     return study.prune_at(base, key.pruner, key.sparsity, images, labels, key.scope, key.seed,
-                          sc)
+                          sc, _options(key.pattern))
 
 
 def pruned_model(key: PruneKey) -> nn.Module:
@@ -141,7 +148,7 @@ def is_cheap(key: PruneKey) -> bool:
     (a slider move on a single-shot criterion): milliseconds, no forward or backward."""
     return is_pruned(key) or (
         not pruner_info(key.pruner)["iterative"]
-        and scores.cached(key.model, key.data, key.pruner, key.calib, key.seed))
+        and scores.cached(key.model, key.data, key.pruner, key.calib, key.seed, key.pattern))
 
 
 def is_small(model: ModelKey) -> bool:
@@ -191,7 +198,17 @@ def score_distribution(key: PruneKey) -> tuple[pd.DataFrame, float | None]:
     if p.scores is None:
         return pd.DataFrame(), None
     stats = _score_stats(_score_key(key), p.scores)
+    if comparison(p.scores, key.scope) != "global":  # per row or per group: no single cut
+        return stats, None
     return stats, study.log_threshold(p, stats)
+
+
+@cache_data(show_spinner=False, max_entries=64)
+def nm_summary(key: PruneKey) -> str:
+    """``"2:4 realised in k of n layers"`` for a key under a pattern (``core.pruning.check_nm``
+    on its masks), ``""`` otherwise."""
+    p = pruned(key)
+    return check_nm(p.masks, key.pattern).summary() if key.pattern and p.masks else ""
 
 
 def mask_layers(key: PruneKey) -> list[str]:

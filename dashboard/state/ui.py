@@ -96,7 +96,9 @@ def sidebar_summary(exp: Experiment) -> None:
                "hub": "Hugging Face hub"}.get(exp.source, exp.source)
         st.markdown(f"**{md(exp.preset)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
                     f"{md(', '.join(exp.pruners)) or 'no criteria'} · {exp.sparsity:.0%} · "
-                    f"{exp.scope} scope · seed {exp.seed}")
+                    + (f"{exp.pattern} (unstructured) · " if exp.pattern != "unstructured"
+                       else "")
+                    + f"{exp.scope} scope · seed {exp.seed}")
         st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
 
 

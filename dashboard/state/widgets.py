@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from .keys import (SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER, K_MODEL,
-                   K_HUB_ID, K_MODEL_FOLDER, K_PRUNERS, K_SCOPE, K_SEED, K_SOURCE, K_SPARSITY,
-                   K_SOURCE_WANTED, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL, SOURCES,
+from .keys import (PATTERNS, SPARSITY_OPTIONS, K_CALIB, K_DATASET, K_DELETE_PENDING, K_FOLDER,
+                   K_HUB_ID, K_MODEL, K_MODEL_FOLDER, K_PATTERN, K_PRUNERS, K_SCOPE, K_SEED,
+                   K_SOURCE, K_SPARSITY, K_SOURCE_WANTED, K_UPLOAD_DIGEST, K_UPLOAD_NAME, K_VAL,
+                   SOURCES,
                    Experiment)
 
 
@@ -29,7 +30,8 @@ def experiment() -> Experiment:
         calib=int(ss.get(K_CALIB, d.calib)), seed=int(ss.get(K_SEED, d.seed)),
         val_samples=int(ss.get(K_VAL, d.val_samples)), upload=ss.get(K_UPLOAD_DIGEST, ""),
         model_folder=ss.get(K_MODEL_FOLDER, d.model_folder) or "",
-        hub_id=ss.get(K_HUB_ID, d.hub_id) or "")
+        hub_id=ss.get(K_HUB_ID, d.hub_id) or "",
+        pattern=ss.get(K_PATTERN, d.pattern) if ss.get(K_PATTERN) in PATTERNS else d.pattern)
 
 
 def widget_default(key: str, value: object) -> None:
@@ -56,7 +58,8 @@ def seed_experiment_widgets() -> None:
                        (K_FOLDER, None), (K_MODEL_FOLDER, None), (K_HUB_ID, ""),
                        (K_PRUNERS, list(d.pruners)),
                        (K_SPARSITY, round(d.sparsity * 100)), (K_SCOPE, d.scope),
-                       (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples)):
+                       (K_CALIB, d.calib), (K_SEED, d.seed), (K_VAL, d.val_samples),
+                       (K_PATTERN, d.pattern)):
         widget_default(key, value)
     st.session_state[K_SPARSITY] = snap_sparsity(st.session_state[K_SPARSITY])
 
