@@ -212,7 +212,8 @@ def test_cli_sweep_with_a_pattern_equals_prune_by_hand(cli_model, tmp_path, caps
     images, labels = calibration_batch(train_set, 8, 0)
     res = prune(model, "wanda", None, images, labels, pattern="2:4")
     assert check_nm(res.model, "2:4").ok
-    ev = evaluate(res.model, torch.utils.data.Subset(val_set, range(16)))
+    from core.study import val_subset
+    ev = evaluate(res.model, val_subset(val_set, 16))  # the subset every page and the CLI use
     row = df[(df.criterion == "wanda") & (df.sparsity == 0.5)].iloc[0]
     assert row["loss"] == pytest.approx(ev["loss"], rel=1e-5)
     html = (tmp_path / "report.html").read_text()
