@@ -9,6 +9,10 @@ Sources (``list_datasets()``):
   scan's bounds ``max_pixels``, ``max_files``, ``max_depth``, ``max_seconds``, ``roots``,
   ``cancel``; see ``core.data.folder``).
 
+A model's own preprocessing and labels: ``preprocessing_of(model)``, ``to_model_input``,
+``labels_of(model)``, ``top_k(model, logits)`` (``core.data.preprocess``, ``core.data.labels``);
+``default_photos()`` are the shipped photographs.
+
 Every dataset yields ``(image, label)`` with ``image`` float32 ``(3, H, W)`` in ``[0, 1]`` (no
 normalisation: models do their own) and has ``classes``, ``targets`` and ``image_size``.
 ``calibration_batch`` draws a class-balanced batch for data-driven pruning criteria.
@@ -37,6 +41,9 @@ from .common import (DataBudgetError, calibration_batch, check_data_budget,
 from .digits import DigitsDataset, make_digits
 from .folder import FolderDataset, FolderScanError, ScanCancelled, make_folder, scan_folder
 from .images import ImageError, ImageTooLargeError, decode_image
+from .labels import imagenet_classes, labels_of, match_class_folders, top_k, wnids_of
+from .photos import default_photos, photos_are_default
+from .preprocess import Preprocessing, pixel_values, preprocessing_of, to_model_input
 from .roots import DataPathError, data_roots, list_data_folders, resolve_under_roots
 from .shapes import SHAPE_CLASSES, ShapesDataset, make_shapes
 
@@ -49,17 +56,28 @@ __all__ = [
     "FolderScanError",
     "ImageError",
     "ImageTooLargeError",
+    "Preprocessing",
     "ScanCancelled",
     "ShapesDataset",
     "calibration_batch",
     "check_data_budget",
     "data_roots",
     "decode_image",
+    "default_photos",
+    "imagenet_classes",
+    "labels_of",
     "list_data_folders",
     "list_datasets",
     "load_dataset",
+    "match_class_folders",
+    "photos_are_default",
+    "pixel_values",
+    "preprocessing_of",
     "resolve_under_roots",
     "scan_folder",
+    "to_model_input",
+    "top_k",
+    "wnids_of",
 ]
 
 _BUILDERS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {
