@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -306,3 +307,41 @@ def test_shipped_photos_are_the_default_for_224_pixel_models():
     for im in photos.values():
         assert im.mode == "RGB" and max(im.size) <= 300
     assert photos_are_default((224, 224)) and not photos_are_default((32, 32))
+
+
+# ---------------------------------------------------------------------------- dashboard
+
+def test_photos_are_the_first_image_of_224_pixel_models_only():
+    from types import SimpleNamespace
+
+    from dashboard.state.ui import IMAGE_SOURCES, default_image, default_image_source
+
+    big, small = (SimpleNamespace(data=SimpleNamespace(image_size=s)) for s in ((224, 224),
+                                                                                (32, 32)))
+    assert IMAGE_SOURCES[default_image_source(big)] == "photo"
+    assert default_image(big).photo == "chelsea.jpg"
+    assert IMAGE_SOURCES[default_image_source(small)] == "validation sample"
+    assert default_image(small).index == 0 and not default_image(small).photo
+
+
+@pytest.mark.slow
+def test_rollout_and_attention_pages_show_top5_for_the_image_shown(runs_dir):
+    from test_dashboard import errors, make_app, ok
+
+    at = make_app(prune_pruners=["magnitude"], att_criteria=["magnitude"]).run()
+    at.switch_page("pages/rollout.py").run()
+    ok(at)
+    assert at.radio(key="ro_image_source").value == "validation sample"  # a 32-pixel model
+    at.radio(key="ro_image_source").set_value("photo").run()
+    ok(at)
+    assert not errors(at) and at.selectbox(key="ro_photo").value == "chelsea.jpg"
+    tops = [c.value for c in at.caption if c.value.startswith("Top 5")]
+    # dense and pruned, 5 named classes each with a confidence
+    assert len(tops) == 1 and len(re.findall(r"\*\*[^*]+\*\* \d+%", tops[0])) == 10
+    assert "Top 5, dense: **" in tops[0] and "Top 5, magnitude at 50%: **" in tops[0]
+    assert {m.label: m.value for m in at.metric}["True class"] == "unknown (chelsea.jpg)"
+    at.switch_page("pages/attention.py").run()
+    ok(at)
+    assert not errors(at)
+    tops = [c.value for c in at.caption if c.value.startswith("Top 5, dense model: ")]
+    assert len(tops) == 1 and len(re.findall(r"\*\*[^*]+\*\* \d+%", tops[0])) == 5

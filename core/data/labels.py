@@ -129,11 +129,15 @@ def labels_from_timm(label_names: object, label_descriptions: object, num_classe
     return names, wnids
 
 
-def labels_of(model: nn.Module) -> tuple[str, ...]:
+def labels_of(model: nn.Module, fallback: Sequence[str] | None = None) -> tuple[str, ...]:
     """The name of each output of ``model``: the loader's (``model.labels``), else
-    ``"class 0"``, ``"class 1"``, …"""
+    ``fallback`` (a dataset's classes, say), else ``"class 0"``, ``"class 1"``, …"""
     labels = getattr(model, "labels", None)
-    return tuple(labels) if labels else tuple(f"class {i}" for i in range(model.num_classes))
+    if labels:
+        return tuple(labels)
+    if fallback is not None:
+        return tuple(fallback)
+    return tuple(f"class {i}" for i in range(model.num_classes))
 
 
 def wnids_of(model: nn.Module) -> tuple[str, ...] | None:
@@ -173,8 +177,9 @@ def match_class_folders(folders: Sequence[str], names: Sequence[str],
         elif hits:
             unmatched[folder] = f"ambiguous ({len(hits)} labels)"
         else:
-            unmatched[folder] = ("a WordNet id the model does not have" if WNID.match(folder)
-                                 else "no such label")
+            unmatched[folder] = ("no such label" if not WNID.match(folder) else
+                                 "a WordNet id the model does not have" if wnids else
+                                 "a WordNet id; the model's labels have none")
     return matched, unmatched
 
 

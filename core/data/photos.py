@@ -10,6 +10,8 @@ from PIL import Image
 from .labels import ASSETS
 
 PHOTOS_DIR = ASSETS / "photos"
+DEFAULT_PHOTO = "chelsea.jpg"
+"""The one shown first (a cat: ImageNet has five kinds)."""
 PHOTO_SIDE = 224
 """Models whose input is this many pixels a side get the photos as their default images."""
 

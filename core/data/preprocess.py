@@ -36,6 +36,7 @@ a shorter side of 256) is refused before it is allocated.
 """
 from __future__ import annotations
 
+import io
 import math
 import warnings
 from collections.abc import Mapping
@@ -46,8 +47,8 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from .images import _HIGH_BIT_MODES, DEFAULT_MAX_PIXELS, PIL_ERRORS, ImageError, \
-    ImageTooLargeError, _check_finite, _describe, too_large_message
+from .images import (_HIGH_BIT_MODES, DEFAULT_MAX_PIXELS, NOT_AN_IMAGE, PIL_ERRORS, ImageError,
+                     ImageTooLargeError, _check_finite, _describe, open_image, too_large_message)
 
 FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
@@ -407,6 +408,23 @@ def to_model_input(im: Image.Image, prep: Preprocessing, max_pixels: int = DEFAU
     if a.ndim == 2:  # grey in [0, 1] as float32
         return torch.from_numpy(np.array(a)).unsqueeze(0).expand(3, -1, -1).clone()
     return torch.from_numpy(np.array(a)).permute(2, 0, 1).float().div_(255.0)
+
+
+def decode_for_model(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     exif: bool = True) -> Tensor:
+    """An uploaded file's bytes → :func:`to_model_input`: ``core.data.images.decode_image``'s
+    checks (size from the header before any pixel is decoded, accepted formats, JPEG scans),
+    then ``prep``'s resize and crop. Errors as ``decode_image``'s."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"decode_for_model takes the file's bytes; got {type(data).__name__}")
+    if len(data) == 0:
+        raise ImageError("empty file: " + NOT_AN_IMAGE)
+    with open_image(io.BytesIO(data), max_pixels) as im:
+        try:
+            im.load()
+        except PIL_ERRORS as err:
+            raise ImageError(f"damaged {im.format} file ({_describe(err)})") from None
+        return to_model_input(im, prep, max_pixels, exif)
 
 
 def pixel_values(im: Image.Image, prep: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS,
