@@ -2,9 +2,10 @@
 
 Oracles: transformers' own PIL image processors (ViT, DeiT, BiT for ``shortest_edge``; the
 slow ones of transformers 4, the ``…Pil`` ones transformers 5 falls back to without
-torchvision) and models; for timm (not installed here) its documented eval transform written out below with
-PIL and numpy the way torchvision computes it (``Resize`` output size, ``CenterCrop``'s
-``round`` and its padding, ``ToTensor``, ``Normalize``), independently of the code under test.
+torchvision) and models; for timm (not installed here) its documented eval transform written
+out below with PIL and numpy the way torchvision computes it (``Resize`` output size,
+``CenterCrop``'s ``round`` and its padding, ``ToTensor``, ``Normalize``), independently of the
+code under test.
 """
 from __future__ import annotations
 
