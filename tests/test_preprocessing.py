@@ -124,7 +124,8 @@ def test_hf_folder_model_sees_what_transformers_sees(tmp_path):
     ref = torch.from_numpy(processor(images=ims, return_tensors="np")["pixel_values"])
     with torch.no_grad():
         torch.testing.assert_close(ours(x), hf(ref).logits, atol=1e-4, rtol=0)
-    assert ours.labels == tuple(f"LABEL_{i}" for i in range(5)) and ours.wnids is None
+    # transformers' placeholders LABEL_0 … LABEL_4 are no names
+    assert ours.labels is None and ours.wnids is None
 
 
 def test_processor_that_does_not_fit_the_model_warns_and_resizes_to_it(tmp_path):
@@ -245,6 +246,7 @@ def test_label_readers():
     assert names[1] == "goldfish, Carassius auratus" and wnids[999] == "n15075141"
     assert labels_from_timm(None, None, 1000)[1][0] == "n01440764"
     assert labels_from_hf(None, 7) == (None, None)
+    assert labels_from_hf({str(i): f"LABEL_{i}" for i in range(7)}, 7) == (None, None)
     long = labels_from_hf({"0": "x" * 5000, "1": "y"}, 2)[0]
     assert len(long[0]) == 200 and long[0].endswith("…")
     with pytest.raises(ValueError, match="keys 0 to 2"):
@@ -300,6 +302,26 @@ def test_a_strip_that_would_resize_huge_is_refused_before_allocation():
     strip = Image.new("RGB", (20000, 10))
     with pytest.raises(ImageTooLargeError, match="resizing a 20000x10 picture"):
         to_model_input(strip, prep, max_pixels=1_000_000)
+
+
+def test_uploads_decode_through_the_models_preprocessing_with_decode_images_checks():
+    from core.data.images import ImageError, decode_image
+    from core.data.preprocess import decode_for_model
+
+    import io
+    buf = io.BytesIO()
+    pictures([(40, 30)])[0].save(buf, "PNG")
+    prep = Preprocessing(resize=20, crop=(16, 16))
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        assert torch.equal(decode_for_model(buf.getvalue(), prep), to_model_input(im, prep))
+    default = preprocessing_of(build_model("vit-tiny", num_classes=3))  # 32x32, no processor
+    assert torch.equal(decode_for_model(buf.getvalue(), default),
+                       decode_image(buf.getvalue(), size=(32, 32)))
+    for junk, why in ((b"hello", "not an image Pillow can read"), (b"", "empty file")):
+        with pytest.raises(ImageError, match=why):
+            decode_for_model(junk, prep)
+    with pytest.raises(ImageTooLargeError):
+        decode_for_model(buf.getvalue(), prep, max_pixels=100)
 
 
 def test_shipped_photos_are_the_default_for_224_pixel_models():

@@ -73,7 +73,9 @@ def labels_from_hf(id2label: Mapping | None, num_classes: int, where: str = "con
 
     No ``id2label``: ``(None, None)``, except for 1000 outputs (ImageNet-1k's names and ids).
     ``wnids`` is ImageNet-1k's when :func:`_is_imagenet` says the names are; placeholder names
-    ``LABEL_i`` of an ImageNet-1k model are replaced by ImageNet-1k's.
+    ``LABEL_i`` (what transformers writes when nobody named the classes) are no names: those of
+    an ImageNet-1k model become ImageNet-1k's, others ``(None, None)``, so that a fine-tuned
+    model's outputs take a dataset's class names and its folders are read in the plain way.
 
     Raises:
         ValueError: keys that are not exactly ``0 … num_classes-1`` or names that are not text.
@@ -91,6 +93,8 @@ def labels_from_hf(id2label: Mapping | None, num_classes: int, where: str = "con
     if not all(isinstance(n, str) for n in names):
         raise ValueError(f"{where}: id2label values must be text")
     if not _is_imagenet(names):
+        if all(_GENERIC.match(n) for n in names):
+            return None, None
         return tuple(_cut(n) for n in names), None
     wnids = tuple(w for w, _ in imagenet_classes())
     if all(_GENERIC.match(n) for n in names):
