@@ -349,6 +349,7 @@ def test_photos_are_the_first_image_of_224_pixel_models_only():
 
 @pytest.mark.slow
 def test_rollout_and_attention_pages_show_top5_for_the_image_shown(runs_dir):
+    """And the shipped photos are a source on the pages that pick an image."""
     from test_dashboard import errors, make_app, ok
 
     at = make_app(prune_pruners=["magnitude"], att_criteria=["magnitude"]).run()
@@ -368,3 +369,8 @@ def test_rollout_and_attention_pages_show_top5_for_the_image_shown(runs_dir):
     assert not errors(at)
     tops = [c.value for c in at.caption if c.value.startswith("Top 5, dense model: ")]
     assert len(tops) == 1 and len(re.findall(r"\*\*[^*]+\*\* \d+%", tops[0])) == 5
+    # the Token merging page shares Rollout's image picker, photos included
+    at.switch_page("pages/tokens.py").run()
+    at.radio(key="tok_image_source").set_value("photo").run()
+    ok(at)
+    assert not errors(at) and at.selectbox(key="tok_photo").value == "chelsea.jpg"
