@@ -15,14 +15,14 @@ from pathlib import Path
 
 import streamlit as st
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from core import study
 from core.data import ImageError, Preprocessing, load_dataset, preprocessing_of
+from core.data.common import data_budget_bytes
 from core.data.photos import photo_path
 from core.data.preprocess import decode_for_model, to_model_input
-from PIL import Image
-from core.data.common import data_budget_bytes
 from core.models import CheckpointError, build_model, checkpoint_info, load_model, load_weights
 from core.models.checkpoint import one_line
 from core.models.registry import load_folder
