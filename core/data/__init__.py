@@ -7,7 +7,15 @@ Sources (``list_datasets()``):
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (option ``val_fraction=0.2``).
 - ``folder``: one sub-folder per class on disk (options ``root``, ``val_fraction=0.2``, and the
   scan's bounds ``max_pixels``, ``max_files``, ``max_depth``, ``max_seconds``, ``roots``,
-  ``cancel``; see ``core.data.folder``).
+  ``cancel``; see ``core.data.folder``). With ``model=`` (or ``labels=``/``wnids=``/
+  ``preprocessing=``) it is an ImageNet-style folder: class folders named by WordNet id or
+  label name are matched onto the model's outputs and images are preprocessed as the model's
+  own processor does (``core.data.imagenet``, ``core.data.preprocess``).
+
+A model's own preprocessing and labels: ``preprocessing_of(model)``, ``to_model_input``,
+``labels_of(model)``, ``top_k(model, logits)`` (``core.data.preprocess``, ``core.data.labels``);
+``default_photos()`` are the shipped photographs; ``iterate_batches`` streams a dataset from
+disk through a ``DataLoader`` (``core.data.stream``).
 
 Every dataset yields ``(image, label)`` with ``image`` float32 ``(3, H, W)`` in ``[0, 1]`` (no
 normalisation: models do their own) and has ``classes``, ``targets`` and ``image_size``.
@@ -37,8 +45,13 @@ from .common import (DataBudgetError, calibration_batch, check_data_budget,
 from .digits import DigitsDataset, make_digits
 from .folder import FolderDataset, FolderScanError, ScanCancelled, make_folder, scan_folder
 from .images import ImageError, ImageTooLargeError, decode_image
+from .imagenet import NoMatchingClassError
+from .labels import imagenet_classes, labels_of, match_class_folders, top_k, wnids_of
+from .photos import default_photos, photos_are_default
+from .preprocess import Preprocessing, pixel_values, preprocessing_of, to_model_input
 from .roots import DataPathError, data_roots, list_data_folders, resolve_under_roots
 from .shapes import SHAPE_CLASSES, ShapesDataset, make_shapes
+from .stream import iterate_batches
 
 __all__ = [
     "SHAPE_CLASSES",
@@ -49,17 +62,30 @@ __all__ = [
     "FolderScanError",
     "ImageError",
     "ImageTooLargeError",
+    "NoMatchingClassError",
+    "Preprocessing",
     "ScanCancelled",
     "ShapesDataset",
     "calibration_batch",
     "check_data_budget",
     "data_roots",
     "decode_image",
+    "default_photos",
+    "imagenet_classes",
+    "iterate_batches",
+    "labels_of",
     "list_data_folders",
     "list_datasets",
     "load_dataset",
+    "match_class_folders",
+    "photos_are_default",
+    "pixel_values",
+    "preprocessing_of",
     "resolve_under_roots",
     "scan_folder",
+    "to_model_input",
+    "top_k",
+    "wnids_of",
 ]
 
 _BUILDERS: dict[str, Callable[..., tuple[Dataset, Dataset]]] = {

@@ -35,11 +35,12 @@ import stat
 import threading
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch import Tensor
+import numpy as np
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .common import (check_data_budget, check_num_classes, stratified_split,
@@ -47,6 +48,9 @@ from .common import (check_data_budget, check_num_classes, stratified_split,
 from .fs import NotARegularFileError, file_kind, open_regular, pseudo_filesystems
 from .images import (DEFAULT_MAX_PIXELS, ImageError, ImageTooLargeError, check_image,
                      open_image, to_tensor)
+from .imagenet import LabelMatcher
+from .labels import labels_of, wnids_of
+from .preprocess import Preprocessing, preprocessing_of, to_model_input
 from .roots import DataPathError, is_under
 
 _EXAMPLES_IN_WARNING = 3
@@ -70,12 +74,19 @@ class ScanCancelled(Exception):
 class FolderDataset(Dataset):
     """Lazily decoded images from ``samples`` of ``(path, label)``.
 
+    Paths and labels are kept in numpy arrays, not a list of tuples: ``DataLoader`` workers
+    forked from this process then share them, where Python objects would be copied page by
+    page into every worker as their reference counts are touched.
+
     Attributes:
-        classes: class folder names, label ``k`` is ``classes[k]``.
-        samples: ``(path, label)`` per sample.
+        classes: class names, label ``k`` is ``classes[k]`` (the folder names, or a model's
+            label names when the folders were matched onto them).
         targets: ``(N,)`` label per sample.
+        samples: ``(path, label)`` per sample (a list built on access).
         image_size: ``(H, W)``.
         max_pixels: images over this many pixels are refused before decoding.
+        preprocessing: how a picture becomes an image (``core.data.preprocess``); None:
+            ``to_tensor``'s bilinear resize to ``image_size``.
     """
 
     def __init__(
@@ -84,26 +95,38 @@ class FolderDataset(Dataset):
         classes: Sequence[str],
         image_size: int | tuple[int, int],
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        preprocessing: Preprocessing | None = None,
     ) -> None:
         self.image_size = validate_image_size(image_size)
+        if preprocessing is not None and preprocessing.output_size != self.image_size:
+            raise ValueError(f"the preprocessing gives {preprocessing.output_size} images, not "
+                             f"image_size {self.image_size}: {preprocessing.describe()}")
+        self.preprocessing = preprocessing
         # images are decoded and resized on access, one at a time: each must fit
         check_data_budget(1, self.image_size, "folder dataset", "")
         self.classes = list(classes)
         check_num_classes(self.classes, "folder dataset")
-        self.samples = [(str(p), int(y)) for p, y in samples]
-        self.targets: list[int] = [y for _, y in self.samples]
+        self._paths = np.array([os.fsencode(str(p)) for p, _ in samples], dtype=np.bytes_)
+        self._labels = np.array([int(y) for _, y in samples], dtype=np.int64)
+        self.targets: list[int] = self._labels.tolist()
         self.max_pixels = _positive_int(max_pixels, "max_pixels")
         self._pseudo = pseudo_filesystems()  # once, not per item
 
+    @property
+    def samples(self) -> list[tuple[str, int]]:
+        return [(os.fsdecode(p), int(y)) for p, y in zip(self._paths, self._labels)]
+
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self._labels)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         """Return ``(image (3, H, W) float32 in [0, 1], label)``; ``OSError`` names a bad file."""
-        path, label = self.samples[index]
+        path, label = os.fsdecode(self._paths[index]), int(self._labels[index])
         try:
             with open_regular(path, self._pseudo) as f, open_image(f, self.max_pixels) as im:
-                return to_tensor(im, self.image_size), label
+                if self.preprocessing is None:
+                    return to_tensor(im, self.image_size), label
+                return to_model_input(im, self.preprocessing, self.max_pixels), label
         except (OSError, ImageError) as err:  # the scan passed it, so the file changed since
             raise OSError(f"could not read image {path}: {err}") from err
 
@@ -222,6 +245,8 @@ def scan_folder(
     max_seconds: float = DEFAULT_MAX_SECONDS,
     roots: Sequence[str | os.PathLike[str]] | None = None,
     cancel: threading.Event | None = None,
+    select: Callable[[list[str]], Collection[str]] | None = None,
+    min_classes: int = 2,
 ) -> tuple[list[tuple[str, int]], list[str]]:
     """Find the classes and readable images under ``root``; warn once about skipped files.
 
@@ -234,6 +259,9 @@ def scan_folder(
         roots: if given, ``root`` and every symlink followed must resolve inside one of these
             (the dashboard passes ``core.data.roots.data_roots()``).
         cancel: set it (from another thread) to stop the scan within one entry.
+        select: given the class folder names (sorted), returns those to scan; the others are
+            not entered (``core.data.imagenet`` matches them to a model's labels here).
+        min_classes: fewer class folders with readable images is a ValueError.
 
     Returns:
         ``(samples, classes)``: ``(path, label)`` pairs sorted by class then path, and class names.
@@ -289,6 +317,9 @@ def scan_folder(
         raise ValueError(
             f"no class sub-folders in {str(root_path)!r}: expected one sub-folder per class, "
             f"e.g. root/healthy/img1.png, root/rust/img2.png")
+    if select is not None:
+        chosen = set(select([e.name for e in class_dirs]))
+        class_dirs = [e for e in class_dirs if e.name in chosen]
 
     readable: dict[str, list[str]] = {}
     bad: list[str] = []
@@ -334,10 +365,10 @@ def scan_folder(
             f"no readable images in the class sub-folders of {str(root_path)!r} "
             f"({len(class_dirs)} folder(s), {len(bad)} unreadable file(s), {len(too_large)} "
             f"too large, {len(scan.special)} special file(s))")
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise ValueError(
-            f"folder dataset needs at least 2 classes with images; {str(root_path)!r} "
-            f"has only {classes!r}")
+            f"folder dataset needs at least {min_classes} classes with images; "
+            f"{str(root_path)!r} has only {classes!r}")
     samples = [(path, k) for k, name in enumerate(classes) for path in readable[name]]
     return samples, classes
 
@@ -353,31 +384,63 @@ def make_folder(
     max_seconds: float = DEFAULT_MAX_SECONDS,
     roots: Sequence[str | os.PathLike[str]] | None = None,
     cancel: threading.Event | None = None,
+    model: nn.Module | None = None,
+    labels: Sequence[str] | None = None,
+    wnids: Sequence[str] | None = None,
+    preprocessing: Preprocessing | None = None,
 ) -> tuple[FolderDataset, FolderDataset]:
     """Train and val ``FolderDataset`` over ``root``, split stratified by class per ``seed``.
 
-    The other options are :func:`scan_folder`'s; ``max_pixels`` also bounds every later decode.
+    The scan options are :func:`scan_folder`'s; ``max_pixels`` also bounds every later decode.
+
+    Matching a model (ImageNet-style folders, ``core.data.imagenet``): given ``labels`` (a
+    name per model output; ``model=`` gives its own), the class folders are matched onto them
+    by WordNet id (through ``wnids``) or name, a subset of classes is fine, and labels are the
+    model's output ids (``classes`` is ``labels``). ``preprocessing`` (``model=`` gives its
+    own) replaces the plain bilinear resize: its output size must be ``image_size``.
+    ``val_fraction=1.0`` makes every image a validation image; the training split is then the
+    same images (a calibration batch for data-driven criteria is drawn from them).
 
     Raises:
-        ValueError: as :func:`scan_folder`, or the validation split would be empty (every class
-            has a single image, which stays in train).
+        ValueError: as :func:`scan_folder`, the validation split would be empty (every class
+            has a single image, which stays in train), or (:class:`NoMatchingClassError`) no
+            class folder matches ``labels``.
     """
     if root is None:
         raise ValueError("the folder dataset needs root=<directory with one sub-folder per class>")
     seed = validate_seed(seed)
-    check_data_budget(1, validate_image_size(image_size), "folder dataset", "")  # before the scan
-    samples, classes = scan_folder(root, max_pixels=max_pixels, max_files=max_files,
-                                   max_depth=max_depth, max_seconds=max_seconds, roots=roots,
-                                   cancel=cancel)
+    size = validate_image_size(image_size)
+    check_data_budget(1, size, "folder dataset", "")  # before the scan
+    if not isinstance(val_fraction, (int, float)) or not 0.0 < float(val_fraction) <= 1.0:
+        raise ValueError(f"val_fraction must be a number in (0, 1]; got {val_fraction!r}")
+    if model is not None:
+        preprocessing = preprocessing or preprocessing_of(model)
+        if labels is None and getattr(model, "labels", None):
+            labels, wnids = labels_of(model), wnids_of(model)
+    if preprocessing is not None and preprocessing.output_size != size:
+        raise ValueError(f"the model's preprocessing gives {preprocessing.output_size} images, "
+                         f"not image_size {size}: {preprocessing.describe()}")
+    scan = dict(max_pixels=max_pixels, max_files=max_files, max_depth=max_depth,
+                max_seconds=max_seconds, roots=roots, cancel=cancel)
+    if labels is not None:
+        matcher = LabelMatcher(str(root), labels, wnids)
+        found, folders = scan_folder(root, select=matcher, min_classes=1, **scan)
+        samples = [(path, matcher.matched[folders[k]]) for path, k in found]
+        classes = list(labels)
+    else:
+        samples, classes = scan_folder(root, **scan)
+    if float(val_fraction) == 1.0:
+        every = FolderDataset(samples, classes, size, max_pixels, preprocessing)
+        return every, every
     train_idx, val_idx = stratified_split([y for _, y in samples], val_fraction, seed)
     if len(val_idx) == 0:  # every class has a single image: it stays in train
         raise ValueError(
             f"the validation split of {str(root)!r} is empty: {len(samples)} images in "
-            f"{len(classes)} classes, one per class; a class gives images to validation only "
-            f"from its second image on, so each class needs at least 2 images")
+            f"{len(set(y for _, y in samples))} classes, one per class; a class gives images to "
+            f"validation only from its second image on, so each class needs at least 2 images")
     return (
-        FolderDataset([samples[i] for i in train_idx], classes, image_size, max_pixels),
-        FolderDataset([samples[i] for i in val_idx], classes, image_size, max_pixels),
+        FolderDataset([samples[i] for i in train_idx], classes, size, max_pixels, preprocessing),
+        FolderDataset([samples[i] for i in val_idx], classes, size, max_pixels, preprocessing),
     )
 
 

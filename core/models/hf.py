@@ -22,9 +22,11 @@ so does PruneLens where config.json names transformers 5 as its writer. A ``head
 (transformers 5: fewer heads of the same size in every layer) sets the head size; without it a
 head is ``hidden_size / num_attention_heads`` wide. The image mean/std come from
 ``preprocessor_config.json`` (transformers' defaults 0.5/0.5 when absent) and are folded so the
-returned model takes images in [0, 1]. A hub id (``org/name``) is found in the local cache
-(``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``) here, and
-downloaded into it by :mod:`core.models.hub`.
+returned model takes images in [0, 1]; the processor's resize / crop and the ``id2label`` names
+are attached as ``model.preprocessing``, ``model.labels`` and ``model.wnids``
+(``core.data.preprocess``, ``core.data.labels``). A hub id (``org/name``) is found in the
+local cache (``HF_HUB_CACHE``, else ``HF_HOME``/hub, else ``~/.cache/huggingface/hub``) here,
+and downloaded into it by :mod:`core.models.hub`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,9 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from core.data.labels import labels_from_hf
+from core.data.preprocess import Preprocessing, attach_inputs, fit_to_model, from_hf_processor
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_json, read_weights
 from .config_checks import (MAX_CHANNELS, MAX_CLASSES, MAX_DEPTH, MAX_HEADS, check_block,
@@ -202,6 +207,23 @@ def _written_by_transformers_5(cfg: dict) -> bool:
     version = cfg.get("transformers_version")
     found = _VERSION.match(version[:20]) if isinstance(version, str) else None
     return found is not None and int(found.group(1)) >= 5
+
+
+def image_inputs(folder: Path, pre: dict, cfg: dict, fields: dict
+                 ) -> tuple[Preprocessing, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """The processor's resize / crop / interpolation (``core.data.preprocess``) from
+    ``preprocessor_config.json``'s contents ``pre``, fitted to the model's input size, and the
+    output names and WordNet ids from ``id2label`` (``core.data.labels``); CheckpointError
+    naming the field otherwise."""
+    folder = Path(folder)
+    try:
+        prep = from_hf_processor(pre, fields["img_size"], fields["in_chans"], HF_DEFAULT_MEAN,
+                                 HF_DEFAULT_STD, f"preprocessor_config.json in {_name(folder)}")
+        names, wnids = labels_from_hf(cfg.get("id2label"), fields["num_classes"],
+                                      f"config.json in {_name(folder)}")
+    except ValueError as e:
+        raise _error(str(e)) from None
+    return fit_to_model(prep, fields["img_size"], _name(folder)), names, wnids
 
 
 def _pruned_heads(cfg: dict, depth: int, heads: int, where: str) -> dict[int, set[int]]:
@@ -400,7 +422,8 @@ def _load_hf_folder(folder: Path, cfg: dict | None) -> VisionTransformer:
     where = f"config.json in {_name(folder)}"
     _architecture(cfg, {}, where)  # an unsupported one is refused before any weights are read
     fields = hf_config_fields(cfg, where)  # sizes checked before anything is read or built
-    mean, std, _ = preprocessing(folder, fields["in_chans"])
+    mean, std, pre = preprocessing(folder, fields["in_chans"])
+    inputs = image_inputs(folder, pre, cfg, fields)
     weights = saved_names(read_weights(folder))
     arch = _architecture(cfg, weights, where)
     try:
@@ -420,7 +443,7 @@ def _load_hf_folder(folder: Path, cfg: dict | None) -> VisionTransformer:
                                               source=str(folder), skeleton=skeleton)
     model.preset = ""
     model.source = f"Hugging Face {arch} ({folder})"
-    return model.eval()
+    return attach_inputs(model, *inputs).eval()
 
 
 # ---------------------------------------------------------------------------- dispatch

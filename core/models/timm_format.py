@@ -8,7 +8,10 @@ options and sizes are read from the keys and shapes (``cls_token``, ``dist_token
 count is not in any shape: a timm folder's ``model_args`` may give it, else timm's width → heads
 table for its ViT/DeiT sizes is used. A timm folder (``push_to_hf_hub`` / ``save_pretrained``
 layout) has ``config.json`` with ``architecture``, ``num_classes`` and ``pretrained_cfg``
-(``mean``, ``std``, ``input_size``) next to ``model.safetensors``.
+(``mean``, ``std``, ``input_size``) next to ``model.safetensors``; its eval transform
+(``crop_pct``, ``interpolation``, ``crop_mode``) and ``label_names`` are attached as
+``model.preprocessing``, ``model.labels`` and ``model.wnids`` (``core.data.preprocess``,
+``core.data.labels``).
 """
 from __future__ import annotations
 
@@ -18,6 +21,9 @@ import warnings
 from pathlib import Path
 
 from torch import Tensor
+
+from core.data.labels import labels_from_timm
+from core.data.preprocess import Preprocessing, attach_inputs, fit_to_model, from_timm_cfg
 
 from .checkpoint import SUPPORTED, CheckpointError, _error, one_line, read_weights
 from .config_checks import (MAX_CLASSES, MAX_DEPTH, MAX_HEADS, json_bool, json_dict, json_int,
@@ -288,6 +294,24 @@ def _timm_fields(cfg: dict, where: str) -> dict:
                 global_pool=pool, no_embed_class=no_embed_class)
 
 
+def timm_inputs(folder: Path, cfg: dict, config: ViTConfig
+                ) -> tuple[Preprocessing, tuple[str, ...] | None, tuple[str, ...] | None]:
+    """timm's eval transform from ``pretrained_cfg`` (``core.data.preprocess``), fitted to the
+    model's input size, and the output names and WordNet ids from ``label_names`` /
+    ``label_descriptions`` (``core.data.labels``); CheckpointError naming the field otherwise."""
+    where = f"config.json in {_name(folder)}"
+    pre = cfg.get("pretrained_cfg") or {}
+    try:
+        prep = from_timm_cfg(pre, config.img_size, config.in_chans, f"{where}: pretrained_cfg")
+        names, wnids = labels_from_timm(
+            cfg.get("label_names", pre.get("label_names")),
+            cfg.get("label_descriptions", pre.get("label_descriptions")), config.num_classes,
+            where)
+    except ValueError as e:
+        raise _error(str(e)) from None
+    return fit_to_model(prep, config.img_size, _name(folder)), names, wnids
+
+
 def _load_timm_folder(folder: Path, cfg: dict) -> VisionTransformer:
     where = f"config.json in {_name(folder)}"
     try:
@@ -298,4 +322,4 @@ def _load_timm_folder(folder: Path, cfg: dict) -> VisionTransformer:
     config = timm_vit_config(sd, source=_name(folder), **options)
     model = _build(sd, config, _name(folder))
     model.source = f"timm {cfg['architecture']} ({folder})"
-    return model
+    return attach_inputs(model, *timm_inputs(folder, cfg, config))

@@ -24,12 +24,18 @@ with state.page_errors():
     # upload in progress never resets them (Streamlit forgets widgets a run did not draw)
     c_img, c_view = st.columns([1, 2], gap="medium")
     with c_img:
-        src = st.radio("Image", ["validation sample", "upload"], key="att_image_source",
-                       horizontal=True, persist_state=KEEP)
-        up, idx = None, 0
+        state.widget_follow("att_image_source",
+                            state.IMAGE_SOURCES[state.default_image_source(s)])
+        src = st.radio("Image", state.IMAGE_SOURCES, key="att_image_source", horizontal=True,
+                       persist_state=KEEP)
+        up, idx, photo = None, 0, ""
         if src == "upload":
             up = st.file_uploader("Picture (PNG, JPEG, …)", type=list(state.IMAGE_SUFFIXES),
                                   key="att_upload", max_upload_size=state.MAX_IMAGE_MB)
+        elif src == "photo":
+            state.widget_default("att_photo", state.DEFAULT_PHOTO)
+            photo = st.selectbox("Photo (public domain, see assets/README.md)",
+                                 state.photo_names(), key="att_photo", persist_state=KEEP)
         else:
             idx = st.number_input(f"Sample (0–{len(s.val_set) - 1})", 0, len(s.val_set) - 1,
                                   value=0, step=1, key="att_sample", persist_state=KEEP)
@@ -65,7 +71,7 @@ with state.page_errors():
         criteria = st.multiselect("Rows: criteria", crit_options, key="att_criteria",
                                   format_func=state.pruner_label, max_selections=6,
                                   persist_state=KEEP)
-    ref = state.chosen_image(s, src, up, idx)
+    ref = state.chosen_image(s, src, up, idx, photo)
     image, label = state.image_tensor(s, ref)
     if not criteria:
         st.info("Choose at least one criterion for the rows.")
@@ -88,7 +94,7 @@ with state.page_errors():
     what = (f"block {view.layer + 1}, " + ("mean of heads" if view.head is None
                                            else f"head {view.head + 1}")
             if view.mode == "cls" else f"rollout ({view.fusion}, discard {view.discard:.0%})")
-    who = plain(s.classes[label]) if label is not None else "uploaded"
+    who = plain(state.image_name(s, ref, label))
     st.plotly_chart(
         plots.image_grid(grid.cells, criteria, cols, captions=captions, hover=hover,
                          left=grid.image, left_label=f"input ({who})",
@@ -99,6 +105,7 @@ with state.page_errors():
     st.caption(state.scale_note(grid.vmax) + " Under each cell: cosine similarity of its "
                "CLS→patch map to the dense model's (1.00 = the same map). Unstructured criteria "
                "mask weights; structured ones remove heads and channels.")
+    st.caption(state.top5_text("dense model", state.top5(s.key(criteria[0], 0.0), ref, image)))
     sim = pd.DataFrame(grid.similarity, index=criteria, columns=cols)
 
     # ---- per-head maps of one block, before vs after

@@ -38,7 +38,7 @@ with state.page_errors():
         who = "dense" if name == "dense" else f"{crit} {sparsity}%"
         return f"{who}<br>{plain(s.classes[e['pred']])} {e['prob']:.0%}"
 
-    truth = "uploaded" if label is None else plain(s.classes[label])
+    truth = plain(state.image_name(s, ref, label))
     rows = [[state.heat_cell(image, ex[n]["heats"][m]) for m in state.METHODS]
             for n in ("dense", "pruned")]
     st.plotly_chart(
@@ -49,11 +49,14 @@ with state.page_errors():
                                f"“{plain(s.classes[ex['dense']['target']])}”"),
         key="ro_chart", config={"displayModeBar": False}, width="content")
     m1, m2, m3 = st.columns(3)
-    m1.metric("True class", "unknown (upload)" if label is None else truth)
+    m1.metric("True class", truth if label is not None else
+              "unknown (upload)" if ref.digest else f"unknown ({truth})")
     m2.metric("Dense prediction", s.classes[ex["dense"]["pred"]],
               f"{ex['dense']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
     m3.metric(f"{md(crit)} {sparsity}% prediction", s.classes[ex["pruned"]["pred"]],
               f"{ex['pruned']['prob']:.0%} confident", delta_color="off", delta_arrow="off")
+    st.caption(state.top5_text("dense", state.top5(key.at(0.0), ref, image)) + "  \n"
+               + state.top5_text(f"{md(crit)} at {sparsity}%", state.top5(key, ref, image)))
     st.caption("Attention rollout (Abnar & Zuidema 2020) multiplies the head-fused attention of "
                "all blocks; gradient rollout weighs each block's attention by the gradient of "
                "the class score. Saliency is |∂score/∂pixel|; integrated gradients integrate it "

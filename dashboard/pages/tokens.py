@@ -34,7 +34,7 @@ with state.page_errors():
     captions = [[f"{n - 1} patch tokens" for n in v.tokens[1 + i:1 + i + per_row]]
                 for i in range(0, len(cells), per_row)]
     captions[-1] += [""] * (per_row - len(captions[-1]))
-    truth = "uploaded" if label is None else plain(s.classes[label])
+    truth = plain(state.image_name(s, ref, label))
     st.plotly_chart(
         plots.image_grid(rows, [f"blocks {i + 1}–{min(i + per_row, depth)}"
                                 for i in range(0, len(cells), per_row)],

@@ -57,7 +57,8 @@ from .pruning import (collapsed_layers, cost, evaluation, forward_only, layer_ke
                       mask_layers, mask_matrix, nm_summary, pruned, pruned_model,
                       saliency_table, scores, score_distribution, warm_up)
 from .attention import (Grid, attention_grid, attention_maps, explanations,  # noqa: E402
-                        head_maps, num_blocks, num_heads, warm_up_grid, PRUNE_PAGE_SHOWN)
+                        head_maps, num_blocks, num_heads, top5, warm_up_grid, PRUNE_PAGE_SHOWN)
+from core.data.photos import DEFAULT_PHOTO, photo_names  # noqa: E402
 from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
 from .work import start as start_work, wait as wait_work  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
@@ -74,9 +75,11 @@ from .owners import (OTHER, OWN, SHARED, current_owner, owner_sidebar,  # noqa: 
 from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work,  # noqa: E402
                  heat_cell, image_cell, image_picker, model_note, no_class_token_note, overlay_cell, page_errors,
                  pruner_label, scale_note, sidebar_summary, untrained_notice)
+from .ui import IMAGE_SOURCES, default_image_source, image_name, top5_text  # noqa: E402
 
 __all__ = [
-    "chosen_image",
+    "chosen_image", "DEFAULT_PHOTO", "IMAGE_SOURCES", "default_image_source", "image_name",
+    "photo_names", "top5", "top5_text",
     "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
     "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
     "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",

@@ -12,11 +12,12 @@ from torch import Tensor
 
 from core import attention as attn
 from core import study
+from core.data import labels_of, top_k
 from core.models import token_layout
 from core.study import AttentionView
 
 from .cache import byte_cached
-from .data import base_model, image_tensor
+from .data import base_model, dataset, image_tensor
 from .keys import EXPECTED_ERRORS, ImageRef, ModelKey, PruneKey, Setup, cache_data, cache_resource
 from .pruning import forward_only, pruned_model
 from .ui import image_cell, overlay_cell
@@ -36,8 +37,9 @@ PRUNE_PAGE_SHOWN = threading.Event()
 
 def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     """Fill the caches of the default Attention page: the default grid criteria's scores and
-    the attention maps of every cell for validation image 0. Run by ``dashboard/app.py`` in
-    its background warm-up once a Prune page has been shown (or after ``wait_s``), one cell at
+    the attention maps of every cell for its first image (``ui.default_image``: validation
+    image 0, or a shipped photo for a 224-pixel model). Run by ``dashboard/app.py`` in its
+    background warm-up once a Prune page has been shown (or after ``wait_s``), one cell at
     a time whenever no page has run for ``session.QUIET_S``, so that it neither slows the pages
     a user is looking at nor leaves the first visit to the Attention page to compute; a
     criterion that fails is left to the page to report."""
@@ -45,12 +47,12 @@ def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
 
     from .data import setup
     from .keys import RATIOS, Experiment
-    from .ui import default_grid_criteria
+    from .ui import default_grid_criteria, default_image
 
     PRUNE_PAGE_SHOWN.wait(wait_s)
     exp = exp or Experiment()
     s = setup(exp)
-    ref = ImageRef(index=0)
+    ref = default_image(s)
     image, _ = image_tensor(s, ref)
     criteria = default_grid_criteria(exp)
     for crit in criteria:
@@ -132,3 +134,13 @@ def explanations(key: PruneKey, ref: ImageRef, fusion: str, discard: float,
     [0, 1] per method of ``study.METHODS`` (``study.explain``)."""
     return {name: study.explain(pruned_model(k).eval(), _image, target, fusion, discard)
             for name, k in (("dense", key.at(0.0)), ("pruned", key))}
+
+
+@cache_data(show_spinner=False, max_entries=64)
+def top5(key: PruneKey, ref: ImageRef, _image: Tensor) -> list[tuple[str, float]]:
+    """The 5 most probable classes of ``key``'s model for ``_image`` (keyed by ``ref``) with
+    their softmax confidences (``core.data.top_k``), named by the model's own labels
+    (``id2label`` / timm's ``label_names``), else by the dataset's classes."""
+    names = labels_of(base_model(key.model).model, dataset(key.data)[0].classes)
+    with forward_only(key) as net, torch.no_grad():
+        return top_k(net, net(_image[None]), k=5, names=names)

@@ -15,11 +15,14 @@ from pathlib import Path
 
 import streamlit as st
 import torch
+from PIL import Image
 from torch import Tensor, nn
 
 from core import study
-from core.data import ImageError, decode_image, load_dataset
+from core.data import ImageError, Preprocessing, load_dataset, preprocessing_of
 from core.data.common import data_budget_bytes
+from core.data.photos import photo_path
+from core.data.preprocess import decode_for_model, to_model_input
 from core.models import CheckpointError, build_model, checkpoint_info, load_model, load_weights
 from core.models.checkpoint import one_line
 from core.models.registry import load_folder
@@ -139,16 +142,17 @@ def _folder_model(path: str) -> nn.Module:
     return model.eval()
 
 
-def accept_image_upload(name: str, data: bytes, image_size: tuple[int, int]) -> ImageRef:
-    """Keep an uploaded picture in this session's upload folder and decode it (resized to
-    the model's input) → its reference. A file that is not an image, or one over
-    :data:`MAX_IMAGE_PIXELS`, raises ValueError with the reason (checked from its header)."""
+def accept_image_upload(name: str, data: bytes, prep: Preprocessing) -> ImageRef:
+    """Keep an uploaded picture in this session's upload folder and decode it (resized and
+    cropped as the model's own preprocessing ``prep`` says) → its reference. A file that is
+    not an image, or one over :data:`MAX_IMAGE_PIXELS`, raises ValueError with the reason
+    (checked from its header)."""
     if len(data) > MAX_IMAGE_MB * 2**20:
         raise ValueError(f"{name} is {len(data) / 2**20:.1f} MB; the limit for images is "
                          f"{MAX_IMAGE_MB} MB")
     path = uploads.save("image", name, data)
     try:
-        _image_file(str(path), tuple(image_size))  # cached: reruns do not decode again
+        _image_file(str(path), prep)  # cached: reruns do not decode again
     except ImageError as e:
         shutil.rmtree(path.parent, ignore_errors=True)  # a bad file is not kept
         raise ImageError(f"{name}: {e}") from None
@@ -156,15 +160,30 @@ def accept_image_upload(name: str, data: bytes, image_size: tuple[int, int]) -> 
 
 
 @cache_resource(show_spinner=False, max_entries=32)
-def _image_file(path: str, size: tuple[int, int]) -> Tensor:
+def _image_file(path: str, prep: Preprocessing) -> Tensor:
     """(3, H, W) in [0, 1]; pixel count checked from the header before decoding."""
-    return decode_image(Path(path).read_bytes(), size=size, max_pixels=MAX_IMAGE_PIXELS)
+    return decode_for_model(Path(path).read_bytes(), prep, max_pixels=MAX_IMAGE_PIXELS)
+
+
+@cache_resource(show_spinner=False, max_entries=32)
+def _photo(name: str, prep: Preprocessing) -> Tensor:
+    """A shipped photo as the model's input (3, H, W) in [0, 1]."""
+    with Image.open(photo_path(name)) as im:
+        return to_model_input(im, prep)
+
+
+def model_preprocessing(s: Setup) -> Preprocessing:
+    """How the base model turns a picture into its input (``core.data.preprocessing_of``)."""
+    return preprocessing_of(s.base.model)
 
 
 def image_tensor(s: Setup, ref: ImageRef) -> tuple[Tensor, int | None]:
-    """(3, H, W) in [0, 1] and its label (None for uploads: this session's only)."""
+    """(3, H, W) in [0, 1] and its label (None for uploads, this session's only, and for the
+    shipped photos)."""
     if ref.digest:
-        return _image_file(str(uploads.path("image", ref.digest)), s.data.image_size), None
+        return _image_file(str(uploads.path("image", ref.digest)), model_preprocessing(s)), None
+    if ref.photo:
+        return _photo(ref.photo, model_preprocessing(s)), None
     if not 0 <= ref.index < len(s.val_set):
         raise ValueError(f"sample index must be in [0, {len(s.val_set) - 1}]")
     img, label = s.val_set[ref.index]

@@ -10,6 +10,7 @@ import streamlit as st
 from torch import nn
 
 from core import study
+from core.data import Preprocessing
 from core.models import CheckpointError
 from core.pruning import pattern_sparsity
 
@@ -135,10 +136,12 @@ class PruneKey:
 
 @dataclass(frozen=True)
 class ImageRef:
-    """A validation sample (``index``) or an uploaded image (``digest``)."""
+    """A validation sample (``index``), an uploaded image (``digest``) or a shipped photo
+    (``photo``, a file name of ``core.data.photos``)."""
 
     index: int = 0
     digest: str = ""
+    photo: str = ""
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,6 @@ def _unstructured(pruner: str) -> bool:
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred
 # lookups a rerun); these keys are frozen dataclasses of plain values, so their repr is exact.
-_KEY_HASH = {cls: repr for cls in (DataKey, ModelKey, PruneKey, ImageRef)}
+_KEY_HASH = {cls: repr for cls in (DataKey, ModelKey, PruneKey, ImageRef, Preprocessing)}
 cache_data = functools.partial(st.cache_data, hash_funcs=_KEY_HASH)
 cache_resource = functools.partial(st.cache_resource, hash_funcs=_KEY_HASH)

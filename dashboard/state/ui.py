@@ -13,15 +13,18 @@ import torch
 from torch import Tensor
 
 from core import attention as attn
+from core.data import photos_are_default
+from core.data.photos import DEFAULT_PHOTO, photo_names
 from core.models import CheckpointError, get_adapter, token_layout
 from core.models.checkpoint import one_line
 from dashboard.text import md
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
-from .data import accept_image_upload, dense_cost
+from .data import accept_image_upload, dense_cost, model_preprocessing
 from .keys import (CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES, MAX_IMAGE_MB, Experiment,
                    ImageRef, Setup)
-from .widgets import set_flag, take_flag, use_trained_checkpoint
+from .widgets import (set_flag, take_flag, use_trained_checkpoint, widget_default,
+                      widget_follow)
 
 log = logging.getLogger("prunelens.dashboard")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes torch puts in its messages
@@ -254,28 +257,62 @@ def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3
     st.stop()
 
 
+IMAGE_SOURCES = ("validation sample", "photo", "upload")
+
+
+def default_image_source(s: Setup) -> int:
+    """Index in :data:`IMAGE_SOURCES` of the pages' first image: the shipped photos for
+    224-pixel models (``core.data.photos_are_default``), else a validation sample."""
+    return 1 if photos_are_default(s.data.image_size) else 0
+
+
+def default_image(s: Setup) -> ImageRef:
+    """The image the Attention page shows first (what the warm-up computes)."""
+    return ImageRef(photo=DEFAULT_PHOTO) if default_image_source(s) else ImageRef(index=0)
+
+
 def image_picker(where, s: Setup, prefix: str) -> ImageRef:
     """The image a page explains, chosen in ``where`` (a column): a validation sample by
-    index or an uploaded picture (widget keys ``{prefix}_image_source``, ``{prefix}_upload``,
-    ``{prefix}_sample``)."""
-    src = where.radio("Image", ["validation sample", "upload"], key=f"{prefix}_image_source",
-                      horizontal=True)
-    up, idx = None, 0
+    index, a shipped photo (the first choice for 224-pixel models) or an uploaded picture
+    (widget keys ``{prefix}_image_source``, ``{prefix}_sample``, ``{prefix}_photo``,
+    ``{prefix}_upload``)."""
+    widget_follow(f"{prefix}_image_source", IMAGE_SOURCES[default_image_source(s)])
+    src = where.radio("Image", IMAGE_SOURCES, key=f"{prefix}_image_source", horizontal=True)
+    up, idx, photo = None, 0, ""
     if src == "upload":
         up = where.file_uploader("Picture (PNG, JPEG, …)", type=list(IMAGE_SUFFIXES),
                                  key=f"{prefix}_upload", max_upload_size=MAX_IMAGE_MB)
+    elif src == "photo":
+        widget_default(f"{prefix}_photo", DEFAULT_PHOTO)
+        photo = where.selectbox("Photo (public domain, see assets/README.md)", photo_names(),
+                                key=f"{prefix}_photo")
     else:
         idx = where.number_input(f"Validation sample (0–{len(s.val_set) - 1})", 0,
                                  len(s.val_set) - 1, value=0, step=1, key=f"{prefix}_sample")
-    return chosen_image(s, src, up, idx)
+    return chosen_image(s, src, up, idx, photo)
 
 
-def chosen_image(s: Setup, source: str, upload, index: int) -> ImageRef:
+def chosen_image(s: Setup, source: str, upload, index: int, photo: str = "") -> ImageRef:
     """The picture a page explains: the uploaded file (the page stops with a hint until one
-    is given) or validation sample ``index``."""
+    is given), shipped photo ``photo`` or validation sample ``index``."""
     if source == "upload":
         if upload is None:
             st.info("Upload a picture, or switch back to a validation sample.")
             st.stop()
-        return accept_image_upload(upload.name, upload.getvalue(), s.data.image_size)
+        return accept_image_upload(upload.name, upload.getvalue(), model_preprocessing(s))
+    if source == "photo":
+        return ImageRef(photo=photo or DEFAULT_PHOTO)
     return ImageRef(index=int(index))
+
+
+def image_name(s: Setup, ref: ImageRef, label: int | None) -> str:
+    """What the picture is, as plain text: its class, the photo's file name, or "uploaded"."""
+    if label is not None:
+        return s.classes[label]
+    return ref.photo or "uploaded"
+
+
+def top5_text(who: str, rows: list[tuple[str, float]]) -> str:
+    """``"Top 5, dense model: **tabby, tabby cat** 62% · **tiger cat** 21% · …"`` as Markdown;
+    the names are escaped (they come from the model's files), ``who`` is the caller's."""
+    return f"Top 5, {who}: " + " · ".join(f"**{md(n, 80)}** {p:.0%}" for n, p in rows)

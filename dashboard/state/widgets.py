@@ -41,13 +41,14 @@ def widget_default(key: str, value: object) -> None:
         st.session_state[key] = value
 
 
-def widget_follow(key: str, value: list) -> None:
-    """Seed a widget from a choice made elsewhere (another page) and seed it again whenever
-    that choice changes; the user's own edit of the widget stands until then."""
+def widget_follow(key: str, value: list | str) -> None:
+    """Seed a widget from a choice made elsewhere (another page, the model) and seed it again
+    whenever that choice changes; the user's own edit of the widget stands until then."""
     marker = f"{key}__follows"
+    copy = list(value) if isinstance(value, list) else value
     if key not in st.session_state or st.session_state.get(marker, value) != value:
-        st.session_state[key] = list(value)
-    st.session_state[marker] = list(value)
+        st.session_state[key] = copy
+    st.session_state[marker] = copy
 
 
 def seed_experiment_widgets() -> None:
