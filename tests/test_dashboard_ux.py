@@ -568,7 +568,7 @@ def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
         s = state.setup(state.Experiment(pruners=("synflow", "magnitude"), val_samples=64))
         assert prefetch.request(s, s.exp)
         time.sleep(1.0)          # the thread is inside SynFlow's schedule
-        assert prefetch._thread.is_alive()
+        assert prefetch.current().running
         print("exiting", flush=True)
     """)
     env = {**os.environ, "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}

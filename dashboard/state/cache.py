@@ -123,9 +123,10 @@ def bound(c: ByteLRU) -> Iterator[None]:
 
 def byte_cached(size: Callable[[object], int] | None = None
                 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorator: cache a function in :func:`current` (:data:`BIG` outside a job), keyed by its name and its positional
-    arguments (hashable keys), leaving out the trailing arguments whose names start with ``_``
-    (as ``st.cache_*`` does: e.g. the image tensor that an ``ImageRef`` already names).
+    """Decorator: cache a function in :func:`current` (:data:`BIG` outside a job), keyed by
+    its name and its positional arguments (hashable keys), leaving out the trailing arguments
+    whose names start with ``_`` (as ``st.cache_*`` does: e.g. the image tensor that an
+    ``ImageRef`` already names).
     ``f.cached(*args)`` says whether ``f(*args)`` is in the cache, without computing it."""
     def deco(fn: Callable[..., T]) -> Callable[..., T]:
         names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
