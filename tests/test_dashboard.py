@@ -368,7 +368,7 @@ def test_train_cancel_is_recorded(runs_dir, monkeypatch):
     page_end = state.jobs.Progress.on_end
 
     def on_end(self, result):
-        seen.append(RunStore(runs_dir).get_run(self.job.run_id)["status"])
+        seen.append(RunStore(runs_dir).get_run(self.job.id)["status"])
         page_end(self, result)
 
     monkeypatch.setattr(state.jobs.Progress, "on_end", on_end)
