@@ -224,15 +224,6 @@ def test_scoring_memory_caps_the_calibration_batch_and_says_so(runs_dir):
 
 # ---------------------------------------------------------------------------- long work
 
-def spin(model: torch.nn.Module, stop: threading.Event) -> None:
-    """Forwards until told to stop: stands for minutes of scoring."""
-    x = torch.zeros(2, *model.input_shape)
-    with torch.no_grad():
-        while not stop.is_set():
-            model(x)
-            time.sleep(0.001)
-
-
 @pytest.fixture
 def tiny():
     from core.models import build_model
@@ -240,58 +231,10 @@ def tiny():
     return build_model("vit-tiny", 6).eval()
 
 
-def test_cancel_stops_work_inside_a_forward(tiny):
-    from dashboard.state import work
-
-    never = threading.Event()
-    job = work.start("test_cancel", 1, 1, lambda w: spin(tiny, never), session="s1")
-    time.sleep(0.3)
-    assert job.running
-    t0 = time.monotonic()
-    assert work.cancel("test_cancel", session="s1")
-    job.thread.join(5)
-    assert not job.thread.is_alive() and time.monotonic() - t0 < 2
-    assert job.status == "cancelled"
-
-
-def test_work_stops_when_its_session_ends(tiny):
-    from dashboard.state import work
-
-    never = threading.Event()
-    job = work.start("test_session", 1, 1, lambda w: spin(tiny, never), session="gone")
-    other = work.start("test_session", 1, 1, lambda w: spin(tiny, never), session="here")
-    time.sleep(0.2)
-    stopped = work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
-    assert stopped == [job]
-    job.thread.join(5)
-    assert job.status == "cancelled" and "session ended" in job.reason
-    assert other.running
-    work.cancel("test_session", session="here")
-    other.thread.join(5)
-    # a finished job of an ended session is forgotten at the next sweep
-    work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
-    assert work.current("test_session", session="gone") is None
-
-
-def test_new_settings_cancel_old_work_at_once_or_after_its_step(tiny):
-    from dashboard.state import work
-
-    never = threading.Event()
-    a = work.start("test_swap", "sig-a", "model-1", lambda w: spin(tiny, never), session="s")
-    b = work.start("test_swap", "sig-b", "model-1", lambda w: spin(tiny, never), session="s")
-    assert a.superseded.is_set() and not a.cancel.is_set()  # same inputs: let its step end
-    c = work.start("test_swap", "sig-c", "model-2", lambda w: spin(tiny, never), session="s")
-    assert b.cancel.is_set()  # other inputs: at once
-    assert work.start("test_swap", "sig-c", "model-2", lambda w: None, session="s") is c
-    for j in (a, b, c):
-        j.cancel.set()
-        j.thread.join(5)
-
-
 def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
     """A Prune page whose evaluation hangs: cancelled (as by its Cancel button), it says so
     and keeps what it had; Resume computes the rest."""
-    from dashboard.state import prune_work, work
+    from dashboard.state import job, prune_work
 
     release, hanging = threading.Event(), threading.Event()
     real = prune_work.eval_counts
@@ -309,11 +252,8 @@ def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
 
     def cancel_soon():
         hanging.wait(200)
-        with work._LOCK:
-            jobs = [j for (s, slot), j in work._WORK.items() if slot == "prune" and j.running]
-        for j in jobs:
-            j.reason = "cancelled"
-            j.cancel.set()
+        for j in job.jobs(kind="prune"):
+            j.cancel("cancelled")
 
     threading.Thread(target=cancel_soon, daemon=True).start()
     at = ok(make_app(prune_pruners=["magnitude", "snip"]).run())
@@ -508,13 +448,13 @@ def test_the_prefetch_keeps_no_model_once_done(runs_dir):
 
 EXIT_SCRIPTS = {
     "work": """
-        from dashboard.state import work
+        from dashboard.state import job
         def fn(w):  # forwards until cancelled (core.study.cancellable checks each module)
             m = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
             x = torch.randn(256, 512)
             while True:
                 m(x)
-        w = work.start("exit-test", 1, 1, fn, session="s")
+        w = job.start("exit-test", fn, session="s", interrupt=True)
         time.sleep(1.0)
         assert w.running
     """,
