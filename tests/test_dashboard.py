@@ -407,7 +407,7 @@ def test_train_cancel_is_recorded(runs_dir, monkeypatch):
     page_end = state.jobs.Progress.on_end
 
     def on_end(self, result):
-        seen.append(RunStore(runs_dir).get_run(self.job.run_id)["status"])
+        seen.append(RunStore(runs_dir).get_run(self.job.id)["status"])
         page_end(self, result)
 
     monkeypatch.setattr(state.jobs.Progress, "on_end", on_end)
@@ -681,6 +681,55 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     # also the dense key's pruned result (0 bytes) lives there; two images' maps fit
     assert small.used <= small.budget and small.used == 2 * one
     assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2
+
+
+def test_the_prefetch_writes_only_into_the_cache_it_read_from(runs_dir, monkeypatch):
+    """The byte-budget test above used to fail on a loaded machine: a prefetch still running
+    from an earlier test wrote into the cache the test had just put in place. A prefetch
+    requested before the server's cache is swapped writes its scores, masks and counts into
+    the cache it started with; the new one receives nothing from it."""
+    from dashboard import session, state
+    from dashboard.state import cache, prefetch
+
+    old, new = cache.ByteLRU(cache.budget_bytes()), cache.ByteLRU(cache.budget_bytes())
+    monkeypatch.setattr(cache, "BIG", old)
+    s = state.setup(state.Experiment(pruners=("magnitude",), calib=32, val_samples=64))
+    with session.script_run():  # a page is running: the prefetch waits for idle time
+        assert prefetch.request(s, s.exp)
+        monkeypatch.setattr(cache, "BIG", new)
+    assert prefetch.wait_done(240) and prefetch.current().status == "done"
+    assert len(new) == 0
+    assert {k[1].sparsity for k in old.keys() if k[0].endswith(".eval_counts")} == {
+        0.4, 0.45, 0.55, 0.6}
+
+
+def test_a_page_job_writes_only_into_the_cache_it_read_from(runs_dir, monkeypatch):
+    """The Prune page's job, held before its first mask while the server's cache is swapped,
+    computes into the cache it started with, never into the new one."""
+    import threading
+
+    from dashboard import state
+    from dashboard.state import cache, prune_work
+
+    old, new = cache.ByteLRU(cache.budget_bytes()), cache.ByteLRU(cache.budget_bytes())
+    monkeypatch.setattr(cache, "BIG", old)
+    reached, go = threading.Event(), threading.Event()
+    real = prune_work.layer_kept
+
+    def layer_kept(key):
+        reached.set()
+        assert go.wait(240)
+        return real(key)
+
+    monkeypatch.setattr(prune_work, "layer_kept", layer_kept)
+    s = state.setup(state.Experiment(pruners=("magnitude",), calib=32, val_samples=64))
+    work = prune_work.start(s, s.exp, restart=True)
+    assert reached.wait(240)
+    monkeypatch.setattr(cache, "BIG", new)
+    go.set()
+    assert work.join(240) and work.status == "done", work.reason
+    assert len(new) == 0
+    assert any(k[0].endswith(".eval_counts") for k in old.keys())
 
 
 @pytest.mark.slow  # evaluates deit-tiny on the Prune page

@@ -163,14 +163,18 @@ def test_scan_errors_are_readable_and_a_new_scan_is_offered(runs_dir, roots, mon
 
 def test_a_cancelled_scan_stops_and_says_so(roots):
     from core.data import DataPathError
-    from dashboard.state import folders
+    from dashboard.state import folders, job
     from dashboard.state.keys import DataKey
 
     key = DataKey("folder", str(roots / "plants"), (24, 24))
-    scan = folders.Scan(key, "token")
-    scan.cancel.set()
-    folders._run(scan)
-    assert scan.done.is_set() and "cancelled" in str(scan.error)
+
+    def cancelled_scan(j):
+        j.cancel()  # before the scan looks at its first file
+        folders._scan(j, key, folders._datasets())
+
+    scan = job.start(folders.SCAN, cancelled_scan, session="test-cancelled-scan")
+    assert scan.join(60) and scan.status == "cancelled"
+    assert key not in folders._datasets()[0]
     # the scan itself keeps symlinks and the root inside the data roots
     with pytest.raises(DataPathError):
         folders._load(DataKey("folder", "/etc", (24, 24)), threading.Event())
@@ -410,7 +414,7 @@ def test_hf_folder_model_is_loaded_and_described(runs_dir, roots):
     assert len(metrics(at)["Accuracy"]) == 2
     # the dataset was resized to the model's input: 24×24, not the preset's 32×32
     from dashboard.state import folders
-    keys = [k for k in folders._registry()[1] if k.root == str(roots / "plants")]
+    keys = [k for k in folders._datasets()[0] if k.root == str(roots / "plants")]
     assert {k.image_size for k in keys} == {(24, 24)}
 
 

@@ -224,21 +224,6 @@ def test_scoring_memory_caps_the_calibration_batch_and_says_so(runs_dir):
 
 # ---------------------------------------------------------------------------- long work
 
-def spin(model: torch.nn.Module, stop: threading.Event,
-         forwards: list | None = None, started: threading.Event | None = None) -> None:
-    """Forwards until told to stop: stands for minutes of scoring. Each finished forward is
-    appended to ``forwards``; ``started`` is set after the first."""
-    x = torch.zeros(2, *model.input_shape)
-    with torch.no_grad():
-        while not stop.is_set():
-            model(x)
-            if forwards is not None:
-                forwards.append(1)
-            if started is not None:
-                started.set()
-            stop.wait(0.001)  # a breath for the test's thread on a shared core
-
-
 @pytest.fixture
 def tiny():
     from core.models import build_model
@@ -246,61 +231,10 @@ def tiny():
     return build_model("vit-tiny", 6).eval()
 
 
-def test_cancel_stops_work_inside_a_forward(tiny):
-    from dashboard.state import work
-
-    never, started, forwards = threading.Event(), threading.Event(), []
-    job = work.start("test_cancel", 1, 1, lambda w: spin(tiny, never, forwards, started),
-                     session="s1")
-    assert started.wait(HANG_S)
-    assert job.running
-    assert work.cancel("test_cancel", session="s1")
-    at_cancel = len(forwards)
-    join(job.thread)  # spin never looks at the cancel: only a forward's hook can end it
-    assert job.status == "cancelled"
-    assert len(forwards) <= at_cancel + 1  # at most the forward under way when cancelled
-
-
-def test_work_stops_when_its_session_ends(tiny):
-    from dashboard.state import work
-
-    never, gone_started, here_started = threading.Event(), threading.Event(), threading.Event()
-    job = work.start("test_session", 1, 1, lambda w: spin(tiny, never, started=gone_started),
-                     session="gone")
-    other = work.start("test_session", 1, 1, lambda w: spin(tiny, never, started=here_started),
-                       session="here")
-    assert gone_started.wait(HANG_S) and here_started.wait(HANG_S)
-    stopped = work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
-    assert stopped == [job]
-    join(job.thread)
-    assert job.status == "cancelled" and "session ended" in job.reason
-    assert other.running
-    work.cancel("test_session", session="here")
-    join(other.thread)
-    # a finished job of an ended session is forgotten at the next sweep
-    work.sweep_ended_sessions(alive=lambda sid: sid != "gone")
-    assert work.current("test_session", session="gone") is None
-
-
-def test_new_settings_cancel_old_work_at_once_or_after_its_step(tiny):
-    from dashboard.state import work
-
-    never = threading.Event()
-    a = work.start("test_swap", "sig-a", "model-1", lambda w: spin(tiny, never), session="s")
-    b = work.start("test_swap", "sig-b", "model-1", lambda w: spin(tiny, never), session="s")
-    assert a.superseded.is_set() and not a.cancel.is_set()  # same inputs: let its step end
-    c = work.start("test_swap", "sig-c", "model-2", lambda w: spin(tiny, never), session="s")
-    assert b.cancel.is_set()  # other inputs: at once
-    assert work.start("test_swap", "sig-c", "model-2", lambda w: None, session="s") is c
-    for j in (a, b, c):
-        j.cancel.set()
-        join(j.thread)
-
-
 def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
     """A Prune page whose evaluation hangs: cancelled (as by its Cancel button), it says so
     and keeps what it had; Resume computes the rest."""
-    from dashboard.state import prune_work, work
+    from dashboard.state import job, prune_work
 
     release, hanging = threading.Event(), threading.Event()
     real = prune_work.eval_counts
@@ -317,11 +251,8 @@ def test_prune_page_cancelled_then_resumed(runs_dir, monkeypatch):
 
     def cancel_soon():
         assert hanging.wait(HANG_S)
-        with work._LOCK:
-            jobs = [j for (s, slot), j in work._WORK.items() if slot == "prune" and j.running]
-        for j in jobs:
-            j.reason = "cancelled"
-            j.cancel.set()
+        for j in job.jobs(kind="prune"):
+            j.cancel("cancelled")
 
     threading.Thread(target=cancel_soon, daemon=True).start()
     at = ok(make_app(prune_pruners=["magnitude", "snip"]).run())
@@ -541,7 +472,7 @@ def test_the_prefetch_keeps_no_model_once_done(runs_dir):
 
 EXIT_SCRIPTS = {
     "work": """
-        from dashboard.state import work
+        from dashboard.state import job
         inside = threading.Event()
         def fn(w):  # forwards until cancelled (core.study.cancellable checks each module)
             m = torch.nn.Sequential(*[torch.nn.Linear(512, 512) for _ in range(8)])
@@ -549,7 +480,7 @@ EXIT_SCRIPTS = {
             while True:
                 inside.set()
                 m(x)
-        w = work.start("exit-test", 1, 1, fn, session="s")
+        w = job.start("exit-test", fn, session="s", interrupt=True)
         assert inside.wait(HANG_S)
         assert w.running
     """,
@@ -619,7 +550,7 @@ def test_the_prefetch_stops_before_the_interpreter_exits(tmp_path):
         s = state.setup(state.Experiment(pruners=("synflow", "magnitude"), val_samples=64))
         assert prefetch.request(s, s.exp)
         assert inside.wait(%d)   # the thread is inside SynFlow's schedule
-        assert prefetch._thread.is_alive()
+        assert prefetch.current().running
         print("exiting", flush=True)
     """) % HANG_S
     env = {**os.environ, "PRUNELENS_RUNS_DIR": str(tmp_path / "runs")}

@@ -189,25 +189,26 @@ def finished_run(store: RunStore, owner: str | None, checkpoint: bool = True) ->
 
 @pytest.fixture
 def live_job():
-    """Registers a ``running`` fine-tuning job of ``owner`` for ``run_id`` (no thread: the
-    pages only read it); removed afterwards, the registry being process-wide."""
-    from dashboard.state import jobs
+    """Starts a ``running`` fine-tuning job of ``owner`` for ``run_id`` that waits until the
+    test ends (the pages only read it); ended and forgotten afterwards, the registry being
+    process-wide."""
+    import threading
 
-    added = []
+    from dashboard.state import job, jobs
+
+    release, added = threading.Event(), []
 
     def add(run_id: str, owner: str):
-        job = jobs.Job(run_id, "vit-tiny · magnitude 50% · 1 epoch(s)", 1, total_steps=10)
-        job.owner = owner
-        with jobs._JOBS_LOCK:
-            jobs._jobs()[run_id] = job
-        added.append(job)
-        return job
+        started = jobs._launch(None, run_id, "vit-tiny · magnitude 50% · 1 epoch(s)", owner,
+                               lambda j: release.wait(600), epochs=1, total_steps=10)
+        added.append(started)
+        return started
 
     yield add
-    with jobs._JOBS_LOCK:
-        for job in added:
-            job.status = "finished"
-            jobs._jobs().pop(job.run_id, None)
+    release.set()
+    for started in added:
+        assert started.join(60)
+        job.forget(started)
 
 
 def test_another_sessions_run_is_read_only_on_the_runs_page(runs_dir):

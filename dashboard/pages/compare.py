@@ -34,7 +34,7 @@ def _show(job_id: str, live: bool) -> None:
     if job is None:
         st.info("That comparison is no longer in the server's memory: run it again.")
         return
-    snap = job.snapshot()
+    snap = state.follow(job)
     if live and snap["status"] != "running":
         st.rerun(scope="app")  # stop polling; the full page shows the results
     st.markdown(f"**{md(snap['label'])}**")
@@ -47,7 +47,7 @@ def _show(job_id: str, live: bool) -> None:
         if snap["cancel_requested"]:
             st.caption("Cancelling: the sweep stops before its next point.")
         return
-    if snap["status"] == "finished":
+    if snap["status"] == "done":
         st.success(f"Done in {snap['elapsed']:.0f} s.", icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
         st.warning(f"Cancelled ({md(snap['reason'])}); the points done are shown, no exports.",

@@ -319,20 +319,17 @@ def page() -> None:
             st.caption(f"{md(exp.pattern)} applies to unstructured criteria: "
                        f"{md(', '.join(ignored))} prune at the slider's sparsity without it.")
         state.untrained_notice(s, "prune")
-    work = state.start_work(state.PRUNE_SLOT, state.prune_signature(s, exp),
-                            state.prune_basis(s, exp), state.prune_and_evaluate(s, exp),
-                            restart=state.take_flag("prune_restart"))
+    work = state.start_prune_work(s, exp, restart=state.take_flag("prune_restart"))
     seen, shown, drawn_details, numbers, crit = 0, -1, False, None, None
     bar = None
     while True:
-        state.wait_work(work, seen, 0.25 if bar is None else 0.5)
-        snap = work.snapshot()
+        snap = state.follow(work, seen, 0.25 if bar is None else 0.5)
         seen = snap["version"]
         if snap["status"] == "running" and bar is None and snap["elapsed"] > 0.3:
             with progress.container():
                 bar = st.progress(0.0)
                 st.button("Cancel", key="prune_cancel", icon=":material/stop_circle:",
-                          on_click=state.cancel_work, args=(state.PRUNE_SLOT,))
+                          on_click=work.cancel, args=("cancelled",))
         if bar is not None and snap["status"] == "running":
             bar.progress(snap["fraction"], text=state.describe_work(snap))
         r = snap["results"]

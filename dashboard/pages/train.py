@@ -33,7 +33,7 @@ def _show_run(run_id: str, live: bool, own: bool) -> None:
         if len(m) > 1 or "val_acc" in m:
             st.plotly_chart(plots.runs_curves({run_id: m}), key="train_chart_store")
         return
-    snap = job.snapshot()
+    snap = state.follow(job)
     if live and snap["status"] != "running":
         st.rerun(scope="app")  # stop polling; the full page shows the final state
     st.markdown(f"**Run {md(run_id)}** · {md(snap['label'])}")
@@ -51,7 +51,7 @@ def _show_run(run_id: str, live: bool, own: bool) -> None:
                       args=(run_id,))
         if snap["cancel_requested"]:
             st.caption("Cancelling: the run stops before its next step.")
-    elif snap["status"] == "finished":
+    elif snap["status"] == "done":
         st.success(f"Finished in {snap['elapsed']:.0f} s; saved in the run store as {md(run_id)}.",
                    icon=":material/check_circle:")
     elif snap["status"] == "cancelled":
@@ -92,7 +92,7 @@ def _show_amap(run_id: str, snap: dict, own: bool) -> None:
                        "fitted to the budget, exported, evaluated and saved.")
         elif snap["step"] >= snap["total_steps"]:
             st.caption("Exporting the smaller model and evaluating it…")
-    elif snap["status"] == "finished":
+    elif snap["status"] == "done":
         st.success(f"Finished in {snap['elapsed']:.0f} s; the exported model is saved in the "
                    f"run store as {run_id}.", icon=":material/check_circle:")
     elif snap["status"] == "cancelled":

@@ -14,14 +14,15 @@ Split by concern; pages use them as ``from dashboard import state`` → ``state.
 - :mod:`.exports`: downloads of a pruned model or a run in PruneLens, Hugging Face and ONNX;
 - :mod:`.pruning`: scores → masks or shrunk model → evaluation, cost, tables, and the warm-up;
 - :mod:`.attention`: attention maps, the Fig. 3 grid, per-head maps, explanations;
-- :mod:`.jobs`: fine-tuning and AMAP in background threads, the run store;
+- :mod:`.job`: the one background mechanism (``Job``: start, progress, cancel, result or
+  error, per-session and server registries, the session watchdog, stop at exit); every
+  thread below is a job;
+- :mod:`.jobs`: fine-tuning and AMAP as jobs, the run store;
 - :mod:`.owners`: who owns a run (the session or a typed name) and who may see it
   (``PRUNELENS_RUNS_VISIBILITY``);
 - :mod:`.compare`: the Compare page's sweep job (imported by that page only);
-- :mod:`.work`: a page's long computation in a per-session worker thread (progress, estimate,
-  cancel, stopped when the browser session ends); :mod:`.prune_work`: the Prune page's
-  (scores, masks, progressive evaluation); :mod:`.prefetch`: its neighbouring slider stops,
-  computed in the server's idle time;
+- :mod:`.prune_work`: the Prune page's job (scores, masks, progressive evaluation);
+  :mod:`.prefetch`: its neighbouring slider stops, computed in the server's idle time;
 - :mod:`.ui`: the error guard, notices, labels and image cells;
 - :mod:`.cache`: the byte-bounded cache of the big results (``PRUNELENS_CACHE_MB``).
 
@@ -59,9 +60,9 @@ from .pruning import (collapsed_layers, cost, evaluation, forward_only, layer_ke
 from .attention import (Grid, attention_grid, attention_maps, explanations,  # noqa: E402
                         head_maps, num_blocks, num_heads, top5, warm_up_grid, PRUNE_PAGE_SHOWN)
 from core.data.photos import DEFAULT_PHOTO, photo_names  # noqa: E402
-from .work import cancel as cancel_work, describe as describe_work  # noqa: E402
-from .work import start as start_work, wait as wait_work  # noqa: E402
+from .job import describe as describe_work, follow  # noqa: E402
 from .prune_work import SLOT as PRUNE_SLOT, prune_and_evaluate  # noqa: E402
+from .prune_work import start as start_prune_work  # noqa: E402
 from .prefetch import request as prefetch_neighbours  # noqa: E402
 from .prune_work import basis as prune_basis, signature as prune_signature  # noqa: E402
 from .folders import (dataset_folders, label as folder_label, model_folders,  # noqa: E402
@@ -81,8 +82,8 @@ __all__ = [
     "chosen_image", "DEFAULT_PHOTO", "IMAGE_SOURCES", "default_image_source", "image_name",
     "photo_names", "top5", "top5_text",
     "PRUNE_SLOT", "SCORE_MB", "bound_widget", "changed_since_last_run", "set_flag",
-    "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "cancel_work", "describe_work", "prune_and_evaluate",
-    "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_work", "wait_work",
+    "take_flag", "follow_work", "colour_bar", "scale_note", "SPARSITY_OPTIONS", "describe_work", "follow", "prune_and_evaluate",
+    "prefetch_neighbours", "prune_basis", "prune_signature", "snap_sparsity", "start_prune_work",
     "AttentionView", "CALIBRATION_POOL", "CELL_PX", "DataKey", "EXPECTED_ERRORS", "Experiment",
     "Grid", "IMAGE_SUFFIXES", "ImageRef", "Job", "K_CALIB", "K_DATASET", "K_FOLDER", "K_MODEL",
     "K_HUB_ID", "K_MODEL_FOLDER", "K_PATTERN", "K_PRUNERS", "K_SCOPE", "K_SEED", "K_SOURCE",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -35,21 +36,26 @@ def attention_maps(key: PruneKey, ref: ImageRef, _image: Tensor) -> tuple[np.nda
 PRUNE_PAGE_SHOWN = threading.Event()
 
 
-def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
+def warm_up_grid(exp=None, wait_s: float = 30.0,
+                 stop: Callable[[], bool] = lambda: False) -> None:
     """Fill the caches of the default Attention page: the default grid criteria's scores and
     the attention maps of every cell for its first image (``ui.default_image``: validation
     image 0, or a shipped photo for a 224-pixel model). Run by ``dashboard/app.py`` in its
-    background warm-up once a Prune page has been shown (or after ``wait_s``), one cell at
-    a time whenever no page has run for ``session.QUIET_S``, so that it neither slows the pages
-    a user is looking at nor leaves the first visit to the Attention page to compute; a
-    criterion that fails is left to the page to report."""
+    warm-up job once a Prune page has been shown (or after ``wait_s``), one cell at a time
+    whenever no page has run for ``session.QUIET_S``, so that it neither slows the pages a user
+    is looking at nor leaves the first visit to the Attention page to compute; a criterion that
+    fails is left to the page to report. ``stop()``: give up (the job was cancelled)."""
     from dashboard import session
 
     from .data import setup
     from .keys import RATIOS, Experiment
     from .ui import default_grid_criteria, default_image
 
-    PRUNE_PAGE_SHOWN.wait(wait_s)
+    deadline = time.monotonic() + wait_s
+    while not PRUNE_PAGE_SHOWN.wait(0.1) and time.monotonic() < deadline and not stop():
+        pass
+    if stop():
+        return
     exp = exp or Experiment()
     s = setup(exp)
     ref = default_image(s)
@@ -57,7 +63,10 @@ def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     criteria = default_grid_criteria(exp)
     for crit in criteria:
         for r in RATIOS:
-            session.wait_quiet()  # between cells: never holding a computation a page awaits
+            # between cells: never holding a computation a page awaits
+            session.wait_quiet(stop=stop)
+            if stop():
+                return
             try:
                 attention_maps(s.key(crit, r), ref, image)
             except EXPECTED_ERRORS:
@@ -65,8 +74,9 @@ def warm_up_grid(exp=None, wait_s: float = 30.0) -> None:
     # the page's default view once: its first drawing also imports the colour maps
     # (matplotlib, ~0.5 s), which would otherwise fall on the first visit
     last = len(study.head_counts(s.base.model)) - 1
-    session.wait_quiet()
-    attention_grid(s, criteria, RATIOS, ref, AttentionView("cls", last, None))
+    session.wait_quiet(stop=stop)
+    if not stop():
+        attention_grid(s, criteria, RATIOS, ref, AttentionView("cls", last, None))
 
 
 @dataclass

@@ -10,6 +10,10 @@ start. An entry larger than the whole budget is returned but not kept.
 Like ``st.cache_resource``, it is process-wide (every session shares an entry, nobody may
 mutate one) and computes each key once: a second caller of a key being computed waits for
 that computation (the server's warm-up relies on it) instead of starting another.
+
+Background work writes only into the cache it read from (STYLE.md): a job runs with the cache
+that was current where it was started (``bound``, set by ``job.py``), so a cache replaced
+meanwhile (``BIG`` swapped by a test, or by a server that clears it) gets nothing from it.
 """
 from __future__ import annotations
 
@@ -17,7 +21,8 @@ import functools
 import os
 import threading
 from collections import OrderedDict
-from typing import Callable, Hashable, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Hashable, Iterator, TypeVar
 
 from core.study import nbytes
 
@@ -96,13 +101,32 @@ def budget_bytes() -> int:
 
 
 BIG = ByteLRU(budget_bytes())
+_BOUND = threading.local()
+
+
+def current() -> ByteLRU:
+    """The cache this thread reads and writes: its job's (:func:`bound`), else :data:`BIG`."""
+    bound_ = getattr(_BOUND, "cache", None)
+    return BIG if bound_ is None else bound_
+
+
+@contextmanager
+def bound(c: ByteLRU) -> Iterator[None]:
+    """Within this block, in this thread, :func:`byte_cached` functions use ``c``."""
+    previous = getattr(_BOUND, "cache", None)
+    _BOUND.cache = c
+    try:
+        yield
+    finally:
+        _BOUND.cache = previous
 
 
 def byte_cached(size: Callable[[object], int] | None = None
                 ) -> Callable[[Callable[..., T]], Callable[..., T]]:
-    """Decorator: cache a function in :data:`BIG`, keyed by its name and its positional
-    arguments (hashable keys), leaving out the trailing arguments whose names start with ``_``
-    (as ``st.cache_*`` does: e.g. the image tensor that an ``ImageRef`` already names).
+    """Decorator: cache a function in :func:`current` (:data:`BIG` outside a job), keyed by
+    its name and its positional arguments (hashable keys), leaving out the trailing arguments
+    whose names start with ``_`` (as ``st.cache_*`` does: e.g. the image tensor that an
+    ``ImageRef`` already names).
     ``f.cached(*args)`` says whether ``f(*args)`` is in the cache, without computing it."""
     def deco(fn: Callable[..., T]) -> Callable[..., T]:
         names = fn.__code__.co_varnames[:fn.__code__.co_argcount]
@@ -114,8 +138,8 @@ def byte_cached(size: Callable[[object], int] | None = None
 
         @functools.wraps(fn)
         def wrapper(*args):
-            return BIG.get(key(args), lambda: fn(*args), size)
+            return current().get(key(args), lambda: fn(*args), size)
 
-        wrapper.cached = lambda *args: key(args) in BIG  # type: ignore[attr-defined]
+        wrapper.cached = lambda *args: key(args) in current()  # type: ignore[attr-defined]
         return wrapper
     return deco

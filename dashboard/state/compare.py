@@ -1,32 +1,24 @@
-"""The Compare page's background job: ``core.study.sweep`` over criteria × sparsities × seeds,
-then the Fig. 3 grid, optional layer sensitivity and every export file
-(``core.report.comparison_files``), in a daemon thread with progress and cancel. The registry
-is process-wide (a session keeps its job id); a comparison is the same computation as
-``python -m core sweep`` with the command line :func:`command` gives."""
+"""The Compare page's background job (``job.py``): ``core.study.sweep`` over criteria ×
+sparsities × seeds, then the Fig. 3 grid, optional layer sensitivity and every export file
+(``core.report.comparison_files``), with progress and cancel. One comparison per browser session
+(it ends with the session; the session keeps its job id); a comparison is the same computation
+as ``python -m core sweep`` with the command line :func:`command` gives."""
 from __future__ import annotations
 
-import itertools
-import logging
-import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 from core import report, study
 
+from . import job
 from .data import base_model, dataset_options
 from .folders import HUB
-from .keys import Setup, cache_resource
-from .work import stop_at_exit
-
-log = logging.getLogger("prunelens.dashboard")
+from .keys import Setup
 
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 SENSITIVITY_RATIOS = (0.3, 0.6, 0.9)
-JOBS_KEPT = 8  # finished comparisons kept in memory (each holds its export files)
 K_JOB = "compare_job"  # session state: the comparison this session follows
 
 
@@ -43,45 +35,11 @@ class Spec:
     sensitivity: bool = False
 
 
-@dataclass
-class SweepJob:
-    """A comparison in a worker thread: written under ``lock``, read through :meth:`snapshot`."""
-
-    job_id: str
-    spec: Spec
-    label: str
-    command: str
-    fraction: float = 0.0
-    text: str = "starting…"
-    status: str = "running"
-    reason: str | None = None
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-    df: pd.DataFrame | None = None
-    sensitivity: pd.DataFrame | None = None
-    kinds: dict[str, str] = field(default_factory=dict)
-    files: dict[str, bytes] = field(default_factory=dict)
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            return {"job_id": self.job_id, "spec": self.spec, "label": self.label,
-                    "command": self.command, "fraction": self.fraction, "text": self.text,
-                    "status": self.status, "reason": self.reason,
-                    "cancel_requested": self.cancel.is_set(),
-                    "elapsed": (self.ended or time.time()) - self.started,
-                    "df": self.df, "sensitivity": self.sensitivity, "kinds": dict(self.kinds),
-                    "files": dict(self.files)}
-
-
-@cache_resource(show_spinner=False)
-def _registry() -> dict[str, SweepJob]:
-    return {}
-
-
-_LOCK = threading.Lock()
-_IDS = itertools.count(1)
+def _view(snap: dict) -> dict:
+    """A comparison's snapshot for its page: the generic fields, ``spec`` and ``command``,
+    and ``df``, ``sensitivity``, ``kinds``, ``files`` (empty until computed)."""
+    return {**snap, "df": None, "sensitivity": None, "kinds": {}, "files": {},
+            **snap["results"]}
 
 
 def current_sweep_id() -> str | None:
@@ -93,14 +51,15 @@ def follow_sweep(job_id: str) -> None:
     st.session_state[K_JOB] = job_id
 
 
-def get_sweep(job_id: str | None) -> SweepJob | None:
-    return _registry().get(job_id) if job_id else None
+def get_sweep(job_id: str | None) -> job.Job | None:
+    found = job.find(job_id)
+    return found if found is not None and found.kind == "compare" else None
 
 
 def cancel_sweep(job_id: str) -> None:
-    job = get_sweep(job_id)
-    if job is not None and job.status == "running":
-        job.cancel.set()
+    sweep = get_sweep(job_id)
+    if sweep is not None:
+        sweep.cancel()
 
 
 def parse_sparsities(text: str) -> tuple[float, ...]:
@@ -165,76 +124,47 @@ def job_label(s: Setup, spec: Spec) -> str:
 
 
 def start_sweep(s: Setup, spec: Spec) -> str:
-    """Start the comparison in a daemon thread; returns its job id at once."""
+    """Start the comparison as this session's job; returns its job id at once."""
     if not spec.criteria:
         raise ValueError("choose at least one criterion")
-    job_id = f"cmp{next(_IDS)}-{int(time.time())}"
-    job = SweepJob(job_id, spec, job_label(s, spec), command(s, spec))
-    with _LOCK:
-        reg = _registry()
-        done = [k for k, j in reg.items() if j.status != "running"]
-        for k in done[:max(0, len(done) - JOBS_KEPT + 1)]:
-            del reg[k]
-        reg[job_id] = job
-    thread = threading.Thread(target=_work, args=(job, s), name=f"prunelens-{job_id}",
-                              daemon=True)
-    thread.start()
-    stop_at_exit(thread, job.cancel.set)  # stopping the server cancels it first
-    return job_id
+    cmd = command(s, spec)
+    return job.start("compare", lambda j: _work(j, s, spec, cmd), key=K_JOB,
+                     label=job_label(s, spec), info={"spec": spec, "command": cmd},
+                     view=_view).id
 
 
-def _work(job: SweepJob, s: Setup) -> None:
-    spec = job.spec
-
+def _work(j: job.Job, s: Setup, spec: Spec, cmd: str) -> None:
     def progress(lo: float, hi: float):
-        def cb(frac: float, text: str) -> None:
-            with job.lock:
-                job.fraction, job.text = lo + (hi - lo) * frac, text
-        return cb
+        return lambda frac, text: j.progress(lo + (hi - lo) * frac, text)
 
-    try:
-        model = base_model(s.model_key).model  # shared: sweep and fig3 work on copies
-        n = min(spec.val, len(s.val_set))
-        seeds = list(range(spec.seeds))
-        split = 0.75 if spec.sensitivity else 0.92
-        df = study.sweep(model, s.train_set, s.val_set, list(spec.criteria), spec.sparsities,
-                         calib=spec.calib, seeds=seeds, val_samples=n, scope=spec.scope,
-                         progress=progress(0.0, split), cancel=job.cancel)
-        kinds = {c: study.criterion_info(c).kind for c in spec.criteria}
-        with job.lock:
-            job.df, job.kinds = df, kinds
-        if df.attrs.get("cancelled"):
-            return _end(job, "cancelled", f"after {len(df)} points")
-        progress(split, split)(0.0, "Fig. 3 grid")
-        fig, sim, _ = report.grid_outputs(model, s.train_set, s.val_set, spec.criteria,
-                                          spec.sparsities, 0, spec.calib, spec.scope, 0)
-        sens = None
-        if spec.sensitivity:
-            sens = study.layer_sensitivity(model, s.train_set, s.val_set, list(spec.criteria),
-                                           SENSITIVITY_RATIOS, calib=spec.calib, seed=0,
-                                           val_samples=n, progress=progress(split, 0.95),
-                                           cancel=job.cancel)
-            with job.lock:
-                job.sensitivity = sens
-            if sens.attrs.get("cancelled"):
-                return _end(job, "cancelled", "during the layer sensitivity")
-        progress(0.95, 1.0)(0.0, "rendering the figures and the report")
-        setup = {"model": s.base.label, "dataset": s.exp.dataset,
-                 "validation images": study.val_subset_label(n, len(s.val_set)),
-                 "criteria": ", ".join(spec.criteria),
-                 "sparsities": ", ".join(f"{x:g}" for x in spec.sparsities),
-                 "calibration": f"{spec.calib} images, seeds {seeds}", "scope": spec.scope}
-        files = report.comparison_files(df, kinds, setup, job.command, (fig, sim, 0), sens)
-        with job.lock:
-            job.files = files
-        _end(job, "finished")
-    except Exception as e:  # reported on the page through the job
-        log.exception("comparison %s failed", job.job_id)
-        _end(job, "failed", f"{type(e).__name__}: {e}")
-
-
-def _end(job: SweepJob, status: str, reason: str | None = None) -> None:
-    with job.lock:
-        job.status, job.reason, job.ended = status, reason, time.time()
-        if status == "finished":
-            job.fraction, job.text = 1.0, "done"
+    model = base_model(s.model_key).model  # shared: sweep and fig3 work on copies
+    n = min(spec.val, len(s.val_set))
+    seeds = list(range(spec.seeds))
+    split = 0.75 if spec.sensitivity else 0.92
+    df = study.sweep(model, s.train_set, s.val_set, list(spec.criteria), spec.sparsities,
+                     calib=spec.calib, seeds=seeds, val_samples=n, scope=spec.scope,
+                     progress=progress(0.0, split), cancel=j.cancel_event)
+    kinds = {c: study.criterion_info(c).kind for c in spec.criteria}
+    j.publish(df=df, kinds=kinds)
+    if df.attrs.get("cancelled"):
+        raise study.Cancelled(f"after {len(df)} points")
+    progress(split, split)(0.0, "Fig. 3 grid")
+    fig, sim, _ = report.grid_outputs(model, s.train_set, s.val_set, spec.criteria,
+                                      spec.sparsities, 0, spec.calib, spec.scope, 0)
+    sens = None
+    if spec.sensitivity:
+        sens = study.layer_sensitivity(model, s.train_set, s.val_set, list(spec.criteria),
+                                       SENSITIVITY_RATIOS, calib=spec.calib, seed=0,
+                                       val_samples=n, progress=progress(split, 0.95),
+                                       cancel=j.cancel_event)
+        j.publish(sensitivity=sens)
+        if sens.attrs.get("cancelled"):
+            raise study.Cancelled("during the layer sensitivity")
+    progress(0.95, 1.0)(0.0, "rendering the figures and the report")
+    setup = {"model": s.base.label, "dataset": s.exp.dataset,
+             "validation images": study.val_subset_label(n, len(s.val_set)),
+             "criteria": ", ".join(spec.criteria),
+             "sparsities": ", ".join(f"{x:g}" for x in spec.sparsities),
+             "calibration": f"{spec.calib} images, seeds {seeds}", "scope": spec.scope}
+    j.publish(files=report.comparison_files(df, kinds, setup, cmd, (fig, sim, 0), sens))
+    j.progress(1.0, "done")

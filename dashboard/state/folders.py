@@ -10,19 +10,18 @@ on, from the Hugging Face hub (:func:`hub_model`, the "Hugging Face hub" source)
 default when the server listens on loopback only, off beyond it, and
 ``PRUNELENS_HUB_DOWNLOADS`` (1 or 0) decides either way.
 
-A folder dataset is scanned in a worker thread, bounded (:data:`SCAN_SECONDS`,
-:data:`SCAN_MAX_FILES`, :data:`SCAN_MAX_DEPTH`, symlinks kept inside the roots), while the page
-shows the time used and a cancel button. One scan per browser session at a time; a failed or
-cancelled one is remembered (and reported) until the user asks to scan again or picks another
-folder, so a slider move does not restart a 20-second scan.
+A folder dataset is scanned in a job of the browser session (``job.py``), bounded
+(:data:`SCAN_SECONDS`, :data:`SCAN_MAX_FILES`, :data:`SCAN_MAX_DEPTH`, symlinks kept inside the
+roots), while the page shows the time used and a cancel button. One scan per browser session at
+a time; a failed or cancelled one is remembered (and reported) until the user asks to scan again
+or picks another folder, so a slider move does not restart a 20-second scan.
 """
 from __future__ import annotations
 
 import os
 import threading
-import time
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import streamlit as st
@@ -35,6 +34,7 @@ from core.data.roots import check_files_under_roots
 from core.models import CheckpointError
 from dashboard.text import md
 
+from . import job
 from .keys import DATASET_SEED, K_FOLDER, K_MODEL_FOLDER, SOURCES, DataKey, cache_resource
 from .uploads import session_token
 
@@ -232,23 +232,14 @@ def hub_model(text: str) -> Path:
 
 # ---------------------------------------------------------------------------- scans
 
-@dataclass(eq=False)
-class Scan:
-    """One session's folder scan in a worker thread; ``error`` is set, if it failed, before
-    ``done``."""
-
-    key: DataKey
-    token: str
-    cancel: threading.Event = field(default_factory=threading.Event)
-    done: threading.Event = field(default_factory=threading.Event)
-    started: float = field(default_factory=time.monotonic)
-    error: BaseException | None = None
+SCAN = "folder-scan"  # the job's kind and slot
+CANCELLED = ("the folder scan was cancelled: press “Scan again”, or choose another folder")
 
 
 @cache_resource(show_spinner=False)
-def _registry() -> tuple[dict[str, Scan], OrderedDict, threading.Lock]:
-    """Process-wide: each session's latest scan, finished datasets by key (LRU), a lock."""
-    return {}, OrderedDict(), threading.Lock()
+def _datasets() -> tuple[OrderedDict, threading.Lock]:
+    """Process-wide: finished folder datasets by key (least recently used first), a lock."""
+    return OrderedDict(), threading.Lock()
 
 
 def _load(key: DataKey, cancel: threading.Event | None) -> tuple:
@@ -257,8 +248,8 @@ def _load(key: DataKey, cancel: threading.Event | None) -> tuple:
                         max_files=SCAN_MAX_FILES, max_depth=SCAN_MAX_DEPTH, cancel=cancel)
 
 
-def _keep(key: DataKey, result: tuple) -> None:
-    _, done, lock = _registry()
+def _keep(datasets: tuple[OrderedDict, threading.Lock], key: DataKey, result: tuple) -> None:
+    done, lock = datasets
     with lock:
         done[key] = result
         done.move_to_end(key)
@@ -266,66 +257,46 @@ def _keep(key: DataKey, result: tuple) -> None:
             done.popitem(last=False)
 
 
-def _run(scan: Scan) -> None:
-    try:
-        _keep(scan.key, _load(scan.key, scan.cancel))
-        scans, _, lock = _registry()
-        with lock:  # its dataset is kept by key now; only failures stay to be reported
-            if scans.get(scan.token) is scan:
-                del scans[scan.token]
-    except ScanCancelled:
-        scan.error = ValueError("the folder scan was cancelled: press “Scan again”, or choose "
-                                "another folder")
-    except Exception as e:  # noqa: BLE001  shown to the user by wait_for_scan
-        scan.error = e
-    finally:
-        scan.done.set()
+def _scan(j: job.Job, key: DataKey, datasets: tuple[OrderedDict, threading.Lock]) -> None:
+    """The scan job: its dataset goes to ``datasets``, the store it was started with."""
+    _keep(datasets, key, _load(key, j.cancel_event))
 
 
 def folder_dataset(key: DataKey) -> tuple:
     """(train, val) of a folder dataset: the finished scan's, else scanned here (bounded, no
     progress: only after the dataset fell out of the cache)."""
     key = replace(key, full=False)  # the whole folder is scanned either way
-    _, done, lock = _registry()
+    datasets = _datasets()
+    done, lock = datasets
     with lock:
         if key in done:
             done.move_to_end(key)
             return done[key]
     result = _load(key, None)
-    _keep(key, result)
+    _keep(datasets, key, result)
     return result
 
 
-def start_scan(key: DataKey) -> Scan:
-    """This session's scan of ``key``: the running or finished one, else a new one (a scan of
-    another folder still running is cancelled)."""
+def start_scan(key: DataKey) -> job.Job:
+    """This session's scan of ``key``: the running one, or the failed or cancelled one (kept
+    until "Scan again"), else a new one (a scan of another folder still running is
+    cancelled)."""
     key = replace(key, full=False)
-    token = session_token()
-    scans, _, lock = _registry()
-    with lock:
-        scan = scans.get(token)
-        if scan is not None and scan.key == key:
-            return scan
-        if scan is not None:
-            scan.cancel.set()
-        scan = scans[token] = Scan(key, token)
-    threading.Thread(target=_run, args=(scan,), name="prunelens-folder-scan",
-                     daemon=True).start()
-    return scan
+    datasets = _datasets()
+    return job.start(SCAN, lambda j: _scan(j, key, datasets), signature=key,
+                     reuse=("failed", "cancelled"))
 
 
 def cancel_scan() -> None:
     """Button callback: cancel this session's running scan."""
-    scan = _registry()[0].get(session_token())
+    scan = job.current(SCAN)
     if scan is not None:
-        scan.cancel.set()
+        scan.cancel()
 
 
 def forget_scan() -> None:
     """Button callback: forget this session's failed scan, so that the next run scans again."""
-    scans, _, lock = _registry()
-    with lock:
-        scans.pop(session_token(), None)
+    job.forget(job.current(SCAN))
 
 
 def wait_for_scan(key: DataKey) -> None:
@@ -333,25 +304,30 @@ def wait_for_scan(key: DataKey) -> None:
     of :data:`SCAN_SECONDS`) and a cancel button meanwhile. Raises the scan's error (a
     readable ``ValueError`` / ``OSError``) under a “Scan again” button."""
     key = replace(key, full=False)
-    _, done, lock = _registry()
+    done, lock = _datasets()
     with lock:
         if key in done:
             return
     scan = start_scan(key)
-    if not scan.done.is_set():
+    snap = job.follow(scan)
+    if snap["status"] == "running":
         slot = st.empty()
         with slot.container():
             bar = st.progress(0.0, text=f"Scanning {label(key.root)}…")
             _button("Cancel scan", "scan_cancel", cancel_scan, ":material/cancel:")
-        while not scan.done.wait(0.25):
-            used = time.monotonic() - scan.started
+        while snap["status"] == "running":
+            snap = job.follow(scan, snap["version"], 0.25)
+            used = snap["elapsed"]
             bar.progress(min(used / SCAN_SECONDS, 1.0),
                          text=f"Scanning {label(key.root)}: {used:.0f} s (at most "
                               f"{SCAN_SECONDS:.0f} s)…")
         slot.empty()
-    if scan.error is not None:
-        _button("Scan again", "scan_again", forget_scan, ":material/refresh:")
-        raise scan.error.with_traceback(None)
+    if snap["status"] == "done":
+        return
+    _button("Scan again", "scan_again", forget_scan, ":material/refresh:")
+    if snap["status"] == "cancelled" or scan.error is None:
+        raise ValueError(CANCELLED)
+    raise scan.error.with_traceback(None)
 
 
 def _button(text: str, key: str, on_click, icon: str) -> None:

@@ -1,15 +1,13 @@
-"""Background jobs: fine-tuning a pruned model and AMAP, each in a daemon thread with live
-progress and cancel, recorded in the run store. The registry of jobs is process-wide, so a
-page reload (a new session) finds its run again; each job and run belongs to the session (or
-name) that started it (``owners.py``), and only that owner lists, follows or cancels it."""
+"""Fine-tuning a pruned model and AMAP as server jobs (``job.py``) with live progress and
+cancel, recorded in the run store. They are server-wide, keyed by run id, so a page reload (a
+new session) finds its run again; each job and run belongs to the session (or name) that
+started it (``owners.py``), and only that owner lists, follows or cancels it."""
 from __future__ import annotations
 
 import copy
 import logging
 import os
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -20,6 +18,7 @@ from core.pruning import prune
 from core.train import Callback, TrainConfig, train
 
 from .data import base_model, calibration, dense_cost, training_set, val_subset
+from .job import SERVER, Failed, Job, current, forget, jobs, start
 from .keys import PruneKey, Setup, cache_resource
 from .owners import current_owner
 from .pruning import pruned_model
@@ -28,6 +27,7 @@ log = logging.getLogger("prunelens.dashboard")
 
 STEP_LOG_EVERY = 2  # record every 2nd step's loss (reading it costs a sync on CUDA)
 JOB_MEMORY_S = 6 * 3600  # finished jobs stay followable this long (the store keeps them)
+KINDS = ("finetune", "amap")
 
 
 def run_store():
@@ -42,88 +42,49 @@ def _run_store(root: str):
     return RunStore(root or None)
 
 
-@dataclass
-class Job:
-    """A training run in a worker thread. Written by the worker under ``lock``; pages read
-    :meth:`snapshot`. Lives in the process-wide registry, so a reload finds it again."""
-
-    run_id: str
-    label: str
-    epochs: int
-    total_steps: int = 0
-    step: int = 0
-    epoch: int = 0
-    status: str = "running"
-    reason: str | None = None
-    started: float = field(default_factory=time.time)
-    ended: float | None = None
-    steps: list[tuple[int, float, float]] = field(default_factory=list)
-    history: list[dict] = field(default_factory=list)
-    owner: str | None = None  # the session's or name's label (owners.py)
-    kind: str = "finetune"  # or "amap"
-    budget: float | None = None  # AMAP: fraction of attention MACs kept
-    ratios: list[tuple[int, float, float, str]] = field(default_factory=list)
-    result: dict | None = None  # AMAP: the exported model's numbers, once saved
-    cancel: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    thread: threading.Thread | None = None
-
-    def snapshot(self) -> dict:
-        with self.lock:
-            return {"run_id": self.run_id, "label": self.label, "epochs": self.epochs,
-                    "total_steps": self.total_steps, "step": self.step, "epoch": self.epoch,
-                    "status": self.status, "reason": self.reason,
-                    "cancel_requested": self.cancel.is_set(),
-                    "elapsed": (self.ended or time.time()) - self.started,
-                    "steps": pd.DataFrame(self.steps, columns=["step", "loss", "accuracy"]),
-                    "history": pd.DataFrame(self.history),
-                    "kind": self.kind, "budget": self.budget,
-                    "ratios": pd.DataFrame(self.ratios, columns=["step", "macs_ratio",
-                                                                 "expected_ratio", "phase"]),
-                    "result": dict(self.result) if self.result else None}
-
-
-@cache_resource(show_spinner=False)
-def _jobs() -> dict[str, Job]:
-    """Process-wide: every session's running and recent jobs, by run id."""
-    return {}
-
-
-_JOBS_LOCK = threading.Lock()
+def _view(snap: dict) -> dict:
+    """A run's snapshot for the Train page: the generic fields, ``run_id``, ``epochs``,
+    ``budget`` (AMAP), ``step``, ``epoch``, ``total_steps``, the curves as DataFrames
+    (``steps``: step, loss, accuracy; ``history``: one row per epoch; ``ratios``: AMAP's MACs
+    ratio per step) and ``result`` (AMAP: the exported model's numbers, once saved)."""
+    r = snap["results"]
+    return {**snap, "run_id": snap["id"], "step": r.get("step", 0),
+            "epoch": r.get("epoch", 0), "total_steps": r.get("total_steps", snap["total_steps"]),
+            "steps": pd.DataFrame(r.get("steps", []), columns=["step", "loss", "accuracy"]),
+            "history": pd.DataFrame(r.get("history", [])),
+            "ratios": pd.DataFrame(r.get("ratios", []), columns=["step", "macs_ratio",
+                                                                "expected_ratio", "phase"]),
+            "result": dict(r["result"]) if r.get("result") else None}
 
 
 def _forget_old_jobs() -> None:
-    now = time.time()
-    with _JOBS_LOCK:
-        jobs = _jobs()
-        for run_id in [r for r, j in jobs.items()
-                       if j.ended is not None and now - j.ended > JOB_MEMORY_S]:
-            del jobs[run_id]
+    for j in jobs():
+        if j.kind in KINDS and j.ended is not None and time.monotonic() - j.ended > JOB_MEMORY_S:
+            forget(j)
 
 
 def get_job(run_id: str | None) -> Job | None:
-    return _jobs().get(run_id) if run_id else None
+    """The training or AMAP job of ``run_id`` started by this server process, if any."""
+    found = current(run_id, SERVER) if run_id else None
+    return found if found is not None and found.kind in KINDS else None
 
 
 def running_jobs() -> list[dict]:
     """This session's running jobs (others' are not offered to follow)."""
     me = current_owner()
-    with _JOBS_LOCK:
-        jobs = list(_jobs().values())
-    return [j.snapshot() for j in jobs if j.status == "running" and j.owner == me]
+    return [j.snapshot() for j in jobs() if j.kind in KINDS and j.running and j.owner == me]
 
 
 def reassign_jobs(owner: str, new_owner: str) -> None:
     """Jobs of ``owner`` now belong to ``new_owner`` (with ``RunStore.reassign_runs``)."""
-    with _JOBS_LOCK:
-        for job in _jobs().values():
-            if job.owner == owner:
-                job.owner = new_owner
+    for j in jobs():
+        if j.kind in KINDS and j.owner == owner:
+            j.owner = new_owner
 
 
 def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: int) -> str:
-    """Create a run in the store and train a private copy of the pruned model in a daemon
-    thread. Returns the run id at once."""
+    """Create a run in the store and train a private copy of the pruned model as a server
+    job. Returns the run id at once."""
     store = run_store()
     model = pruned_model(key)  # our own copy: the cached base is never touched
     train_set = _train_subset(s, train_samples, config.seed)
@@ -134,20 +95,21 @@ def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: 
                "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size}
     owner = current_owner()
     run_id = _create_run(store, run_cfg, owner)
-    _forget_old_jobs()
     what = f"{key.pruner} {key.sparsity:.0%}" if key.sparsity else "dense"
     label = f"{s.exp.preset} · {what} · {config.epochs} epoch(s)"
-    job = Job(run_id, label, config.epochs, owner=owner)
     val_set = val_subset(s.data, 10**9)
 
-    def work(hooks: list, cancel: threading.Event) -> None:
+    def work(j: Job) -> None:
         from core.runs import RunStoreCallback
 
-        # the store first: when the page sees the job end, the run store already says so
-        train(model, train_set, val_set, config,
-              callbacks=[RunStoreCallback(store, job.run_id, model), *hooks], cancel=cancel)
+        # the store first; the job ends after train() returns: when the page sees the end,
+        # the run store already says so
+        result = train(model, train_set, val_set, config,
+                       callbacks=[RunStoreCallback(store, run_id, model), Progress(j)],
+                       cancel=j.cancel_event)
+        _end_as(result.status, result.reason)
 
-    _launch(job, store, work)
+    _launch(store, run_id, label, owner, work, epochs=config.epochs, total_steps=0)
     return run_id
 
 
@@ -176,23 +138,21 @@ def start_amap(s: Setup, budget: float, steps: int, batch_size: int,
                "val_samples": len(val_set)}
     owner = current_owner()
     run_id = _create_run(store, run_cfg, owner)
-    _forget_old_jobs()
     label = f"{s.exp.preset} · AMAP to {budget:.0%} of attention MACs · {int(steps)} steps"
-    job = Job(run_id, label, 2, total_steps=int(steps), kind="amap", budget=budget,
-              owner=owner)
     dense = dense_cost(s.model_key)
 
-    def work(hooks: list, cancel: threading.Event) -> None:
+    def work(j: Job) -> dict:
         res = prune(model, "amap", None, images=images, budget=budget, train_set=train_set,
                     steps=int(steps), batch_size=int(batch_size), seed=int(s.exp.seed),
-                    callbacks=hooks, cancel=cancel)
+                    callbacks=[Progress(j)], cancel=j.cancel_event)
+        # cancelled too: the model is fitted to the budget, exported, evaluated and saved
         result = study.finish_amap(res, val_set, budget, dense, store, run_id)
-        with job.lock:
-            job.result = result
-            job.status, job.reason = res.extra["status"], res.extra["reason"]
-            job.ended = time.time()
+        j.publish(result=result)
+        _end_as(res.extra["status"], res.extra["reason"])
+        return result
 
-    _launch(job, store, work, finish_on_end=False)
+    _launch(store, run_id, label, owner, work, kind="amap", epochs=2,
+            total_steps=int(steps), budget=budget)
     return run_id
 
 
@@ -211,16 +171,36 @@ def _train_subset(s: Setup, n: int, seed: int):
     return train_set
 
 
-def _launch(job: Job, store, work: Callable[[list, threading.Event], None],
-            finish_on_end: bool = True) -> None:
-    """Register ``job`` and run ``work(callbacks, cancel)`` in a daemon thread; the callbacks
-    feed the job's progress (``core.train`` protocol). ``finish_on_end=False``: ``work`` sets
-    the final status itself (after its own post-processing), not the ``on_end`` event."""
-    with _JOBS_LOCK:
-        _jobs()[job.run_id] = job
-    job.thread = threading.Thread(target=_worker, args=(job, store, work, finish_on_end),
-                                  name=f"prunelens-{job.kind}-{job.run_id}", daemon=True)
-    job.thread.start()
+def _launch(store, run_id: str, label: str, owner: str, work: Callable[[Job], object], *,
+            kind: str = "finetune", **info) -> Job:
+    """Run ``work(job)`` as the server job of ``run_id`` (fixed facts ``info`` for the page:
+    ``epochs``, ``total_steps``, ``budget``). A run whose work raises is marked failed in
+    ``store`` too, unless the store has its end already."""
+    _forget_old_jobs()
+    return start(kind, lambda j: _recorded(j, store, work), session=SERVER, key=run_id,
+                 id=run_id, label=label, owner=owner, info={"budget": None, **info},
+                 view=_view)
+
+
+def _recorded(j: Job, store, work: Callable[[Job], object]) -> object:
+    try:
+        return work(j)
+    except Exception as e:  # the job says why on the page; the store must say it too
+        try:
+            if store is not None and store.get_run(j.id)["status"] == "running":
+                store.finish(j.id, "failed", f"{type(e).__name__}: {e}")
+        except Exception:  # the store is best effort here; the job already says why
+            log.exception("could not mark run %s failed", j.id)
+        raise
+
+
+def _end_as(status: str, reason: str | None) -> None:
+    """A run that ended as cancelled or failed (the run store has recorded it) ends its job
+    the same way."""
+    if status == "cancelled":
+        raise study.Cancelled(reason or "cancelled")
+    if status == "failed":
+        raise Failed(reason or "failed")
 
 
 def _create_run(store, cfg: dict, owner: str) -> str:
@@ -229,55 +209,30 @@ def _create_run(store, cfg: dict, owner: str) -> str:
 
 
 class Progress(Callback):
-    """core.train callback feeding a :class:`Job` (steps, epochs, end)."""
+    """core.train callback feeding a :class:`Job`: steps (loss and accuracy every
+    :data:`STEP_LOG_EVERY`), AMAP's MACs ratio, epochs' metrics."""
 
-    def __init__(self, job: Job, finish_on_end: bool = True):
-        self.job, self.finish_on_end = job, finish_on_end
+    def __init__(self, job: Job):
+        self.job = job
 
     def on_step(self, e) -> None:
         record = e.step % STEP_LOG_EVERY == 0 or e.step == e.total_steps
-        loss, acc = (e.running_loss, e.running_accuracy) if record else (None, None)
         ratio = getattr(e, "macs_ratio", None)  # AMAPStepEvent
-        with self.job.lock:
-            self.job.step, self.job.total_steps, self.job.epoch = e.step, e.total_steps, e.epoch
-            if record:
-                self.job.steps.append((e.step, loss, acc))
-            if ratio is not None:
-                self.job.ratios.append((e.step, float(ratio), float(e.expected_ratio),
-                                        str(e.phase)))
+        self.job.progress(e.step / max(e.total_steps, 1), f"step {e.step}/{e.total_steps}")
+        self.job.publish(step=e.step, total_steps=e.total_steps, epoch=e.epoch)
+        if record:
+            self.job.append(steps=(e.step, e.running_loss, e.running_accuracy))
+        if ratio is not None:
+            self.job.append(ratios=(e.step, float(ratio), float(e.expected_ratio),
+                                    str(e.phase)))
 
     def on_epoch_end(self, e) -> None:
-        with self.job.lock:
-            self.job.history.append({**e.metrics, "step": e.step})
-
-    def on_end(self, result) -> None:
-        if not self.finish_on_end:
-            return
-        with self.job.lock:
-            self.job.status, self.job.reason = result.status, result.reason
-            self.job.ended = time.time()
-
-
-def _worker(job: Job, store, work: Callable[[list, threading.Event], None],
-            finish_on_end: bool) -> None:
-    try:
-        work([Progress(job, finish_on_end)], job.cancel)
-    except Exception as e:  # reported to the page through the job, and to the store
-        log.exception("%s run %s failed", job.kind, job.run_id)
-        with job.lock:
-            job.status, job.reason = "failed", f"{type(e).__name__}: {e}"
-            job.ended = job.ended or time.time()
-        try:
-            if store.get_run(job.run_id)["status"] == "running":
-                store.finish(job.run_id, "failed", job.reason)
-        except Exception:  # the store is best effort here; the job already says why
-            log.exception("could not mark run %s failed", job.run_id)
+        self.job.append(history={**e.metrics, "step": e.step})
 
 
 def cancel_job(run_id: str) -> bool:
     """Widget callback: ask this session's job ``run_id`` to stop (another's is refused)."""
-    job = get_job(run_id)
-    if job is None or job.status != "running" or job.owner != current_owner():
+    found = get_job(run_id)
+    if found is None or found.owner != current_owner():
         return False
-    job.cancel.set()
-    return True
+    return found.cancel()

@@ -2,11 +2,12 @@
 
 Once a Prune page run has finished, the neighbouring stops of its sparsity slider (two on each
 side, nearest first) are masked and evaluated for every criterion of that experiment, in one
-background thread, one step at a time (a criterion's masks, or one slice of its evaluation)
-and only while no page is running (``session.wait_quiet``): a move to a neighbour then finds
-its numbers cached, an iterative criterion's schedule (SynFlow's) included. A newer request
-replaces an older one between steps. The results go to the same caches the page reads, so a
-page that asks for an entry being computed waits for it instead of computing it twice.
+server job (``job.py``), one step at a time (a criterion's masks, or one slice of its
+evaluation) and only while no page is running (``session.wait_quiet``): a move to a neighbour
+then finds its numbers cached, an iterative criterion's schedule (SynFlow's) included. A newer request replaces
+an older one between steps (the newer starts once the older's step is over). The results go to
+the caches the page read when it asked (the job's), so a page that asks for an entry being
+computed waits for it instead of computing it twice.
 
 Only models whose one-image forward is small work (``pruning.is_small``: the 32×32 presets)
 are prefetched; on a 224×224 model a step is seconds of CPU a user may never ask for.
@@ -14,21 +15,15 @@ are prefetched; on a 224×224 model a step is seconds of CPU a user may never as
 """
 from __future__ import annotations
 
-import logging
 import os
-import threading
 
+from . import job
 from .data import dense_cost
 from .keys import EXPECTED_ERRORS, SPARSITY_OPTIONS, Experiment, Setup
 from .pruning import cost, eval_bounds, eval_counts, is_small, pruned, val_size
-from .work import stop_at_exit
 
-log = logging.getLogger("prunelens.dashboard")
 REACH = 2  # slider stops on each side: arrow-key steps and short drags
-
-_cond = threading.Condition()
-_request: dict = {"seq": 0, "job": None, "done": 0}
-_thread: threading.Thread | None = None
+SLOT = "prefetch"
 
 
 def neighbours(sparsity: float, reach: int | None = None) -> list[float]:
@@ -45,67 +40,37 @@ def neighbours(sparsity: float, reach: int | None = None) -> list[float]:
 def request(s: Setup, exp: Experiment) -> bool:
     """Prefetch the neighbours of ``exp.sparsity`` (``exp.val_samples`` images) in idle time,
     replacing any earlier request. False (nothing queued) for a model that is not small."""
-    global _thread
     if os.environ.get("PRUNELENS_PREFETCH", "1") == "0" or not exp.pruners \
             or not is_small(s.model_key):
         return False
-    with _cond:
-        _request["seq"] += 1
-        _request["job"] = (s, exp)
-        _cond.notify()
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_loop, name="prunelens-prefetch", daemon=True)
-            _thread.start()
-            stop_at_exit(_thread, _drop_requests)
+    previous = current()
+    job.start(SLOT, lambda j: _prefetch(j, s, exp, previous), session=job.SERVER, basis=SLOT,
+              interrupt=True)
     return True
 
 
-def _drop_requests() -> None:
-    """Forget any request: the thread ends after its current step (at most one mask or one
-    evaluation slice). Called at interpreter exit (``work.stop_at_exit``)."""
-    with _cond:
-        _request["seq"] += 1
-        _request["job"] = None
-        _cond.notify_all()
-
-
-def _loop() -> None:
-    seq = 0
-    while True:
-        with _cond:
-            _cond.wait_for(lambda: _request["seq"] != seq)
-            seq, job = _request["seq"], _request["job"]
-            if job is None:  # _drop_requests()
-                _request["done"] = seq
-                _cond.notify_all()
-                return
-        try:
-            _prefetch(seq, *job)
-        except Exception:  # noqa: BLE001  idle-time work only: the page computes and reports
-            log.exception("prefetch of the neighbouring sparsities failed")
-        job = None  # noqa: F841  (nothing of it kept while waiting for the next request)
-        with _cond:
-            _request["done"] = seq
-            if _request["seq"] == seq:
-                _request["job"] = None  # holds a model and its data: not beyond its use
-            _cond.notify_all()
+def current() -> job.Job | None:
+    """The latest request's job."""
+    return job.current(SLOT, job.SERVER)
 
 
 def wait_done(timeout: float) -> bool:
     """Until the latest request has been prefetched (or given up for a newer one)."""
-    with _cond:
-        return _cond.wait_for(lambda: _request["done"] == _request["seq"], timeout)
+    latest = current()
+    return latest is None or latest.join(timeout)
 
 
-def _current(seq: int) -> bool:
-    """Wait for the server's idle time; False once a newer request has come."""
+def _quiet(j: job.Job) -> bool:
+    """Wait for the server's idle time; False once a newer request (or the exit) stops it."""
     from dashboard import session
 
-    session.wait_quiet(stop=lambda: _request["seq"] != seq)
-    return _request["seq"] == seq
+    session.wait_quiet(stop=lambda: j.cancelled)
+    return not j.cancelled
 
 
-def _prefetch(seq: int, s: Setup, exp: Experiment) -> None:
+def _prefetch(j: job.Job, s: Setup, exp: Experiment, previous: job.Job | None) -> None:
+    if previous is not None:
+        previous.join()  # one step at a time: the older request ends after its current one
     n = val_size(s.key(exp.pruners[0], 0.0), exp.val_samples)
     bounds = eval_bounds(n, dense_cost(s.model_key).macs)
     for sparsity in neighbours(exp.sparsity):
@@ -113,13 +78,13 @@ def _prefetch(seq: int, s: Setup, exp: Experiment) -> None:
             if s.key(name).pattern:
                 continue  # fixed by its N:M pattern: the slider does not move it
             key = s.key(name, sparsity)
-            if not _current(seq):
+            if not _quiet(j):
                 return
             try:
                 pruned(key)
                 cost(key)
                 for a, b in bounds:
-                    if not _current(seq):
+                    if not _quiet(j):
                         return
                     eval_counts(key, exp.val_samples, a, b)
             except EXPECTED_ERRORS:

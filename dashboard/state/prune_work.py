@@ -1,4 +1,4 @@
-"""The Prune page's computation as background work (``work.py``): every criterion scored and
+"""The Prune page's computation as a background job (``job.py``): every criterion scored and
 masked, then evaluated progressively — a small first slice of the validation images for every
 criterion (numbers within seconds), then doubling slices until the whole subset — so the page
 shows numbers early, refines them, can be cancelled, and stops when its session ends.
@@ -14,10 +14,19 @@ from __future__ import annotations
 from .catalogue import pruner_info
 from .data import dense_cost
 from .keys import EXPECTED_ERRORS, Experiment, Setup
+from .job import Job, start as start_job
 from .pruning import eval_bounds, eval_counts, is_cheap, layer_kept, pruned, val_size
-from .work import Work
 
 SLOT = "prune"
+
+
+def start(s: Setup, exp: Experiment, restart: bool = False) -> Job:
+    """This session's Prune page job for ``exp``: the running or finished one computing the
+    same numbers, else a new one (older work is cancelled at once when the model, data or
+    calibration changed, after its current step otherwise); ``restart``: compute again after
+    a cancel. Cancel stops it inside a forward."""
+    return start_job(SLOT, prune_and_evaluate(s, exp), key=SLOT, signature=signature(s, exp),
+                     basis=basis(s, exp), restart=restart, interrupt=True)
 
 
 def signature(s: Setup, exp: Experiment) -> tuple:
@@ -44,10 +53,10 @@ def _score_units(name: str, calib: int, cached: bool) -> float:
 
 
 def prune_and_evaluate(s: Setup, exp: Experiment):
-    """``fn(work)`` for ``work.start``: publishes ``order`` (criteria in computing order),
+    """``fn(job)`` for :func:`start`: publishes ``order`` (criteria in computing order),
     ``pruned`` (names done), ``failed`` (name → reason), ``upto`` (name → images evaluated)
     and ``n`` (validation images); numbers are read from the caches by the page."""
-    def fn(w: Work) -> None:
+    def fn(w: Job) -> None:
         n = val_size(s.key(exp.pruners[0], 0.0), exp.val_samples)
         bounds = eval_bounds(n, dense_cost(s.model_key).macs)
         ready = [p for p in exp.pruners if is_cheap(s.key(p))]
@@ -63,7 +72,7 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
         def evaluate(name: str, a: int, b: int) -> None:
             nonlocal done_units
             key = s.key(exp.pruners[0], 0.0) if name == "dense" else s.key(name)
-            w.report(done_units, total, f"{name}: images {a + 1}–{b} of {n}")
+            w.progress(done_units / total, f"{name}: images {a + 1}–{b} of {n}")
             eval_counts(key, exp.val_samples, a, b)
             done_units += b - a
             upto[name] = b
@@ -79,8 +88,8 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
 
         def mask(name: str) -> bool:
             nonlocal done_units
-            w.report(done_units, total,
-                     f"{name}: {'masking' if name in ready else 'scoring and masking'}")
+            w.progress(done_units / total,
+                       f"{name}: {'masking' if name in ready else 'scoring and masking'}")
             try:
                 layer_kept(s.key(name))  # computes the masks (or the shrunk model)
                 pruned(s.key(name))
@@ -95,7 +104,7 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
 
         def mask_all(names: list[str]) -> bool:
             for name in names:
-                if w.stop_here():
+                if w.cancelled:
                     return False
                 mask(name)
             return True
@@ -108,7 +117,7 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
         evaluate("dense", *bounds[0])
         w.publish(upto=dict(upto))
         for i, name in enumerate(order):
-            if w.stop_here():
+            if w.cancelled:
                 return
             if name not in done and name not in failed and not mask(name):
                 continue
@@ -119,10 +128,10 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
                 return
         for a, b in bounds[1:]:
             for name in ("dense", *done):
-                if w.stop_here():
+                if w.cancelled:
                     return
                 checked(name, a, b)
             w.publish(upto=dict(upto), failed=dict(failed), pruned=list(done))
-        w.report(total, total, "done")
+        w.progress(1.0, "done")
 
     return fn

@@ -222,38 +222,33 @@ def heat_cell(image: Tensor, heat: np.ndarray, px: int = 2 * CELL_PX) -> np.ndar
 # ---------------------------------------------------------------------------- long work
 
 def follow_work(slot: str, signature, basis, fn, what: str, quick_s: float = 0.3):
-    """Run ``fn(report)`` (``report(fraction, text)``) as the session's background work for
+    """Run ``fn(report)`` (``report(fraction, text)``) as the session's background job for
     ``slot`` and return its result. Past ``quick_s`` seconds the page shows a progress bar with
     an estimate of the time left and a Cancel button; cancelled (or the session gone), the page
     says so, offers to compute again, and stops there."""
-    from . import work as w
+    from . import job as jobs
 
-    def body(job: w.Work) -> None:
-        job.publish(result=fn(lambda f, text: job.report(f, 1.0, text)))
-
-    restart_key = f"{slot}_restart"
-    job = w.start(slot, signature, basis, body, restart=take_flag(restart_key))
+    work = jobs.start(slot, lambda j: fn(j.progress), signature=signature, basis=basis,
+                      restart=take_flag(f"{slot}_restart"), interrupt=True)
     box = st.empty()
-    w.wait(job, 0, quick_s)
-    if job.running:
+    snap = jobs.follow(work, 0, quick_s)
+    if snap["status"] == "running":
         with box.container():
             bar = st.progress(0.0, text=what)
             st.button("Cancel", key=f"{slot}_cancel", icon=":material/stop_circle:",
-                      on_click=w.cancel, args=(slot,))
-        while job.running:
-            w.wait(job, job.version, 0.5)
-            snap = job.snapshot()
-            bar.progress(snap["fraction"], text=f"{what} · {w.describe(snap)}")
+                      on_click=work.cancel, args=("cancelled",))
+        while snap["status"] == "running":
+            snap = jobs.follow(work, snap["version"], 0.5)
+            bar.progress(snap["fraction"], text=f"{what} · {jobs.describe(snap)}")
     box.empty()
-    snap = job.snapshot()
     if snap["status"] == "done":
-        return snap["results"]["result"]
+        return work.result
     if snap["status"] == "failed":
-        raise job.error if job.error is not None else RuntimeError(snap["reason"])
+        raise work.error if work.error is not None else RuntimeError(snap["reason"])
     st.warning(f"{what}: stopped after {snap['elapsed']:.0f} s ({md(snap['reason'])}).",
                icon=":material/stop_circle:")
     st.button("Compute again", key=f"{slot}_resume", icon=":material/play_arrow:",
-              on_click=set_flag, args=(restart_key,))
+              on_click=set_flag, args=(f"{slot}_restart",))
     st.stop()
 
 

@@ -10,7 +10,7 @@ A session's folder is deleted when
   state: Streamlit drops the state when the session is closed, or when a disconnected
   session's reconnect window ends);
 - Streamlit's runtime no longer lists it as active for :data:`GONE_AFTER_S` (a sweep, run at
-  every upload and by a daemon thread every :data:`SWEEP_EVERY_S`): the same, should the
+  every upload and by a server job every :data:`SWEEP_EVERY_S`): the same, should the
   garbage collector be late;
 - nothing in it was used for ``idle_s`` (2 h by default).
 
@@ -222,17 +222,19 @@ def cap_bytes() -> int:
 @cache_resource(show_spinner=False)
 def store() -> SessionUploads:
     """The process's upload store, in a private temporary folder removed at exit, swept by a
-    daemon thread."""
+    server job every :data:`SWEEP_EVERY_S`."""
+    from . import job
+
     root = Path(tempfile.mkdtemp(prefix="prunelens-uploads-"))
     atexit.register(shutil.rmtree, root, True)
     s = SessionUploads(root, cap_bytes(), alive=_runtime_alive)
 
-    def sweep_forever() -> None:
-        while True:
-            time.sleep(SWEEP_EVERY_S)
+    def sweep_forever(j: job.Job) -> None:
+        while not j.sleep(SWEEP_EVERY_S):
             s.sweep()
 
-    threading.Thread(target=sweep_forever, name="prunelens-upload-sweep", daemon=True).start()
+    job.start("upload-sweep", sweep_forever, session=job.SERVER,
+              key=("upload-sweep", str(root)))
     return s
 
 
