@@ -78,10 +78,13 @@ def join(thread: threading.Thread | None) -> None:
 def wait_for(at: AppTest, done) -> AppTest:
     """The page once its background jobs (training, AMAP) have ended: their threads joined,
     one rerun, then ``done(at)`` must hold."""
-    from dashboard.state import jobs
+    from dashboard.state import job
 
-    for job in list(jobs._jobs().values()):
-        join(job.thread)
+    from dashboard.state.jobs import KINDS
+
+    for j in job.jobs():
+        if j.kind in KINDS:
+            assert j.join(HANG_S), f"the {j.kind} job hangs"
     ok(at.run())
     assert done(at), "the page does not show the end of its job"
     return at

@@ -13,7 +13,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from core.__main__ import main
-from test_dashboard import join, shown
+from test_dashboard import HANG_S, join, shown
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "navigation.py")
 
@@ -31,10 +31,10 @@ def compare_page(**session) -> AppTest:
 def wait_for(at: AppTest, done) -> AppTest:
     """The page once its comparison has ended (the sweep's thread joined; ``HANG_S`` at most,
     as a hang guard), after one rerun; then ``done(at)`` must hold."""
-    name = f"prunelens-{at.session_state['compare_job']}"  # compare.start_sweep's thread
-    for thread in threading.enumerate():
-        if thread.name == name:
-            join(thread)
+    from dashboard.state import job
+
+    j = job.find(at.session_state["compare_job"])
+    assert j is None or j.join(HANG_S), "the comparison hangs"
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     assert done(at), "the page does not show the end of its comparison"
