@@ -28,6 +28,7 @@ One module per concern; every public name is also an attribute of this package
 - ``views``: attention rows, SNP's Fig. 3 grid, explanation heat maps
 - ``sweeps``: criterion × sparsity × seed sweeps and the tables behind their charts
 - ``sensitivity``: one layer pruned at a time
+- ``diff``: two models on the same images, example by example (``core.diff``)
 - ``amap``: AMAP's last step (evaluate, cost, log the run)
 - ``cancel``: stopping a computation within one module's forward
 - ``memory``: bytes a result holds
@@ -57,6 +58,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "sweeps": ("SWEEP_COLUMNS", "Measure", "curve_table", "sort_sweep", "sweep",
                "sweep_points"),
     "sensitivity": ("SENSITIVITY_COLUMNS", "STRUCTURED_UNITS", "layer_sensitivity"),
+    "diff": ("DiffSummary", "attention_change", "compare_models", "layer_change", "summarize"),
     "amap": ("finish_amap",),
     "cancel": ("Cancelled", "cancellable", "current_event", "hook_installed"),
     "memory": ("nbytes",),
