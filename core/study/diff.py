@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from .. import attention as attn
 from ..models import block_views, token_layout
 from .cancel import Cancelled, cancellable, current_event
-from .evaluation import _model_device, eval_counts, eval_metrics, macro_f1
+from .evaluation import eval_counts, eval_metrics, macro_f1
 
 DIFF_COLUMNS = ("index", "label", "pred_a", "pred_b", "conf_a", "conf_b", "flip",
                 "rollout_change")
@@ -57,7 +57,6 @@ FLIP_KINDS = ("both_right", "both_wrong", "lost", "gained", "changed_wrong")
 UNLABELLED_KINDS = ("agree", "disagree")
 ECE_BINS = 15
 FUSED = -1  # the ``head`` of a layer's mean-of-heads row in change tables
-Join = Literal["index", "labels"]
 
 _CHANGE = re.compile(r"change_l(\d+)(?:_h(\d+))?$")
 
@@ -216,7 +215,7 @@ class _Seen:
 def _see(model: nn.Module, x: Tensor, y: Tensor | None, num_classes: int,
          take: Tensor | None = None) -> _Seen:
     """One forward of ``model`` (on its own device) recording attention in the same forward."""
-    device = _model_device(model)
+    device = next(iter(model.parameters())).device
     layout = token_layout(model)
     out: dict[str, object] = {}
 
@@ -261,7 +260,7 @@ def _heads(model: nn.Module) -> list[int]:
 
 def compare_models(model_a: nn.Module, model_b: nn.Module,
                    dataset: Dataset | Tensor | Sequence[Tensor], *, batch_size: int = 32,
-                   join: Join = "index", labels_a: Sequence[str] | None = None,
+                   join: Literal["index", "labels"] = "index", labels_a: Sequence[str] | None = None,
                    labels_b: Sequence[str] | None = None,
                    head_map: Sequence[Sequence[int]] | None = None, num_workers: int = 0,
                    progress: Callable[[float, str], None] | None = None,
