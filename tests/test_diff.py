@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from _tiny import random_vit, small_vit
+from _tiny import random_linformer, random_vit, small_vit
 from core import charts, report
 from core.attention import capture_attention, cls_attention
 from core.diff import (DIFF_COLUMNS, FLIP_KINDS, attention_change, compare_models,
@@ -102,6 +102,10 @@ def test_rollout_change_is_zero_for_a_model_against_itself_and_its_mask_of_ones(
         assert (change.to_numpy() == 0).all()
         assert (df.pred_a == df.pred_b).all() and (df.conf_a == df.conf_b).all()
         assert set(df.flip) <= {"both_right", "both_wrong"}
+    lin = random_linformer(0)  # another family: its effective token-to-token maps
+    df = compare_models(lin, prune(lin, "magnitude", 0.0).model, ds)
+    assert (df.filter(like="change").to_numpy() == 0).all()
+    assert (compare_models(lin, random_linformer(1), ds)["rollout_change"] > 0).all()
 
 
 def test_rollout_change_grows_with_sparsity_on_average():
@@ -277,6 +281,8 @@ def test_bad_input_gives_one_clear_message():
         compare_models(a, a, data(3, size=8))
     with pytest.raises(ValueError, match="label 7 .* 5 classes"):
         compare_models(a, a, data(3, classes=8))
+    with pytest.raises(ValueError, match="5 classes but 2 label names"):
+        compare_models(a, a, data(2), labels_a=["x", "y"])
     with pytest.raises(ValueError, match="head_map"):
         compare_models(a, a, data(2), head_map=[[0, 1, 2]])
 

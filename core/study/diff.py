@@ -313,6 +313,8 @@ def compare_models(model_a: nn.Module, model_b: nn.Module,
     if labels_a is None and join == "labels":
         labels_a = classes
     n_a, n_b = int(model_a.num_classes), int(model_b.num_classes)
+    if labels_a is not None and len(labels_a) != n_a:
+        raise ValueError(f"model A has {n_a} classes but {len(labels_a)} label names")
     take = _label_join(n_a, n_b, join, labels_a, labels_b)
     names = list(labels_a) if labels_a is not None else (
         list(classes) if classes is not None and len(classes) == n_a else None)
