@@ -149,6 +149,35 @@ def test_changes_equal_a_hand_computation():
     assert float(total_variation(torch.tensor([3.0, 1.0]), torch.tensor([1.0, 3.0]))) == 0.5
 
 
+def _pooled_vit(seed: int, **options):
+    from _tiny import randomise
+    from core.models.vit import BlockConfig, VisionTransformer, ViTConfig
+
+    torch.manual_seed(seed)
+    return randomise(VisionTransformer(ViTConfig(
+        img_size=(16, 16), patch_size=4, num_classes=5, embed_dim=12,
+        blocks=(BlockConfig(2, 6, 6, 16),) * 2, **options)))
+
+
+@pytest.mark.parametrize("options", [dict(class_token=False, global_pool="avg"),
+                                     dict(distilled=True, num_reg_tokens=2)],
+                         ids=["no class token", "distillation and register tokens"])
+def test_special_tokens_follow_the_models_layout(options):
+    """Rows as cls_attention reads them: without a class token the mean over the patch
+    queries; distillation and register tokens never count as patches."""
+    a, b, ds = _pooled_vit(0, **options), _pooled_vit(1, **options), data(3)
+    df = compare_models(a, b, ds)
+    x, _ = ds.tensors
+    layout = token_layout(a)
+    ma, mb = capture_attention(a, x), capture_attention(b, x)
+    for l in (0, 1):
+        for h in (0, 1):
+            ra, rb = cls_attention(ma[l], h, layout), cls_attention(mb[l], h, layout)
+            assert ra.shape == (3, 16)
+            np.testing.assert_allclose(df[f"change_l{l}_h{h}"], total_variation(ra, rb),
+                                       rtol=1e-12)
+
+
 def test_attention_change_of_one_image_equals_its_row():
     a, b, ds = random_vit(0), random_vit(1), data(6)
     df = compare_models(a, b, ds)

@@ -212,6 +212,15 @@ class _Seen:
     counts: tuple[Tensor, Tensor, Tensor] | None
 
 
+def _head_rows(m: Tensor, layout) -> Tensor:
+    """(B, H, N, N) → (B, H, P): ``cls_attention(m, h, layout)`` of every head h, in one
+    slice when there is a class token (a call per head is four small tensor ops each: on a
+    small model at 2 threads, the largest share of compare_models' overhead)."""
+    if layout.cls_index is not None:
+        return m[:, :, layout.cls_index, layout.num_prefix:].abs()
+    return torch.stack([attn.cls_attention(m, h, layout) for h in range(m.shape[1])], 1)
+
+
 def _see(model: nn.Module, x: Tensor, y: Tensor | None, num_classes: int,
          take: Tensor | None = None) -> _Seen:
     """One forward of ``model`` (on its own device) recording attention in the same forward."""
@@ -234,8 +243,7 @@ def _see(model: nn.Module, x: Tensor, y: Tensor | None, num_classes: int,
             counts = eval_counts(forward, [(x, y)], device, num_classes)
         maps = out["maps"]
         rollout = attn.rollout_row(maps, layout).double().cpu()
-        heads = [torch.stack([attn.cls_attention(m, h, layout) for h in range(m.shape[1])],
-                             1).double().cpu() for m in maps]
+        heads = [_head_rows(m, layout).double().cpu() for m in maps]
     return _Seen(out["logits"].float().cpu(), rollout, heads, counts)
 
 
@@ -247,8 +255,9 @@ def _changes(a: _Seen, b: _Seen, pairs: list[list[tuple[int, int]]] | None
     for l, pl in enumerate(pairs or []):
         ra, rb = a.heads[l], b.heads[l]
         out[f"change_l{l}"] = total_variation(ra.mean(1), rb.mean(1))
-        for h, j in pl:
-            out[f"change_l{l}_h{h}"] = total_variation(ra[:, h], rb[:, j])
+        if pl:  # all pairs of the layer in one (B, pairs) distance: few ops per batch
+            tv = total_variation(ra[:, [h for h, _ in pl]], rb[:, [j for _, j in pl]])
+            out.update({f"change_l{l}_h{h}": tv[:, i] for i, (h, _) in enumerate(pl)})
     return out
 
 
