@@ -203,8 +203,8 @@ def _head_pairs(heads_a: list[int], heads_b: list[int],
 @dataclass(frozen=True, eq=False)
 class _Seen:
     """One model on one batch of B images: ``logits`` (B, C) in A's label space, ``rollout``
-    (B, P) and per layer the class token's row of each head ``heads[l]`` (B, H_l, P), both
-    float64 on the CPU; ``counts`` of :func:`eval_counts` (None for unlabelled batches)."""
+    (B, P) and per layer the class token's row of each head ``heads[l]`` (B, H_l, P), all
+    float32 on the CPU; ``counts`` of :func:`eval_counts` (None for unlabelled batches)."""
 
     logits: Tensor
     rollout: Tensor
@@ -242,23 +242,29 @@ def _see(model: nn.Module, x: Tensor, y: Tensor | None, num_classes: int,
         else:
             counts = eval_counts(forward, [(x, y)], device, num_classes)
         maps = out["maps"]
-        rollout = attn.rollout_row(maps, layout).double().cpu()
-        heads = [_head_rows(m, layout).double().cpu() for m in maps]
+        rollout = attn.rollout_row(maps, layout).float().cpu()
+        heads = [_head_rows(m, layout).float().cpu() for m in maps]
     return _Seen(out["logits"].float().cpu(), rollout, heads, counts)
 
 
 def _changes(a: _Seen, b: _Seen, pairs: list[list[tuple[int, int]]] | None
-             ) -> dict[str, Tensor]:
-    """Per example ``rollout_change`` and, when the depths match (``pairs`` not None),
-    ``change_l{l}`` (mean of heads) and ``change_l{l}_h{h}`` (head h of A against its pair)."""
-    out = {"rollout_change": total_variation(a.rollout, b.rollout)}
+             ) -> tuple[list[str], Tensor]:
+    """Column names and the (B, columns) float64 distances: ``rollout_change`` and, when the
+    depths match (``pairs`` not None), ``change_l{l}`` (mean of heads) and ``change_l{l}_h{h}``
+    (head h of A against its pair). Every comparison is over the same P patches, so all go
+    through one :func:`total_variation` (a dozen tensor ops per batch, not a dozen per
+    column)."""
+    names, ps, qs = ["rollout_change"], [a.rollout[:, None]], [b.rollout[:, None]]
     for l, pl in enumerate(pairs or []):
         ra, rb = a.heads[l], b.heads[l]
-        out[f"change_l{l}"] = total_variation(ra.mean(1), rb.mean(1))
-        if pl:  # all pairs of the layer in one (B, pairs) distance: few ops per batch
-            tv = total_variation(ra[:, [h for h, _ in pl]], rb[:, [j for _, j in pl]])
-            out.update({f"change_l{l}_h{h}": tv[:, i] for i, (h, _) in enumerate(pl)})
-    return out
+        names.append(f"change_l{l}")
+        ps.append(ra.mean(1, keepdim=True))
+        qs.append(rb.mean(1, keepdim=True))
+        if pl:
+            names += [f"change_l{l}_h{h}" for h, _ in pl]
+            ps.append(ra[:, [h for h, _ in pl]])
+            qs.append(rb[:, [j for _, j in pl]])
+    return names, total_variation(torch.cat(ps, 1), torch.cat(qs, 1))
 
 
 def _heads(model: nn.Module) -> list[int]:
@@ -408,7 +414,8 @@ def _add_rows(cols: dict[str, list[np.ndarray]], start: int, y: np.ndarray, a: _
            "pred_a": pred_a.numpy(), "pred_b": pred_b.numpy(),
            "conf_a": conf_a.double().numpy(), "conf_b": conf_b.double().numpy()}
     row["flip"] = flip_kinds(y, row["pred_a"], row["pred_b"])
-    row.update({k: v.numpy() for k, v in _changes(a, b, pairs).items()})
+    names, tv = _changes(a, b, pairs)
+    row.update(zip(names, tv.numpy().T))
     for k, v in row.items():
         cols.setdefault(k, []).append(v)
 
@@ -447,8 +454,8 @@ def attention_change(model_a: nn.Module, model_b: nn.Module, image: Tensor, *,
     finally:
         for m, mode in modes:
             m.train(mode)
-    ch = _changes(a, b, pairs)
-    return layer_change(pd.DataFrame({k: v.numpy() for k, v in ch.items()}))
+    names, tv = _changes(a, b, pairs)
+    return layer_change(pd.DataFrame(tv.numpy(), columns=names))
 
 
 def change_columns(df: pd.DataFrame) -> list[tuple[str, int, int]]:
