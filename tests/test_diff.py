@@ -25,7 +25,7 @@ from core.diff import (DIFF_COLUMNS, FLIP_KINDS, attention_change, compare_model
 from core.models import token_layout
 from core.pruning import prune
 from core.pruning.structured import masked_model
-from core.study import evaluate
+from core.study import evaluate, hook_installed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -372,6 +372,8 @@ def test_cancel_stops_within_one_batch():
     # set before: nothing read, an empty frame with the columns
     df = compare_models(a, b, ds, cancel=cancel)
     assert df.empty and list(df.columns) == list(DIFF_COLUMNS) and df.attrs["cancelled"]
+    assert not hook_installed()  # the cancellation hook is gone, as are the capture hooks
+    assert all(len(m._forward_hooks) == 0 for m in (*a.modules(), *b.modules()))
 
 
 # ---------------------------------------------------------------------------- out
