@@ -275,8 +275,8 @@ def _heads(model: nn.Module) -> list[int]:
 
 def compare_models(model_a: nn.Module, model_b: nn.Module,
                    dataset: Dataset | Tensor | Sequence[Tensor], *, batch_size: int = 32,
-                   join: Literal["index", "labels"] = "index", labels_a: Sequence[str] | None = None,
-                   labels_b: Sequence[str] | None = None,
+                   join: Literal["index", "labels"] = "index",
+                   labels_a: Sequence[str] | None = None, labels_b: Sequence[str] | None = None,
                    head_map: Sequence[Sequence[int]] | None = None, num_workers: int = 0,
                    progress: Callable[[float, str], None] | None = None,
                    cancel: threading.Event | None = None) -> pd.DataFrame:
