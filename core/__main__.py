@@ -288,6 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     from .cli_compare import add_grid_parser, add_sweep_parser
     add_sweep_parser(sub), add_grid_parser(sub)
+    from .cli_diff import add_diff_parser
+    add_diff_parser(sub)
     return parser
 
 

@@ -199,3 +199,20 @@ def grid_labels(criteria: Sequence[str], ratios: Sequence[float], similarity: np
     sim = np.asarray(similarity, dtype=float).reshape(len(criteria), len(ratios))
     return ([ratio_label(r) for r in ratios],
             [[similarity_caption(v) for v in row] for row in sim])
+
+
+def layer_change(table: pd.DataFrame, title: str | None = None) -> Chart:
+    """Attention change between two models by layer and head (``core.diff.layer_change``'s
+    ``layer, head, change`` frame; head -1 the mean of the layer's heads): one heat map,
+    layers as rows, the fused map then each head as columns, empty where a layer has no such
+    head pair, coloured from 0 (no change) to the largest change."""
+    t = table.pivot_table(index="layer", columns="head", values="change", sort=True,
+                          dropna=False)
+    cols = tuple("mean of heads" if h == -1 else f"head {h}" for h in t.columns)
+    z = t.to_numpy(float)
+    top = float(np.nanmax(z)) if np.isfinite(z).any() else 0.0
+    return Chart(title or "attention change by layer and head (total variation)",
+                 (Panel("", "", "", "change", heatmap=Heatmap(
+                     z, tuple(f"layer {i}" for i in t.index), cols, 0.0, max(top, 1e-6),
+                     ".3f")),),
+                 table, colorbar="total variation", colorscale="viridis")

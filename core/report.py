@@ -202,3 +202,98 @@ def comparison_files(df: pd.DataFrame, kinds: Mapping[str, str],
             "Layer sensitivity: accuracy drop when one layer alone is pruned")
     files["report.html"] = sweep_report(df, setup, report_figs, tables, command).encode()
     return files
+
+
+# ------------------------------------------------------------------ two models compared
+
+def _page(title: str, note: str, setup: Mapping[str, object], command: str | None) -> list[str]:
+    esc = html.escape
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>{esc(title)}</h1>",
+             f"<p class='muted'>Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
+             f"PruneLens. {esc(note)}</p>", "<h2>Setup</h2><table>"]
+    for k, v in setup.items():
+        parts.append(f"<tr><th style='text-align:left'>{esc(str(k))}</th>"
+                     f"<td style='text-align:left'>{esc(str(v))}</td></tr>")
+    parts.append("</table>")
+    if command:
+        parts.append(f"<p>Reproduce with:</p><pre><code>{esc(command)}</code></pre>")
+    return parts
+
+
+DIFF_NUMBERS = {  # summary number → its row in the report
+    "examples": "examples", "labelled": "labelled examples",
+    "agreement": "agreement (same prediction)", "accuracy_a": "accuracy A",
+    "accuracy_b": "accuracy B", "macro_f1_a": "macro-F1 A", "macro_f1_b": "macro-F1 B",
+    "ece_a": "ECE A (15 bins)", "ece_b": "ECE B (15 bins)",
+    "rollout_change_mean": "rollout change, mean (total variation)",
+    "rollout_change_median": "rollout change, median"}
+MAX_CONFUSION_CLASSES = 20  # a wider confusion matrix is in summary.json, not on the page
+
+
+def diff_section(summary, figures: Mapping[str, bytes | Figure] | None = None) -> str:
+    """The Diff section (HTML) of two models compared (``summary``: a
+    ``core.diff.DiffSummary``): agreement, accuracy, ECE and rollout change; the flip counts;
+    ``figures`` (caption → figure or SVG bytes: the attention change by layer and head);
+    calibration bins, flips by class and both confusion matrices."""
+    esc = html.escape
+    n = summary.numbers
+    numbers = pd.DataFrame({"": [DIFF_NUMBERS[k] for k in DIFF_NUMBERS],
+                            "value": [n[k] for k in DIFF_NUMBERS]})
+    parts = ["<h2>Diff: model A against model B</h2>", _table(numbers, "{:.4f}"),
+             "<p class='muted'>Flips: both_right, both_wrong (the same wrong class), lost (A "
+             "right, B wrong), gained (A wrong, B right), changed_wrong (both wrong, different "
+             "classes). Attention change: total variation distance between the two models' "
+             "class-token rollout rows over the patches (0 = the same map, 1 = no patch in "
+             "common).</p>", "<h3>Flips</h3>", _table(summary.flips)]
+    for caption, fig in (figures or {}).items():
+        parts.append(f"<figure><img alt='{esc(caption)}' src='{svg_data_uri(fig)}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    rel = summary.reliability
+    parts.append("<h3>Calibration (equal-width confidence bins, empty ones left out)</h3>"
+                 + _table(rel[(rel["count_a"] > 0) | (rel["count_b"] > 0)]))
+    parts.append("<h3>Flips by class</h3>" + _table(summary.by_class))
+    if len(summary.confusion_a) <= MAX_CONFUSION_CLASSES:
+        for which, conf in (("A", summary.confusion_a), ("B", summary.confusion_b)):
+            parts.append(f"<h3>Confusion of {which} (rows true, columns predicted)</h3>"
+                         + conf.to_html(border=0, escape=True))
+    return "\n".join(parts)
+
+
+def diff_report(summary, setup: Mapping[str, object],
+                figures: Mapping[str, bytes | Figure] | None = None,
+                command: str | None = None,
+                title: str = "PruneLens: two models compared") -> str:
+    """A self-contained HTML page: ``setup``, the command, and :func:`diff_section`."""
+    parts = _page(title, "Both models see the same images; every number is measured on them.",
+                  setup, command)
+    parts += [diff_section(summary, figures), "</body></html>"]
+    return "\n".join(parts)
+
+
+def diff_files(df: pd.DataFrame, summary, setup: Mapping[str, object],
+               command: str | None = None) -> dict[str, bytes]:
+    """Every file of two models compared, by name: ``diff.csv`` (``df``, the per-example
+    frame of ``core.diff.compare_models``), ``summary.json`` (``setup``, whether the run was
+    cancelled, the evaluator's metrics of each model over the rows, and the ``summary``),
+    ``layer_change.png/.svg/.csv`` (when the models have the same depth) and ``report.html``
+    embedding the same SVG."""
+    files = {"diff.csv": df.to_csv(index=False).encode()}
+    report_figs: dict[str, bytes] = {}
+    if len(summary.layer_change):
+        c = charts.layer_change(summary.layer_change)
+        fig = figures.draw(c)
+        files["layer_change.png"] = figures.to_bytes(fig, "png")
+        files["layer_change.svg"] = figures.to_bytes(fig, "svg")
+        files["layer_change.csv"] = c.table.to_csv(index=False).encode()
+        report_figs["Attention change by layer and head, mean over the examples"] = \
+            files["layer_change.svg"]
+    data = {"setup": {str(k): str(v) for k, v in setup.items()},
+            "cancelled": bool(df.attrs.get("cancelled", False)),
+            "evaluator": {"a": df.attrs.get("metrics_a"), "b": df.attrs.get("metrics_b")},
+            **summary.to_json()}
+    files["summary.json"] = (json.dumps(data, indent=1, allow_nan=False) + "\n").encode()
+    files["report.html"] = diff_report(summary, setup, report_figs, command).encode()
+    return files

@@ -29,6 +29,8 @@ One module per concern; every public name is also an attribute of this package
 - ``views``: attention rows, SNP's Fig. 3 grid, explanation heat maps
 - ``sweeps``: criterion × sparsity × seed sweeps and the tables behind their charts
 - ``sensitivity``: one layer pruned at a time
+- ``diff``: two models on the same images, example by example (``core.diff``)
+- ``diff_summary``: agreement, flips by class, calibration of such a comparison
 - ``amap``: AMAP's last step (evaluate, cost, log the run)
 - ``cancel``: stopping a computation within one module's forward
 - ``memory``: bytes a result holds
@@ -61,6 +63,11 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "sweeps": ("SWEEP_COLUMNS", "Measure", "curve_table", "sort_sweep", "sweep",
                "sweep_points"),
     "sensitivity": ("SENSITIVITY_COLUMNS", "STRUCTURED_UNITS", "layer_sensitivity"),
+    "diff": ("DIFF_COLUMNS", "FLIP_KINDS", "FUSED", "UNLABELLED_KINDS", "attention_change",
+             "change_columns", "compare_models", "flip_kinds", "layer_change",
+             "total_variation"),
+    "diff_summary": ("ECE_BINS", "DiffSummary", "expected_calibration_error", "reliability",
+                     "summarize"),
     "amap": ("finish_amap",),
     "cancel": ("Cancelled", "cancellable", "current_event", "hook_installed"),
     "memory": ("nbytes",),
