@@ -136,12 +136,17 @@ def eval_metrics(loss_sum: Tensor, count: Tensor, conf: Tensor) -> dict[str, flo
             "macro_f1": float(macro_f1(conf))}
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (else buffer) lives; the CPU for a model with none.
+    Core's functions run where the model is: inputs follow it, results come back on the CPU."""
     for t in model.parameters():
         return t.device
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+_model_device = model_device
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256,
