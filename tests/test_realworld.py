@@ -109,3 +109,41 @@ def test_the_sweep_measure_keeps_the_images_where_the_model_is():
     assert m.x.device == m.y.device == model_device(model) == torch.device("meta")
     with pytest.raises(ValueError, match="precision"):
         Measure(model, val, attention=False, precision="fp8")
+
+
+# ---------------------------------------------------------------------------- 2. dashboard device
+
+def _captions(at) -> list[str]:
+    from test_dashboard import shown
+
+    return [shown(c.value) for c in at.sidebar.caption]
+
+
+def test_the_sidebar_names_the_device_and_models_live_there(runs_dir, monkeypatch):
+    from test_dashboard import make_app, ok
+
+    from dashboard.state import data
+
+    monkeypatch.delenv(DEVICE_ENV, raising=False)
+    expected = data.device_label(study.resolve_device("auto"))
+    at = make_app(prune_pruners=["magnitude"]).run()
+    at.switch_page("pages/rollout.py").run()
+    ok(at)
+    assert f"Computing on: {expected}" in _captions(at)
+    monkeypatch.setenv(DEVICE_ENV, "cpu")
+    assert data.server_device_line() == "Computing on: cpu"
+    assert data.server_device() == torch.device("cpu")
+
+
+@NO_CUDA
+def test_a_device_the_server_lacks_is_one_readable_line_on_the_page(runs_dir, monkeypatch):
+    from test_dashboard import errors, make_app, ok
+
+    monkeypatch.setenv(DEVICE_ENV, "cuda")
+    at = make_app(prune_pruners=["magnitude"]).run()
+    at.switch_page("pages/rollout.py").run()
+    ok(at)  # no exception (traceback) on the page
+    msgs = [m for m in errors(at) if "CUDA" in m]
+    assert msgs and all("\n" not in m and "Traceback" not in m for m in msgs), errors(at)
+    assert f"set {DEVICE_ENV}=cpu" in msgs[0]
+    assert any("Computing on: nothing" in c for c in _captions(at))
