@@ -147,3 +147,59 @@ def test_a_device_the_server_lacks_is_one_readable_line_on_the_page(runs_dir, mo
     assert msgs and all("\n" not in m and "Traceback" not in m for m in msgs), errors(at)
     assert f"set {DEVICE_ENV}=cpu" in msgs[0]
     assert any("Computing on: nothing" in c for c in _captions(at))
+
+
+# ---------------------------------------------------------------------------- 3. labels kept
+
+def _labelled(num_classes: int = 3):
+    from core.data.preprocess import Preprocessing, attach_inputs
+
+    torch.manual_seed(0)
+    model = build_model("vit-tiny", num_classes, img_size=8, patch_size=4, embed_dim=16,
+                        depth=2, num_heads=2)
+    prep = Preprocessing(resize=10, crop=(8, 8), interpolation="bicubic", crop_rounding="round",
+                         mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+                         source="preprocessor_config.json (ViTImageProcessor)")
+    return attach_inputs(model, prep, tuple(f"thing {i}" for i in range(num_classes)),
+                         tuple(f"n0000000{i}" for i in range(num_classes)))
+
+
+def test_shrink_save_load_keeps_labels_and_preprocessing(tmp_path):
+    from core.models import load_model
+    from core.pruning.structured import full_plan, shrink
+
+    model = _labelled()
+    small = shrink(model, full_plan(model))
+    assert (small.labels, small.wnids, small.preprocessing) == (
+        model.labels, model.wnids, model.preprocessing)
+    back = load_model(save_model(small, tmp_path / "s.safetensors"))
+    assert back.labels == model.labels and back.wnids == model.wnids
+    assert back.preprocessing == model.preprocessing
+    plain = build_model("vit-tiny", 3, img_size=8, patch_size=4, embed_dim=16, depth=2,
+                        num_heads=2)  # a preset carries none: none written, none read
+    again = load_model(save_model(plain, tmp_path / "p.safetensors"))
+    assert getattr(again, "labels", None) is None
+
+
+@pytest.mark.parametrize("inputs, named", [
+    ('{"labels": ["a"], "wnids": null, "preprocessing": null}', "labels"),
+    ('{"labels": null, "wnids": [1, 2, 3], "preprocessing": null}', "wnids"),
+    ('{"labels": null, "wnids": null, "preprocessing": {"resize": 0}}', "preprocessing"),
+    ('{"labels": null, "wnids": null, "preprocessing": {"colour": 1, "resize": 8}}',
+     "preprocessing"),
+    ('[1, 2]', "prunelens_inputs"),
+    ('{"labels": "' + "x" * (5 * 2**20) + '"}', "characters"),
+])
+def test_bad_inputs_metadata_is_a_one_line_checkpoint_error(tmp_path, inputs, named):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    from core.models import CheckpointError, load_model
+
+    path = save_model(_labelled(), tmp_path / "m.safetensors")
+    with safe_open(str(path), "pt") as f:
+        meta = dict(f.metadata())
+    save_file(load_file(str(path)), str(path), metadata={**meta, "prunelens_inputs": inputs})
+    with pytest.raises(CheckpointError, match=named) as e:
+        load_model(path)
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
