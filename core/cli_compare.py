@@ -115,6 +115,27 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True,
                    help="output folder (created; checked before any work)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    add_device_arguments(p)
+
+
+def add_device_arguments(p: argparse.ArgumentParser) -> None:
+    """``--device`` (models and data go there; checked before any model is loaded) and
+    ``--precision`` (the evaluation's autocast; scoring stays float32)."""
+    from .study.evaluation import DEVICE_ENV, EVAL_PRECISIONS
+
+    p.add_argument("--device", default="auto",
+                   help=f"auto (${DEVICE_ENV}, else CUDA, else MPS, else the CPU), cpu, cuda, "
+                        "cuda:1, mps")
+    p.add_argument("--precision", default="fp32", choices=EVAL_PRECISIONS,
+                   help="evaluation precision: float32, or bf16 / fp16 autocast")
+
+
+def device_of(args: argparse.Namespace):
+    """The ``torch.device`` of ``--device`` (:func:`core.study.resolve_device`: one-line
+    ValueError when it is not there)."""
+    from .study.evaluation import resolve_device
+
+    return resolve_device(args.device)
 
 
 def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -327,7 +348,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # the options that do not change sweep.csv's numbers (the figures, the report, the display);
 # every other one, a flag added later included, is a setting a --resume must repeat
 NOT_SETTINGS = {"command", "func", "out", "resume", "no_progress", "grid_image", "sensitivity",
-                "seeds", "seed_list", "data_opt"}
+                "seeds", "seed_list", "data_opt", "device"}  # (a sweep may resume elsewhere)
 
 
 def sweep_settings(args: argparse.Namespace, seeds: list[int],
@@ -343,13 +364,13 @@ def sweep_settings(args: argparse.Namespace, seeds: list[int],
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    import torch
     import torch.distributed as dist
 
     from . import report, study
     from .cli_files import SweepFolder, check_out_folder
     from .train import init_distributed
 
+    device = device_of(args)  # a device that is not there: before any other work
     seeds = list(args.seed_list) if args.seed_list else list(range(args.seeds))
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds repeated: {seeds}")
@@ -361,12 +382,13 @@ def _sweep(args: argparse.Namespace) -> int:
     folder = SweepFolder(check_out_folder(args.out, args.resume),
                          sweep_settings(args, seeds, sparsities), study.SWEEP_COLUMNS,
                          args.resume)
-    _, rank, world = init_distributed(torch.device("cpu"))
+    device, rank, world = init_distributed(device)
     main = rank == 0
     try:
         model, train_set, val_set, label = resolve(args.model, args.data, data_options,
                                                    args.untrained, args.init_seed, args.revision,
                                                    args.no_progress)
+        model.to(device)
         n_val = min(args.val, len(val_set))
         skip = folder.points()
         mine = [(c, s, seed)
@@ -384,7 +406,8 @@ def _sweep(args: argparse.Namespace) -> int:
             df = study.sweep(model, train_set, val_set, criteria, sparsities,
                              calib=args.calib, seeds=seeds, val_samples=n_val,
                              scope=args.scope, attention=not args.no_attention,
-                             batch_size=args.batch_size, progress=bar, cancel=cancel,
+                             batch_size=args.batch_size, precision=args.precision,
+                             progress=bar, cancel=cancel,
                              shard=(rank, world), skip=skip,
                              on_rows=folder.add if main else None) if mine else None
         bar.close()
@@ -447,6 +470,9 @@ def _sweep(args: argparse.Namespace) -> int:
              "criteria": ", ".join(args.criteria),
              "sparsities": ", ".join(f"{s:g}" for s in sparsities),
              "calibration": f"{args.calib} images, seeds {seeds}", "scope": args.scope}
+    if args.precision != "fp32":
+        command += " " + shlex.join(["--precision", args.precision])
+        setup["precision"] = f"{args.precision} autocast for the measurements (scoring float32)"
     if pattern:
         from .pruning import prunable_parameters
         from .pruning.nm import holds_pattern, parse_pattern
@@ -498,16 +524,21 @@ def cmd_grid(args: argparse.Namespace) -> int:
 
     from .cli_files import check_out_folder
 
+    from .study.evaluation import autocast
+
     try:
+        device = device_of(args)
         check_criteria(args.criteria)
         out = check_out_folder(args.out, fresh=False)  # grid.* are replaced; checked first
         model, train_set, val_set, _ = resolve(args.model, args.data, dict(args.data_opt),
                                                args.untrained, args.init_seed, args.revision,
                                                args.no_progress)
+        model.to(device)
         ratios = list(dict.fromkeys(args.ratios))
-        fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
-                                               ratios, args.image, args.calib, args.scope,
-                                               args.seed, args.mode)
+        with autocast(args.precision, device):  # (the grid's scoring runs under it too)
+            fig, sim, errors = report.grid_outputs(model, train_set, val_set, args.criteria,
+                                                   ratios, args.image, args.calib, args.scope,
+                                                   args.seed, args.mode)
     except _usage_errors() as e:
         print(f"python -m core grid: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -203,6 +203,9 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     meta = {"prunelens_family": model_family(model),
             "prunelens_config": json.dumps(model.config.to_dict()),
             "prunelens_preset": getattr(model, "preset", ""), **(extra or {})}
+    inputs = _inputs_meta(model)
+    if inputs is not None:  # load_model gives back labels, WordNet ids and preprocessing
+        meta["prunelens_inputs"] = inputs
     masked = masked_keys(model)
     if masked:  # load_model gives them back as model.masked_params
         meta["prunelens_masked"] = json.dumps(masked)
@@ -237,6 +240,58 @@ def _meta_json(meta: dict[str, str], field: str, name: str) -> object:
     except (RecursionError, ValueError) as e:
         raise CheckpointError(f"{name}: {field} is not a readable JSON value "
                               f"({one_line(e, 120)})") from None
+
+
+MAX_INPUTS_CHARS = 4 * 2**20  # prunelens_inputs: 1000 labels of 200 characters fit easily
+MAX_LABEL_CHARS = 1000
+
+
+def _inputs_meta(model: nn.Module) -> str | None:
+    """``prunelens_inputs``: the JSON of the model's ``labels``, ``wnids`` and
+    ``preprocessing`` (what HF / timm loaders attach), or None when it has none of them."""
+    from dataclasses import asdict
+
+    prep = getattr(model, "preprocessing", None)
+    labels, wnids = getattr(model, "labels", None), getattr(model, "wnids", None)
+    if prep is None and labels is None and wnids is None:
+        return None
+    return json.dumps({"labels": None if labels is None else list(labels),
+                       "wnids": None if wnids is None else list(wnids),
+                       "preprocessing": None if prep is None else asdict(prep)})
+
+
+def _inputs(meta: dict[str, str], name: str, num_classes: int):
+    """``(preprocessing, labels, wnids)`` of ``prunelens_inputs``, every field checked: a
+    bounded size, a name (and WordNet id) per output as strings, a valid preprocessing
+    (:class:`CheckpointError` naming the field)."""
+    from core.data.preprocess import Preprocessing
+
+    field = "prunelens_inputs"
+    if len(meta[field]) > MAX_INPUTS_CHARS:
+        raise CheckpointError(f"{name}: {field} is {len(meta[field])} characters; at most "
+                              f"{MAX_INPUTS_CHARS}")
+    value = _meta_json(meta, field, name)
+    if not isinstance(value, dict) or set(value) - {"labels", "wnids", "preprocessing"}:
+        raise CheckpointError(f"{name}: {field} must be a JSON object with labels, wnids and "
+                              "preprocessing")
+    names = {}
+    for key in ("labels", "wnids"):
+        got = value.get(key)
+        if got is not None and not (isinstance(got, list) and len(got) == num_classes and all(
+                isinstance(t, str) and len(t) <= MAX_LABEL_CHARS for t in got)):
+            raise CheckpointError(f"{name}: {field}.{key} must be null or {num_classes} strings "
+                                  f"(one per output) of at most {MAX_LABEL_CHARS} characters")
+        names[key] = None if got is None else tuple(got)
+    prep = value.get("preprocessing")
+    if prep is not None:
+        try:
+            if not isinstance(prep, dict):
+                raise TypeError(f"a JSON object, got {type(prep).__name__}")
+            prep = {k: tuple(v) if isinstance(v, list) else v for k, v in prep.items()}
+            prep = Preprocessing(**prep)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{name}: {field}.preprocessing: {one_line(e, 200)}") from None
+    return prep, names["labels"], names["wnids"]
 
 
 def _architecture(meta: dict[str, str], name: str):
@@ -311,6 +366,9 @@ def load_model(path: str | Path, revision: str | None = None, *, progress=None,
         raise CheckpointError(f"{path.name}: {one_line(e)}") from None
     model.preset = meta.get("prunelens_preset", "")
     model.masked_params = _masked_params(meta, sd, path.name)
+    if "prunelens_inputs" in meta:
+        from core.data.preprocess import attach_inputs
+        attach_inputs(model, *_inputs(meta, path.name, model.num_classes))
     return model.eval()
 
 

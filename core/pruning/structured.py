@@ -48,6 +48,7 @@ from torch.nn.utils import parametrize
 
 from ..models.adapter import (BlockView, Slices, adapter_for_config, block_views,  # noqa: F401
                               get_adapter)
+from ..data.preprocess import attach_inputs
 from .masks import apply_masks
 from .ratios import StructuredRatios, removal_count
 
@@ -357,6 +358,9 @@ def shrink(model: nn.Module, plan: PruningPlan) -> nn.Module:
     new = new.to(device=param.device, dtype=param.dtype)
     new.train(model.training)
     new.preset = getattr(model, "preset", "")
+    # what a loader attached: the outputs and the input pipeline are the same after shrinking
+    attach_inputs(new, getattr(model, "preprocessing", None), getattr(model, "labels", None),
+                  getattr(model, "wnids", None))
     return new
 
 

@@ -28,10 +28,12 @@ DEVICE_ENV = "PRUNELENS_DEVICE"  # a server's default for "auto" (e.g. cuda:1)
 EVAL_PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+def resolve_device(device: str | torch.device | None = "auto",
+                   hint: str = "use --device cpu or auto") -> torch.device:
     """The ``torch.device`` for ``"auto" | "cpu" | "cuda" | "cuda:N" | "mps"`` (or a
     ``torch.device``). ``"auto"`` (and None) is ``$PRUNELENS_DEVICE`` when set, else CUDA, else
-    MPS, else the CPU. A device that is not there is a one-line ``ValueError`` naming what is."""
+    MPS, else the CPU. A device that is not there is a one-line ``ValueError`` naming what is
+    (ending in ``hint``, what the caller's user can change)."""
     if device is None or str(device) == "auto":
         device = os.environ.get(DEVICE_ENV) or "auto"
         if device == "auto":
@@ -49,17 +51,27 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
             raise ValueError(f"device {str(device)!r} asked for, but this machine has no CUDA GPU "
-                             f"(torch {torch.__version__}); use --device cpu or auto")
+                             f"(torch {torch.__version__}); {hint}")
         if dev.index is not None and dev.index >= count:
             raise ValueError(f"device {str(device)!r} asked for, but this machine has {count} "
                              f"CUDA GPU(s): cuda:0 … cuda:{count - 1}")
     elif dev.type == "mps" and not _mps_available():
         raise ValueError(f"device {str(device)!r} asked for, but MPS (Apple GPU) is not "
-                         "available here; use --device cpu or auto")
+                         f"available here; {hint}")
     elif dev.type not in ("cpu", "cuda", "mps", "meta"):
         raise ValueError(f"device {str(device)!r} is not supported: use auto, cpu, cuda, cuda:N "
                          "or mps")
     return dev
+
+
+def device_label(device: torch.device) -> str:
+    """``"cpu"``, ``"cuda:0 (NVIDIA H100 80GB HBM3)"``, ``"mps"``: what a page or a log line
+    says the work runs on."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return str(dev)
+    index = torch.cuda.current_device() if dev.index is None else dev.index
+    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
 
 
 def _mps_available() -> bool:
@@ -136,12 +148,17 @@ def eval_metrics(loss_sum: Tensor, count: Tensor, conf: Tensor) -> dict[str, flo
             "macro_f1": float(macro_f1(conf))}
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
+    """Where ``model``'s first parameter (else buffer) lives; the CPU for a model with none.
+    Core's functions run where the model is: inputs follow it, results come back on the CPU."""
     for t in model.parameters():
         return t.device
     for t in model.buffers():
         return t.device
     return torch.device("cpu")
+
+
+_model_device = model_device
 
 
 def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 256,

@@ -36,7 +36,7 @@ from .calibrate import calibration, val_subset
 from .cancel import Cancelled, cancellable
 from .costs import cost, dense_cost
 from .criteria import criterion_info, seed_free
-from .evaluation import eval_counts, eval_metrics
+from .evaluation import autocast, eval_counts, eval_metrics, model_device
 from .points import SCOPES, Pruned, forward_model, prune_at, prune_many, score
 from .views import mean_cosine
 
@@ -62,15 +62,20 @@ class Measure:
     (:func:`~core.data.common.check_data_budget`); chunks are sized so one chunk's attention
     maps (blocks × B × H × N × N float32) stay under ``attn_bytes``. The counts are the one
     evaluator's (:func:`~core.study.evaluation.eval_counts`), the attention recorded in the
-    same forward."""
+    same forward. The images live where ``base`` is (the nets measured must be there too);
+    ``precision`` is the evaluation's (:func:`~core.study.evaluation.autocast`)."""
 
     def __init__(self, base: nn.Module, val: Dataset, batch_size: int = 256,
-                 attention: bool = True, attn_bytes: int = 256 * 2**20):
+                 attention: bool = True, attn_bytes: int = 256 * 2**20,
+                 precision: str = "fp32"):
         check_data_budget(len(val), image_size_of(val), "validation images",
                           "evaluate fewer (val_samples, --val)")
-        self.x = torch.stack([val[i][0] for i in range(len(val))])
-        self.y = torch.tensor([int(val[i][1]) for i in range(len(val))])
+        device = model_device(base)
+        self.x = torch.stack([val[i][0] for i in range(len(val))]).to(device)
+        self.y = torch.tensor([int(val[i][1]) for i in range(len(val))], device=device)
         self.attention = attention
+        self.precision = precision
+        autocast(precision, device)  # an unknown precision fails here, before any work
         chunk = int(batch_size)
         if attention:
             maps = attn.capture_attention(base, self.x[:1])
@@ -89,8 +94,8 @@ class Measure:
             with attn.record_attention(net) as maps:
                 logits = net(x)
             layout = token_layout(net)
-            cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
-            roll_rows.append(attn.rollout_row(maps, layout).float().numpy())
+            cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().cpu().numpy())
+            roll_rows.append(attn.rollout_row(maps, layout).float().cpu().numpy())
             return logits
 
         chunks = ((self.x[i:i + self.chunk], self.y[i:i + self.chunk])
@@ -98,7 +103,8 @@ class Measure:
         was_training = net.training
         net.eval()
         try:
-            counts = eval_counts(forward if self.attention else net, chunks, self.x.device)
+            with autocast(self.precision, self.x.device):
+                counts = eval_counts(forward if self.attention else net, chunks, self.x.device)
         finally:
             net.train(was_training)
         ev = eval_metrics(*counts)
@@ -118,7 +124,7 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
           criteria: Sequence[str] | Mapping[str, Mapping[str, Any]],
           sparsities: Sequence[float], *, calib: int = 64, seeds: Sequence[int] = (0,),
           val_samples: int = 128, scope: str = "global", attention: bool = True,
-          batch_size: int = 256,
+          batch_size: int = 256, precision: str = "fp32",
           progress: Callable[[float, str], None] | None = None,
           cancel: threading.Event | None = None,
           shard: tuple[int, int] = (0, 1),
@@ -131,7 +137,9 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     sparsities only the thresholds change (iterative criteria such as SynFlow re-prune).
     Sparsity 0 is the dense model. Everything is measured on the same ``val_samples``
     validation images (:func:`val_subset`); ``model`` is not modified. SynFlow's schedules
-    of all the sparsities run together (:func:`prune_many`).
+    of all the sparsities run together (:func:`prune_many`). Everything runs where ``model``
+    is; ``precision`` ("fp32", "bf16", "fp16") is the measurement's autocast, scoring stays
+    float32.
 
     ``progress(fraction, text)`` is called before each point; when ``cancel`` is set the
     sweep stops within one module's forward (:func:`cancellable`), drops the point in
@@ -178,7 +186,8 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
         return df
     base = copy.deepcopy(model).eval()
     scratch = copy.deepcopy(base)
-    measure = Measure(base, val_subset(val_set, val_samples), batch_size, attention)
+    measure = Measure(base, val_subset(val_set, val_samples), batch_size, attention,
+                      precision=precision)
     dense = dense_cost(base)
     if progress:
         progress(0.0, "the dense model")

@@ -17,20 +17,21 @@ from torch.utils.data import DataLoader, Dataset
 from .. import attention as attn
 from .. import boot
 from ..models import DEFAULT_LAYOUT, TokenLayout, approx_macs, token_layout
+from .evaluation import model_device
 from .points import Scores, forward_model, prune_at, score
 
 
 def attention_maps(model: nn.Module, image: Tensor) -> tuple[np.ndarray, ...]:
     """One (H, N, N) float32 array per block for one image (C, H, W) in [0, 1]."""
     with boot.threads_for(approx_macs(model)):  # one small image: faster on one thread
-        maps = attn.capture_attention(model, image[None])
-    return tuple(m[0].float().numpy() for m in maps)
+        maps = attn.capture_attention(model, image[None].to(model_device(model)))
+    return tuple(m[0].float().cpu().numpy() for m in maps)
 
 
 def head_counts(model: nn.Module) -> list[int]:
     """Heads per block, read from the captured (B, H, N, N) maps (any family)."""
     return [int(m.shape[1]) for m in attn.capture_attention(
-        model, torch.zeros(1, *model.input_shape))]
+        model, torch.zeros(1, *model.input_shape, device=model_device(model)))]
 
 
 @dataclass(frozen=True)
@@ -141,10 +142,11 @@ def attention_rows(model: nn.Module, dataset: Dataset,
     rollout's CLS row (mean fusion, nothing discarded), each (n, N-1)."""
     cls_rows, roll_rows = [], []
     layout = token_layout(model)
+    device = model_device(model)
     for x, _ in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        maps = attn.capture_attention(model, x)
-        cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().numpy())
-        roll_rows.append(attn.rollout_row(maps, layout).float().numpy())
+        maps = attn.capture_attention(model, x.to(device))
+        cls_rows.append(attn.cls_attention(maps[-1], layout=layout).float().cpu().numpy())
+        roll_rows.append(attn.rollout_row(maps, layout).float().cpu().numpy())
     return np.concatenate(cls_rows), np.concatenate(roll_rows)
 
 
@@ -172,7 +174,8 @@ def explain(model: nn.Module, image: Tensor, target: int | None = None, fusion: 
     saliency and integrated gradients. ``model`` must be private (gradients and hooks)."""
     from ..attribution import attribution_map
 
-    x = image[None]
+    x = image[None].to(model_device(model))
+    image = x[0]
     with torch.no_grad():
         probs = model(x).softmax(-1)[0]
     t = int(probs.argmax()) if target is None else int(target)
@@ -188,5 +191,5 @@ def explain(model: nn.Module, image: Tensor, target: int | None = None, fusion: 
     }
     return {"pred": int(probs.argmax()), "prob": float(probs.max()), "target": t,
             "target_prob": float(probs[t]),
-            "heats": {m: h.detach().float().numpy() for m, h in heats.items()}}
+            "heats": {m: h.detach().float().cpu().numpy() for m, h in heats.items()}}
 

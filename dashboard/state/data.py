@@ -9,6 +9,7 @@ mutated: pruning, training and hooked forwards work on copies.
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +27,7 @@ from core.data.preprocess import decode_for_model, to_model_input
 from core.models import CheckpointError, build_model, checkpoint_info, load_model, load_weights
 from core.models.checkpoint import one_line
 from core.models.registry import load_folder
+from core.study.evaluation import DEVICE_ENV, device_label
 
 from . import folders, uploads
 from .keys import (CALIBRATION_POOL, DATASET_SEED, K_UPLOAD_DIGEST, K_UPLOAD_FILE_ID,
@@ -192,8 +194,34 @@ def image_tensor(s: Setup, ref: ImageRef) -> tuple[Tensor, int | None]:
 
 # ---------------------------------------------------------------------------- models
 
-@cache_resource(show_spinner="Loading the model…", max_entries=8)
+def server_device() -> torch.device:
+    """The device this server computes on: ``$PRUNELENS_DEVICE`` (default auto: CUDA where
+    there is one, else MPS, else the CPU). One that is not there is a one-line ValueError."""
+    return study.resolve_device("auto", hint=f"set {DEVICE_ENV}=cpu (or unset it) and "
+                                             "restart the dashboard")
+
+
+def server_device_line() -> str:
+    """``"Computing on: cpu"`` / ``"Computing on: cuda:0 (NVIDIA …)"``, or why not."""
+    try:
+        return f"Computing on: {device_label(server_device())}"
+    except ValueError:
+        return f"Computing on: nothing ({DEVICE_ENV}={os.environ.get(DEVICE_ENV)} is not here)"
+
+
 def base_model(key: ModelKey) -> LoadedModel:
+    """The base model of ``key`` on :func:`server_device` (shared by every session: never
+    mutated; pages prune and hook copies, which stay on its device)."""
+    return _base_model(key, str(server_device()))
+
+
+@cache_resource(show_spinner="Loading the model…", max_entries=8)
+def _base_model(key: ModelKey, device: str) -> LoadedModel:
+    loaded = _load_base(key)
+    return replace(loaded, model=loaded.model.to(device))
+
+
+def _load_base(key: ModelKey) -> LoadedModel:
     label = f"{key.preset} · {SOURCES[key.source]}"
     if key.source == "upload":
         arch = _uploaded_architecture(key.upload)

@@ -20,7 +20,7 @@ from core.models.checkpoint import one_line
 from dashboard.text import md
 
 from .catalogue import has_checkpoint, pruner_info, pruner_names
-from .data import accept_image_upload, dense_cost, model_preprocessing
+from .data import accept_image_upload, dense_cost, model_preprocessing, server_device_line
 from .keys import (CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES, MAX_IMAGE_MB, Experiment,
                    ImageRef, Setup)
 from .widgets import (set_flag, take_flag, use_trained_checkpoint, widget_default,
@@ -90,7 +90,8 @@ def untrained_notice(s: Setup, where: str) -> None:
 
 
 def sidebar_summary(exp: Experiment) -> None:
-    """The experiment in two lines, and the way back to change it (pages other than Prune)."""
+    """The experiment in two lines, the way back to change it (pages other than Prune) and
+    the device the server computes on."""
     with st.sidebar:
         st.header("Setup", divider="gray")
         src = {"checkpoint": "trained" if has_checkpoint(exp.preset, exp.dataset)
@@ -103,6 +104,7 @@ def sidebar_summary(exp: Experiment) -> None:
                        else "")
                     + f"{exp.scope} scope · seed {exp.seed}")
         st.page_link("pages/prune.py", label="Change on the Prune page", icon=":material/tune:")
+        st.caption(md(server_device_line()))
 
 
 _TOKEN_NAMES = {"cls": "class", "dist": "distillation"}
@@ -169,7 +171,9 @@ def pruner_label(name: str) -> str:
 # ---------------------------------------------------------------------------- image cells
 
 def _resized(image: Tensor, px: int) -> Tensor:
-    return torch.nn.functional.interpolate(image[None], size=(px, px), mode="bilinear",
+    """(3, px, px) on the CPU, whatever device ``image`` is on (cells become numpy)."""
+    return torch.nn.functional.interpolate(image.detach().cpu()[None], size=(px, px),
+                                           mode="bilinear",
                                            align_corners=False)[0]
 
 
@@ -178,7 +182,7 @@ def overlay_cell(image: Tensor, row: np.ndarray | Tensor, grid: tuple[int, int],
     """Heat map of a (N-1,) row over the image, both at ``px``×``px`` → uint8 (px, px, 3).
     Colours run from 0 to ``vmax`` (a scale shared by several cells), or to the row's own
     maximum when ``vmax`` is None."""
-    row = torch.as_tensor(row, dtype=torch.float32)
+    row = torch.as_tensor(row, dtype=torch.float32).cpu()
     heat = attn.patch_heatmap(row[None], grid, (px, px))[0]
     if vmax is not None:  # patch_heatmap stretches to the row's own max: undo it
         heat = heat * (float(row.clamp(min=0).max()) / max(float(vmax), 1e-12))
