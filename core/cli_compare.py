@@ -234,7 +234,11 @@ def resolve(model_spec: str, data: str, data_options: dict, untrained: bool = Fa
         raise ValueError(f"--untrained is a preset's initialisation; --model {model_spec} "
                          "brings its own weights")
     model = load_spec_model(model_spec, revision, quiet)
-    train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0, **data_options)
+    # an image folder is read the model's way: class folders matched onto its labels (WordNet
+    # ids or names; a subset is fine), its own resize, crop and interpolation
+    extra = {"model": model} if data == "folder" and getattr(model, "labels", None) else {}
+    train_set, val_set = load_dataset(data, tuple(model.input_shape[1:]), seed=0,
+                                      **data_options, **extra)
     name = path.name if path.exists() else model_spec
     if model.num_classes != len(train_set.classes):
         raise ValueError(f"{name} has {model.num_classes} outputs but {data} has "

@@ -181,3 +181,38 @@ def test_streaming_two_thousand_images_keeps_memory_flat(tmp_path):
     assert count == 2000
     assert rss_late - rss_early < 20 * 2**20, (rss_early, rss_late)
     assert py_late - py_early < 2 * 2**20 and python_peak < 8 * 2**20
+
+
+def test_cli_sweep_reads_an_imagenet_folder_through_the_models_labels(tmp_path):
+    """The issue's end-to-end line: `python -m core sweep --model <saved model> --data folder
+    --data-opt root=<ImageNet-style folder> --device cpu` writes its CSV and report; the class
+    folders (two WordNet ids, one label name, one that matches nothing) map onto the model's
+    1000 outputs, and the dense accuracy equals an evaluation by hand on the same subset."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from core import study
+    from core.models import load_model, save_model
+
+    model = imagenet_model(32)
+    path = save_model(model, tmp_path / "inet.safetensors")
+    root = write_folder(tmp_path / "val", {WNIDS[1]: 6, WNIDS[7]: 6, NAMES[9]: 6,
+                                           "not-a-class": 3})
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "core", "sweep", "--model", str(path), "--data", "folder",
+           "--data-opt", f"root={root}", "--data-opt", "val_fraction=1.0", "--device", "cpu",
+           "--criteria", "magnitude", "--sparsities", "0", "0.5", "--val", "18", "--calib", "4",
+           "--no-attention", "--no-progress", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "not-a-class" in proc.stderr  # the unmatched folder is named
+    df = pd.read_csv(out / "sweep.csv")
+    assert len(df) == 2 and (out / "report.html").exists()
+    loaded = load_model(path)
+    _, val = load_dataset("folder", 32, seed=0, root=root, val_fraction=1.0, model=loaded)
+    assert len(val) == 18 and set(int(val[i][1]) for i in range(len(val))) == {1, 7, 9}
+    hand = study.evaluate(loaded, study.val_subset(val, 18))
+    dense = df[df.sparsity == 0].iloc[0]
+    assert dense["accuracy"] == pytest.approx(hand["accuracy"], abs=1e-9)
