@@ -378,10 +378,11 @@ def test_prune_and_compare_measure_the_same_validation_images(runs_dir):
     s = state.setup(state.Experiment(pruners=("magnitude",), calib=16, val_samples=n))
     prune_dense = state.evaluation(s.key("magnitude", 0.0), n)
     spec = compare.Spec(("magnitude",), (0.0,), 1, n, 16, "global")
-    job = compare.SweepJob("test", spec, "", "")
-    compare._work(job, s)
-    assert job.status == "finished", job.reason
-    compare_dense = job.df.query("sparsity == 0").iloc[0]
+    from dashboard.state import job as jobs
+
+    j = jobs.start("compare", lambda j: compare._work(j, s, spec, ""), session="test-cli")
+    assert j.join(600) and j.status == "done", j.reason
+    compare_dense = j.results["df"].query("sparsity == 0").iloc[0]
     assert "class-stratified random subset (seed 0)" in compare.job_label(s, spec)
 
     # independently: the preset's checkpoint on the same images, by their indices
