@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -302,6 +303,11 @@ class SynflowPruner(Pruner):
             m._forward_hooks.clear()
             m._forward_pre_hooks.clear()
             m._backward_hooks.clear()
+        device = next((p.device for p in net.parameters()), torch.device("cpu"))
+        if device.type == "mps":  # no float64 there: score on the CPU, say so once
+            warnings.warn("SynFlow scores in float64, which MPS lacks: scoring on the CPU",
+                          stacklevel=3)
+            net.to("cpu")
         net.to(torch.float64).eval()
         with torch.no_grad():
             for p in net.parameters():
