@@ -50,8 +50,10 @@ def activation_bytes(model: nn.Module) -> int:
 def weight_uses(model: nn.Module) -> dict[str, int]:
     """Per Linear/Conv2d weight (``name.weight``), how often one forward of an image
     ``(1, C, H, W)`` applies it: tokens through a Linear, output pixels of a Conv2d (fewer
-    when tokens are merged). Run on a private copy; hooks removed after."""
-    net = copy.deepcopy(model).eval()
+    when tokens are merged). Hooks removed and the mode restored after; not on a copy: a
+    merged model's copies would not share its merge state."""
+    net, was_training = model, model.training
+    net.eval()
     uses: dict[str, int] = {}
     handles = []
     for name, mod in net.named_modules():
@@ -66,6 +68,7 @@ def weight_uses(model: nn.Module) -> dict[str, int]:
     finally:
         for h in handles:
             h.remove()
+        net.train(was_training)
     return uses
 
 
