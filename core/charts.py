@@ -36,6 +36,13 @@ X_AXES = {  # x → (axis label, scale)
     "macs_kept": ("MACs kept (fraction of the dense model)", "linear"),
     "params_kept": ("parameters kept (fraction of the dense model)", "linear"),
 }
+PARETO_AXES = {  # x of the joint-axis charts → axis label (cost: lower is better)
+    "macs_kept": "MACs kept (fraction of the dense model)",
+    "latency_ms": "latency (ms per image, batch 1, this machine)",
+}
+# one marker per token-merging r, in the order the r values come (shape names as plotly's;
+# core.figures maps them to matplotlib's)
+MARKERS = ("circle", "square", "triangle-up", "diamond", "triangle-down", "cross", "x", "star")
 METRICS = {"accuracy": "validation accuracy", "loss": "validation loss",
            "macro_f1": "macro-F1", "cls_cosine": "CLS attention cosine to dense",
            "rollout_cosine": "rollout cosine to dense"}
@@ -74,6 +81,33 @@ class Line:
 
 
 @dataclass(frozen=True, eq=False)
+class Scatter:
+    """Points without a line: one criterion at one token-merging ``r``, a point per sparsity
+    (``sparsity`` for the tooltips), coloured by criterion, shaped by r (``marker``, a name of
+    :data:`MARKERS`)."""
+
+    label: str
+    group: str
+    x: np.ndarray
+    y: np.ndarray
+    sparsity: np.ndarray
+    r: int
+    colour: str
+    marker: str
+
+
+@dataclass(frozen=True, eq=False)
+class Step:
+    """A frontier through ``x``, ``y`` (ascending x) drawn as steps: from each point the line
+    runs flat to the next x, then up (matplotlib ``steps-post``, plotly ``hv``)."""
+
+    label: str
+    x: np.ndarray
+    y: np.ndarray
+    colour: str = "#333333"
+
+
+@dataclass(frozen=True, eq=False)
 class Heatmap:
     """``z`` (rows, columns) with ``rows`` and ``columns`` labels, coloured from ``zmin`` to
     ``zmax``, each cell's value written with the format spec ``fmt`` (Python's and d3's)."""
@@ -98,6 +132,8 @@ class Panel:
     xreversed: bool = False
     lines: tuple[Line, ...] = ()
     heatmap: Heatmap | None = None
+    points: tuple[Scatter, ...] = ()
+    step: Step | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -171,6 +207,37 @@ def fidelity(df: pd.DataFrame, x: str = "sparsity", kinds: Mapping[str, str] | N
     table = tables[0].merge(tables[1], on=keys, suffixes=("_cls", "_rollout"))
     return Chart(title or f"attention fidelity vs {label.split(' (')[0]}", tuple(panels),
                  table, sharey=True)
+
+
+def pareto(df: pd.DataFrame, x: str = "macs_kept", metric: str = "accuracy",
+           kinds: Mapping[str, str] | None = None, title: str | None = None) -> Chart:
+    """The joint axis (width × tokens): ``metric`` against a cost ``x`` (``macs_kept``, or
+    ``latency_ms`` where the sweep measured it) of every criterion × sparsity × token-merging
+    r, each the mean over seeds; colour by criterion, marker by r; the Pareto frontier over
+    all of them (no other point as cheap and as good, :func:`core.study.pareto_front`) as a
+    step line. ``table``: the points with ``pareto`` marked (the chart's CSV)."""
+    from .study import joint_table  # torch: only when a chart is made
+
+    if x not in PARETO_AXES:
+        raise ValueError(f"x must be one of {list(PARETO_AXES)}, got {x!r}")
+    t = joint_table(df, x, metric)
+    crit_colour = {c: colour(i) for i, c in enumerate(dict.fromkeys(df["criterion"]))}
+    rs = list(dict.fromkeys(int(r) for r in t["r"]))
+    points = []
+    for (crit, r), d in t.groupby(["criterion", "r"], sort=False):
+        structured = bool(kinds) and kinds.get(crit) == "structured"
+        name = f"{crit} (structured)" if structured else crit
+        d = d.sort_values(x)
+        points.append(Scatter(f"{name}, r={int(r)}", crit, d[x].to_numpy(float),
+                              d[metric].to_numpy(float), d["sparsity"].to_numpy(float),
+                              int(r), crit_colour[crit],
+                              MARKERS[rs.index(int(r)) % len(MARKERS)]))
+    f = t[t["pareto"]].sort_values([x, metric], ascending=[True, False])
+    step = Step("Pareto frontier", f[x].to_numpy(float), f[metric].to_numpy(float))
+    name = METRICS.get(metric, metric)
+    label = PARETO_AXES[x]
+    return Chart(title or f"{name} vs {label.split(' (')[0]}: width × tokens",
+                 (Panel("", label, name, name, points=tuple(points), step=step),), t)
 
 
 def sensitivity(df: pd.DataFrame, title: str | None = None) -> Chart:

@@ -6,7 +6,9 @@ from the command line (and under ``torchrun``).
 
 writes ``DIR/sweep.csv`` (columns of ``core.study.SWEEP_COLUMNS``), each chart as PNG, SVG
 and the CSV of its numbers (``accuracy_vs_sparsity``, ``accuracy_vs_kept``,
-``accuracy_vs_macs``, ``fidelity_vs_sparsity``; ``grid`` for SNP's Fig. 3 on validation image
+``accuracy_vs_macs``, ``fidelity_vs_sparsity`` at the smallest ``--tome-r``;
+``pareto_macs`` (and ``pareto_latency`` with ``--latency``): every criterion × sparsity × r
+point, the Pareto frontier marked; ``grid`` for SNP's Fig. 3 on validation image
 ``--grid-image``; ``sensitivity`` with ``--sensitivity``) and ``report.html``, a
 self-contained report. ``python -m core grid`` writes the Fig. 3 figure alone.
 
@@ -79,6 +81,16 @@ def _positive(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {v}")
+    return v
+
+
+def _natural(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {v}")
     return v
 
 
@@ -166,6 +178,13 @@ def add_sweep_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive, default=256, help="evaluation batch size")
     p.add_argument("--no-attention", action="store_true",
                    help="skip the attention fidelity (cls_cosine, rollout_cosine left empty)")
+    p.add_argument("--tome-r", type=_natural, nargs="+", default=[0], metavar="R",
+                   help="the joint axis: also measure every pruned model with ToMe token "
+                        "merging of R tokens per block (0: no merging), one row per R; adds "
+                        "the Pareto charts of accuracy vs MACs (and vs latency)")
+    p.add_argument("--latency", action="store_true",
+                   help="also time a batch-1 forward of every point (median of 5 "
+                        "after a warm-up, column latency_ms): wall time on this machine, noisy")
     p.add_argument("--grid-image", type=int, default=0,
                    help="validation image of the Fig. 3 grid in the report (-1: no grid)")
     p.add_argument("--sensitivity", type=_fraction, nargs="*", default=None, metavar="R",
@@ -362,6 +381,12 @@ def sweep_settings(args: argparse.Namespace, seeds: list[int],
     from .study import VAL_DEFINITION
 
     settings = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    # at their defaults these two change nothing a sweep from before them wrote: left out,
+    # so such a folder still resumes
+    if list(settings.get("tome_r", [0])) == [0]:
+        settings.pop("tome_r", None)
+    if not settings.get("latency"):
+        settings.pop("latency", None)
     settings.update(seeds=seeds, sparsities=sparsities, data_options=dict(args.data_opt),
                     val_subset=VAL_DEFINITION)
     return settings
@@ -381,6 +406,7 @@ def _sweep(args: argparse.Namespace) -> int:
     check_criteria(args.criteria)
     pattern = None if args.pattern == "unstructured" else args.pattern
     sparsities, criteria = _with_pattern(args, pattern)
+    rs = study.check_rs(args.tome_r)
     data_options = dict(args.data_opt)
     # every rank checks before the rendezvous, so none has written anything yet
     folder = SweepFolder(check_out_folder(args.out, args.resume),
@@ -397,7 +423,8 @@ def _sweep(args: argparse.Namespace) -> int:
         skip = folder.points()
         mine = [(c, s, seed)
                 for seed, c, _ in study.sweep_points(criteria, seeds)[rank::world]
-                for s in sparsities if (c, round(s, 6), seed) not in skip]
+                for s in sparsities
+                if any((c, round(s, 6), seed, r) not in skip for r in rs)]
         if main:
             folder.start()
             if skip:
@@ -413,7 +440,8 @@ def _sweep(args: argparse.Namespace) -> int:
                              batch_size=args.batch_size, precision=args.precision,
                              progress=bar, cancel=cancel,
                              shard=(rank, world), skip=skip,
-                             on_rows=folder.add if main else None) if mine else None
+                             on_rows=folder.add if main else None, rs=rs,
+                             latency=args.latency) if mine else None
         bar.close()
         cancelled = bool(df is not None and df.attrs.get("cancelled"))
         if world > 1:  # rank 0 wrote its own points as they came; the others' now
@@ -434,11 +462,13 @@ def _sweep(args: argparse.Namespace) -> int:
         print(f"cancelled: {len(folder.rows)} points in {csv} (no figures); the same command "
               "with --resume finishes the sweep", file=sys.stderr)
         return EXIT_CANCELLED
-    order = {(c, round(s, 6), seed): i for i, (c, s, seed) in enumerate(
-        (c, s, seed) for seed in seeds for c in args.criteria for s in sparsities)}
+    order = {k: i for i, k in enumerate(
+        (c, round(s, 6), seed, r) for seed in seeds for c in args.criteria for s in sparsities
+        for r in rs)}
     folder.rows.sort(key=lambda r: order.get(
-        (r["criterion"], round(float(r["sparsity"]), 6), int(r["seed"])), len(order)))
-    folder.write()  # in the sweep's order: seed, criterion, sparsity
+        (r["criterion"], round(float(r["sparsity"]), 6), int(r["seed"]), int(r["r"])),
+        len(order)))
+    folder.write()  # in the sweep's order: seed, criterion, sparsity, r
     df = folder.frame()
     kinds = {c: study.criterion_info(c).kind for c in args.criteria}
     grid = sens = None
@@ -467,7 +497,8 @@ def _sweep(args: argparse.Namespace) -> int:
             return EXIT_CANCELLED
     command = report.sweep_command(args.model, args.data, args.criteria, sparsities, seeds,
                                    n_val, args.calib, args.scope, str(out), data_options,
-                                   args.untrained, args.init_seed, args.revision)
+                                   args.untrained, args.init_seed, args.revision, rs,
+                                   args.latency)
     setup = {"model": label, "dataset": f"{args.data} ({len(train_set)} train / "
                                         f"{len(val_set)} validation images)",
              "validation images": study.val_subset_label(n_val, len(val_set)),
@@ -477,6 +508,12 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.precision != "fp32":
         command += " " + shlex.join(["--precision", args.precision])
         setup["precision"] = f"{args.precision} autocast for the measurements (scoring float32)"
+    if rs != [0]:
+        setup["token merging (ToMe r)"] = ", ".join(map(str, rs))
+    if args.latency:
+        setup["latency"] = (f"median of {study.LATENCY_REPEATS} batch-1 forwards on this "
+                            "machine, in the sweeping process: noisy, not comparable "
+                            "across machines")
     if pattern:
         from .pruning import prunable_parameters
         from .pruning.nm import holds_pattern, parse_pattern

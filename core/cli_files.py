@@ -24,6 +24,9 @@ from .data.fs import pseudo_filesystems
 
 SETTINGS, CSV = "sweep.json", "sweep.csv"
 TMP = ".tmp"  # suffix of the temporary files; any left by a kill are removed on --resume
+# columns added to the sweep's CSV since its first version, with their value in an older CSV
+# (no token merging, no latency measured): a sweep folder written before them still resumes
+NEWER = {"r": 0, "latency_ms": float("nan")}
 
 
 def _place(path: Path, text: str, option: str) -> None:
@@ -152,15 +155,18 @@ class SweepFolder:
                 df = pd.read_csv(csv, float_precision="round_trip")
             except (OSError, ValueError) as e:
                 raise ValueError(f"--resume: cannot read {csv} ({e})") from None
-            if list(df.columns) != self.columns:
-                raise ValueError(f"--resume: {csv} has columns {list(df.columns)}, not a "
-                                 "sweep's")
+            cols = list(df.columns)
+            missing = self.columns[len(cols):]
+            if cols != self.columns[:len(cols)] or not set(missing) <= set(NEWER):
+                raise ValueError(f"--resume: {csv} has columns {cols}, not a sweep's")
+            for col in missing:  # a CSV written before these columns existed
+                df[col] = NEWER[col]
             self.rows = df.to_dict("records")
 
-    def points(self) -> set[tuple[str, float, int]]:
-        """``(criterion, sparsity, seed)`` of the rows present."""
-        return {(str(r["criterion"]), round(float(r["sparsity"]), 6), int(r["seed"]))
-                for r in self.rows}
+    def points(self) -> set[tuple[str, float, int, int]]:
+        """``(criterion, sparsity, seed, r)`` of the rows present (r = 0 without merging)."""
+        return {(str(r["criterion"]), round(float(r["sparsity"]), 6), int(r["seed"]),
+                 int(r.get("r", 0))) for r in self.rows}
 
     def start(self) -> None:
         """Create the folder, drop temporary files a kill left, record the settings."""

@@ -47,7 +47,18 @@ def _figure(size: tuple[float, float] = SIZE, **kw) -> Figure:
         return Figure(figsize=size, dpi=DPI, layout="constrained", **kw)
 
 
+# charts.MARKERS in matplotlib's names
+_MARKERS = {"circle": "o", "square": "s", "triangle-up": "^", "diamond": "D",
+            "triangle-down": "v", "cross": "P", "x": "X", "star": "*"}
+
+
 def _draw_lines(ax, p: charts.Panel) -> None:
+    for pt in p.points:  # lines of markers only, so a reader finds them with the curves
+        ax.plot(pt.x, pt.y, ls="none", marker=_MARKERS[pt.marker], ms=4, color=pt.colour,
+                label=pt.label, alpha=0.85)
+    if p.step is not None:
+        ax.plot(p.step.x, p.step.y, "-", drawstyle="steps-post", lw=1.2, color=p.step.colour,
+                label=p.step.label)
     for ln in p.lines:
         ax.plot(ln.x, ln.y, "--" if ln.dashed else "-", marker="o", ms=3, lw=1.4,
                 color=ln.colour, label=ln.label)
@@ -96,7 +107,7 @@ def draw(c: charts.Chart) -> Figure:
             ax.set_title(p.title)
             ax.set_xlabel(p.xlabel)
             ax.set_ylabel(p.ylabel)
-        if any(p.lines for p in c.panels):
+        if any(p.lines or p.points for p in c.panels):
             axes[0].legend(loc="best")
         if im is not None:
             fig.colorbar(im, ax=list(axes), shrink=0.8).set_label(c.colorbar)

@@ -83,11 +83,12 @@ def sweep_report(df: pd.DataFrame, setup: Mapping[str, object],
         parts.append(f"<figure><img alt='{esc(caption)}' src='{svg_data_uri(fig)}'>"
                      f"<figcaption>{esc(caption)}</figcaption></figure>")
     parts.append("<h2>Tables</h2>")
+    curves = df[df["r"] == df["r"].min()] if "r" in df.columns and len(df) else df
     parts.append("<h3>Validation accuracy (mean over seeds)</h3>"
-                 + _table(summary_table(df, "accuracy")))
-    if df["cls_cosine"].notna().any():
+                 + _table(summary_table(curves, "accuracy")))
+    if curves["cls_cosine"].notna().any():
         parts.append("<h3>CLS attention cosine to dense (mean over seeds)</h3>"
-                     + _table(summary_table(df, "cls_cosine")))
+                     + _table(summary_table(curves, "cls_cosine")))
     for caption, t in (tables or {}).items():
         parts.append(f"<h3>{esc(caption)}</h3>" + _table(t))
     parts.append("<h3>Every point</h3>" + _table(df, "{:.4f}"))
@@ -109,7 +110,8 @@ def sweep_command(model: str, data: str, criteria: Sequence[str],
                   sparsities: Sequence[float], seeds: Sequence[int], val: int, calib: int,
                   scope: str, out: str = "sweep_out",
                   data_options: dict | None = None, untrained: bool = False,
-                  init_seed: int = 0, revision: str | None = None) -> str:
+                  init_seed: int = 0, revision: str | None = None,
+                  rs: Sequence[int] = (0,), latency: bool = False) -> str:
     """The ``python -m core sweep ...`` line that reproduces a sweep (the dashboard shows it)."""
     args = ["python", "-m", "core", "sweep", "--model", model,
             *(["--revision", revision] if revision else []), "--data", data]
@@ -121,20 +123,40 @@ def sweep_command(model: str, data: str, criteria: Sequence[str],
     seeds = [int(s) for s in seeds]
     args += (["--seeds", str(len(seeds))] if seeds == list(range(len(seeds)))
              else ["--seed-list", *map(str, seeds)])
-    args += ["--val", str(val), "--calib", str(calib), "--scope", scope, "--out", out]
-    return shlex.join(args)
+    args += ["--val", str(val), "--calib", str(calib), "--scope", scope]
+    if list(rs) != [0]:
+        args += ["--tome-r", *map(str, rs)]
+    if latency:
+        args += ["--latency"]
+    return shlex.join(args + ["--out", out])
 
 
 def sweep_charts(df: pd.DataFrame, kinds: Mapping[str, str]
                  ) -> dict[str, tuple[charts.Chart, str]]:
     """File stem → (chart definition, caption) of every sweep chart: the three accuracy
-    curves, and attention fidelity when the sweep measured it."""
-    out = {stem: (charts.sweep(df, x, metric, kinds), caption)
+    curves and attention fidelity when the sweep measured it (at the smallest r of a joint
+    sweep), then the joint axis: accuracy vs MACs kept of every criterion × sparsity × r, the
+    Pareto frontier marked (``pareto_macs``), and vs latency when measured
+    (``pareto_latency``)."""
+    from .study import at_r  # torch: only when the charts are made
+
+    curves = at_r(df)
+    r0 = int(curves["r"].iloc[0]) if "r" in curves.columns and len(curves) else 0
+    at = f" (ToMe r = {r0})" if r0 else ""
+    out = {stem: (charts.sweep(curves, x, metric, kinds), caption + at)
            for stem, (x, metric, caption) in CHARTS.items()}
-    if df["cls_cosine"].notna().any():
-        out["fidelity_vs_sparsity"] = (charts.fidelity(df, kinds=kinds),
+    if curves["cls_cosine"].notna().any():
+        out["fidelity_vs_sparsity"] = (charts.fidelity(curves, kinds=kinds),
                                        "Attention fidelity (cosine to the dense model) vs "
-                                       "sparsity")
+                                       "sparsity" + at)
+    out["pareto_macs"] = (charts.pareto(df, "macs_kept", kinds=kinds),
+                          "Accuracy vs MACs kept, every criterion × sparsity × token-merging "
+                          "r (mean over seeds); the step line is the Pareto frontier")
+    if "latency_ms" in df.columns and df["latency_ms"].notna().any():
+        out["pareto_latency"] = (charts.pareto(df, "latency_ms", kinds=kinds),
+                                 "Accuracy vs measured latency (batch 1, median ms on the "
+                                 "machine that ran the sweep: noisy); the step line is the "
+                                 "Pareto frontier")
     return out
 
 
@@ -191,6 +213,9 @@ def comparison_files(df: pd.DataFrame, kinds: Mapping[str, str],
 
     for stem, (fig, table, caption) in sweep_figures(df, kinds).items():
         add(stem, fig, table, caption)
+        if stem == "pareto_macs":
+            tables["Pareto frontier: accuracy vs MACs kept (mean over seeds)"] = \
+                table[table["pareto"]].drop(columns="pareto")
     if grid is not None:
         fig, sim, index = grid
         add("grid", fig, sim, f"Fig. 3: CLS attention of validation image {index} (cosine to "

@@ -20,6 +20,20 @@ def _rgba(hex_colour: str, alpha: float) -> str:
 
 
 def _lines(fig: go.Figure, p: charts.Panel, col: int, legend: bool) -> None:
+    for pt in p.points:
+        fig.add_trace(go.Scatter(
+            x=pt.x, y=pt.y, mode="markers", name=pt.label, legendgroup=pt.group,
+            showlegend=legend, line=dict(color=pt.colour),
+            marker=dict(color=pt.colour, symbol=pt.marker, size=8, opacity=0.85),
+            customdata=pt.sparsity,
+            hovertemplate=(f"<b>{pt.group}</b><br>sparsity %{{customdata:.0%}}, ToMe r "
+                           f"{pt.r}<br>{p.xlabel.split(' (')[0]} %{{x:.3f}}<br>{p.value} "
+                           "%{y:.3f}<extra></extra>")), row=1, col=col)
+    if p.step is not None:
+        fig.add_trace(go.Scatter(
+            x=p.step.x, y=p.step.y, mode="lines", name=p.step.label, showlegend=legend,
+            line=dict(color=p.step.colour, shape="hv", width=1.5), hoverinfo="skip"),
+            row=1, col=col)
     for ln in p.lines:
         if ln.std is not None:  # the band: upper edge left to right, lower edge back
             xs = list(ln.x) + list(ln.x)[::-1]
@@ -92,6 +106,13 @@ def fidelity_curves(df: pd.DataFrame, kinds: Mapping[str, str] | None = None) ->
     """:func:`core.charts.fidelity` on screen: CLS→patch cosine and rollout cosine to the
     dense model vs sparsity, side by side."""
     return figure(charts.fidelity(df, kinds=kinds))
+
+
+def pareto_chart(df: pd.DataFrame, x: str = "macs_kept",
+                 kinds: Mapping[str, str] | None = None) -> go.Figure:
+    """:func:`core.charts.pareto` on screen: accuracy vs MACs kept (or latency) of every
+    criterion × sparsity × r, the Pareto frontier as a step line."""
+    return figure(charts.pareto(df, x, kinds=kinds))
 
 
 def sensitivity_heatmap(df: pd.DataFrame) -> go.Figure:

@@ -175,6 +175,12 @@ def every_chart(sweep_df: pd.DataFrame, sens_df: pd.DataFrame):
     yield "fidelity", charts.fidelity(sweep_df, kinds=KINDS)
     yield "fidelity vs kept", charts.fidelity(sweep_df, "kept", KINDS)
     yield "sensitivity", charts.sensitivity(sens_df)
+    joint = pd.concat([sweep_df.assign(r=0, latency_ms=5.0 - sweep_df.sparsity),
+                       sweep_df.assign(r=8, accuracy=sweep_df.accuracy - 0.05,
+                                       macs_kept=sweep_df.macs_kept * 0.6,
+                                       latency_ms=3.0 - sweep_df.sparsity)])
+    yield "pareto vs MACs", charts.pareto(joint, kinds=KINDS)
+    yield "pareto vs latency", charts.pareto(joint, "latency_ms", kinds=KINDS)
 
 
 def test_both_renderers_draw_the_same_numbers(sweep_df, sens_df):
@@ -186,11 +192,14 @@ def test_both_renderers_draw_the_same_numbers(sweep_df, sens_df):
         except AssertionError as e:
             raise AssertionError(f"{name}: {e}") from e
         seen += 1
+        if c.panels[0].points:  # a marker trace per criterion × r, and the frontier
+            p = mpl["panels"][0]
+            assert len(p["lines"]) == 3 * 2 + 1 and "Pareto frontier" in p["legend"]
         if c.panels[0].lines:  # the readings hold what was meant, not just the same thing
             p = mpl["panels"][0]
             assert len(p["lines"]) == 3 and len(p["bands"]) == 2  # snip: one seed, no band
             assert p["lines"]["l2-norm (structured)"][3] and not p["lines"]["magnitude"][3]
-    assert seen == 4 * 3 + 3
+    assert seen == 4 * 3 + 3 + 2
 
 
 def test_the_page_and_the_files_call_the_same_definitions(sweep_df, sens_df):
@@ -203,10 +212,11 @@ def test_the_page_and_the_files_call_the_same_definitions(sweep_df, sens_df):
             (figures.sensitivity_figure(sens_df), plots_compare.sensitivity_heatmap(sens_df))):
         assert_same_drawing(read_mpl(mpl), read_plotly(ply))
     files = report.sweep_figures(sweep_df, KINDS)
-    assert list(files) == [*report.CHARTS, "fidelity_vs_sparsity"]
+    assert list(files) == [*report.CHARTS, "fidelity_vs_sparsity", "pareto_macs"]
     for stem, (fig, table, _) in files.items():
         x, metric = report.CHARTS.get(stem, ("sparsity", None))[:2]
         c = charts.sweep(sweep_df, x, metric, KINDS) if metric else \
+            charts.pareto(sweep_df, kinds=KINDS) if stem == "pareto_macs" else \
             charts.fidelity(sweep_df, kinds=KINDS)
         assert_same_drawing(read_mpl(fig), read_plotly(plots_compare.figure(c)))
         pd.testing.assert_frame_equal(table, c.table)

@@ -35,6 +35,7 @@ One module per concern; every public name is also an attribute of this package
 - ``cancel``: stopping a computation within one module's forward
 - ``memory``: bytes a result holds
 - ``merging``: token merging (ToMe) on one image, and accuracy/MACs against r
+- ``joint``: width × tokens: merged pruned models' MACs, latency, the Pareto frontier
 
 A module loads on the first use of one of its names (PEP 562 ``__getattr__``), not on
 ``import core.study``: ``core.train`` imports the evaluator, and the pruning registry the other
@@ -54,7 +55,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
                    "resolve_device", "supports_float64"),
     "points": ("SCOPES", "Pruned", "Scores", "evaluate_counts", "evaluate_pruned",
                "forward_model", "masked_into", "prune_at", "prune_many", "score"),
-    "costs": ("DenseCost", "activation_bytes", "cost", "dense_cost"),
+    "costs": ("DenseCost", "activation_bytes", "cost", "dense_cost", "weight_uses"),
     "tables": ("collapsed_layers", "layer_kept", "log_threshold", "mask_matrix",
                "saliency_table", "score_stats", "threshold"),
     "views": ("METHODS", "AttentionGrid", "AttentionView", "attention_grid", "attention_maps",
@@ -72,6 +73,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "cancel": ("Cancelled", "cancellable", "current_event", "hook_installed"),
     "memory": ("nbytes",),
     "merging": ("MERGE_COLUMNS", "MergeView", "merge_curve", "merge_view"),
+    "joint": ("LATENCY_REPEATS", "at_r", "check_rs", "joint_table", "latency_ms",
+              "merged_macs", "pareto_front"),
 }
 
 __all__ = [name for names in _MODULES.values() for name in names]

@@ -47,8 +47,13 @@ def activation_bytes(model: nn.Module) -> int:
     return total
 
 
-def dense_cost(model: nn.Module) -> DenseCost:
-    net = copy.deepcopy(model).eval()  # hooks and mode changes on a private copy
+def weight_uses(model: nn.Module) -> dict[str, int]:
+    """Per Linear/Conv2d weight (``name.weight``), how often one forward of an image
+    ``(1, C, H, W)`` applies it: tokens through a Linear, output pixels of a Conv2d (fewer
+    when tokens are merged). Hooks removed and the mode restored after; not on a copy: a
+    merged model's copies would not share its merge state."""
+    net, was_training = model, model.training
+    net.eval()
     uses: dict[str, int] = {}
     handles = []
     for name, mod in net.named_modules():
@@ -59,11 +64,18 @@ def dense_cost(model: nn.Module) -> DenseCost:
             handles.append(mod.register_forward_hook(hook))
     try:
         with torch.no_grad():
-            net(torch.zeros(1, *net.input_shape))
+            net(torch.zeros(1, *net.input_shape, device=next(net.parameters()).device))
     finally:
         for h in handles:
             h.remove()
-    return DenseCost(sum(p.numel() for p in net.parameters()), count_macs(net), uses)
+        net.train(was_training)
+    return uses
+
+
+def dense_cost(model: nn.Module) -> DenseCost:
+    net = copy.deepcopy(model).eval()  # mode changes on a private copy
+    return DenseCost(sum(p.numel() for p in net.parameters()), count_macs(net),
+                     weight_uses(net))
 
 
 def cost(dense: DenseCost, pruned: Pruned) -> dict[str, float]:

@@ -34,14 +34,17 @@ from ..data.common import check_data_budget, image_size_of
 from ..models import token_layout
 from .calibrate import calibration, val_subset
 from .cancel import Cancelled, cancellable
+from .joint import check_rs, latency_ms, merged, merged_macs
 from .costs import cost, dense_cost
 from .criteria import criterion_info, seed_free
 from .evaluation import autocast, eval_counts, eval_metrics, model_device
 from .points import SCOPES, Pruned, forward_model, prune_at, prune_many, score
 from .views import mean_cosine
 
+# ``r`` and ``latency_ms`` came last with the joint axis (criterion × sparsity × r): the
+# columns before them keep their order, a CSV from before reads as r = 0 without latency
 SWEEP_COLUMNS = ["criterion", "sparsity", "seed", "accuracy", "loss", "macro_f1", "params_kept",
-                 "macs_kept", "cls_cosine", "rollout_cosine"]
+                 "macs_kept", "cls_cosine", "rollout_cosine", "r", "latency_ms"]
 
 
 def _criteria(criteria: Sequence[str] | Mapping[str, Mapping[str, Any]]
@@ -128,9 +131,11 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
           progress: Callable[[float, str], None] | None = None,
           cancel: threading.Event | None = None,
           shard: tuple[int, int] = (0, 1),
-          skip: Collection[tuple[str, float, int]] = (),
-          on_rows: Callable[[list[dict]], None] | None = None) -> pd.DataFrame:
-    """Accuracy, cost and attention similarity of every criterion × sparsity × seed.
+          skip: Collection[tuple] = (),
+          on_rows: Callable[[list[dict]], None] | None = None,
+          rs: Sequence[int] = (0,), latency: bool = False) -> pd.DataFrame:
+    """Accuracy, cost and attention similarity of every criterion × sparsity × seed (× token
+    merging r).
 
     Each criterion (a name, or a mapping name → its options) is scored once per seed on a
     ``calib``-image batch of ``train_set`` (seeded; None: data-free criteria only); along the
@@ -148,9 +153,16 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     modulo ``world`` (a distributed sweep concatenates the ranks' frames and sorts them with
     :func:`sort_sweep`).
 
-    ``skip``: points ``(criterion, sparsity, seed)`` measured before (a resumed sweep): neither
-    computed nor returned, and a (criterion, seed) whose every sparsity is skipped is not even
-    scored. ``on_rows(rows)`` gets each point's row as soon as it is measured (several at once
+    ``rs``: ToMe's r (:func:`core.tokens.merge_tokens`, tokens merged per block) at which each
+    pruned model is measured again, merging composing with masks and with shrunk models; one
+    row per r, in the order given (default ``(0,)``: no merging). ``macs_kept`` of a merged
+    point is :func:`~core.study.joint.merged_macs` over the dense model's. ``latency``: also
+    the median ms of a batch-1 forward (:func:`~core.study.joint.latency_ms`, noisy and
+    machine-dependent); NaN without.
+
+    ``skip``: points ``(criterion, sparsity, seed)`` or ``(criterion, sparsity, seed, r)``
+    measured before (a resumed sweep; three entries mean r = 0): neither computed nor
+    returned, and a (criterion, seed) whose every point is skipped is not even scored. ``on_rows(rows)`` gets each point's row as soon as it is measured (several at once
     where a seed-free criterion's rows are copied to another seed), e.g. to write it to disk.
 
     Returns one row per point with the columns of :data:`SWEEP_COLUMNS`: ``cls_cosine`` is
@@ -175,8 +187,14 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
         if criterion_info(name).needs_training:
             raise ValueError(f"{name} learns its masks during training and has no one-shot "
                              "sweep; leave it out")
-    done_before = {(str(c), round(float(s), 6), int(seed)) for c, s, seed in skip}
-    units = [(seed, name, opts, [s for s in ratios if (name, s, seed) not in done_before])
+    rs = check_rs(rs)
+    done_before = {(str(k[0]), round(float(k[1]), 6), int(k[2]), int(k[3]) if len(k) > 3 else 0)
+                   for k in skip}
+
+    def left(name: str, s: float, seed: int) -> list[int]:
+        return [r for r in rs if (name, s, seed, r) not in done_before]
+
+    units = [(seed, name, opts, [s for s in ratios if left(name, s, seed)])
              for seed, name, opts in sweep_points(criteria, seeds)[rank::world]]
     units = [u for u in units if u[3]]
     total, done = sum(len(u[3]) for u in units), 0
@@ -192,6 +210,7 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
     if progress:
         progress(0.0, "the dense model")
     dense_ev, dense_cls, dense_roll = measure(base)
+    one = measure.x[:1]  # the latency's batch: one validation image
     rows: list[dict] = []
     cancelled = False
     calib_of: dict[int, tuple[Tensor | None, Tensor | None]] = {}
@@ -204,27 +223,38 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
         if on_rows is not None:
             on_rows(new)
 
-    def point(p: Pruned) -> dict:
-        """The measured columns of one point."""
+    def point(p: Pruned, todo_r: Sequence[int]) -> list[dict]:
+        """The measured columns of one point, one row per r of ``todo_r``."""
         c = cost(dense, p)
-        out = {"params_kept": c["params_kept"], "macs_kept": c["macs_kept"],
-               "cls_cosine": math.nan, "rollout_cosine": math.nan}
-        if p.dense:
-            return {**dense_ev, **out, **({"cls_cosine": 1.0, "rollout_cosine": 1.0}
-                                          if attention else {})}
-        with forward_model(base, p, scratch) as net:
-            ev, got_cls, got_roll = measure(net)
-        if attention:
-            out.update(cls_cosine=mean_cosine(got_cls, dense_cls),
-                       rollout_cosine=mean_cosine(got_roll, dense_roll))
-        return {**ev, **out}
+        rows_r = []
+        with forward_model(base, p, scratch) if not p.dense else nullcontext(base) as net:
+            for r in todo_r:
+                out = {"params_kept": c["params_kept"], "macs_kept": c["macs_kept"],
+                       "cls_cosine": math.nan, "rollout_cosine": math.nan, "r": r,
+                       "latency_ms": math.nan}
+                m = merged(net, r)
+                if r:
+                    out["macs_kept"] = merged_macs(dense, m, p) / dense.macs
+                if latency:
+                    out["latency_ms"] = latency_ms(m, one)
+                if p.dense and not r:
+                    rows_r.append({**dense_ev, **out, **(
+                        {"cls_cosine": 1.0, "rollout_cosine": 1.0} if attention else {})})
+                    continue
+                ev, got_cls, got_roll = measure(m)
+                if attention:
+                    out.update(cls_cosine=mean_cosine(got_cls, dense_cls),
+                               rollout_cosine=mean_cosine(got_roll, dense_roll))
+                rows_r.append({**ev, **out})
+        return rows_r
 
     try:  # a cancel stops the point in progress too, within one module's forward
         with cancellable(cancel) if cancel is not None else nullcontext():
             for seed, name, opts, todo in units:
                 key = (name, tuple(sorted(opts.items())))
                 if key in same:
-                    measured([{**same[key][s], "seed": seed} for s in todo])
+                    measured([{**same[key][(s, r)], "seed": seed}
+                              for s in todo for r in left(name, s, seed)])
                     done += len(todo)
                     continue
                 first = len(rows)
@@ -248,9 +278,10 @@ def sweep(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
                         scores = score(base, name, images, labels, seed, opts)
                     p = together.get(s) or prune_at(base, name, s, images, labels, scope, seed,
                                                     scores, opts)
-                    measured([{"criterion": name, "sparsity": s, "seed": seed, **point(p)}])
-                if seed_free(name) and todo == ratios:
-                    same[key] = {row["sparsity"]: row for row in rows[first:]}
+                    measured([{"criterion": name, "sparsity": s, "seed": seed, **row}
+                              for row in point(p, left(name, s, seed))])
+                if seed_free(name) and len(rows) - first == len(ratios) * len(rs):
+                    same[key] = {(row["sparsity"], row["r"]): row for row in rows[first:]}
     except Cancelled:  # the point in progress is dropped; the rows done are kept
         cancelled = True
     if progress and not cancelled:

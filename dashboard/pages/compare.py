@@ -1,9 +1,11 @@
-"""Compare: criteria the way papers do. A one-shot sweep over criteria × sparsities × seeds in
-a background job (progress, cancel): accuracy and attention fidelity curves with mean ± std
-bands, optional layer sensitivity, and every chart, the Fig. 3 grid and an HTML report to
+"""Compare: criteria the way papers do. A one-shot sweep over criteria × sparsities × seeds
+(× ToMe token-merging r: the joint axis) in a background job (progress, cancel): accuracy and
+attention fidelity curves with mean ± std bands, accuracy against MACs (and latency) of every
+point with the Pareto frontier, optional layer sensitivity, and every chart, the Fig. 3 grid and an HTML report to
 download, with the command line that reproduces them."""
 import streamlit as st
 
+from core import study
 from dashboard import plots_compare, state
 from dashboard.text import md
 from dashboard.state import compare
@@ -14,7 +16,10 @@ METRIC_CHOICES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "loss": "loss"
 EXPORTS = {"accuracy_vs_sparsity": "Accuracy vs sparsity",
            "accuracy_vs_kept": "Accuracy vs fraction kept", "accuracy_vs_macs":
            "Accuracy vs MACs kept", "fidelity_vs_sparsity": "Attention fidelity",
+           "pareto_macs": "Accuracy vs MACs, Pareto frontier",
+           "pareto_latency": "Accuracy vs latency, Pareto frontier",
            "grid": "Fig. 3 grid", "sensitivity": "Layer sensitivity"}
+PARETO_CHOICES = {"macs_kept": "MACs kept", "latency_ms": "latency (measured)"}
 MIME = {"png": "image/png", "svg": "image/svg+xml", "csv": "text/csv"}
 
 exp = state.experiment()
@@ -62,11 +67,23 @@ def _show(job_id: str, live: bool) -> None:
                 horizontal=True)
     metric = b.radio("Metric", list(METRIC_CHOICES), format_func=METRIC_CHOICES.get,
                      key="compare_metric", horizontal=True)
-    st.plotly_chart(plots_compare.sweep_curves(df, x, metric, snap["kinds"]),
+    curves = study.at_r(df)  # the curves: the pruned models at the smallest r
+    r0 = int(curves["r"].iloc[0])
+    if r0 or df["r"].nunique() > 1:
+        st.caption(f"Curves at ToMe r = {r0}; every r is in the width × tokens chart below.")
+    st.plotly_chart(plots_compare.sweep_curves(curves, x, metric, snap["kinds"]),
                     key="compare_chart_curves")
-    if df["cls_cosine"].notna().any():
-        st.plotly_chart(plots_compare.fidelity_curves(df, snap["kinds"]),
+    if curves["cls_cosine"].notna().any():
+        st.plotly_chart(plots_compare.fidelity_curves(curves, snap["kinds"]),
                         key="compare_chart_fidelity")
+    timed = df["latency_ms"].notna().any()
+    px = st.radio("Width × tokens: cost axis", list(PARETO_CHOICES) if timed
+                  else ["macs_kept"], format_func=PARETO_CHOICES.get, key="compare_pareto_x",
+                  horizontal=True,
+                  help="Latency is the median of a few batch-1 forwards on this server during "
+                       "the comparison: noisy, and only comparable within one run.")
+    st.plotly_chart(plots_compare.pareto_chart(df, px, snap["kinds"]),
+                    key="compare_chart_pareto")
     if snap["sensitivity"] is not None and len(snap["sensitivity"]):
         st.plotly_chart(plots_compare.sensitivity_heatmap(snap["sensitivity"]),
                         key="compare_chart_sensitivity")
@@ -134,12 +151,22 @@ with state.page_errors():
         sens = c.checkbox("Layer sensitivity", key="compare_sensitivity",
                           help="Also prune one layer at a time at 30, 60 and 90% (structured: "
                                "one block's q/k, v or FFN) and show the accuracy drop.")
+        d, e = st.columns([2, 1])
+        state.widget_default("compare_r", [0])
+        rs = d.multiselect("Token merging r (ToMe)", list(compare.TOME_RS), key="compare_r",
+                           help="Each pruned model is measured again merging r tokens per "
+                                "block (0: no merging): accuracy against MACs of every "
+                                "criterion × sparsity × r, with the Pareto frontier.")
+        lat = e.checkbox("Measure latency", key="compare_latency",
+                         help="Time a batch-1 forward of every point (median of a few): wall "
+                              "time on this server, noisy.")
         start = st.form_submit_button("Run the comparison", type="primary",
                                       key="compare_start", icon=":material/play_arrow:",
                                       disabled=running)
     if start:
         spec = compare.Spec(tuple(criteria), compare.parse_sparsities(text), int(seeds),
-                            int(val), exp.calib, exp.scope, bool(sens))
+                            int(val), exp.calib, exp.scope, bool(sens),
+                            tuple(sorted(int(r) for r in rs)), bool(lat))
         compare.follow_sweep(compare.start_sweep(s, spec))
         st.rerun()
     if job is not None:

@@ -19,6 +19,7 @@ from .keys import Setup
 
 DEFAULT_SPARSITIES = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 SENSITIVITY_RATIOS = (0.3, 0.6, 0.9)
+TOME_RS = (0, 2, 4, 8, 13, 16)  # the r multiselect's choices (tokens merged per block)
 K_JOB = "compare_job"  # session state: the comparison this session follows
 
 
@@ -33,6 +34,8 @@ class Spec:
     calib: int
     scope: str
     sensitivity: bool = False
+    rs: tuple[int, ...] = (0,)  # ToMe r per pruned point: the joint axis
+    latency: bool = False
 
 
 def _view(snap: dict) -> dict:
@@ -112,14 +115,15 @@ def command(s: Setup, spec: Spec) -> str:
         model, s.exp.dataset, spec.criteria, spec.sparsities, range(spec.seeds),
         min(spec.val, len(s.val_set)), spec.calib, spec.scope, "comparison",
         dataset_options(s.data), untrained and src != "upload",
-        s.exp.seed if src == "init" else 0, revision) + (
+        s.exp.seed if src == "init" else 0, revision, spec.rs, spec.latency) + (
             " --sensitivity" if spec.sensitivity else "")
 
 
 def job_label(s: Setup, spec: Spec) -> str:
     """What the page says a comparison measures (the model, its size, the validation images)."""
+    merging = f" × {len(spec.rs)} ToMe r" if spec.rs != (0,) else ""
     return (f"{s.base.label} · {len(spec.criteria)} criteria × {len(spec.sparsities)} "
-            f"sparsities × {spec.seeds} seed(s) · "
+            f"sparsities{merging} × {spec.seeds} seed(s) · "
             f"{study.val_subset_label(spec.val, len(s.val_set))}")
 
 
@@ -127,6 +131,8 @@ def start_sweep(s: Setup, spec: Spec) -> str:
     """Start the comparison as this session's job; returns its job id at once."""
     if not spec.criteria:
         raise ValueError("choose at least one criterion")
+    if not spec.rs:
+        raise ValueError("choose at least one token-merging r (0: no merging)")
     cmd = command(s, spec)
     return job.start("compare", lambda j: _work(j, s, spec, cmd), key=K_JOB,
                      label=job_label(s, spec), info={"spec": spec, "command": cmd},
@@ -143,7 +149,8 @@ def _work(j: job.Job, s: Setup, spec: Spec, cmd: str) -> None:
     split = 0.75 if spec.sensitivity else 0.92
     df = study.sweep(model, s.train_set, s.val_set, list(spec.criteria), spec.sparsities,
                      calib=spec.calib, seeds=seeds, val_samples=n, scope=spec.scope,
-                     progress=progress(0.0, split), cancel=j.cancel_event)
+                     progress=progress(0.0, split), cancel=j.cancel_event, rs=spec.rs,
+                     latency=spec.latency)
     kinds = {c: study.criterion_info(c).kind for c in spec.criteria}
     j.publish(df=df, kinds=kinds)
     if df.attrs.get("cancelled"):
@@ -166,5 +173,10 @@ def _work(j: job.Job, s: Setup, spec: Spec, cmd: str) -> None:
              "criteria": ", ".join(spec.criteria),
              "sparsities": ", ".join(f"{x:g}" for x in spec.sparsities),
              "calibration": f"{spec.calib} images, seeds {seeds}", "scope": spec.scope}
+    if spec.rs != (0,):
+        setup["token merging (ToMe r)"] = ", ".join(map(str, spec.rs))
+    if spec.latency:
+        setup["latency"] = (f"median of {study.LATENCY_REPEATS} batch-1 forwards on the "
+                            "server, during the comparison: noisy")
     j.publish(files=report.comparison_files(df, kinds, setup, cmd, (fig, sim, 0), sens))
     j.progress(1.0, "done")
