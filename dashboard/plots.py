@@ -355,7 +355,7 @@ def merge_curve(df: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def image_grid(cells: Sequence[np.ndarray], captions: Sequence[str], cols: int) -> np.ndarray:
+def picture_grid(cells: Sequence[np.ndarray], captions: Sequence[str], cols: int) -> np.ndarray:
     """The Diff page's gallery and side-by-side: cells (uint8 (px, px, 3), one size) in
     ``cols`` columns, each captioned underneath, as one uint8 (H, W, 3) image: the picture
     shown and the PNG downloaded are the same array (no plotly export needed)."""

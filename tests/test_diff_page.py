@@ -105,3 +105,28 @@ def test_deleted_run_reads_as_a_message(runs_dir):
     with pytest.raises(ValueError, match="no longer in the run store"):
         diff._checkpoint(diff.Side("run", run_id="20240101-000000-abcdef"))
     del at
+
+
+def test_lineage_tree_sets_a_and_b(runs_dir):
+    from core import lineage
+    from core.runs import RunStore
+
+    store = RunStore(runs_dir)
+    run_id = store.create_run("vit-tiny", "shapes", "magnitude", 0.5)
+    store.add_lineage([lineage.dense("vit-tiny", "shapes", "checkpoint"),
+                       lineage.pruned("magnitude", 0.5, 0, "global", 32),
+                       lineage.finetuned(run_id, epochs=1, lr=1e-3)], run_id,
+                      {0: {"macs": 1.5e6, "accuracy": 0.75}})
+    at = diff_page()
+    text = " ".join(m.value for m in at.markdown).replace("\\", "")  # md() escapes
+    assert "pruned by magnitude at 50% (seed 0)" in text and "accuracy 75.0%" in text
+    assert f"fine-tuned by run {run_id}" in text  # no checkpoint: shown, not offered
+    assert len(at.selectbox(key="diff_node_a").options) == 2
+    at.selectbox(key="diff_node_a").set_value(0)
+    at.selectbox(key="diff_node_b").set_value(1)
+    at.button(key="diff_pick").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.radio(key="diff_a_kind").value == "dense"
+    assert at.radio(key="diff_b_kind").value == "pruned"
+    assert at.selectbox(key="diff_b_pruner").value == "magnitude"
+    assert at.select_slider(key="diff_b_sparsity").value == 50

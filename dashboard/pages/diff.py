@@ -108,7 +108,7 @@ def _gallery(snap: dict) -> None:
         return
     shown = rows.head(GALLERY)
     cells, captions = diff.gallery_cells(s, snap["n"], shown)
-    picture = plots.image_grid(cells, captions, 8)
+    picture = plots.picture_grid(cells, captions, 8)
     st.image(picture, caption=f"{len(shown)} of {len(rows)} flipped images (#index "
              "A's prediction → B's)")
     st.download_button("Gallery (PNG)", plots.png_bytes(picture), "gallery.png", "image/png",
@@ -156,9 +156,29 @@ def _exports(snap: dict) -> None:
                                    key=f"diff_dl_layers_{ext}", on_click="ignore")
 
 
+def lineage_tree() -> None:
+    """The run store's models as a tree; two of them become A and B."""
+    nodes = diff.lineage_nodes()
+    with st.expander("Lineage: every model the runs made", icon=":material/account_tree:"):
+        if not nodes:
+            st.caption("No run has recorded its lineage yet: fine-tune a pruned model on the "
+                       "Train page.")
+            return
+        st.markdown("\n".join(f"{'  ' * d}- {md(text)}" for d, text, _ in nodes))
+        options = [i for i, (_, _, side) in enumerate(nodes) if side is not None]
+        a, b, c = st.columns([3, 3, 1])
+        pa = a.selectbox("Node for A", options, key="diff_node_a",
+                         format_func=lambda i: nodes[i][1])
+        pb = b.selectbox("Node for B", options, key="diff_node_b",
+                         format_func=lambda i: nodes[i][1])
+        c.button("Diff these", key="diff_pick", disabled=pa is None or pb is None,
+                 on_click=diff.pick_nodes, args=(nodes,))
+
+
 with state.page_errors():
     s = state.setup_or_stop(exp)
     runs = diff.run_choices()
+    lineage_tree()
     left, right = st.columns(2)
     side_a, side_b = side(left, "a", s, runs), side(right, "b", s, runs)
     job_id = diff.current_id()

@@ -199,4 +199,52 @@ def detail(s: Setup, snap: dict, index: int) -> dict:
     cells.append(_diff_cell(rb - ra, grid, px))
     captions = ["image", "A last layer", "A rollout", "B last layer", "B rollout",
                 "rollout B-A"]
-    return {"picture": plots.image_grid(cells, captions, len(cells)), "change": change, "top5": tops}
+    return {"picture": plots.picture_grid(cells, captions, len(cells)), "change": change,
+            "top5": tops}
+
+
+# ---------------------------------------------------------------------------- lineage
+
+def lineage_nodes() -> list[tuple[int, str, Side | None]]:
+    """The run store's lineage tree, depth first: (depth, the node's line — its edge's
+    operation, accuracy and MACs —, the Side that loads it, None when none does: a run this
+    session may not see, or one deleted since)."""
+    from core import lineage
+
+    store = run_store()
+    seen = set(run_choices())  # the runs this session may see, with a checkpoint
+    out = []
+    for depth, r in lineage.tree(store.lineage()):
+        p, op = r["params"], r["operation"]
+        acc = "–" if r["accuracy"] is None or r["accuracy"] != r["accuracy"] \
+            else f"{r['accuracy']:.1%}"
+        macs = "–" if r["macs"] is None or r["macs"] != r["macs"] else f"{r['macs'] / 1e6:.3g} M"
+        side = None
+        if r["run_id"] in seen:
+            side = Side("run", run_id=r["run_id"])
+        elif op == "pruned" and "run" not in p:
+            side = Side("pruned", p["criterion"], float(p["sparsity"]))
+        elif op == "dense":
+            side = Side("dense")
+        if r["run_id"] and r["run_id"] not in seen:
+            p = {**p, "run": p.get("run", r["run_id"])}
+        out.append((depth, f"{lineage.label(op, p)} · accuracy {acc} · MACs {macs}", side))
+    return out
+
+
+def pick(who: str, side: Side) -> None:
+    """Set model ``who``'s widgets to ``side`` (a button's callback: before they render)."""
+    st.session_state[f"diff_{who}_kind"] = side.kind
+    if side.kind == "pruned":
+        st.session_state[f"diff_{who}_pruner"] = side.pruner
+        st.session_state[f"diff_{who}_sparsity"] = int(round(side.sparsity * 100))
+    elif side.kind == "run":
+        st.session_state[f"diff_{who}_run"] = side.run_id
+
+
+def pick_nodes(nodes: list[tuple[int, str, Side | None]]) -> None:
+    """The lineage tree's button: the nodes chosen for A and B become the two models."""
+    for who in ("a", "b"):
+        i = st.session_state.get(f"diff_node_{who}")
+        if i is not None and nodes[i][2] is not None:
+            pick(who, nodes[i][2])
