@@ -2,7 +2,8 @@
 
 Layout under ``root`` (``./runs`` by default, or env ``PRUNELENS_RUNS_DIR``)::
 
-    runs.sqlite                       tables ``runs`` and ``metrics`` (WAL journal)
+    runs.sqlite                       tables ``runs``, ``metrics``, ``checkpoints`` and
+                                      ``lineage`` (WAL journal)
     checkpoints/<run_id>/<name>.safetensors
 
 Every method opens its own short-lived connection (with a busy timeout), so one ``RunStore``
@@ -29,6 +30,12 @@ through :meth:`RunStore.delete_run` when the caller says who it is (``owner=``);
 an owner (the CLI's, and every run of a store older than this column) are shared. Opening an
 older store adds the column in place. The owner is a label, not a credential: whoever can
 open the file can change it.
+
+Lineage (:mod:`core.lineage`): every model a run trains descends from others (dense → pruned
+→ fine-tuned → exported); table ``lineage`` keeps one node per step (its parent, operation,
+parameters, accuracy and MACs), each chain written in one transaction, and a run's
+checkpoints carry their chain in their metadata. Stores older than the table get it when
+opened (``CREATE TABLE IF NOT EXISTS``: their runs are untouched).
 
 A run records the pid, host and process start time of its writer. Opening the store (or
 calling :meth:`RunStore.mark_interrupted`) marks ``running`` runs of this host whose process is
@@ -95,6 +102,17 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     saved  TEXT NOT NULL,
     PRIMARY KEY (run_id, name)
 );
+CREATE TABLE IF NOT EXISTS lineage (
+    id        TEXT PRIMARY KEY,
+    parent    TEXT,
+    operation TEXT NOT NULL,
+    params    TEXT NOT NULL,
+    accuracy  REAL,
+    macs      REAL,
+    run_id    TEXT,
+    created   TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lineage_run ON lineage (run_id);
 """
 _RUN_ID = re.compile(r"^[0-9]{8}-[0-9]{6}-[0-9a-f]{6}$")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -399,6 +417,78 @@ class RunStore:
             con.execute("UPDATE runs SET owner=? WHERE owner=?", (new_owner, owner))
         return ids
 
+    # ------------------------------------------------------------------ lineage
+
+    def add_lineage(self, chain, run_id: str | None = None,
+                    measures: Mapping[int, Mapping[str, float]] | None = None) -> list[str]:
+        """Record a chain of steps (:mod:`core.lineage`: dense first) as nodes, each the
+        parent of the next, in one transaction (a kill leaves all of them or none); returns
+        their ids. Nodes already there (the same steps from the same parent) are kept, so two
+        runs of one pruned model share its nodes. ``run_id`` goes on the last node;
+        ``measures``: step index → ``{"accuracy", "macs"}`` (known values fill empty ones)."""
+        from . import lineage
+
+        steps = lineage.check(chain)
+        if run_id is not None:
+            self.get_run(run_id)
+        ids, parent, now = [], None, _now()
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            for i, s in enumerate(steps):
+                node = lineage.node_id(parent, s)
+                m = (measures or {}).get(i, {})
+                con.execute("INSERT OR IGNORE INTO lineage (id, parent, operation, params,"
+                            " created) VALUES (?,?,?,?,?)",
+                            (node, parent, s["operation"], _dumps(s["params"]), now))
+                con.execute("UPDATE lineage SET accuracy=coalesce(?, accuracy), macs="
+                            "coalesce(?, macs) WHERE id=?",
+                            (m.get("accuracy"), m.get("macs"), node))
+                ids.append(node)
+                parent = node
+            if run_id is not None and ids:
+                con.execute("UPDATE lineage SET run_id=? WHERE id=?", (run_id, ids[-1]))
+        return ids
+
+    def set_measures(self, node: str, accuracy: float | None = None,
+                     macs: float | None = None) -> None:
+        """Fill a node's accuracy and MACs (None leaves a value as it is)."""
+        with self._connect() as con:
+            con.execute("UPDATE lineage SET accuracy=coalesce(?, accuracy), macs="
+                        "coalesce(?, macs) WHERE id=?", (accuracy, macs, node))
+
+    def lineage(self) -> pd.DataFrame:
+        """Every node: ``id, parent, operation, params`` (a dict), ``accuracy, macs, run_id,
+        created``, oldest first."""
+        with self._connect() as con:
+            rows = [dict(r) for r in con.execute("SELECT * FROM lineage ORDER BY created, id")]
+        for r in rows:
+            r["params"] = json.loads(r["params"])
+        return pd.DataFrame.from_records(rows, columns=[
+            "id", "parent", "operation", "params", "accuracy", "macs", "run_id", "created"])
+
+    def chain(self, node: str) -> list[dict[str, Any]]:
+        """The steps from the root down to ``node`` (KeyError if unknown)."""
+        out, seen = [], set()
+        with self._connect() as con:
+            while node is not None and node not in seen:
+                seen.add(node)
+                row = con.execute("SELECT parent, operation, params FROM lineage WHERE id=?",
+                                  (node,)).fetchone()
+                if row is None:
+                    if not out:
+                        raise KeyError(f"no lineage node {node!r}")
+                    break
+                out.append({"operation": row["operation"], "params": json.loads(row["params"])})
+                node = row["parent"]
+        return out[::-1]
+
+    def run_node(self, run_id: str) -> str | None:
+        """The lineage node of ``run_id``'s model, None if it recorded none."""
+        with self._connect() as con:
+            row = con.execute("SELECT id FROM lineage WHERE run_id=? ORDER BY created DESC "
+                              "LIMIT 1", (run_id,)).fetchone()
+        return None if row is None else row["id"]
+
     def mark_interrupted(self) -> list[str]:
         """Mark ``running`` runs of this host whose writer process is gone as ``interrupted``.
 
@@ -532,7 +622,9 @@ class RunStore:
         try:
             if isinstance(model, nn.Module) and _is_prunelens_model(model):
                 from .models import save_model
-                save_model(model, tmp, extra=meta)
+                node = self.run_node(run_id)
+                save_model(model, tmp, extra=meta,
+                           lineage=self.chain(node) if node is not None else None)
             else:
                 state = model.state_dict() if isinstance(model, nn.Module) else model
                 tensors = {k: v.detach().to("cpu", copy=True).contiguous()
@@ -641,3 +733,7 @@ class RunStoreCallback(Callback):
 
     def on_end(self, result: TrainResult) -> None:
         self.store.finish(self.run_id, result.status, result.reason)
+        node = self.store.run_node(self.run_id)
+        last = self.store.metrics(self.run_id)
+        if node is not None and "val_acc" in last and len(last):
+            self.store.set_measures(node, accuracy=float(last["val_acc"].iloc[-1]))

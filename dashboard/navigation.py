@@ -16,6 +16,7 @@ pages = st.navigation([
     st.Page("pages/rollout.py", title="Rollout & attribution", icon=":material/blur_on:"),
     st.Page("pages/tokens.py", title="Token merging", icon=":material/join_inner:"),
     st.Page("pages/compare.py", title="Compare", icon=":material/query_stats:"),
+    st.Page("pages/diff.py", title="Diff", icon=":material/difference:"),
     st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
     st.Page("pages/runs.py", title="Runs", icon=":material/table_chart:"),
 ])

@@ -353,3 +353,29 @@ def merge_curve(df: pd.DataFrame) -> go.Figure:
                       yaxis=dict(title="validation accuracy", tickformat=".0%", range=[0, 1.02]),
                       showlegend=False)
     return fig
+
+
+def picture_grid(cells: Sequence[np.ndarray], captions: Sequence[str], cols: int) -> np.ndarray:
+    """The Diff page's gallery and side-by-side: cells (uint8 (px, px, 3), one size) in
+    ``cols`` columns, each captioned underneath, as one uint8 (H, W, 3) image: the picture
+    shown and the PNG downloaded are the same array (no plotly export needed)."""
+    from PIL import Image, ImageDraw
+
+    px, pad = cells[0].shape[0], 16
+    rows = (len(cells) + cols - 1) // cols
+    canvas = Image.new("RGB", (cols * (px + 4), rows * (px + pad + 4)), "white")
+    draw = ImageDraw.Draw(canvas)
+    for i, (cell, text) in enumerate(zip(cells, captions)):
+        x, y = (i % cols) * (px + 4), (i // cols) * (px + pad + 4)
+        canvas.paste(Image.fromarray(cell), (x, y))
+        draw.text((x + 2, y + px + 2), str(text)[: max(px // 6, 4)], fill="black")
+    return np.asarray(canvas)
+
+
+def png_bytes(picture: np.ndarray) -> bytes:
+    """A uint8 (H, W, 3) image as PNG file bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, format="PNG")
+    return buf.getvalue()

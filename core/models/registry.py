@@ -158,7 +158,7 @@ def load_weights(model: nn.Module, path: str | Path, exclude: tuple[str, ...] = 
 
 
 def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None = None, *,
-               format: str = "prunelens") -> Path:
+               format: str = "prunelens", lineage=None) -> Path:
     """Save ``model`` as ``format``: ``"prunelens"`` (``.safetensors`` with the architecture in
     its metadata, masks baked in; temporary file, then rename), ``"hf"`` (a transformers
     ``save_pretrained`` folder) or ``"onnx"`` (opset 17, dynamic batch); see
@@ -206,6 +206,9 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     inputs = _inputs_meta(model)
     if inputs is not None:  # load_model gives back labels, WordNet ids and preprocessing
         meta["prunelens_inputs"] = inputs
+    if lineage:  # where the model comes from (core.lineage; read back by read_lineage)
+        from ..lineage import META_KEY, to_json
+        meta[META_KEY] = to_json(lineage)
     masked = masked_keys(model)
     if masked:  # load_model gives them back as model.masked_params
         meta["prunelens_masked"] = json.dumps(masked)

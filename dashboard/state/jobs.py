@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core import study
+from core import lineage, study
 from core.pruning import prune
 from core.train import Callback, TrainConfig, train
 
@@ -21,7 +21,7 @@ from .data import base_model, calibration, dense_cost, training_set, val_subset
 from .job import SERVER, Failed, Job, current, forget, jobs, start
 from .keys import PruneKey, Setup, cache_resource
 from .owners import current_owner
-from .pruning import pruned_model
+from .pruning import cost, pruned_model
 
 log = logging.getLogger("prunelens.dashboard")
 
@@ -94,7 +94,9 @@ def start_training(s: Setup, key: PruneKey, config: TrainConfig, train_samples: 
                "calibration": key.calib, "seed": key.seed, "train_samples": len(train_set),
                "epochs": config.epochs, "lr": config.lr, "batch_size": config.batch_size}
     owner = current_owner()
-    run_id = _create_run(store, run_cfg, owner)
+    macs = {"macs": cost(key)["macs"]}  # fine-tuning keeps the pruned model's MACs
+    run_id = _create_run(store, run_cfg, owner,
+                         {0: {"macs": dense_cost(s.model_key).macs}, 1: macs, 2: macs})
     what = f"{key.pruner} {key.sparsity:.0%}" if key.sparsity else "dense"
     label = f"{s.exp.preset} · {what} · {config.epochs} epoch(s)"
     val_set = val_subset(s.data, 10**9)
@@ -203,9 +205,24 @@ def _end_as(status: str, reason: str | None) -> None:
         raise Failed(reason or "failed")
 
 
-def _create_run(store, cfg: dict, owner: str) -> str:
-    return store.create_run(model=cfg["model"], dataset=cfg["dataset"], pruner=cfg["pruner"],
-                            sparsity=cfg["sparsity"], config=cfg, owner=owner)
+def _create_run(store, cfg: dict, owner: str, measures: dict | None = None) -> str:
+    run_id = store.create_run(model=cfg["model"], dataset=cfg["dataset"], pruner=cfg["pruner"],
+                              sparsity=cfg["sparsity"], config=cfg, owner=owner)
+    store.add_lineage(_lineage(cfg, run_id), run_id, measures)
+    return run_id
+
+
+def _lineage(cfg: dict, run_id: str) -> list[dict]:
+    """dense → pruned (criterion, sparsity, seed) → fine-tuned by this run; AMAP prunes by
+    training, so its pruned step is the run's own."""
+    chain = [lineage.dense(cfg["model"], cfg["dataset"], cfg["source"])]
+    if cfg["pruner"] == "amap":
+        return chain + [lineage.step("pruned", criterion="amap", sparsity=cfg["sparsity"],
+                                     seed=cfg["seed"], steps=cfg["steps"], run=run_id)]
+    if cfg["pruner"]:
+        chain.append(lineage.pruned(cfg["pruner"], cfg["sparsity"], cfg["seed"], cfg["scope"],
+                                    cfg["calibration"]))
+    return chain + [lineage.finetuned(run_id, epochs=cfg["epochs"], lr=cfg["lr"])]
 
 
 class Progress(Callback):
