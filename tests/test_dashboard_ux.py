@@ -278,7 +278,7 @@ def test_a_slow_prune_page_shows_progress_and_a_cancel_button(runs_dir, monkeypa
     draws = [0]
 
     def slow(key, n, a, b):
-        if threading.current_thread().name.startswith("prunelens-work"):  # not the page
+        if threading.current_thread().name.startswith("prunelens-prune"):  # not the page
             with drawn:
                 before = draws[0]
                 assert drawn.wait_for(lambda: draws[0] > before, HANG_S)

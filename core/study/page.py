@@ -35,7 +35,7 @@ from .points import Pruned, Scores, evaluate_counts, forward_model, prune_at, sc
 from .tables import collapsed_layers, layer_kept
 from .views import AttentionGrid, AttentionView, attention_grid, attention_maps, explain
 
-EVAL_BATCH = 256  # images per forward when a point is evaluated in one go (as ``evaluate``)
+_EVAL_BATCH = 256  # images per forward when a point is evaluated in one go (as ``evaluate``)
 NUMBER_COLUMNS = ("criterion", "val_accuracy", "val_loss", "val_macro_f1", "params", "macs",
                   "params_kept", "macs_kept", "collapsed_layers")
 
@@ -123,7 +123,7 @@ def prune_point(model: nn.Module, train_set: Dataset | None, val_set: Dataset,
         pruned = prune_at(base, criterion, s, images, labels, scope, seed, scores,
                           {"pattern": pat} if pat else None)
     val = val_subset(val_set, val_samples)
-    counts = evaluate_counts(base, pruned, val, 0, len(val), batch_size=EVAL_BATCH)
+    counts = evaluate_counts(base, pruned, val, 0, len(val), batch_size=_EVAL_BATCH)
     return point_report(base, pruned, dense or dense_cost(base), [counts],
                         calib=calib if s else 0, seed=seed if s else 0, pattern=pat)
 
