@@ -376,7 +376,7 @@ def test_prune_and_compare_measure_the_same_validation_images(runs_dir):
     page_card = metrics(at)["Accuracy"][0]  # the dense model's card
 
     s = state.setup(state.Experiment(pruners=("magnitude",), calib=16, val_samples=n))
-    prune_dense = state.evaluation(s.key("magnitude", 0.0), n)
+    prune_dense = state.pruning.evaluation(s.key("magnitude", 0.0), n)
     spec = compare.Spec(("magnitude",), (0.0,), 1, n, 16, "global")
     from dashboard.state import job as jobs
 

@@ -481,7 +481,7 @@ def test_two_sessions_do_not_mix_and_the_base_model_is_untouched(runs_dir):
     a = ok(make_app(prune_pruners=["magnitude"], prune_sparsity=30).run())
     b = ok(make_app(prune_pruners=["snip"], prune_sparsity=90).run())
     key = state.setup(state.Experiment(calib=32, val_samples=64)).model_key
-    base = state.base_model(key).model
+    base = state.data.base_model(key).model
     snapshot = {k: v.clone() for k, v in base.state_dict().items()}
 
     a.run()
@@ -676,11 +676,12 @@ def test_attention_maps_are_kept_within_the_byte_budget(runs_dir, monkeypatch):
     assert prefetch.wait_done(HANG_S)
     s = state.setup(state.Experiment(calib=32, val_samples=64))
     key = s.key("magnitude", 0.5)
-    one = sum(m.nbytes for m in state.attention_maps(key, state.ImageRef(0), s.val_set[0][0]))
+    maps_of = state.attention.attention_maps
+    one = sum(m.nbytes for m in maps_of(key, state.keys.ImageRef(0), s.val_set[0][0]))
     small = cache.ByteLRU(budget=int(2.5 * one))
     monkeypatch.setattr(cache, "BIG", small)
     for i in range(5):
-        state.attention_maps(key.at(0.0), state.ImageRef(i), s.val_set[i][0])
+        maps_of(key.at(0.0), state.keys.ImageRef(i), s.val_set[i][0])
     # also the dense key's pruned result (0 bytes) lives there; two images' maps fit
     assert small.used <= small.budget and small.used == 2 * one
     assert sum(1 for k in small.keys() if k[0].endswith("attention_maps")) == 2

@@ -153,12 +153,12 @@ def test_sparse_macs_match_a_hand_count(setup):
     written out by hand: 65 tokens for every block linear, 64 patches for the patch conv,
     1 (the CLS token) for the head."""
     key = setup.key("magnitude", 0.5)
-    masks = state.pruned(key).masks
-    dense = state.dense_cost(key.model)
+    masks = state.pruning.pruned(key).masks
+    dense = state.data.dense_cost(key.model)
     params, macs = dense.params, dense.macs
     uses = {"patch_embed.proj.weight": 64, "head.weight": 1}
     removed = sum(int((~m).sum()) * uses.get(k, 65) for k, m in masks.items())
-    c = state.cost(key)
+    c = state.pruning.cost(key)
     assert c["macs"] == macs - removed
     assert c["params"] == params - sum(int((~m).sum()) for m in masks.values())
     assert c["macs_kept"] == pytest.approx((macs - removed) / macs)
@@ -168,8 +168,8 @@ def test_sparse_macs_match_a_hand_count(setup):
 @pytest.mark.parametrize("name", ["snp", "l2-norm"])
 def test_structured_from_cached_scores_equals_prune(setup, name):
     key = setup.key(name, 0.4)
-    small = state.pruned(key).small
-    images, labels = state.calibration(key.data, key.calib, key.seed)
+    small = state.pruning.pruned(key).small
+    images, labels = state.data.calibration(key.data, key.calib, key.seed)
     ref = prune(setup.base.model, name, 0.4, images, labels).model.eval()
     assert small.config == ref.config
     x = torch.rand(2, 3, 32, 32)
@@ -183,13 +183,13 @@ def test_attention_of_masked_scratch_equals_a_masked_copy(setup):
     from core.attention import capture_attention
 
     image = setup.val_set[0][0]
-    ref = state.ImageRef(index=0)
+    ref = state.keys.ImageRef(index=0)
     key = setup.key("magnitude", 0.7)
-    maps = state.attention_maps(key, ref, image)
-    expect = capture_attention(state.pruned_model(key), image[None])
+    maps = state.attention.attention_maps(key, ref, image)
+    expect = capture_attention(state.pruning.pruned_model(key), image[None])
     for got, want in zip(maps, expect):
         np.testing.assert_allclose(got, want[0].numpy(), rtol=1e-5, atol=1e-6)
-    dense = state.attention_maps(key.at(0.0), ref, image)
+    dense = state.attention.attention_maps(key.at(0.0), ref, image)
     want = capture_attention(setup.base.model, image[None])
     np.testing.assert_allclose(dense[-1], want[-1][0].numpy(), rtol=1e-5, atol=1e-6)
 
@@ -203,11 +203,11 @@ def test_evaluation_on_the_scratch_model_equals_a_pruned_copy(setup, name):
 
     if name not in list_pruners():
         pytest.skip(f"{name} not in core")
-    val = state.val_subset(setup.data, 64)
+    val = state.data.val_subset(setup.data, 64)
     key = setup.key(name, 0.6)
-    dense = state.evaluation(key.at(0.0), 64)
-    got = state.evaluation(key, 64)
-    assert got == pytest.approx(evaluate(state.pruned_model(key), val), abs=1e-6)
+    dense = state.pruning.evaluation(key.at(0.0), 64)
+    got = state.pruning.evaluation(key, 64)
+    assert got == pytest.approx(evaluate(state.pruning.pruned_model(key), val), abs=1e-6)
     assert dense == pytest.approx(evaluate(setup.base.model, val), abs=1e-6)
     assert got != dense
 

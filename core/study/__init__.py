@@ -36,6 +36,9 @@ One module per concern; every public name is also an attribute of this package
 - ``memory``: bytes a result holds
 - ``merging``: token merging (ToMe) on one image, and accuracy/MACs against r
 - ``joint``: width × tokens: merged pruned models' MACs, latency, the Pareto frontier
+- ``page``: a page's numbers in one call (``prune_page``, ``prune_point``,
+  ``attention_page``, ``explain_pair``), assembled by the functions the dashboard's caches
+  assemble their pieces with (``point_report``)
 
 A module loads on the first use of one of its names (PEP 562 ``__getattr__``), not on
 ``import core.study``: ``core.train`` imports the evaluator, and the pruning registry the other
@@ -75,6 +78,9 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "merging": ("MERGE_COLUMNS", "MergeView", "merge_curve", "merge_view"),
     "joint": ("LATENCY_REPEATS", "at_r", "check_rs", "joint_table", "latency_ms",
               "merged_macs", "pareto_front"),
+    "page": ("NUMBER_COLUMNS", "PageReport", "PointReport", "attention_page",
+             "calibration_size", "explain_pair", "explain_point", "point_report", "point_setting",
+             "prune_page", "prune_point"),
 }
 
 __all__ = [name for names in _MODULES.values() for name in names]

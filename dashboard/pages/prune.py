@@ -142,8 +142,9 @@ def headline(results: dict, ok: list[str], at: dict[str, str], label: str,
     """One card for the dense model and one per criterion (three to a row): accuracy, loss,
     what is kept (``at``: each criterion's sparsity, and pattern). Criteria still being
     computed get a card that says which step they are at (``masked``: scored and masked,
-    being evaluated)."""
-    d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
+    being evaluated). ``results``: ``study.PointReport`` per name (``state.point``), None
+    for a criterion still being computed."""
+    d_eval, d_cost = results["dense"].metrics, results["dense"].cost
     names = ["dense", *ok]
     per_row = min(len(names), 3)
     for start in range(0, len(names), per_row):
@@ -165,19 +166,18 @@ def headline(results: dict, ok: list[str], at: dict[str, str], label: str,
                                else "evaluating…" if name in masked else "scoring and masking…")
                     continue
                 a, b = st.columns(2)
-                a.metric("Accuracy", pct(r["eval"]["accuracy"]),
-                         f"{(r['eval']['accuracy'] - d_eval['accuracy']) * 100:+.1f} pp")
-                b.metric("Loss", num(r["eval"]["loss"]),
-                         f"{r['eval']['loss'] - d_eval['loss']:+.3f}", delta_color="inverse")
-                a.metric("Params kept", pct(r["cost"]["params_kept"]))
-                b.metric("MACs kept", pct(r["cost"]["macs_kept"]),
+                a.metric("Accuracy", pct(r.metrics["accuracy"]),
+                         f"{(r.metrics['accuracy'] - d_eval['accuracy']) * 100:+.1f} pp")
+                b.metric("Loss", num(r.metrics["loss"]),
+                         f"{r.metrics['loss'] - d_eval['loss']:+.3f}", delta_color="inverse")
+                a.metric("Params kept", pct(r.cost["params_kept"]))
+                b.metric("MACs kept", pct(r.cost["macs_kept"]),
                          help="Masked weights count as removed (sparse MACs); structured "
                               "criteria are counted on the smaller model.")
-                if r["key"].pattern:
-                    st.caption(md(state.nm_summary(r["key"])))
-                collapsed = state.collapsed_layers(r["key"])
-                if collapsed:
-                    st.warning(f"Layer collapse: {collapsed} layer(s) lost ≥ 99% of their "
+                if r.pattern:
+                    st.caption(md(r.nm))
+                if r.collapsed:
+                    st.warning(f"Layer collapse: {r.collapsed} layer(s) lost ≥ 99% of their "
                                "weights.", icon=":material/warning:")
 
 
@@ -234,7 +234,7 @@ def stacked(formula: str) -> str:
                                              + r"\end{gathered}")
 
 
-def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
+def numbers_table(results: dict, keys: dict, ok: list[str], crit: str | None) -> None:
     """Every figure of the cards in one table, built only while its expander is open (a table
     widget costs the browser a new library on first view)."""
     numbers = st.expander("All numbers", icon=":material/table:", key="prune_numbers",
@@ -242,16 +242,11 @@ def numbers_table(results: dict, ok: list[str], crit: str | None) -> None:
     if not numbers.open:
         return
     with numbers:
-        d_eval, d_cost = results["dense"]["eval"], results["dense"]["cost"]
-        rows = [{"criterion": "dense", **{f"val_{k}": v for k, v in d_eval.items()}, **d_cost}]
-        rows += [{"criterion": n, **{f"val_{k}": v for k, v in results[n]["eval"].items()},
-                  **results[n]["cost"],
-                  "collapsed_layers": state.collapsed_layers(results[n]["key"])}
-                 for n in ok]
+        rows = [results[n].row() for n in ("dense", *ok)]  # study.PointReport.row
         st.dataframe(pd.DataFrame(rows), hide_index=True, key="prune_table")
         if crit and crit in results and st.toggle(
                 "Per-layer scores and saliency shares of " + crit, key="prune_show_layer_table"):
-            st.dataframe(state.saliency_table(results[crit]["key"]), hide_index=True,
+            st.dataframe(state.saliency_table(keys[crit]), hide_index=True,
                          key="prune_layer_table")
 
 
@@ -343,13 +338,10 @@ def page() -> None:
                 upto = r["upto"]
                 have = [n for n in ok if upto.get(n)]
                 m = min(upto[n] for n in ("dense", *have))
-                results = {"dense": {"eval": state.evaluation(s.key(exp.pruners[0], 0.0),
-                                                              exp.val_samples, m),
-                                     "cost": state.cost(s.key(exp.pruners[0], 0.0))}}
+                results = {"dense": state.point(s.key(exp.pruners[0], 0.0), exp.val_samples, m)}
                 for n in exp.pruners:
-                    results[n] = None if n not in have else {
-                        "key": s.key(n), "cost": state.cost(s.key(n)),
-                        "eval": state.evaluation(s.key(n), exp.val_samples, m)}
+                    results[n] = (state.point(s.key(n), exp.val_samples, m) if n in have
+                                  else None)
                 st.caption(f":material/hourglass_top: Numbers on the first "
                            f"{plural(m, 'validation image')} of {r['n']}; refining…"
                            if m < r["n"] else f"Numbers on all {plural(m, 'validation image')}.")
@@ -386,12 +378,10 @@ def page() -> None:
                         if exp.pattern != "unstructured" else "")
                      + f" · {snap['elapsed']:.2f} s")
     if numbers is not None and ok:
-        results = {"dense": {"eval": state.evaluation(s.key(ok[0], 0.0), exp.val_samples),
-                             "cost": state.cost(s.key(ok[0], 0.0))}}
-        results.update({n: {"key": s.key(n), "eval": state.evaluation(s.key(n), exp.val_samples),
-                            "cost": state.cost(s.key(n))} for n in ok})
+        results = {n: state.point(s.key(ok[0], 0.0) if n == "dense" else s.key(n),
+                                  exp.val_samples) for n in ("dense", *ok)}
         with numbers:
-            numbers_table(results, ok, crit)
+            numbers_table(results, {n: s.key(n) for n in ok}, ok, crit)
     if ok:
         with cards:
             state.pruned_downloads({n: s.key(n) for n in ok})

@@ -20,7 +20,7 @@ from core.study import AttentionView
 from .cache import byte_cached
 from .data import base_model, dataset, image_tensor
 from .keys import EXPECTED_ERRORS, ImageRef, ModelKey, PruneKey, Setup, cache_data, cache_resource
-from .pruning import forward_only, pruned_model
+from .pruning import forward_only, pruned
 from .ui import image_cell, overlay_cell
 
 
@@ -140,10 +140,11 @@ def num_heads(s: Setup, layer: int) -> int:
 @cache_data(show_spinner=False, max_entries=64)
 def explanations(key: PruneKey, ref: ImageRef, fusion: str, discard: float,
                  target: int | None, _image: Tensor) -> dict:
-    """For the dense model (``key.at(0)``) and ``key``: prediction, and one (H, W) heat map in
-    [0, 1] per method of ``study.METHODS`` (``study.explain``)."""
-    return {name: study.explain(pruned_model(k).eval(), _image, target, fusion, discard)
-            for name, k in (("dense", key.at(0.0)), ("pruned", key))}
+    """For the dense model and ``key``: prediction, and one (H, W) heat map in [0, 1] per
+    method of ``study.METHODS`` (``study.explain_point`` of the cached pruning result: the
+    numbers of ``study.explain_pair`` with the same settings)."""
+    return study.explain_point(base_model(key.model).model, pruned(key), _image, target,
+                               fusion, discard)
 
 
 @cache_data(show_spinner=False, max_entries=64)

@@ -20,7 +20,7 @@ import os
 from . import job
 from .data import dense_cost
 from .keys import EXPECTED_ERRORS, SPARSITY_OPTIONS, Experiment, Setup
-from .pruning import cost, eval_bounds, eval_counts, is_small, pruned, val_size
+from .pruning import eval_bounds, eval_counts, is_small, point, pruned, val_size
 
 REACH = 2  # slider stops on each side: arrow-key steps and short drags
 SLOT = "prefetch"
@@ -82,10 +82,10 @@ def _prefetch(j: job.Job, s: Setup, exp: Experiment, previous: job.Job | None) -
                 return
             try:
                 pruned(key)
-                cost(key)
                 for a, b in bounds:
                     if not _quiet(j):
                         return
                     eval_counts(key, exp.val_samples, a, b)
+                point(key, exp.val_samples)  # the page's numbers, assembled from those
             except EXPECTED_ERRORS:
                 continue  # the page reports it if the user goes there

@@ -91,8 +91,8 @@ def prune_and_evaluate(s: Setup, exp: Experiment):
             w.progress(done_units / total,
                        f"{name}: {'masking' if name in ready else 'scoring and masking'}")
             try:
-                layer_kept(s.key(name))  # computes the masks (or the shrunk model)
-                pruned(s.key(name))
+                pruned(s.key(name))  # the masks (or the shrunk model)
+                layer_kept(s.key(name))  # the kept chart's table, drawn before the numbers
             except EXPECTED_ERRORS as e:
                 failed[name] = str(e)
                 w.publish(failed=dict(failed))

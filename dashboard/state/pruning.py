@@ -20,7 +20,6 @@ from torch import nn
 
 from core import study
 from core.boot import SMALL_WORK_MACS
-from core.pruning import check_nm
 from core.pruning.masks import comparison
 
 from .cache import BIG, byte_cached
@@ -129,13 +128,32 @@ def val_size(key: PruneKey, val_samples: int) -> int:
     return len(val_subset(key.data, val_samples))
 
 
-def evaluation(key: PruneKey, val_samples: int, upto: int | None = None) -> dict[str, float]:
-    """Accuracy / loss / macro-F1 on the fixed validation subset (its first ``upto`` images,
-    a slice boundary of :func:`eval_bounds`; default all), no fine-tuning."""
+def _bounds(key: PruneKey, val_samples: int, upto: int | None) -> tuple[tuple[int, int], ...]:
+    """The slices of :func:`eval_bounds` within the first ``upto`` images (default all)."""
     n = val_size(key, val_samples)
-    bounds = [ab for ab in eval_bounds(n, dense_cost(key.model).macs)
-              if upto is None or ab[1] <= upto]
-    return study.metrics_from_counts([eval_counts(key, val_samples, a, b) for a, b in bounds])
+    return tuple(ab for ab in eval_bounds(n, dense_cost(key.model).macs)
+                 if upto is None or ab[1] <= upto)
+
+
+@cache_data(show_spinner=False, max_entries=256)
+def _point(key: PruneKey, val_samples: int,
+           bounds: tuple[tuple[int, int], ...]) -> study.PointReport:
+    return study.point_report(base_model(key.model).model, pruned(key), dense_cost(key.model),
+                              [eval_counts(key, val_samples, a, b) for a, b in bounds],
+                              calib=key.calib, seed=key.seed, pattern=key.pattern)
+
+
+def point(key: PruneKey, val_samples: int, upto: int | None = None) -> study.PointReport:
+    """What the Prune page shows of ``key`` (``study.point_report``: metrics, cost, per-layer
+    table, collapsed layers, N:M summary) on the first ``upto`` validation images (a slice
+    boundary of :func:`eval_bounds`; default all). On all of them these are the numbers of
+    ``study.prune_point`` with the same settings (a test checks): the slices' counts add up."""
+    return _point(key, val_samples, _bounds(key, val_samples, upto))
+
+
+def evaluation(key: PruneKey, val_samples: int, upto: int | None = None) -> dict[str, float]:
+    """Accuracy / loss / macro-F1 of :func:`point`."""
+    return dict(point(key, val_samples, upto).metrics)
 
 
 def is_pruned(key: PruneKey) -> bool:
@@ -164,8 +182,11 @@ def cost(key: PruneKey) -> dict[str, float]:
     return study.cost(dense_cost(key.model), pruned(key))
 
 
+@cache_data(show_spinner=False, max_entries=128)
 def layer_kept(key: PruneKey) -> pd.DataFrame:
-    """Columns ``layer, parameters, kept_fraction, collapsed`` for one criterion."""
+    """Columns ``layer, parameters, kept_fraction, collapsed`` for one criterion (the kept
+    chart, drawn once every criterion is masked, before the numbers; :func:`point`'s
+    ``layer_table`` once they are)."""
     return study.layer_kept(base_model(key.model).model, pruned(key))
 
 
@@ -173,10 +194,6 @@ def layer_kept(key: PruneKey) -> pd.DataFrame:
 def saliency_table(key: PruneKey) -> pd.DataFrame:
     """core's per-layer table (``layer_saliency``: score statistics, saliency shares)."""
     return study.saliency_table(pruned(key))
-
-
-def collapsed_layers(key: PruneKey) -> int:
-    return study.collapsed_layers(pruned(key))
 
 
 def _score_key(key: PruneKey) -> PruneKey:
@@ -203,14 +220,6 @@ def score_distribution(key: PruneKey) -> tuple[pd.DataFrame, float | None]:
     return stats, study.log_threshold(p, stats)
 
 
-@cache_data(show_spinner=False, max_entries=64)
-def nm_summary(key: PruneKey) -> str:
-    """``"2:4 realised in k of n layers"`` for a key under a pattern (``core.pruning.check_nm``
-    on its masks), ``""`` otherwise."""
-    p = pruned(key)
-    return check_nm(p.masks, key.pattern).summary() if key.pattern and p.masks else ""
-
-
 def mask_layers(key: PruneKey) -> list[str]:
     p = pruned(key)
     return [k.removesuffix(".weight") for k in p.masks] if p.masks is not None else []
@@ -235,5 +244,4 @@ def warm_up(exp=None) -> None:
     exp = exp or Experiment()
     s = setup(exp)
     for key in (s.key(exp.pruners[0], 0.0), *map(s.key, exp.pruners)):  # dense, then each
-        evaluation(key, exp.val_samples)  # also computes the scores and masks
-        cost(key)
+        point(key, exp.val_samples)  # also computes the scores and masks
