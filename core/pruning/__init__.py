@@ -17,7 +17,7 @@ Three separate steps (as ``torch.nn.utils.prune`` separates importance scores fr
 ``prune(model, name, sparsity, images, labels, scope, **options)`` runs all three on a copy and
 returns a :class:`PruneResult` (pruned model, masks, scores, per-layer table);
 ``prune(..., pattern="2:4")`` gives any unstructured criterion N:M sparsity, which
-``check_nm(model, "2:4")`` verifies group by group (:mod:`.nm`).
+``check_nm(model, "2:4")`` verifies group by group (:mod:`.nm_check`).
 
 Structured criteria (a physically smaller model): ``snp``, ``reverse``, ``snp-act``,
 ``l2-norm``, ``gm``, ``structured-random``, ``taylor``, ``activation`` (:mod:`.snp`,
@@ -40,7 +40,8 @@ from .criteria import (AttentionSnipPruner, GraspPruner, MagnitudePruner, Random
                        SnipPruner, SynflowPruner)
 from .masks import (GroupedScores, PruningMask, apply_masks, compute_masks, get_masks,
                     layer_collapse, mask_sparsity, num_pruned, remove_masks, restore_masks)
-from .nm import NMCheck, check_nm, parse_pattern, pattern_sparsity
+from .nm import NMCheck, parse_pattern, pattern_sparsity
+from .nm_check import check_nm
 from .wanda import WandaPruner
 from . import snp  # noqa: E402,F401  (registers the structured pruners: snp, gm, l2-norm, ...)
 from . import baselines  # noqa: E402,F401  (registers taylor and activation)

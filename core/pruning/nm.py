@@ -119,7 +119,7 @@ def nm_masks(scores: Mapping[str, Tensor], pattern: str | tuple[int, int]
 
 @dataclass(frozen=True)
 class NMCheck:
-    """What :func:`check_nm` found. ``layers``: the masked layers checked, in order;
+    """What :func:`check_masks` (and ``check_nm``) found. ``layers``: the masked layers checked, in order;
     ``realised``: those where every group of M keeps at most N (what the sparse kernels need);
     ``exact``: those where every group keeps exactly N; ``skipped``: input size not a
     multiple of M; ``violations``: key → number of groups keeping more than N."""
@@ -152,24 +152,10 @@ class NMCheck:
         return self.summary()
 
 
-def check_nm(model_or_masks: nn.Module | Mapping[str, Tensor],
-             pattern: str | tuple[int, int]) -> NMCheck:
-    """Check every group of every masked layer against ``pattern``.
-
-    ``model_or_masks``: a model (its registered masks, :func:`~core.pruning.get_masks`; a
-    model without masks, e.g. one whose masks were baked in, is read from the zeros of its
-    prunable weights) or a ``{key: bool mask}`` mapping."""
-    from .base import prunable_parameters
-    from .masks import get_masks
-
+def check_masks(masks: Mapping[str, Tensor], pattern: str | tuple[int, int]) -> NMCheck:
+    """Check every group of every ``{key: mask}`` against ``pattern`` (a model's masks:
+    :func:`~core.pruning.nm_check.check_nm`)."""
     n, m = parse_pattern(pattern)
-    if isinstance(model_or_masks, nn.Module):
-        masks = get_masks(model_or_masks)
-        if not masks:
-            masks = {p.key: p.value().detach() != 0
-                     for p in prunable_parameters(model_or_masks)}
-    else:
-        masks = dict(model_or_masks)
     realised, exact, skipped, bad = [], [], [], {}
     for key, mask in masks.items():
         if not holds_pattern(mask.shape, m):

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .checks import check_sparsity
 from .masks import (apply_masks, collapsed, comparison, compute_masks, get_masks, layer_collapse,
                     mask_sparsity, same_grouping)
-from .nm import check_nm, pattern_sparsity
+from .nm import check_masks, pattern_sparsity
 
 TABLE_COLUMNS = ["layer", "parameters", "kept", "kept_fraction", "score_mean", "score_median",
                  "score_min", "score_max", "saliency_share", "kept_saliency_share", "collapsed"]
@@ -29,7 +29,7 @@ class PruneResult:
     ``table``: :func:`layer_saliency`'s per-layer frame; ``sparsity``: the requested value
     (``1 − N/M`` with a pattern). Unstructured results say in ``extra["comparison"]`` how the
     scores were compared (``"global"``, ``"layer"``, ``"row"`` or the pattern, e.g. ``"2:4"``)
-    and, with a pattern, hold :func:`~core.pruning.nm.check_nm`'s verdict in ``extra["nm"]``
+    and, with a pattern, hold :func:`~core.pruning.nm.check_masks`'s verdict in ``extra["nm"]``
     (layers too narrow for the pattern stay dense: ``extra["nm"].skipped``).
     """
 
@@ -73,7 +73,7 @@ def finish_mask_prune(pruner: Any, model: nn.Module, masks: dict[str, Tensor],
     how = comparison(scores, scope)
     extra: dict = {"comparison": how}
     if getattr(pruner, "pattern", None):
-        extra["nm"] = check_nm(masks, pruner.pattern)
+        extra["nm"] = check_masks(masks, pruner.pattern)
     return PruneResult(pruned, masks, scores, layer_saliency(scores, masks), sparsity, pruner,
                        scope, extra)
 
