@@ -69,7 +69,7 @@ def test_dense_against_magnitude_half(runs_dir):
     s = snap["setup"]
     ours = compare_models(diff.load(s, diff.Side("dense")),
                           diff.load(s, diff.Side("pruned", "magnitude", 0.5)),
-                          state.val_subset(s.data, VAL), batch_size=diff.BATCH)
+                          state.data.val_subset(s.data, VAL), batch_size=diff.BATCH)
     page = pd.read_csv(io.StringIO(snap["df"].to_csv(index=False)))
     pd.testing.assert_frame_equal(page, pd.read_csv(io.StringIO(ours.to_csv(index=False))))
     assert snap["files"]["diff.csv"] == ours.to_csv(index=False).encode()

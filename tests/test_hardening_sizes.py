@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -87,27 +86,37 @@ def test_the_issues_file_is_refused_by_load_model_naming_field_value_and_bound(t
                 depth=1)
 
 
+# Started from a small launcher, not from pytest: a process forked from a big parent counts
+# the parent's pages in its peak (the kernel keeps the old address space's high-water mark
+# across exec), so a long test session would read as the CLI's memory.
+LAUNCHER = """
+import json, os, resource, subprocess, sys
+resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
+with open(sys.argv[2], "wb") as e:
+    p = subprocess.Popen(sys.argv[3:], stderr=e, stdout=subprocess.DEVNULL)
+_, status, usage = os.wait4(p.pid, 0)
+with open(sys.argv[1], "w") as f:
+    json.dump([os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024], f)
+"""
+
+
 def run_cli(args: list[str], tmp_path: Path, env: dict | None = None
             ) -> tuple[int, str, int]:
     """``python -m core *args`` in a fresh process (address space capped at 4 GB, so a
     regression fails instead of filling the machine) → (exit status, stderr, peak resident
-    bytes of that process, from ``wait4``)."""
-    def cap() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (4 * 2**30, 4 * 2**30))
-
-    out, err = tmp_path / "cli.out", tmp_path / "cli.err"
-    with open(out, "wb") as o, open(err, "wb") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=REPO, stdout=o,
-                                stderr=e, preexec_fn=cap,
-                                env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})})
+    bytes of that process, from ``wait4`` in a small launcher)."""
+    result, err = tmp_path / "cli.json", tmp_path / "cli.err"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(result), str(err), sys.executable, "-m", "core",
+         *args], cwd=REPO, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", **(env or {})})
     timer = threading.Timer(600, proc.kill)  # a hang fails the test instead of the run
     timer.start()
     try:
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc.wait()
     finally:
         timer.cancel()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(), usage.ru_maxrss * 1024
+    rc, peak = json.loads(result.read_text())
+    return rc, err.read_text(), peak
 
 
 @pytest.mark.slow  # a fresh interpreter

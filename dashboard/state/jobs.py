@@ -216,8 +216,8 @@ def _lineage(cfg: dict, run_id: str) -> list[dict]:
     """dense → pruned (criterion, sparsity, seed) → fine-tuned by this run; AMAP prunes by
     training, so its pruned step is the run's own."""
     chain = [lineage.dense(cfg["model"], cfg["dataset"], cfg["source"])]
-    if cfg["pruner"] == "amap":
-        return chain + [lineage.step("pruned", criterion="amap", sparsity=cfg["sparsity"],
+    if cfg["pruner"] and study.criterion_info(cfg["pruner"]).needs_training:  # AMAP
+        return chain + [lineage.step("pruned", criterion=cfg["pruner"], sparsity=cfg["sparsity"],
                                      seed=cfg["seed"], steps=cfg["steps"], run=run_id)]
     if cfg["pruner"]:
         chain.append(lineage.pruned(cfg["pruner"], cfg["sparsity"], cfg["seed"], cfg["scope"],
