@@ -158,7 +158,7 @@ def image(s: Setup, n: int, index: int) -> Tensor:
 def gallery_cells(s: Setup, n: int, rows: pd.DataFrame) -> tuple[list, list[str]]:
     names = s.classes
     cells = [image_cell(image(s, n, r.index)) for r in rows.itertuples()]
-    captions = [f"#{r.index} {names[r.pred_a]}→{names[r.pred_b]}" for r in rows.itertuples()]
+    captions = [f"#{r.index} {names[r.pred_a]}>{names[r.pred_b]}" for r in rows.itertuples()]
     return cells, captions
 
 
