@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from contextlib import contextmanager
 from typing import Iterator
 
@@ -23,8 +24,8 @@ from .catalogue import has_checkpoint, pruner_info, pruner_names
 from .data import accept_image_upload, dense_cost, model_preprocessing, server_device_line
 from .keys import (CELL_PX, EXPECTED_ERRORS, IMAGE_SUFFIXES, MAX_IMAGE_MB, Experiment,
                    ImageRef, Setup)
-from .widgets import (set_flag, take_flag, use_trained_checkpoint, widget_default,
-                      widget_follow)
+from .widgets import (set_flag, take_flag, upload_name, use_trained_checkpoint,
+                      widget_default, widget_follow)
 
 log = logging.getLogger("prunelens.dashboard")
 ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colour codes torch puts in its messages
@@ -98,7 +99,9 @@ def sidebar_summary(exp: Experiment) -> None:
                else "untrained: no checkpoint", "init": "untrained",
                "upload": "uploaded", "folder": "model folder",
                "hub": "Hugging Face hub"}.get(exp.source, exp.source)
-        st.markdown(f"**{md(exp.preset)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
+        name = {"hub": exp.hub_id, "folder": Path(exp.model_folder.removeprefix("hub:")).name,
+                "upload": upload_name()}.get(exp.source) or exp.preset  # the model in use
+        st.markdown(f"**{md(name)}** ({md(src)}) on **{md(exp.dataset)}**  \n"
                     f"{md(', '.join(exp.pruners)) or 'no criteria'} · {exp.sparsity:.0%} · "
                     + (f"{exp.pattern} (unstructured) · " if exp.pattern != "unstructured"
                        else "")
