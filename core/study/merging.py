@@ -45,9 +45,12 @@ class MergeView:
         return self.macs / self.macs_dense
 
 
-def merge_view(model: nn.Module, image: Tensor, r: int | Sequence[int]) -> MergeView:
+def merge_view(model: nn.Module, image: Tensor, r: int | Sequence[int],
+               overlay_px: int | None = None) -> MergeView:
     """The merge groups of ``image`` (C, H, W) in [0, 1] under ``merge_tokens(model, r)``,
-    block by block, with both models' predictions and MACs. ``model`` is not changed."""
+    block by block, with both models' predictions and MACs. ``model`` is not changed.
+    ``overlay_px``: draw the overlays on the image resized to that side (a 32-pixel image's
+    4-pixel patches are too small for group outlines); None: at the image's size."""
     merged = tokens.merge_tokens(model, r)
     device = next(model.parameters()).device
     x = image.to(device)
@@ -56,7 +59,10 @@ def merge_view(model: nn.Module, image: Tensor, r: int | Sequence[int]) -> Merge
         probs = torch.softmax(merged(x[None]).float(), -1)[0].cpu().numpy()
         probs_dense = torch.softmax(model(x[None]).float(), -1)[0].cpu().numpy()
     grid = model.grid_size
-    overlays = tuple(tokens.merge_overlay(image, g, grid) for g in groups)
+    shown = image if overlay_px is None else torch.nn.functional.interpolate(
+        image[None].float(), size=(overlay_px, overlay_px), mode="bilinear",
+        align_corners=False)[0].clamp(0, 1)
+    overlays = tuple(tokens.merge_overlay(shown, g, grid) for g in groups)
     return MergeView(int(r) if isinstance(r, int) else -1, tuple(tokens.tokens_per_block(merged)),
                      tuple(groups), overlays, count_macs(model), count_macs(merged),
                      probs_dense, probs)

@@ -38,8 +38,8 @@ with state.page_errors():
     st.plotly_chart(
         plots.image_grid(rows, [f"blocks {i + 1}–{min(i + per_row, depth)}"
                                 for i in range(0, len(cells), per_row)],
-                         [f"after block {j + 1}" if len(cells) <= per_row else ""
-                          for j in range(per_row)],
+                         [f"after block {j + 1}" if len(cells) <= per_row and j < len(cells)
+                          else "" for j in range(per_row)],
                          captions=captions, left=state.image_cell(image, 2 * state.CELL_PX),
                          left_label=f"input ({truth})",
                          title=f"r = {r}: patches merged into one token share a colour"),

@@ -12,12 +12,12 @@ from torch import Tensor
 from core import study
 
 from .data import base_model, val_subset
-from .keys import DataKey, ImageRef, ModelKey, cache_data
+from .keys import CELL_PX, DataKey, ImageRef, ModelKey, cache_data
 
 
 @cache_data(show_spinner=False, max_entries=32)
 def merge_view(model: ModelKey, ref: ImageRef, r: int, _image: Tensor) -> study.MergeView:
-    return study.merge_view(base_model(model).model, _image, r)
+    return study.merge_view(base_model(model).model, _image, r, overlay_px=2 * CELL_PX)
 
 
 @cache_data(show_spinner=False, max_entries=8)
