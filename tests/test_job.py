@@ -58,7 +58,7 @@ def test_progress_results_and_result(session):
     assert step.wait(HANG_S)
     snap = j.snapshot()
     assert snap["status"] == "running" and snap["text"] == "a quarter"
-    assert snap["fraction"] == 0.25 and snap["eta"] is not None and snap["elapsed"] >= 0
+    assert snap["fraction"] == 0.25 and snap["eta"] is not None and "elapsed" in snap
     assert snap["results"] == {"first": 1, "curve": [(1, 0.5)]}
     assert snap["label"] == "a test" and snap["epochs"] == 3 and not snap["cancel_requested"]
     go.set()
