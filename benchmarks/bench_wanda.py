@@ -33,25 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 from core.models import build_model  # noqa: E402
 from core.pruning import compute_masks, get_pruner  # noqa: E402
 
-WALL: dict[str, float] = {}
-
-
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
-    """Median CPU seconds per function, one call of each per round (after a warm-up round);
-    wall-clock medians go to ``WALL``."""
-    for fn in fns.values():
-        fn()
-    cpu: dict[str, list[float]] = {k: [] for k in fns}
-    wall: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            w, t = time.perf_counter(), time.process_time()
-            fn()
-            cpu[k].append(time.process_time() - t)
-            wall[k].append(time.perf_counter() - w)
-    WALL.clear()
-    WALL.update({k: statistics.median(v) for k, v in wall.items()})
-    return {k: statistics.median(v) for k, v in cpu.items()}
+from bench_pruning import WALL, interleaved  # noqa: E402  (the one interleaved timer)
 
 
 def bench_scoring(name: str, batch: int, repeats: int, target: float = 1.2) -> None:

@@ -34,7 +34,7 @@ import struct
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import torch
@@ -219,8 +219,17 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None,
             format outside :data:`ACCEPTED_FORMATS` (named), a JPEG of more than
             :data:`MAX_JPEG_SCANS` scans, damaged, or a float image holding NaN or infinity.
     """
+    with opened_upload(data, max_pixels, "decode_image") as im:
+        return to_tensor(im, size, exif=exif)
+
+
+@contextmanager
+def opened_upload(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS,
+                  who: str = "opened_upload") -> Iterator[Image.Image]:
+    """An uploaded file's bytes, opened with :func:`open_image`'s checks and loaded (errors as
+    :func:`decode_image`'s; ``who`` names the caller in the TypeError for non-bytes)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decode_image takes the file's bytes; got {type(data).__name__}")
+        raise TypeError(f"{who} takes the file's bytes; got {type(data).__name__}")
     if len(data) == 0:
         raise ImageError("empty file: " + NOT_AN_IMAGE)
     with open_image(io.BytesIO(data), max_pixels) as im:
@@ -228,7 +237,7 @@ def decode_image(data: bytes, size: tuple[int, int] | None = None,
             im.load()
         except PIL_ERRORS as err:
             raise ImageError(f"damaged {im.format} file ({_describe(err)})") from None
-        return to_tensor(im, size, exif=exif)
+        yield im
 
 
 def _open_accepted(fp: BinaryIO, prefix: bytes) -> Image.Image:

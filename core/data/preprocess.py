@@ -47,8 +47,9 @@ import torch
 from PIL import Image, ImageOps
 from torch import Tensor, nn
 
-from .images import (_HIGH_BIT_MODES, DEFAULT_MAX_PIXELS, NOT_AN_IMAGE, PIL_ERRORS, ImageError,
-                     ImageTooLargeError, _check_finite, _describe, open_image, too_large_message)
+from .images import (_check_finite, DEFAULT_MAX_PIXELS, _describe, _HIGH_BIT_MODES, ImageError,
+                     ImageTooLargeError, opened_upload, PIL_ERRORS,
+                     too_large_message)
 
 FILTERS = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
            "bicubic": Image.Resampling.BICUBIC, "lanczos": Image.Resampling.LANCZOS,
@@ -415,15 +416,7 @@ def decode_for_model(data: bytes, prep: Preprocessing, max_pixels: int = DEFAULT
     """An uploaded file's bytes → :func:`to_model_input`: ``core.data.images.decode_image``'s
     checks (size from the header before any pixel is decoded, accepted formats, JPEG scans),
     then ``prep``'s resize and crop. Errors as ``decode_image``'s."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise TypeError(f"decode_for_model takes the file's bytes; got {type(data).__name__}")
-    if len(data) == 0:
-        raise ImageError("empty file: " + NOT_AN_IMAGE)
-    with open_image(io.BytesIO(data), max_pixels) as im:
-        try:
-            im.load()
-        except PIL_ERRORS as err:
-            raise ImageError(f"damaged {im.format} file ({_describe(err)})") from None
+    with opened_upload(data, max_pixels, "decode_for_model") as im:
         return to_model_input(im, prep, max_pixels, exif)
 
 
