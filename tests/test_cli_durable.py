@@ -118,6 +118,7 @@ def by_point(df: pd.DataFrame) -> pd.DataFrame:
 
 # ---------------------------------------------------------------------------- item 6
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_kill_after_three_points_leaves_them_and_resume_finishes_the_same_sweep(
         model_file, reference, tmp_path):
     out = tmp_path / "out"
@@ -138,6 +139,7 @@ def test_kill_after_three_points_leaves_them_and_resume_finishes_the_same_sweep(
 
 @pytest.mark.parametrize("before, rows", [(1, None),
                                           pytest.param(5, 4, marks=pytest.mark.slow)])
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_kill_while_a_point_is_written_keeps_the_previous_csv_whole(
         model_file, reference, tmp_path, before, rows):
     """Killed with the next CSV written to its temporary file but not yet renamed: the first
@@ -220,6 +222,7 @@ def test_train_out_is_checked_before_any_work(tmp_path, capsys, no_work, out, me
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_resume_refuses_other_settings_and_names_them(model_file, tmp_path, capsys,
                                                       monkeypatch):
     out = tmp_path / "out"
@@ -267,6 +270,7 @@ def _timm_folder(path: Path) -> Path:
                        num_heads=4)
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 @pytest.mark.parametrize("kind", ["hf", "timm"])
 def test_every_command_reads_a_model_folder_as_load_model_does(tmp_path, kind):
     folder = (_hf_folder if kind == "hf" else _timm_folder)(tmp_path / kind)
@@ -301,6 +305,7 @@ def _command_argv(command: str) -> list[str]:
     return shlex.split(" ".join(lines))
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_reproduce_command_names_the_model_actually_used(runs_dir, tmp_path, monkeypatch):
     from dashboard import state
     from dashboard.state import compare
@@ -364,6 +369,7 @@ def test_the_validation_subset_is_stratified_seeded_and_fixed():
     assert study.val_subset_label(500, 300) == "all 300 validation images"
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_prune_and_compare_measure_the_same_validation_images(runs_dir):
     from dashboard import state
     from dashboard.state import compare

@@ -59,6 +59,7 @@ def swept(model_file, tmp_path_factory):
     return code, out
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_cli_sweep_csv_equals_a_hand_computation(swept, model, data):
     code, out = swept
     assert code == 0

@@ -404,6 +404,7 @@ def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_cli_end_to_end(tmp_path):
     out = tmp_path / "out"
     r = _cli("vit-tiny", "prune:magnitude:0.5", "--data", "shapes", "--data-opt",

@@ -148,6 +148,7 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads RSS from /proc")
 def test_streaming_two_thousand_images_keeps_memory_flat(tmp_path):
     """2,000 images of 64x64: streamed, the process holds a batch at a time. Kept, their
@@ -183,6 +184,7 @@ def test_streaming_two_thousand_images_keeps_memory_flat(tmp_path):
     assert py_late - py_early < 2 * 2**20 and python_peak < 8 * 2**20
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_cli_sweep_reads_an_imagenet_folder_through_the_models_labels(tmp_path):
     """The issue's end-to-end line: `python -m core sweep --model <saved model> --data folder
     --data-opt root=<ImageNet-style folder> --device cpu` writes its CSV and report; the class

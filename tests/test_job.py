@@ -192,6 +192,7 @@ def test_stop_all_cancels_and_joins_every_running_job(session):
         assert j.status == "cancelled" and j.reason == "the server is stopping"
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_a_process_exits_cleanly_while_a_job_works(tmp_path):
     """A job still working at interpreter exit is cancelled and joined by the atexit hook:
     the process ends with status 0."""

@@ -162,6 +162,7 @@ def _cli(model_file, out, *extra):
                  "--out", str(out), *extra])
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_cli_tome_r_writes_the_joint_csv_charts_and_report(model_file, tmp_path):
     out = tmp_path / "joint"
     assert _cli(model_file, out, "--tome-r", "0", "4") == 0
@@ -185,6 +186,7 @@ def test_cli_tome_r_writes_the_joint_csv_charts_and_report(model_file, tmp_path)
     assert _cli(model_file, out, "--tome-r", "0", "8", "--resume") == 2
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_a_sweep_folder_from_before_the_joint_axis_resumes(model_file, tmp_path):
     """A folder whose sweep.csv lacks ``r`` and ``latency_ms`` and whose sweep.json has no
     tome_r / latency (what the CLI wrote before them) resumes at r = 0."""

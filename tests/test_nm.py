@@ -194,6 +194,7 @@ def cli_model(tmp_path_factory):
     return model, save_model(model, tmp_path_factory.mktemp("m") / "tiny.safetensors")
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_cli_sweep_with_a_pattern_equals_prune_by_hand(cli_model, tmp_path, capsys):
     import pandas as pd
 

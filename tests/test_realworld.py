@@ -39,6 +39,7 @@ def sweep_args(model: Path, out: Path, *extra: str) -> list[str]:
 
 # ---------------------------------------------------------------------------- 1. CLI device
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_device_cpu_runs_sweep_and_grid_end_to_end(model_file, tmp_path):
     assert main(sweep_args(model_file, tmp_path / "s", "--device", "cpu")) == 0
     df = pd.read_csv(tmp_path / "s" / "sweep.csv")
@@ -81,6 +82,7 @@ def test_cuda_without_cuda_is_one_line_exit_2_before_any_model(command, how, mod
     assert "no CUDA GPU" in err[0]
 
 
+@pytest.mark.slow  # the whole CLI end to end (CI runs it)
 def test_bf16_sweep_rows_are_within_tolerance_of_fp32(model_file, tmp_path):
     assert main(sweep_args(model_file, tmp_path / "a", "--device", "cpu")) == 0
     assert main(sweep_args(model_file, tmp_path / "b", "--device", "cpu",
