@@ -324,6 +324,7 @@ def _grid_rows(at: AppTest) -> list[str]:
     return [names[t] for t in annotations(figure(at, "att_chart_grid")) if t in names]
 
 
+@pytest.mark.slow  # several page runs (CI runs it)
 @pytest.mark.skipif("snp" not in list_pruners(), reason="SNP not in core")
 def test_attention_page_rows_follow_the_prune_pages_criteria(runs_dir):
     at = make_app(prune_pruners=["magnitude", "snip", "random"]).run()
@@ -371,6 +372,7 @@ def test_attention_page_accepts_an_image(runs_dir):
 
 # ---------------------------------------------------------------------------- Rollout
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_rollout_page(runs_dir):
     at = make_app(prune_pruners=["magnitude"]).run()
     at.switch_page("pages/rollout.py").run()
@@ -424,6 +426,7 @@ def test_train_cancel_is_recorded(runs_dir, monkeypatch):
     assert seen == ["cancelled"]  # the store is written before the page hears of the end
 
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_train_runs_to_the_end_then_runs_page(runs_dir):
     at = make_app(prune_pruners=["magnitude"], prune_sparsity=60).run()
     run_id = start_run(at, epochs=1, samples=128)
@@ -475,6 +478,7 @@ def test_runs_page_empty_store(runs_dir):
 
 # ---------------------------------------------------------------------------- sessions
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_two_sessions_do_not_mix_and_the_base_model_is_untouched(runs_dir):
     from dashboard import state
 

@@ -119,6 +119,7 @@ def test_folder_choices_are_the_data_folders_only(runs_dir, roots):
     assert any("folder" in i.value.lower() for i in at.info)
 
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_paths_outside_the_roots_get_one_answer_that_reveals_nothing(runs_dir, roots):
     answers = set()
     for text in ("/etc", "/root", "/nonexistent", "../..", "escape", str(roots / "escape"),
@@ -363,6 +364,7 @@ def attention_upload(name: str, data: bytes, **session) -> AppTest:
     return ok(at)
 
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_image_uploads_are_decoded_safely(runs_dir):
     at = attention_upload("notes.png", b"%PDF-1.4\n" + bytes(3000))
     assert errors(at) == ["notes.png: not an image Pillow can read (PNG, JPEG, BMP, GIF, "

@@ -100,6 +100,7 @@ def test_shared_scale_cell_colours_match_the_value_over_the_shared_max():
     assert np.abs(shared[4, 4] - expect(0.25)).max() <= 1
 
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_widget_labels_are_unique_on_each_page(runs_dir):
     at = make_app(prune_pruners=["magnitude", "snip"], att_criteria=["magnitude"]).run()
     for page in ("pages/prune.py", "pages/attention.py", "pages/rollout.py", "pages/train.py"):
@@ -163,6 +164,7 @@ def test_sparsity_slider_reaches_99_in_steps_of_one_near_the_top(runs_dir):
     assert 3.0 < kept[95] - kept[99] < 4.0
 
 
+@pytest.mark.slow  # several page runs (CI runs it)
 def test_validation_count_is_bounded_and_the_bound_is_said(runs_dir):
     from dashboard import state
 
