@@ -147,3 +147,26 @@ def test_file_metadata_round_trips_the_lineage(tmp_path):
 
 if __name__ == "__main__":
     writer(sys.argv[1])
+
+
+def test_a_downloaded_pruned_model_records_where_it_comes_from(tmp_path):
+    """The Prune page's PruneLens download carries dense → pruned → exported in its metadata."""
+    from core.lineage import read_lineage
+    from core.models import build_model, load_model
+    from core.pruning import prune
+    from dashboard.state.exports import export_bytes, pruned_lineage
+    from dashboard.state.keys import DataKey, ModelKey, PruneKey
+
+    key = PruneKey(ModelKey("vit-tiny", "checkpoint", "shapes", 6), DataKey("shapes", "", (32, 32)),
+                   "magnitude", 0.5, "global", 16, 0)
+    torch.manual_seed(0)
+    model = prune(build_model("vit-tiny", 6), "magnitude", 0.5).model
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(export_bytes(model, "prunelens", pruned_lineage(key)))
+    chain = read_lineage(path)
+    assert [s["operation"] for s in chain] == ["dense", "pruned", "exported"]
+    assert chain[0]["params"] == {"model": "vit-tiny_shapes", "dataset": "shapes",
+                                  "source": "checkpoint"}
+    assert chain[1]["params"]["criterion"] == "magnitude" and chain[1]["params"]["sparsity"] == 0.5
+    assert chain[2]["params"] == {"format": "prunelens", "file": "model.safetensors"}
+    assert load_model(path) is not None  # the metadata does not get in the way of loading

@@ -20,6 +20,7 @@ from typing import Callable
 import streamlit as st
 from torch import nn
 
+from core import lineage as core_lineage
 from core.models import CheckpointError, get_adapter, load_model, save_model
 from core.models.checkpoint import one_line
 from dashboard.text import md
@@ -59,9 +60,11 @@ def export_problems(model: nn.Module) -> dict[str, str | None]:
     return {"prunelens": None, "hf": hf, "onnx": None}
 
 
-def export_bytes(model: nn.Module, fmt: str) -> bytes:
+def export_bytes(model: nn.Module, fmt: str, lineage: list | None = None) -> bytes:
     """``model`` saved as ``fmt`` (a zip of the folder for ``"hf"``), built in a temporary
-    folder that is removed afterwards. ValueError beyond :data:`EXPORT_MAX_MB`."""
+    folder that is removed afterwards. ``lineage``: where the model comes from
+    (:mod:`core.lineage` steps); a PruneLens file records it with an "exported" step last.
+    ValueError beyond :data:`EXPORT_MAX_MB`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {list(FORMATS)}")
     with tempfile.TemporaryDirectory(prefix="prunelens-export-") as tmp:
@@ -71,6 +74,9 @@ def export_bytes(model: nn.Module, fmt: str) -> bytes:
             with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
                 for f in sorted(folder.iterdir()):
                     zf.write(f, f"model/{f.name}")
+        elif fmt == "prunelens" and lineage:
+            save_model(model, out, format=fmt,
+                       lineage=[*lineage, core_lineage.exported(fmt, out.name)])
         else:
             save_model(model, out, format=fmt)
         size = out.stat().st_size
@@ -109,8 +115,18 @@ def pruned_problems(key: PruneKey) -> dict[str, str | None]:
     return export_problems(p.small if p.small is not None else base_model(key.model).model)
 
 
+def pruned_lineage(key: PruneKey) -> list:
+    """dense → pruned (criterion, sparsity, seed, scope, calibration, pattern) of ``key``."""
+    m = key.model
+    chain = [core_lineage.dense(model_stem(m).removeprefix("prunelens_"), m.dataset, m.source)]
+    if key.sparsity > 0:
+        chain.append(core_lineage.pruned(key.pruner, key.sparsity, key.seed, key.scope,
+                                         key.calib, key.pattern))
+    return chain
+
+
 def _pruned_bytes(key: PruneKey, fmt: str) -> bytes:
-    return export_bytes(pruned_model(key), fmt)
+    return export_bytes(pruned_model(key), fmt, pruned_lineage(key))
 
 
 def model_stem(key: ModelKey) -> str:
