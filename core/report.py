@@ -65,19 +65,8 @@ def sweep_report(df: pd.DataFrame, setup: Mapping[str, object],
     accuracy and attention-fidelity tables of the sweep ``df``, extra ``tables`` (caption →
     DataFrame), the full sweep as a table, and the ``command`` that reproduces it."""
     esc = html.escape
-    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-             f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
-             f"<title>{esc(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{esc(title)}</h1>",
-             f"<p class='muted'>Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by "
-             "PruneLens. One-shot pruning (no fine-tuning): every number is measured on the "
-             "same validation images.</p>", "<h2>Setup</h2><table>"]
-    for k, v in setup.items():
-        parts.append(f"<tr><th style='text-align:left'>{esc(str(k))}</th>"
-                     f"<td style='text-align:left'>{esc(str(v))}</td></tr>")
-    parts.append("</table>")
-    if command:
-        parts.append(f"<p>Reproduce with:</p><pre><code>{esc(command)}</code></pre>")
+    parts = _page(title, "One-shot pruning (no fine-tuning): every number is measured on the "
+                  "same validation images.", setup, command)
     parts.append("<h2>Figures</h2>")
     for caption, fig in figures.items():
         parts.append(f"<figure><img alt='{esc(caption)}' src='{svg_data_uri(fig)}'>"

@@ -180,7 +180,8 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
                 raise CheckpointError(f"cannot write {path.name}: {parent} is a file, not a "
                                       "folder")
             break
-    _require_finite(model)
+    state = _plain_state_dict(model)  # the weights as written (masks baked in), made once
+    _require_finite(state)
     if format != "hf" and path.is_dir():
         raise CheckpointError(f"{path} is a folder: give a file name (format {format!r} writes "
                               "one file)")
@@ -215,17 +216,17 @@ def save_model(model: nn.Module, path: str | Path, extra: dict[str, str] | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        save_file(_plain_state_dict(model), str(tmp), metadata=meta)
+        save_file(state, str(tmp), metadata=meta)
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def _require_finite(model: nn.Module) -> None:
+def _require_finite(state: dict[str, torch.Tensor]) -> None:
     """Refuse to save NaN or infinite weights (load_model refuses them; a file that cannot
     be read back would be lost work): CheckpointError naming the first such tensor."""
-    for name, t in _plain_state_dict(model).items():
+    for name, t in state.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise CheckpointError(f"not saved: {name} holds {bad} NaN or infinite value(s) "

@@ -176,10 +176,11 @@ class Setup:
     def key(self, pruner: str, sparsity: float | None = None) -> PruneKey:
         """``pruner`` at the experiment's setting (under its pattern, for an unstructured
         criterion), or at ``sparsity`` (no pattern: other pages' own ratios)."""
-        if sparsity is None and self.exp.pattern in PATTERNS[1:] and _unstructured(pruner):
-            return PruneKey(self.model_key, self.data, pruner,
-                            round(pattern_sparsity(self.exp.pattern), 4), self.exp.scope,
-                            self.calib(pruner), self.exp.seed, self.exp.pattern)
+        if sparsity is None and self.exp.pattern in PATTERNS[1:]:
+            s, pattern = study.point_setting(pruner, self.exp.sparsity, self.exp.pattern)
+            if pattern:  # the one rule: unstructured criteria take the pattern
+                return PruneKey(self.model_key, self.data, pruner, s, self.exp.scope,
+                                self.calib(pruner), self.exp.seed, pattern)
         s = self.exp.sparsity if sparsity is None else sparsity
         return PruneKey(self.model_key, self.data, pruner, self.exp.sparsity, self.exp.scope,
                         self.calib(pruner), self.exp.seed).at(s)
@@ -188,11 +189,6 @@ class Setup:
 @functools.lru_cache(maxsize=None)
 def _info(pruner: str) -> study.CriterionInfo:
     return study.criterion_info(pruner)
-
-
-@functools.lru_cache(maxsize=None)
-def _unstructured(pruner: str) -> bool:
-    return study.criterion_info(pruner).kind == "unstructured"
 
 
 # Streamlit hashes cache arguments field by field (~0.2 ms for a PruneKey, a few hundred
