@@ -68,9 +68,9 @@ from .prefetch import request as prefetch_neighbours  # noqa: E402
 from .folders import dataset_folders, label as folder_label, model_folders  # noqa: E402
 from .exports import pruned_downloads, run_downloads  # noqa: E402
 from .merging import max_r, merge_curve, merge_view, overlay_cells  # noqa: E402
-from .jobs import (cancel_job, get_job, run_store, running_jobs, start_amap,  # noqa: E402
-                   start_training)
-from .owners import (current_owner, OTHER, OWN, owner_sidebar, run_access, SHARED,  # noqa: E402
+from .jobs import (cancel_job, get_job, owner_sidebar, run_store, running_jobs,  # noqa: E402
+                   start_amap, start_training)
+from .owners import (current_owner, OTHER, OWN, run_access, SHARED,  # noqa: E402
                      visible_runs)
 from .ui import (chosen_image, colour_bar, default_grid_criteria, follow_work,  # noqa: E402
                  heat_cell, image_cell, image_picker, model_note, no_class_token_note, page_errors,

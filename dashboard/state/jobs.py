@@ -12,6 +12,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import streamlit as st
 
 from core import lineage, study
 from core.pruning import prune
@@ -20,7 +21,8 @@ from core.train import Callback, TrainConfig, train
 from .data import base_model, calibration, dense_cost, training_set, val_subset
 from .job import SERVER, Failed, Job, current, forget, jobs, start
 from .keys import PruneKey, Setup, cache_resource
-from .owners import current_owner
+from .owners import (K_OWNER_NAME, NAME_MAX, current_owner, name_owner, normalise_name,
+                     token_owner, visibility)
 from .pruning import cost, pruned_model
 
 log = logging.getLogger("prunelens.dashboard")
@@ -253,3 +255,34 @@ def cancel_job(run_id: str) -> bool:
     if found is None or found.owner != current_owner():
         return False
     return found.cancel()
+
+
+# ---------------------------------------------------------------------------- the name box
+
+def take_name() -> None:
+    """Callback of the sidebar's name box: the runs (and jobs) this session started under its
+    token move to the name, so they stay its own after a reload."""
+    owner = name_owner(st.session_state.get(K_OWNER_NAME) or "")
+    if owner is not None:
+        run_store().reassign_runs(token_owner(), owner)
+        reassign_jobs(token_owner(), owner)
+
+
+def owner_sidebar() -> None:
+    """The sidebar's name box and one line on whose runs this session's are."""
+    with st.sidebar:
+        st.header("Your runs", divider="gray")
+        name = st.text_input(
+            "Your name (optional)", key=K_OWNER_NAME, persist_state="session",
+            max_chars=NAME_MAX, on_change=take_name,
+            help="Runs you start belong to this browser tab; with a name they belong to the "
+                 "name, so you find them again after a reload or in another browser. Not a "
+                 "password: anyone typing the same name gets the same runs.")
+        if normalise_name(name or ""):
+            st.text(f"Runs you start are filed under “{name.strip()}”.")  # never Markdown
+        else:
+            st.caption("Runs you start belong to this browser tab.")
+        if visibility() == "private":
+            st.caption("Others' runs are not shown on this server.")
+        else:
+            st.caption("Others' runs are shown read-only.")

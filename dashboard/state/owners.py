@@ -70,7 +70,7 @@ def name_owner(name: str) -> str | None:
     return "name:" + hashlib.sha256(norm.encode()).hexdigest()[:32]
 
 
-def _token_owner() -> str:
+def token_owner() -> str:
     token = st.session_state.get(K_OWNER_TOKEN)
     if not isinstance(token, str):
         token = st.session_state[K_OWNER_TOKEN] = secrets.token_hex(16)
@@ -79,7 +79,7 @@ def _token_owner() -> str:
 
 def current_owner() -> str:
     """This browser session's owner label: its name's, or its own token's."""
-    return name_owner(st.session_state.get(K_OWNER_NAME) or "") or _token_owner()
+    return name_owner(st.session_state.get(K_OWNER_NAME) or "") or token_owner()
 
 
 def access(run_owner: str | None) -> str:
@@ -113,34 +113,3 @@ def run_access(store, run_id: str | None) -> str | None:
     except (KeyError, ValueError):
         return None
     return access(owner) if may_see(owner) else None
-
-
-def take_name() -> None:
-    """Callback of the sidebar's name box: the runs (and jobs) this session started under its
-    token move to the name, so they stay its own after a reload."""
-    from .jobs import reassign_jobs, run_store  # jobs imports this module
-
-    owner = name_owner(st.session_state.get(K_OWNER_NAME) or "")
-    if owner is not None:
-        run_store().reassign_runs(_token_owner(), owner)
-        reassign_jobs(_token_owner(), owner)
-
-
-def owner_sidebar() -> None:
-    """The sidebar's name box and one line on whose runs this session's are."""
-    with st.sidebar:
-        st.header("Your runs", divider="gray")
-        name = st.text_input(
-            "Your name (optional)", key=K_OWNER_NAME, persist_state="session",
-            max_chars=NAME_MAX, on_change=take_name,
-            help="Runs you start belong to this browser tab; with a name they belong to the "
-                 "name, so you find them again after a reload or in another browser. Not a "
-                 "password: anyone typing the same name gets the same runs.")
-        if normalise_name(name or ""):
-            st.text(f"Runs you start are filed under “{name.strip()}”.")  # never Markdown
-        else:
-            st.caption("Runs you start belong to this browser tab.")
-        if visibility() == "private":
-            st.caption("Others' runs are not shown on this server.")
-        else:
-            st.caption("Others' runs are shown read-only.")
